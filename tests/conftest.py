@@ -1,0 +1,36 @@
+"""Test-suite set-up: an isolated, offline Hugging Face environment.
+
+The variables are set before transformers / huggingface_hub are imported by any test module, because
+both read them at import time.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+_HF_TMP = Path(tempfile.mkdtemp(prefix="hf_detr_tests_"))
+os.environ["HF_HOME"] = str(_HF_TMP / "hf_home")
+os.environ["HF_MODULES_CACHE"] = str(_HF_TMP / "hf_modules")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def coco_image_dir() -> Path:
+    path = SHARED_DATA / "coco-val2017-39769"
+    if not path.is_dir():
+        raise FileNotFoundError(f"The shared test data is missing: {path}")
+    return path

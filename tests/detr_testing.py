@@ -1,0 +1,71 @@
+"""Helpers shared by the tests: tiny configs, randomised reference models, padded batches."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+TINY_TRANSFORMER = dict(
+    d_model=64,
+    encoder_layers=2,
+    decoder_layers=3,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=96,
+    decoder_ffn_dim=96,
+    num_queries=12,
+)
+
+
+def tiny_hf_detr_config(**overrides):
+    from hf_detr import HfDetrConfig
+
+    kwargs = dict(backbone="resnet18", num_labels=5, **TINY_TRANSFORMER)
+    kwargs.update(overrides)
+    return HfDetrConfig(**kwargs)
+
+
+@torch.no_grad()
+def randomize_for_parity(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every weight, bias, norm and BatchNorm statistic a non-trivial random value, so that a
+    wrong key mapping (swapped q/k, a missed bias, an ignored BN buffer) changes the outputs."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def fill(tensor: torch.Tensor, mean: float, std: float) -> None:
+        tensor.copy_(torch.randn(tensor.shape, generator=generator) * std + mean)
+
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if not tensor.is_floating_point():
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf == "running_var":
+            tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+        elif leaf == "running_mean":
+            fill(tensor, 0.0, 0.1)
+        elif tensor.ndim == 1 and leaf == "weight":  # norm scales
+            fill(tensor, 1.0, 0.2)
+        elif tensor.ndim == 1:  # biases
+            fill(tensor, 0.0, 0.1)
+        elif "position" in name:  # query / learned position embeddings
+            fill(tensor, 0.0, 1.0)
+        elif tensor.ndim == 2:
+            fan_in = tensor.shape[1]
+            fill(tensor, 0.0, (1.0 / fan_in) ** 0.5)
+    return model
+
+
+def padded_batch(sizes: list[tuple[int, int]], channels: int = 3, seed: int = 0):
+    """Random images of different sizes padded bottom-right into one batch, with `pixel_mask`."""
+    generator = torch.Generator().manual_seed(seed)
+    height = max(h for h, _ in sizes)
+    width = max(w for _, w in sizes)
+    pixel_values = torch.zeros(len(sizes), channels, height, width)
+    pixel_mask = torch.zeros(len(sizes), height, width, dtype=torch.long)
+    for index, (h, w) in enumerate(sizes):
+        pixel_values[index, :, :h, :w] = torch.randn(channels, h, w, generator=generator)
+        pixel_mask[index, :h, :w] = 1
+    return pixel_values, pixel_mask
+
+
+def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
