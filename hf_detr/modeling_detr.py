@@ -1,0 +1,784 @@
+"""The DETR detector (Carion et al., "End-to-End Object Detection with Transformers", ECCV 2020).
+
+pixels -> ResNet backbone (timm, frozen BatchNorm) -> 1x1 projection -> post-norm transformer encoder
+(2D sine positions added to queries and keys) -> decoder over learned object queries -> class and box
+heads at every decoder layer.
+
+Part of the self-contained "model files": only relative imports of the other model files, because
+`save_pretrained` copies these files into Hub repositories for `trust_remote_code` loading.
+
+Module names follow `transformers`' DETR (`input_projection`, `self_attn.q_proj`, `mlp.fc1`,
+`final_layer_norm`, `class_labels_classifier`, ...), so a converted checkpoint reads familiarly; the
+computation follows the official implementation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_detr import HfDetrConfig
+
+# Stages of a torchvision/timm ResNet from the top down; `trainable_backbone_layers=k` trains the first k.
+BACKBONE_STAGES_TOP_DOWN = ("layer4", "layer3", "layer2", "layer1", "conv1")
+# Largest feature map side the learned position embedding covers (the official `nn.Embedding(50, d/2)`).
+LEARNED_POSITION_MAX_SIZE = 50
+
+
+# --------------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class HfDetrModelOutput(ModelOutput):
+    """Output of [`HfDetrModel`].
+
+    last_hidden_state: [B, N, d] final decoder output (after the decoder's LayerNorm).
+    intermediate_hidden_states: [L, B, N, d] every decoder layer's output after the decoder's
+        LayerNorm (the last equals `last_hidden_state`).
+    encoder_last_hidden_state: [B, H*W, d] encoder output ("memory").
+    feature_mask: [B, H, W] bool, True where the feature map covers real (unpadded) pixels; gives the
+        feature map size for reshaping attention maps.
+    *_hidden_states / *_attentions: per-layer tuples when requested.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    intermediate_hidden_states: torch.FloatTensor | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    feature_mask: torch.BoolTensor | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class HfDetrObjectDetectionOutput(ModelOutput):
+    """Output of [`HfDetrForObjectDetection`].
+
+    loss: weighted sum of all loss terms (when `labels` are given).
+    loss_dict: every loss component, auxiliary ones with suffix `_{i}`.
+    logits: [B, N, K+1] class logits of the last decoder layer; index K is "no object".
+    pred_boxes: [B, N, 4] normalized (cx, cy, w, h) boxes of the last decoder layer.
+    auxiliary_outputs: one `{"logits", "pred_boxes"}` dict per decoder layer but the last (when
+        `config.auxiliary_loss`).
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_dict: dict[str, torch.Tensor] | None = None
+    logits: torch.FloatTensor | None = None
+    pred_boxes: torch.FloatTensor | None = None
+    auxiliary_outputs: list[dict[str, torch.Tensor]] | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
+    feature_mask: torch.BoolTensor | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Backbone
+# --------------------------------------------------------------------------------------------------
+def freeze_batch_norm(module: nn.Module) -> nn.Module:
+    """Replace every `nn.BatchNorm2d` under `module` by `FrozenBatchNorm2d` with the same statistics."""
+    if isinstance(module, nn.BatchNorm2d):
+        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+        with torch.no_grad():
+            if module.affine:
+                frozen.weight.copy_(module.weight)
+                frozen.bias.copy_(module.bias)
+            if module.track_running_stats:
+                frozen.running_mean.copy_(module.running_mean)
+                frozen.running_var.copy_(module.running_var)
+        return frozen
+    for name, child in module.named_children():
+        replacement = freeze_batch_norm(child)
+        if replacement is not child:
+            setattr(module, name, replacement)
+    return module
+
+
+class HfDetrFoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
+    """A `FrozenBatchNorm2d` whose affine map is applied by the convolution before it
+    ([`HfDetrConvFrozenBatchNorm2d`]); its own forward is the identity. Same buffers, same checkpoint keys.
+
+    Folding saves two full passes over every backbone activation (about a fifth of the CPU forward time
+    of DETR-R50) and changes results only by float rounding.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def scale_and_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()  # [C]
+        return scale, self.bias - self.running_mean * scale
+
+
+class HfDetrConvFrozenBatchNorm2d(nn.Conv2d):
+    """A convolution that applies the frozen BatchNorm after it by scaling its own weights:
+    conv(x, W) * s + t == conv(x, W * s) + t. Gradients reach W as usual."""
+
+    folded_norm: HfDetrFoldedFrozenBatchNorm2d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.folded_norm.scale_and_shift()
+        weight = self.weight * scale[:, None, None, None]
+        bias = shift if self.bias is None else shift + self.bias * scale
+        return self._conv_forward(x, weight, bias)
+
+
+def fold_frozen_batch_norm(module: nn.Module) -> int:
+    """Fold every FrozenBatchNorm2d that directly follows a convolution into it; returns the count.
+
+    Pairs are siblings named `convN`/`bnN` (timm and torchvision ResNet blocks and stem) and adjacent
+    (Conv2d, FrozenBatchNorm2d) entries of a Sequential (the `downsample` shortcut). Modules keep
+    their parameters and buffers (the classes are swapped in place), so checkpoints are unchanged.
+    """
+    pairs: list[tuple[nn.Module, nn.Module]] = []
+    children = dict(module.named_children())
+    if isinstance(module, nn.Sequential):
+        ordered = list(children.values())
+        pairs += list(itertools.pairwise(ordered))
+    for name, child in children.items():
+        match = re.fullmatch(r"conv(\d*)", name)
+        if match and f"bn{match.group(1)}" in children:
+            pairs.append((child, children[f"bn{match.group(1)}"]))
+    folded = 0
+    for conv, norm in pairs:
+        if type(conv) is nn.Conv2d and type(norm) is FrozenBatchNorm2d:
+            norm.__class__ = HfDetrFoldedFrozenBatchNorm2d
+            conv.__class__ = HfDetrConvFrozenBatchNorm2d
+            conv.__dict__["folded_norm"] = norm  # a plain reference, not a registered submodule
+            folded += 1
+    return folded + sum(fold_frozen_batch_norm(child) for child in children.values())
+
+
+def trainable_backbone_stages(trainable_layers: int) -> tuple[str, ...]:
+    """Names of the ResNet stages that train, as torchvision's detection models choose them."""
+    stages = BACKBONE_STAGES_TOP_DOWN[:trainable_layers]
+    return (*stages, "bn1") if trainable_layers == 5 else stages
+
+
+class HfDetrBackbone(nn.Module):
+    """A timm ResNet giving the last stage's feature map (stride 32, or 16 with `dilation`) and the
+    pixel mask resized to it.
+
+    Stages outside `trainable_backbone_layers` are frozen with frozen BatchNorm; the trainable
+    stages use frozen BatchNorm too unless `freeze_backbone_batch_norm=False` (paper section A.3).
+    """
+
+    def __init__(self, config: HfDetrConfig) -> None:
+        super().__init__()
+        import timm
+
+        name = config.backbone
+        pretrained = config.use_pretrained_backbone and not _building_on_meta_device()
+        if pretrained and "." not in name:
+            name = f"{name}.tv_in1k"  # the torchvision ImageNet weights the official DETR started from
+        self.body = timm.create_model(
+            name,
+            pretrained=pretrained,
+            features_only=True,
+            out_indices=(4,),
+            output_stride=16 if config.dilation else 32,
+            in_chans=config.num_channels,
+        )
+        self.num_channels: int = self.body.feature_info.channels()[-1]
+
+        trainable = trainable_backbone_stages(config.trainable_backbone_layers)
+        for stage_name, stage in self.body.named_children():
+            is_trainable = stage_name in trainable
+            if not is_trainable or config.freeze_backbone_batch_norm:
+                replacement = freeze_batch_norm(stage)
+                if replacement is not stage:
+                    setattr(self.body, stage_name, replacement)
+            for parameter in getattr(self.body, stage_name).parameters():
+                parameter.requires_grad_(is_trainable)
+        fold_frozen_batch_norm(self.body)
+        # channels-last activations are what oneDNN and cuDNN convolutions run fastest on
+        self.body.to(memory_format=torch.channels_last)
+        # timm (or its pretrained weights) initialised the body: keep transformers' init away from it.
+        for tensor in (*self.body.parameters(), *self.body.buffers()):
+            tensor._is_hf_initialized = True
+
+    def forward(
+        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        features = self.body(pixel_values)[-1]  # [B, C, H/32, W/32]
+        # nearest-neighbour downsampling of the mask, as the official code does
+        feature_mask = F.interpolate(pixel_mask[:, None].float(), size=features.shape[-2:])[:, 0]
+        return features, feature_mask.bool()  # [B, C, h, w], [B, h, w]
+
+
+def _building_on_meta_device() -> bool:
+    """True while transformers builds a model skeleton on the meta device (inside `from_pretrained`)."""
+    return torch.empty(0).device.type == "meta"
+
+
+# --------------------------------------------------------------------------------------------------
+# Position encodings
+# --------------------------------------------------------------------------------------------------
+class HfDetrSinePositionEmbedding(nn.Module):
+    """Fixed 2D sine encoding over the unpadded pixels (paper section 3.2, appendix A.4).
+
+    Cumulative sums of the mask count positions inside each image only, normalized to [0, 2*pi];
+    half of the channels encode y, half x, interleaving sin and cos; output is cat(pos_y, pos_x).
+    """
+
+    def __init__(self, embedding_dim: int, temperature: float = 10000.0) -> None:
+        super().__init__()
+        self.num_position_features = embedding_dim // 2
+        self.temperature = temperature
+        self.scale = 2 * math.pi
+
+    def forward(self, feature_mask: torch.Tensor) -> torch.Tensor:
+        eps = 1e-6
+        real = feature_mask.float()  # [B, h, w]
+        y_embed = real.cumsum(1)
+        x_embed = real.cumsum(2)
+        y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
+        x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
+
+        n = self.num_position_features
+        dim_t = torch.arange(n, dtype=torch.float32, device=feature_mask.device)
+        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / n)  # [n]
+        pos_x = x_embed[..., None] / dim_t  # [B, h, w, n]
+        pos_y = y_embed[..., None] / dim_t
+        pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
+        pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
+        return torch.cat((pos_y, pos_x), dim=3).flatten(1, 2)  # [B, h*w, d]
+
+
+class HfDetrLearnedPositionEmbedding(nn.Module):
+    """Learned absolute 2D encoding: a row and a column embedding table of 50 entries each."""
+
+    def __init__(self, embedding_dim: int) -> None:
+        super().__init__()
+        self.row_embeddings = nn.Embedding(LEARNED_POSITION_MAX_SIZE, embedding_dim // 2)
+        self.column_embeddings = nn.Embedding(LEARNED_POSITION_MAX_SIZE, embedding_dim // 2)
+        self.row_embeddings.init_scheme = self.column_embeddings.init_scheme = "uniform"
+
+    def forward(self, feature_mask: torch.Tensor) -> torch.Tensor:
+        batch_size, height, width = feature_mask.shape
+        if max(height, width) > LEARNED_POSITION_MAX_SIZE:
+            raise ValueError(
+                f"The learned position embedding covers feature maps up to {LEARNED_POSITION_MAX_SIZE}x"
+                f"{LEARNED_POSITION_MAX_SIZE}, got {height}x{width}; use smaller images or "
+                "position_embedding_type='sine'."
+            )
+        device = feature_mask.device
+        x_emb = self.column_embeddings(torch.arange(width, device=device))  # [w, d/2]
+        y_emb = self.row_embeddings(torch.arange(height, device=device))  # [h, d/2]
+        pos = torch.cat(
+            (x_emb[None, :, :].expand(height, -1, -1), y_emb[:, None, :].expand(-1, width, -1)), dim=-1
+        )  # [h, w, d]
+        return pos.flatten(0, 1)[None].expand(batch_size, -1, -1)  # [B, h*w, d]
+
+
+def build_position_embedding(config: HfDetrConfig) -> nn.Module:
+    if config.position_embedding_type == "sine":
+        return HfDetrSinePositionEmbedding(config.d_model)
+    return HfDetrLearnedPositionEmbedding(config.d_model)
+
+
+# --------------------------------------------------------------------------------------------------
+# Transformer
+# --------------------------------------------------------------------------------------------------
+class HfDetrAttention(nn.Module):
+    """Multi-head attention through `scaled_dot_product_attention`.
+
+    Callers add position encodings to the query and key inputs, never to the value input.
+    `key_mask` is boolean [B, 1, 1, Lk] with True = attend (SDPA's polarity, the opposite of
+    `nn.MultiheadAttention`'s `key_padding_mask`).
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        for projection in (self.q_proj, self.k_proj, self.v_proj):
+            projection.init_scheme = "attention_input"
+        self.out_proj.init_scheme = "attention_output"
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch_size, length, _ = x.shape
+        return x.view(batch_size, length, self.num_heads, self.head_dim).transpose(1, 2)  # [B, h, L, hd]
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, query_length, embed_dim = query.shape
+        q = self._split_heads(self.q_proj(query))  # [B, h, Lq, hd]
+        k = self._split_heads(self.k_proj(key))  # [B, h, Lk, hd]
+        v = self._split_heads(self.v_proj(value))  # [B, h, Lk, hd]
+        dropout = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            scores = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5  # [B, h, Lq, Lk]
+            if key_mask is not None:
+                scores = scores.masked_fill(~key_mask, float("-inf"))
+            weights = scores.softmax(dim=-1)
+            out = F.dropout(weights, p=dropout, training=self.training) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout)
+        out = out.transpose(1, 2).reshape(batch_size, query_length, embed_dim)  # [B, Lq, d]
+        return self.out_proj(out), weights
+
+
+class HfDetrFeedForward(nn.Module):
+    """The position-wise FFN of a transformer layer: fc2(dropout(activation(fc1(x))))."""
+
+    def __init__(self, config: HfDetrConfig, ffn_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(config.d_model, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, config.d_model)
+        self.fc1.init_scheme = self.fc2.init_scheme = "xavier"
+        self.activation = getattr(F, config.activation_function)
+        self.activation_dropout = config.activation_dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = F.dropout(self.activation(self.fc1(x)), self.activation_dropout, self.training)
+        return self.fc2(hidden)
+
+
+class HfDetrEncoderLayer(nn.Module):
+    """Post-norm encoder layer: self-attention with positions on q and k, then the FFN."""
+
+    def __init__(self, config: HfDetrConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        self.self_attn = HfDetrAttention(d, config.encoder_attention_heads, config.attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.mlp = HfDetrFeedForward(config, config.encoder_ffn_dim)
+        self.final_layer_norm = nn.LayerNorm(d)
+        self.dropout = config.dropout
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        query_key = hidden_states + position_embeddings  # [B, HW, d]
+        attended, weights = self.self_attn(query_key, query_key, hidden_states, key_mask, need_weights)
+        hidden_states = self.self_attn_layer_norm(
+            hidden_states + F.dropout(attended, self.dropout, self.training)
+        )
+        hidden_states = self.final_layer_norm(
+            hidden_states + F.dropout(self.mlp(hidden_states), self.dropout, self.training)
+        )
+        return hidden_states, weights
+
+
+class HfDetrDecoderLayer(nn.Module):
+    """Post-norm decoder layer: self-attention among queries (query positions on q and k),
+    cross-attention to the encoder memory (query positions on q, spatial positions on k), then FFN."""
+
+    def __init__(self, config: HfDetrConfig) -> None:
+        super().__init__()
+        d = config.d_model
+        self.self_attn = HfDetrAttention(d, config.decoder_attention_heads, config.attention_dropout)
+        self.self_attn_layer_norm = nn.LayerNorm(d)
+        self.encoder_attn = HfDetrAttention(d, config.decoder_attention_heads, config.attention_dropout)
+        self.encoder_attn_layer_norm = nn.LayerNorm(d)
+        self.mlp = HfDetrFeedForward(config, config.decoder_ffn_dim)
+        self.final_layer_norm = nn.LayerNorm(d)
+        self.dropout = config.dropout
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        query_position_embeddings: torch.Tensor,
+        memory: torch.Tensor,
+        memory_with_positions: torch.Tensor,
+        memory_mask: torch.Tensor | None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        query_key = hidden_states + query_position_embeddings  # [B, N, d]
+        attended, self_weights = self.self_attn(query_key, query_key, hidden_states, None, need_weights)
+        hidden_states = self.self_attn_layer_norm(
+            hidden_states + F.dropout(attended, self.dropout, self.training)
+        )
+        attended, cross_weights = self.encoder_attn(
+            hidden_states + query_position_embeddings,
+            memory_with_positions,
+            memory,
+            memory_mask,
+            need_weights,
+        )
+        hidden_states = self.encoder_attn_layer_norm(
+            hidden_states + F.dropout(attended, self.dropout, self.training)
+        )
+        hidden_states = self.final_layer_norm(
+            hidden_states + F.dropout(self.mlp(hidden_states), self.dropout, self.training)
+        )
+        return hidden_states, self_weights, cross_weights
+
+
+class HfDetrEncoder(nn.Module):
+    """A stack of encoder layers (no final norm, as the official post-norm encoder)."""
+
+    def __init__(self, config: HfDetrConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(HfDetrEncoderLayer(config) for _ in range(config.encoder_layers))
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: torch.Tensor,
+        key_mask: torch.Tensor | None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden_states, weights = layer(hidden_states, position_embeddings, key_mask, output_attentions)
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            if output_attentions:
+                all_attentions += (weights,)
+        return hidden_states, all_hidden, all_attentions
+
+
+class HfDetrDecoder(nn.Module):
+    """A stack of decoder layers with a shared final LayerNorm applied to every layer's output.
+
+    As in the official code, the LayerNorm'd outputs feed the heads (auxiliary decoding losses,
+    paper section 3.2) while the next layer receives the un-normalized output.
+    """
+
+    def __init__(self, config: HfDetrConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(HfDetrDecoderLayer(config) for _ in range(config.decoder_layers))
+        self.layernorm = nn.LayerNorm(config.d_model)
+
+    def forward(
+        self,
+        query_position_embeddings: torch.Tensor,
+        memory: torch.Tensor,
+        memory_positions: torch.Tensor,
+        memory_mask: torch.Tensor | None,
+        return_intermediate: bool,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None, tuple | None]:
+        hidden_states = torch.zeros_like(query_position_embeddings)  # [B, N, d], paper: decoder input 0
+        memory_with_positions = memory + memory_positions  # [B, HW, d], the same keys for every layer
+        outputs = []
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        self_attentions = () if output_attentions else None
+        cross_attentions = () if output_attentions else None
+        for index, layer in enumerate(self.layers):
+            hidden_states, self_weights, cross_weights = layer(
+                hidden_states,
+                query_position_embeddings,
+                memory,
+                memory_with_positions,
+                memory_mask,
+                output_attentions,
+            )
+            if return_intermediate or index == len(self.layers) - 1:
+                outputs.append(hidden_states)
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            if output_attentions:
+                self_attentions += (self_weights,)
+                cross_attentions += (cross_weights,)
+        normalized = self.layernorm(torch.stack(outputs))  # [L or 1, B, N, d]
+        return normalized, all_hidden, self_attentions, cross_attentions
+
+
+class HfDetrMLPPredictionHead(nn.Module):
+    """The box head: a 3-layer perceptron with ReLU (the paper's FFN for boxes)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(
+            nn.Linear(n_in, n_out) for n_in, n_out in zip(dims, [*dims[1:], output_dim])
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))
+        return self.layers[-1](x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pretrained-model plumbing
+# --------------------------------------------------------------------------------------------------
+class HfDetrPreTrainedModel(PreTrainedModel):
+    config: HfDetrConfig
+    config_class = HfDetrConfig
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["HfDetrBackbone", "HfDetrEncoderLayer", "HfDetrDecoderLayer"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """The official initialisation: PyTorch defaults, Xavier-uniform transformer matrices.
+
+        transformers initialises leaf modules (for remote code it skips modules without direct
+        parameters), so the transformer's layers tag their leaves with an `init_scheme`. The backbone
+        keeps timm's own initialisation (or its pretrained weights): its tensors are marked
+        initialised when it is built.
+        """
+        scheme = getattr(module, "init_scheme", None)
+        if isinstance(module, nn.Linear) and scheme == "attention_input":
+            # the official nn.MultiheadAttention holds q, k, v as one [3d, d] matrix initialised by
+            # xavier_uniform: its bound uses fan_in + fan_out = d + 3d
+            bound = math.sqrt(6.0 / (module.in_features + 3 * module.out_features))
+            init.uniform_(module.weight, -bound, bound)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear) and scheme == "attention_output":
+            init.xavier_uniform_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear) and scheme == "xavier":
+            init.xavier_uniform_(module.weight)
+            _default_bias_init(module)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            # PyTorch's default (reset_parameters), which the official heads and projection keep
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            _default_bias_init(module)
+        elif isinstance(module, nn.Embedding):
+            if scheme == "uniform":  # learned position embeddings
+                init.uniform_(module.weight)
+            else:
+                init.normal_(module.weight)
+        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm2d):
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+        elif isinstance(module, FrozenBatchNorm2d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+
+
+def _default_bias_init(module: nn.Linear | nn.Conv2d) -> None:
+    if module.bias is not None:
+        fan_in = module.weight[0].numel()
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+        init.uniform_(module.bias, -bound, bound)
+
+
+def _model_dtype_input(pixel_values: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Cast floating inputs to the weights' dtype (e.g. fp32 images into a bf16 model) unless autocast
+    already manages dtypes."""
+    if pixel_values.dtype != reference.dtype and not torch.is_autocast_enabled(pixel_values.device.type):
+        return pixel_values.to(reference.dtype)
+    return pixel_values
+
+
+def _all_true_without_sync(mask: torch.Tensor) -> bool:
+    """`mask.all()` where reading it costs no device-to-host synchronisation (CPU tensors)."""
+    return mask.device.type == "cpu" and bool(mask.all())
+
+
+def _check_inputs(pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None, num_channels: int) -> None:
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+        shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
+        raise ValueError(
+            f"`pixel_values` must be a tensor of shape [batch, channels, height, width], got {shape}."
+        )
+    if pixel_values.shape[1] != num_channels:
+        raise ValueError(
+            f"`pixel_values` has {pixel_values.shape[1]} channels but the model expects "
+            f"config.num_channels={num_channels}."
+        )
+    if not pixel_values.is_floating_point():
+        raise ValueError(
+            f"`pixel_values` must be a floating tensor (normalized pixels), got {pixel_values.dtype}; "
+            "use HfDetrImageProcessor to prepare images."
+        )
+    if pixel_mask is not None:
+        expected = (pixel_values.shape[0], *pixel_values.shape[2:])
+        if tuple(pixel_mask.shape) != expected:
+            raise ValueError(
+                f"`pixel_mask` must have shape [batch, height, width] = {list(expected)}, "
+                f"got {list(pixel_mask.shape)}."
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------------
+class HfDetrModel(HfDetrPreTrainedModel):
+    """Backbone, input projection, position encodings, encoder and decoder, without heads."""
+
+    def __init__(self, config: HfDetrConfig) -> None:
+        super().__init__(config)
+        self.backbone = HfDetrBackbone(config)
+        self.input_projection = nn.Conv2d(self.backbone.num_channels, config.d_model, kernel_size=1)
+        self.position_embedding = build_position_embedding(config)
+        self.query_position_embeddings = nn.Embedding(config.num_queries, config.d_model)
+        self.encoder = HfDetrEncoder(config)
+        self.decoder = HfDetrDecoder(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        return_intermediate: bool | None = None,
+        **kwargs,
+    ) -> HfDetrModelOutput | tuple:
+        """pixel_values: [B, C, H, W] normalized images; pixel_mask: [B, H, W], 1 = real pixel, 0 = padding."""
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if return_intermediate is None:
+            return_intermediate = self.config.auxiliary_loss
+        _check_inputs(pixel_values, pixel_mask, self.config.num_channels)
+
+        pixel_values = _model_dtype_input(pixel_values, self.input_projection.weight)
+        batch_size, _, height, width = pixel_values.shape
+        if pixel_mask is None:
+            pixel_mask = torch.ones((batch_size, height, width), dtype=torch.bool, device=pixel_values.device)
+        features, feature_mask = self.backbone(pixel_values, pixel_mask)  # [B, C, h, w], [B, h, w]
+        projected = self.input_projection(features).flatten(2).transpose(1, 2)  # [B, h*w, d]
+        positions = self.position_embedding(feature_mask).to(projected.dtype)  # [B, h*w, d]
+        key_mask = feature_mask.flatten(1)[:, None, None, :]  # [B, 1, 1, h*w], True = attend
+        if _all_true_without_sync(feature_mask):
+            key_mask = None  # lets SDPA take its unmasked fast path
+
+        memory, encoder_hidden, encoder_attentions = self.encoder(
+            projected, positions, key_mask, output_attentions, output_hidden_states
+        )
+        query_positions = self.query_position_embeddings.weight.to(memory.dtype)
+        query_positions = query_positions[None].expand(batch_size, -1, -1)  # [B, N, d]
+        decoded, decoder_hidden, self_attentions, cross_attentions = self.decoder(
+            query_positions,
+            memory,
+            positions,
+            key_mask,
+            return_intermediate,
+            output_attentions,
+            output_hidden_states,
+        )  # decoded: [L or 1, B, N, d]
+
+        output = HfDetrModelOutput(
+            last_hidden_state=decoded[-1],
+            intermediate_hidden_states=decoded if return_intermediate else None,
+            encoder_last_hidden_state=memory,
+            feature_mask=feature_mask,
+            decoder_hidden_states=decoder_hidden,
+            decoder_attentions=self_attentions,
+            cross_attentions=cross_attentions,
+            encoder_hidden_states=encoder_hidden,
+            encoder_attentions=encoder_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class HfDetrForObjectDetection(HfDetrPreTrainedModel):
+    """DETR with its class head (K+1 logits, the last is "no object") and 3-layer box head."""
+
+    def __init__(self, config: HfDetrConfig) -> None:
+        super().__init__(config)
+        self.model = HfDetrModel(config)
+        self.class_labels_classifier = nn.Linear(config.d_model, config.num_labels + 1)
+        self.bbox_predictor = HfDetrMLPPredictionHead(config.d_model, config.d_model, 4, num_layers=3)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        labels: list[dict[str, torch.Tensor]] | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> HfDetrObjectDetectionOutput | tuple:
+        """pixel_values: [B, C, H, W]; pixel_mask: [B, H, W] (1 = real pixel); labels: one dict per image
+        with `class_labels` [n] and normalized cxcywh `boxes` [n, 4]."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.model(
+            pixel_values,
+            pixel_mask=pixel_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+            return_intermediate=self.config.auxiliary_loss,
+        )
+        decoded = outputs.intermediate_hidden_states
+        if decoded is None:
+            decoded = outputs.last_hidden_state[None]
+        # heads on all decoder layers at once: [L, B, N, K+1] and [L, B, N, 4]
+        all_logits = self.class_labels_classifier(decoded)
+        all_boxes = self.bbox_predictor(decoded).sigmoid()
+        auxiliary_outputs = None
+        if self.config.auxiliary_loss:
+            auxiliary_outputs = [
+                {"logits": logits, "pred_boxes": boxes}
+                for logits, boxes in zip(all_logits[:-1], all_boxes[:-1])
+            ]
+
+        loss = loss_dict = None
+        if labels is not None:
+            raise NotImplementedError(
+                "Training losses are not implemented yet: call the model without `labels`."
+            )
+
+        output = HfDetrObjectDetectionOutput(
+            loss=loss,
+            loss_dict=loss_dict,
+            logits=all_logits[-1],
+            pred_boxes=all_boxes[-1],
+            auxiliary_outputs=auxiliary_outputs,
+            last_hidden_state=outputs.last_hidden_state,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            feature_mask=outputs.feature_mask,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "HfDetrForObjectDetection",
+    "HfDetrModel",
+    "HfDetrModelOutput",
+    "HfDetrObjectDetectionOutput",
+    "HfDetrPreTrainedModel",
+]
