@@ -1,0 +1,488 @@
+"""Convert official (facebookresearch/detr) and `transformers` DETR checkpoints to hf_detr.
+
+Both converters rename keys by explicit rules and refuse to guess: a key that no rule maps, or a
+weight our model lacks or shapes differently, is an error that lists the offending names.
+Weights are read without unpickling arbitrary objects: safetensors, or `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .configuration_detr import COCO_DETECTION_LABELS, HfDetrConfig
+from .modeling_detr import HfDetrForObjectDetection
+
+StateDict = dict[str, torch.Tensor]
+# (pattern, replacement) pairs applied with re.fullmatch, the first match wins; a replacement is a
+# template for `Match.expand` or a function of the match
+RenameRules = list[tuple[str, str | Callable[[re.Match], str]]]
+
+_BACKBONE = "model.backbone.body."
+_LAYER_NORMS_OFFICIAL_ENCODER = {"norm1": "self_attn_layer_norm", "norm2": "final_layer_norm"}
+_LAYER_NORMS_OFFICIAL_DECODER = {
+    "norm1": "self_attn_layer_norm",
+    "norm2": "encoder_attn_layer_norm",
+    "norm3": "final_layer_norm",
+}
+
+ORIGINAL_RULES: RenameRules = [
+    (r"backbone\.0\.body\.(.+)", _BACKBONE + r"\1"),
+    (r"backbone\.1\.row_embed\.weight", "model.position_embedding.row_embeddings.weight"),
+    (r"backbone\.1\.col_embed\.weight", "model.position_embedding.column_embeddings.weight"),
+    (r"input_proj\.(weight|bias)", r"model.input_projection.\1"),
+    (r"query_embed\.weight", "model.query_position_embeddings.weight"),
+    # q/k/v come from split_fused_attention, out_proj is stored as is
+    (r"transformer\.(encoder|decoder)\.layers\.(\d+)\.self_attn\.(q|k|v|out)_proj\.(weight|bias)",
+     r"model.\1.layers.\2.self_attn.\3_proj.\4"),
+    (r"transformer\.decoder\.layers\.(\d+)\.multihead_attn\.(q|k|v|out)_proj\.(weight|bias)",
+     r"model.decoder.layers.\1.encoder_attn.\2_proj.\3"),
+    (r"transformer\.(encoder|decoder)\.layers\.(\d+)\.linear(1|2)\.(weight|bias)",
+     r"model.\1.layers.\2.mlp.fc\3.\4"),
+    (r"transformer\.encoder\.layers\.(\d+)\.(norm1|norm2)\.(weight|bias)",
+     lambda m: f"model.encoder.layers.{m[1]}.{_LAYER_NORMS_OFFICIAL_ENCODER[m[2]]}.{m[3]}"),
+    (r"transformer\.decoder\.layers\.(\d+)\.(norm1|norm2|norm3)\.(weight|bias)",
+     lambda m: f"model.decoder.layers.{m[1]}.{_LAYER_NORMS_OFFICIAL_DECODER[m[2]]}.{m[3]}"),
+    (r"transformer\.decoder\.norm\.(weight|bias)", r"model.decoder.layernorm.\1"),
+    (r"class_embed\.(weight|bias)", r"class_labels_classifier.\1"),
+    (r"bbox_embed\.layers\.(\d+)\.(weight|bias)", r"bbox_predictor.layers.\1.\2"),
+]  # fmt: skip
+# nn.MultiheadAttention's fused projection: rows [0:d] = q, [d:2d] = k, [2d:3d] = v
+ORIGINAL_FUSED_ATTENTION = re.compile(
+    r"(transformer\.(?:encoder|decoder)\.layers\.\d+\.(?:self_attn|multihead_attn))\.in_proj_(weight|bias)"
+)
+
+# transformers' on-disk names (v4 and v5 write the same); v5's in-memory names (o_proj, mlp.fc1) too
+TRANSFORMERS_RULES: RenameRules = [
+    (r"model\.backbone\.(?:conv_encoder\.)?model\.(.+)", _BACKBONE + r"\1"),
+    (r"model\.(?:backbone\.)?position_embedding\.(row|column)_embeddings\.weight",
+     r"model.position_embedding.\1_embeddings.weight"),
+    (r"model\.input_projection\.(weight|bias)", r"model.input_projection.\1"),
+    (r"model\.query_position_embeddings\.weight", "model.query_position_embeddings.weight"),
+    (r"model\.(encoder|decoder)\.layers\.(\d+)\.(self_attn|encoder_attn)\.(q|k|v)_proj\.(weight|bias)",
+     r"model.\1.layers.\2.\3.\4_proj.\5"),
+    (r"model\.(encoder|decoder)\.layers\.(\d+)\.(self_attn|encoder_attn)\.(?:out|o)_proj\.(weight|bias)",
+     r"model.\1.layers.\2.\3.out_proj.\4"),
+    (r"model\.(encoder|decoder)\.layers\.(\d+)\.(?:mlp\.)?(fc1|fc2)\.(weight|bias)",
+     r"model.\1.layers.\2.mlp.\3.\4"),
+    (r"model\.(encoder|decoder)\.layers\.(\d+)\.(self_attn_layer_norm|encoder_attn_layer_norm|final_layer_norm)"
+     r"\.(weight|bias)", r"model.\1.layers.\2.\3.\4"),
+    (r"model\.decoder\.layernorm\.(weight|bias)", r"model.decoder.layernorm.\1"),
+    (r"class_labels_classifier\.(weight|bias)", r"class_labels_classifier.\1"),
+    (r"bbox_predictor\.layers\.(\d+)\.(weight|bias)", r"bbox_predictor.layers.\1.\2"),
+]  # fmt: skip
+
+# transformers' own ResNet (use_timm_backbone=False) -> torchvision/timm names: its stage s is
+# torchvision's layer s+1 and its conv i in a block is conv i+1
+HF_RESNET_RULES: RenameRules = [
+    (r"embedder\.embedder\.convolution\.weight", "conv1.weight"),
+    (r"embedder\.embedder\.normalization\.(.+)", r"bn1.\1"),
+    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.weight",
+     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.0.weight"),
+    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.(.+)",
+     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.downsample.1.{m[3]}"),
+    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.convolution\.weight",
+     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.conv{int(m[3]) + 1}.weight"),
+    (r"encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.normalization\.(.+)",
+     lambda m: f"layer{int(m[1]) + 1}.{m[2]}.bn{int(m[3]) + 1}.{m[4]}"),
+]  # fmt: skip
+
+PANOPTIC_MARKERS = ("bbox_attention.", "mask_head.")
+
+
+class CheckpointConversionError(ValueError):
+    """A checkpoint cannot be converted; the message names the keys or fields at fault."""
+
+
+def rename_keys(state_dict: Mapping[str, torch.Tensor], rules: RenameRules, source: str) -> StateDict:
+    """Rename every key by the first matching rule; unmatched keys are an error listing them."""
+    compiled = [(re.compile(pattern), replacement) for pattern, replacement in rules]
+    renamed: StateDict = {}
+    unknown = []
+    for key, value in state_dict.items():
+        for pattern, replacement in compiled:
+            match = pattern.fullmatch(key)
+            if match:
+                name = replacement(match) if callable(replacement) else match.expand(replacement)
+                renamed[name] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointConversionError(
+            f"{len(unknown)} key(s) of the {source} checkpoint have no hf_detr equivalent: "
+            f"{_preview(unknown)}"
+        )
+    return renamed
+
+
+def _preview(keys: list[str], limit: int = 20) -> str:
+    shown = ", ".join(sorted(keys)[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _drop_batch_norm_counters(state_dict: StateDict) -> StateDict:
+    return {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+
+
+def _refuse_panoptic(state_dict: Mapping[str, torch.Tensor]) -> None:
+    if any(key.startswith("detr.") or any(m in key for m in PANOPTIC_MARKERS) for key in state_dict):
+        raise CheckpointConversionError(
+            "This is a panoptic segmentation checkpoint (DETR + mask head); hf_detr converts box "
+            "detection checkpoints only, as long as it has no panoptic head."
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Official facebookresearch/detr checkpoints
+# ---------------------------------------------------------------------------------------------------
+def load_original_checkpoint(path: str | Path) -> tuple[StateDict, dict[str, Any]]:
+    """Read an official `.pth`: the state dict under "model" and the training `args` as a dict.
+
+    The file also pickles an `argparse.Namespace`; `weights_only=True` refuses anything else.
+    """
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointConversionError(
+            f"{path} is not an official DETR checkpoint: expected a dict with the state dict under "
+            f"'model', found {found}."
+        )
+    args = checkpoint.get("args")
+    return dict(checkpoint["model"]), (vars(args) if isinstance(args, argparse.Namespace) else {})
+
+
+def split_fused_attention(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """Split nn.MultiheadAttention's `in_proj_{weight,bias}` into q/k/v projections."""
+    result: StateDict = {}
+    for key, value in state_dict.items():
+        match = ORIGINAL_FUSED_ATTENTION.fullmatch(key)
+        if match is None:
+            result[key] = value
+            continue
+        attention, kind = match.groups()
+        for name, chunk in zip(("q", "k", "v"), value.chunk(3, dim=0)):
+            result[f"{attention}.{name}_proj.{kind}"] = chunk.clone()
+    return result
+
+
+def convert_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """Official key names -> hf_detr key names."""
+    _refuse_panoptic(state_dict)
+    split = split_fused_attention(_drop_batch_norm_counters(dict(state_dict)))
+    return rename_keys(split, ORIGINAL_RULES, "official DETR")
+
+
+def _count_blocks(state_dict: Mapping[str, torch.Tensor], prefix: str, stage: int) -> int:
+    pattern = re.compile(rf"{re.escape(prefix)}layer{stage}\.(\d+)\.")
+    return len({m.group(1) for k in state_dict if (m := pattern.match(k))})
+
+
+def infer_resnet_name(state_dict: Mapping[str, torch.Tensor], prefix: str) -> str:
+    """Depth of a torchvision-named ResNet from its block counts (e.g. 3-4-6-3 bottleneck -> resnet50)."""
+    blocks = tuple(_count_blocks(state_dict, prefix, stage) for stage in (1, 2, 3, 4))
+    bottleneck = any(k.startswith(prefix) and ".conv3." in k for k in state_dict)
+    known = {
+        ((2, 2, 2, 2), False): "resnet18",
+        ((3, 4, 6, 3), False): "resnet34",
+        ((3, 4, 6, 3), True): "resnet50",
+        ((3, 4, 23, 3), True): "resnet101",
+        ((3, 8, 36, 3), True): "resnet152",
+    }
+    if (blocks, bottleneck) not in known:
+        raise CheckpointConversionError(
+            f"Cannot tell which ResNet the backbone is (blocks per stage {blocks}, "
+            f"{'bottleneck' if bottleneck else 'basic'} blocks); pass --backbone."
+        )
+    return known[(blocks, bottleneck)]
+
+
+def original_config(
+    state_dict: Mapping[str, torch.Tensor],
+    args: Mapping[str, Any],
+    backbone: str | None = None,
+    dilation: bool | None = None,
+    num_labels: int | None = None,
+) -> HfDetrConfig:
+    """The hf_detr config of an official checkpoint: shapes from the weights, the rest from the
+    checkpoint's training `args`, explicit arguments overriding both (and checked against the weights)."""
+    inferred_backbone = infer_resnet_name(state_dict, "backbone.0.body.")
+    if backbone is None:
+        backbone = args.get("backbone", inferred_backbone)
+    if backbone.split(".")[0] != inferred_backbone:
+        raise CheckpointConversionError(
+            f"--backbone {backbone} does not match the checkpoint's backbone weights ({inferred_backbone})."
+        )
+    classes_in_weights = state_dict["class_embed.weight"].shape[0] - 1
+    if num_labels is not None and num_labels != classes_in_weights:
+        raise CheckpointConversionError(
+            f"--num-labels {num_labels} does not match the checkpoint's class head, which has "
+            f"{classes_in_weights} classes + no-object."
+        )
+    d_model = state_dict["query_embed.weight"].shape[1]
+    heads = int(args.get("nheads", 8))
+
+    def layers(stack: str) -> int:
+        pattern = re.compile(rf"transformer\.{stack}\.layers\.(\d+)\.")
+        return len({m.group(1) for k in state_dict if (m := pattern.match(k))})
+
+    labels = (
+        dict(enumerate(COCO_DETECTION_LABELS))
+        if classes_in_weights == len(COCO_DETECTION_LABELS)
+        else {i: f"LABEL_{i}" for i in range(classes_in_weights)}
+    )
+    dropout = float(args.get("dropout", 0.1))
+    return HfDetrConfig(
+        backbone=backbone,
+        dilation=bool(args.get("dilation", False)) if dilation is None else dilation,
+        d_model=d_model,
+        encoder_layers=layers("encoder"),
+        decoder_layers=layers("decoder"),
+        encoder_attention_heads=heads,
+        decoder_attention_heads=heads,
+        encoder_ffn_dim=state_dict["transformer.encoder.layers.0.linear1.weight"].shape[0],
+        decoder_ffn_dim=state_dict["transformer.decoder.layers.0.linear1.weight"].shape[0],
+        num_queries=state_dict["query_embed.weight"].shape[0],
+        position_embedding_type="learned" if "backbone.1.row_embed.weight" in state_dict else "sine",
+        dropout=dropout,
+        attention_dropout=dropout,
+        activation_dropout=dropout,
+        auxiliary_loss=bool(args.get("aux_loss", True)),
+        class_cost=float(args.get("set_cost_class", 1.0)),
+        bbox_cost=float(args.get("set_cost_bbox", 5.0)),
+        giou_cost=float(args.get("set_cost_giou", 2.0)),
+        bbox_loss_coefficient=float(args.get("bbox_loss_coef", 5.0)),
+        giou_loss_coefficient=float(args.get("giou_loss_coef", 2.0)),
+        eos_coefficient=float(args.get("eos_coef", 0.1)),
+        id2label=labels,
+        label2id={name: i for i, name in labels.items()},
+    )
+
+
+def convert_original_checkpoint(
+    path: str | Path,
+    backbone: str | None = None,
+    dilation: bool | None = None,
+    num_labels: int | None = None,
+) -> HfDetrForObjectDetection:
+    """An official facebookresearch/detr `.pth` as an `HfDetrForObjectDetection` in eval mode."""
+    state_dict, args = load_original_checkpoint(path)
+    _refuse_panoptic(state_dict)
+    config = original_config(state_dict, args, backbone, dilation, num_labels)
+    return build_model(config, convert_original_state_dict(state_dict), "official DETR")
+
+
+# ---------------------------------------------------------------------------------------------------
+# transformers checkpoints
+# ---------------------------------------------------------------------------------------------------
+def load_transformers_checkpoint(directory: str | Path) -> tuple[StateDict, dict[str, Any]]:
+    """Read a transformers DETR directory: config.json and its weights (safetensors, or a
+    pytorch_model.bin read with `weights_only=True`; sharded checkpoints too)."""
+    directory = Path(directory)
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise CheckpointConversionError(f"{directory} has no config.json: not a transformers checkpoint.")
+    config = json.loads(config_file.read_text())
+    if config.get("model_type") != "detr":
+        raise CheckpointConversionError(
+            f"{config_file} describes model_type {config.get('model_type')!r}; expected a transformers "
+            "DETR checkpoint (model_type 'detr')."
+        )
+    return _read_weights(directory), config
+
+
+def _read_weights(directory: Path) -> StateDict:
+    from safetensors.torch import load_file
+
+    candidates: list[tuple[str, Callable[[Path], StateDict]]] = [
+        ("model.safetensors", lambda p: load_file(p)),
+        ("pytorch_model.bin", lambda p: torch.load(p, map_location="cpu", weights_only=True)),
+    ]
+    for name, read in candidates:
+        if (directory / name).is_file():
+            return dict(read(directory / name))
+        index = directory / f"{name}.index.json"
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            state_dict: StateDict = {}
+            for shard in shards:
+                state_dict.update(read(directory / shard))
+            return state_dict
+    raise CheckpointConversionError(
+        f"{directory} holds no weights (model.safetensors or pytorch_model.bin, possibly sharded)."
+    )
+
+
+def _transformers_backbone(config: Mapping[str, Any]) -> tuple[str, bool, bool, int]:
+    """(timm backbone name, dilation, uses timm key names, input channels) of a transformers DETR config."""
+    backbone_config = config.get("backbone_config") or {}
+    dilation = bool(config.get("dilation") or backbone_config.get("output_stride") == 16)
+    channels = int(config.get("num_channels", backbone_config.get("num_channels", 3)))
+    if backbone_config.get("model_type") == "resnet" or config.get("use_timm_backbone") is False:
+        depths = tuple(backbone_config.get("depths", (3, 4, 6, 3)))
+        layer_type = backbone_config.get("layer_type", "bottleneck")
+        names = {
+            ((2, 2, 2, 2), "basic"): "resnet18",
+            ((3, 4, 6, 3), "basic"): "resnet34",
+            ((3, 4, 6, 3), "bottleneck"): "resnet50",
+            ((3, 4, 23, 3), "bottleneck"): "resnet101",
+            ((3, 8, 36, 3), "bottleneck"): "resnet152",
+        }
+        if (depths, layer_type) not in names:
+            raise CheckpointConversionError(
+                f"Unsupported transformers ResNet backbone: depths {list(depths)}, layer_type {layer_type!r}."
+            )
+        return names[(depths, layer_type)], dilation, False, channels
+    name = backbone_config.get("backbone") or config.get("backbone") or "resnet50"
+    return name, dilation, True, channels
+
+
+def transformers_config(config: Mapping[str, Any]) -> HfDetrConfig:
+    """The hf_detr config equivalent to a transformers DETR config.json (architecture, labels, losses)."""
+    backbone, dilation, _, channels = _transformers_backbone(config)
+    if config.get("position_embedding_type", "sine") not in ("sine", "learned"):
+        raise CheckpointConversionError(
+            f"Unsupported position_embedding_type {config.get('position_embedding_type')!r}."
+        )
+    copied = (
+        "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
+        "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "num_queries", "dropout",
+        "attention_dropout", "activation_dropout", "activation_function", "position_embedding_type",
+        "auxiliary_loss", "class_cost", "bbox_cost", "giou_cost", "bbox_loss_coefficient",
+        "giou_loss_coefficient", "eos_coefficient",
+    )  # fmt: skip
+    kwargs = {key: config[key] for key in copied if key in config}
+    id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()}
+    if not id2label:
+        raise CheckpointConversionError(
+            "The transformers config.json has no id2label: cannot name the classes."
+        )
+    return HfDetrConfig(
+        backbone=backbone,
+        dilation=dilation,
+        num_channels=channels,
+        id2label=id2label,
+        label2id={name: i for i, name in id2label.items()},
+        **kwargs,
+    )
+
+
+def convert_transformers_state_dict(
+    state_dict: Mapping[str, torch.Tensor], uses_timm_names: bool = True
+) -> StateDict:
+    """transformers DETR key names -> hf_detr key names."""
+    _refuse_panoptic(state_dict)
+    renamed = rename_keys(
+        _drop_batch_norm_counters(dict(state_dict)), TRANSFORMERS_RULES, "transformers DETR"
+    )
+    if uses_timm_names:
+        return renamed
+    backbone = {k[len(_BACKBONE) :]: v for k, v in renamed.items() if k.startswith(_BACKBONE)}
+    converted = rename_keys(backbone, HF_RESNET_RULES, "transformers ResNet backbone")
+    others = {k: v for k, v in renamed.items() if not k.startswith(_BACKBONE)}
+    return {**others, **{_BACKBONE + k: v for k, v in converted.items()}}
+
+
+def convert_transformers_checkpoint(directory: str | Path) -> HfDetrForObjectDetection:
+    """A transformers DETR checkpoint directory as an `HfDetrForObjectDetection` in eval mode."""
+    state_dict, config_dict = load_transformers_checkpoint(directory)
+    _refuse_panoptic(state_dict)
+    config = transformers_config(config_dict)
+    _, _, uses_timm_names, _ = _transformers_backbone(config_dict)
+    converted = convert_transformers_state_dict(state_dict, uses_timm_names)
+    return build_model(config, converted, "transformers DETR")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading into hf_detr
+# ---------------------------------------------------------------------------------------------------
+def build_model(config: HfDetrConfig, state_dict: StateDict, source: str) -> HfDetrForObjectDetection:
+    """Build our model for `config` and load `state_dict` strictly (names and shapes)."""
+    model = HfDetrForObjectDetection(config)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)}: {_preview(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)}: {_preview(unexpected)}")
+        raise CheckpointConversionError(
+            f"The converted {source} weights do not fit hf_detr; " + "; ".join(parts)
+        )
+    wrong_shapes = [
+        f"{k} {list(v.shape)} (expected {list(expected[k].shape)})"
+        for k, v in state_dict.items()
+        if v.shape != expected[k].shape
+    ]
+    if wrong_shapes:
+        raise CheckpointConversionError(
+            f"The converted {source} weights have {len(wrong_shapes)} wrong shape(s): {_preview(wrong_shapes)}"
+        )
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state_dict.items()}, strict=True)
+    return model.eval()
+
+
+def convert_checkpoint(
+    source: str,
+    checkpoint: str | Path,
+    output_dir: str | Path,
+    backbone: str | None = None,
+    dilation: bool | None = None,
+    num_labels: int | None = None,
+) -> HfDetrForObjectDetection:
+    """Convert and `save_pretrained` into `output_dir` (config.json + model.safetensors)."""
+    if source == "original":
+        model = convert_original_checkpoint(checkpoint, backbone, dilation, num_labels)
+    elif source == "transformers":
+        if backbone is not None or dilation is not None or num_labels is not None:
+            raise CheckpointConversionError(
+                "--backbone, --dilation and --num-labels describe an official .pth; a transformers "
+                "checkpoint takes its architecture and labels from its config.json."
+            )
+        model = convert_transformers_checkpoint(checkpoint)
+    else:
+        raise CheckpointConversionError(f"--source must be 'original' or 'transformers', got {source!r}.")
+    model.save_pretrained(output_dir)
+    return model
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hf-detr-convert",
+        description="Convert an official DETR .pth or a transformers DETR directory to hf_detr.",
+    )
+    parser.add_argument("--source", required=True, choices=("original", "transformers"))
+    parser.add_argument("--checkpoint", required=True, help="official .pth file or transformers directory")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--backbone", default=None, help="official .pth only, e.g. resnet50 or resnet101")
+    parser.add_argument("--dilation", action="store_true", default=None, help="official .pth only: DC5 model")
+    parser.add_argument("--num-labels", type=int, default=None, help="official .pth only (91 for COCO)")
+    args = parser.parse_args(argv)
+    try:
+        convert_checkpoint(
+            args.source, args.checkpoint, args.output_dir, args.backbone, args.dilation, args.num_labels
+        )
+    except (CheckpointConversionError, FileNotFoundError) as error:
+        parser.exit(2, f"error: {error}\n")
+    print(f"Saved hf_detr checkpoint to {args.output_dir}")
+    return 0
+
+
+__all__ = [
+    "CheckpointConversionError",
+    "convert_checkpoint",
+    "convert_original_checkpoint",
+    "convert_original_state_dict",
+    "convert_transformers_checkpoint",
+    "convert_transformers_state_dict",
+    "main",
+]

@@ -1,0 +1,8 @@
+"""Convert an official DETR .pth or a transformers DETR checkpoint to hf_detr (see hf_detr.convert)."""
+
+import sys
+
+from hf_detr.convert import main
+
+if __name__ == "__main__":
+    sys.exit(main())

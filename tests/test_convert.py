@@ -1,0 +1,119 @@
+"""Checkpoint conversion: errors name what is wrong; nothing is unpickled beyond plain tensors."""
+
+import argparse
+import json
+import pickle
+
+import pytest
+import torch
+from detr_testing import TINY_TRANSFORMER
+from test_parity import (
+    _tiny_transformers_config,
+    official_state_dict,
+    random_reference,
+    write_official_checkpoint,
+)
+
+from hf_detr.convert import (
+    CheckpointConversionError,
+    convert_checkpoint,
+    convert_original_state_dict,
+    convert_transformers_state_dict,
+    main,
+)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return random_reference(_tiny_transformers_config())
+
+
+@pytest.fixture(scope="module")
+def official(reference):
+    return official_state_dict(reference)
+
+
+def test_unknown_official_keys_are_listed(official):
+    with pytest.raises(CheckpointConversionError, match=r"1 key\(s\).*transformer\.encoder\.extra\.weight"):
+        convert_original_state_dict({**official, "transformer.encoder.extra.weight": torch.zeros(1)})
+
+
+def test_unknown_transformers_keys_are_listed(reference):
+    state_dict = {**reference.state_dict(), "model.mystery.weight": torch.zeros(1)}
+    with pytest.raises(CheckpointConversionError, match="model.mystery.weight"):
+        convert_transformers_state_dict(state_dict)
+
+
+def test_missing_official_weights_are_listed(tmp_path, reference, official):
+    incomplete = {k: v for k, v in official.items() if k != "transformer.decoder.norm.bias"}
+    path = tmp_path / "incomplete.pth"
+    torch.save({"model": incomplete}, path)
+    with pytest.raises(CheckpointConversionError, match="missing 1: model.decoder.layernorm.bias"):
+        convert_checkpoint("original", path, tmp_path / "out", backbone="resnet18")
+    assert not (tmp_path / "out").exists()
+
+
+def test_panoptic_checkpoints_are_refused(official):
+    panoptic = {f"detr.{k}": v for k, v in official.items()}
+    panoptic["mask_head.lay1.weight"] = torch.zeros(1)
+    with pytest.raises(CheckpointConversionError, match="panoptic"):
+        convert_original_state_dict(panoptic)
+
+
+def test_flags_that_contradict_the_weights_are_refused(tmp_path, reference):
+    path = tmp_path / "detr.pth"
+    write_official_checkpoint(reference, path)
+    with pytest.raises(CheckpointConversionError, match="--num-labels 91"):
+        convert_checkpoint("original", path, tmp_path / "a", num_labels=91)
+    with pytest.raises(CheckpointConversionError, match="--backbone resnet50"):
+        convert_checkpoint("original", path, tmp_path / "b", backbone="resnet50")
+
+
+def test_transformers_source_takes_no_architecture_flags(tmp_path, reference):
+    reference.save_pretrained(tmp_path / "src")
+    with pytest.raises(CheckpointConversionError, match="config.json"):
+        convert_checkpoint("transformers", tmp_path / "src", tmp_path / "out", backbone="resnet50")
+
+
+def test_a_directory_of_another_model_type_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "yolos"}))
+    with pytest.raises(CheckpointConversionError, match="'yolos'"):
+        convert_checkpoint("transformers", tmp_path, tmp_path / "out")
+
+
+def test_a_file_without_a_model_state_dict_is_refused(tmp_path):
+    path = tmp_path / "weights.pth"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(CheckpointConversionError, match="under 'model'"):
+        convert_checkpoint("original", path, tmp_path / "out")
+
+
+class _Payload:
+    """Unpickling this would run code; weights_only loading must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("executed",))
+
+
+def test_arbitrary_pickled_objects_are_never_loaded(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {}, "args": argparse.Namespace(backbone="resnet50"), "evil": _Payload()}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        convert_checkpoint("original", path, tmp_path / "out")
+
+
+def test_command_line_reports_errors_with_exit_code_2(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "yolos"}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--source", "transformers", "--checkpoint", str(tmp_path), "--output-dir", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert "model_type 'yolos'" in capsys.readouterr().err
+
+
+def test_converted_config_keeps_the_transformers_architecture(tmp_path, reference):
+    reference.save_pretrained(tmp_path / "src")
+    model = convert_checkpoint("transformers", tmp_path / "src", tmp_path / "out")
+    for field, value in TINY_TRANSFORMER.items():
+        assert getattr(model.config, field) == value, field
+    assert model.config.id2label == {i: f"LABEL_{i}" for i in range(7)}
+    assert (tmp_path / "out" / "model.safetensors").is_file()
