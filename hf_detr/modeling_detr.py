@@ -28,6 +28,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_detr import HfDetrConfig
+from .loss_detr import SetCriterion
 
 # Stages of a torchvision/timm ResNet from the top down; `trainable_backbone_layers=k` trains the first k.
 BACKBONE_STAGES_TOP_DOWN = ("layer4", "layer3", "layer2", "layer1", "conv1")
@@ -195,6 +196,9 @@ class HfDetrBackbone(nn.Module):
             out_indices=(4,),
             output_stride=16 if config.dilation else 32,
             in_chans=config.num_channels,
+            # timm zeroes the last BN scale of each block by default; frozen, that would keep every
+            # residual branch of a backbone built from scratch dead (torchvision does not do it either)
+            zero_init_last=False,
         )
         self.num_channels: int = self.body.feature_info.channels()[-1]
 
@@ -728,7 +732,9 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         **kwargs,
     ) -> HfDetrObjectDetectionOutput | tuple:
         """pixel_values: [B, C, H, W]; pixel_mask: [B, H, W] (1 = real pixel); labels: one dict per image
-        with `class_labels` [n] and normalized cxcywh `boxes` [n, 4]."""
+        with `class_labels` [n] and `boxes` [n, 4] in (cx, cy, w, h) normalized by the unpadded image
+        size. With labels, `loss` and `loss_dict` hold the set-prediction loss of every decoder layer
+        (only the last one when `config.auxiliary_loss` is off)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.model(
             pixel_values,
@@ -753,9 +759,7 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
 
         loss = loss_dict = None
         if labels is not None:
-            raise NotImplementedError(
-                "Training losses are not implemented yet: call the model without `labels`."
-            )
+            loss, loss_dict = SetCriterion.from_config(self.config)(all_logits, all_boxes, labels)
 
         output = HfDetrObjectDetectionOutput(
             loss=loss,

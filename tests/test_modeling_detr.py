@@ -124,13 +124,6 @@ def test_learned_positions_refuse_feature_maps_beyond_their_table():
         model.model.position_embedding(torch.ones(1, 51, 10, dtype=torch.bool))
 
 
-def test_labels_are_not_accepted_before_the_loss_exists():
-    pixel_values, _ = padded_batch([(64, 64)])
-    labels = [{"class_labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
-    with pytest.raises(NotImplementedError, match="labels"):
-        tiny_model()(pixel_values=pixel_values, labels=labels)
-
-
 def _trainable_backbone_prefixes(model: HfDetrForObjectDetection) -> set[str]:
     return {
         name.split(".")[3]
@@ -244,3 +237,14 @@ def test_initialisation_follows_the_official_code():
     conv = model.model.backbone.body.layer2[0].conv1
     kaiming_std = (2 / (conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1])) ** 0.5
     assert abs(conv.weight.std() / kaiming_std - 1) < 0.05
+
+
+def test_backbone_built_from_scratch_has_live_residual_branches():
+    """timm zero-initialises the last BatchNorm of each block; frozen, that branch would stay dead."""
+    model = tiny_model(trainable_backbone_layers=5)
+    last_norms = [
+        block.bn2.weight
+        for stage in ("layer1", "layer4")
+        for block in getattr(model.model.backbone.body, stage)
+    ]
+    assert all(weight.abs().min() > 0 for weight in last_norms)
