@@ -1,0 +1,367 @@
+"""DETR's set-prediction loss (paper section 3.1): Hungarian matching, then CE + L1 + GIoU.
+
+All decoder layers are matched and scored together: the costs of every layer and image are built as
+one [L, B, N, T] block (T = the batch's largest target count; padded targets are ignored), copied to
+the host in a single device-to-host transfer, and solved with `scipy.optimize.linear_sum_assignment`
+per layer and image. Validation of the labels (class ids in range, finite boxes) rides on the same
+transfer, so a training step never waits on the device more than once. The losses of all layers are
+then computed with batched ops.
+
+Part of the self-contained "model files": only relative imports of the other model files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torchvision.ops import box_convert
+
+from .configuration_detr import HfDetrConfig
+
+Labels = Sequence[Mapping[str, torch.Tensor]]
+
+
+class NonFiniteMatchingCostError(FloatingPointError):
+    """The Hungarian matching cost contains NaN or inf, almost always because training diverged."""
+
+
+def generalized_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """GIoU of (x0, y0, x1, y1) boxes that broadcast against each other: [..., 4] x [..., 4] -> [...].
+
+    Pairwise use: `generalized_box_iou(a[:, None], b[None])` gives [N, M]. Unlike torchvision's
+    `generalized_box_iou` (2-D inputs only) and `generalized_box_iou_loss` (boolean indexing, a device
+    sync on GPU), this works on any batch shape without synchronising; `eps` keeps degenerate boxes
+    (zero width or height) finite.
+    """
+    # coordinates as separate tensors: broadcasting them is much faster than a trailing dim of 4
+    ax0, ay0, ax1, ay1 = boxes1.unbind(-1)
+    bx0, by0, bx1, by1 = boxes2.unbind(-1)
+    area1 = (ax1 - ax0) * (ay1 - ay0)
+    area2 = (bx1 - bx0) * (by1 - by0)
+    overlap_w = (torch.minimum(ax1, bx1) - torch.maximum(ax0, bx0)).clamp(min=0)
+    overlap_h = (torch.minimum(ay1, by1) - torch.maximum(ay0, by0)).clamp(min=0)
+    intersection = overlap_w * overlap_h
+    union = area1 + area2 - intersection
+    enclosing_w = torch.maximum(ax1, bx1) - torch.minimum(ax0, bx0)
+    enclosing_h = torch.maximum(ay1, by1) - torch.minimum(ay0, by0)
+    enclosing_area = enclosing_w * enclosing_h
+    return intersection / (union + eps) - (enclosing_area - union) / (enclosing_area + eps)
+
+
+@dataclass
+class PaddedTargets:
+    """The labels of a batch padded to its largest target count T."""
+
+    class_labels: torch.Tensor  # [B, T] long (clamped into range; validated on the host)
+    boxes: torch.Tensor  # [B, T, 4] float32 cxcywh
+    counts: list[int]  # T_b per image (host ints)
+    raw_class_labels: torch.Tensor  # [B, T] float32, as given, for validation on the host
+
+
+@dataclass
+class Matches:
+    """Matched (layer, image, query, target) quadruples for all decoder layers, on the device."""
+
+    layer: torch.Tensor  # [M] long
+    image: torch.Tensor  # [M] long
+    query: torch.Tensor  # [M] long
+    target: torch.Tensor  # [M] long
+    num_layers: int
+
+    def per_image(self, layer: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The official format for one layer: per image (query indices, target indices), sorted by query."""
+        selected = self.layer == layer
+        result = []
+        for image in range(batch_size):
+            keep = selected & (self.image == image)
+            result.append((self.query[keep].cpu(), self.target[keep].cpu()))
+        return result
+
+
+def pad_targets(labels: Labels, batch_size: int, num_queries: int, device: torch.device) -> PaddedTargets:
+    """Check the structure of `labels` (host-side metadata only) and pad them into tensors on `device`."""
+    if not isinstance(labels, Sequence) or isinstance(labels, (str, bytes)) or len(labels) != batch_size:
+        count = len(labels) if isinstance(labels, Sequence) else type(labels).__name__
+        raise ValueError(f"`labels` must be a list with one dict per image ({batch_size}), got {count}.")
+    class_labels, boxes = [], []
+    for index, target in enumerate(labels):
+        if not isinstance(target, Mapping) or "class_labels" not in target or "boxes" not in target:
+            raise ValueError(f"labels[{index}] must be a dict with 'class_labels' and 'boxes'.")
+        # non-blocking copies: a blocking host-to-device copy would wait for the queued forward pass
+        ids = torch.as_tensor(target["class_labels"]).to(device, non_blocking=True)
+        box = torch.as_tensor(target["boxes"]).to(device, torch.float32, non_blocking=True)
+        if ids.ndim != 1:
+            raise ValueError(f"labels[{index}]['class_labels'] must be 1-D, got shape {list(ids.shape)}.")
+        if box.ndim == 1 and box.numel() == 0:
+            box = box.reshape(0, 4)
+        if box.ndim != 2 or box.shape[-1] != 4 or box.shape[0] != ids.shape[0]:
+            raise ValueError(
+                f"labels[{index}]['boxes'] must have shape [{ids.shape[0]}, 4] (one normalized cx, cy, w, h "
+                f"box per class label), got {list(box.shape)}."
+            )
+        if ids.is_complex() or ids.dtype == torch.bool:
+            raise ValueError(f"labels[{index}]['class_labels'] must hold integer class ids, got {ids.dtype}.")
+        if ids.shape[0] > num_queries:
+            raise ValueError(
+                f"labels[{index}] has {ids.shape[0]} objects but the model has only {num_queries} queries "
+                "(config.num_queries): DETR predicts at most one object per query."
+            )
+        class_labels.append(ids)
+        boxes.append(box)
+    counts = [len(ids) for ids in class_labels]
+    raw = torch.nn.utils.rnn.pad_sequence([ids.float() for ids in class_labels], batch_first=True)
+    padded_ids = torch.nn.utils.rnn.pad_sequence([ids.long() for ids in class_labels], batch_first=True)
+    # padding boxes are valid unit boxes, so the cost block holds no spurious NaN
+    padded_boxes = torch.nn.utils.rnn.pad_sequence(boxes, batch_first=True, padding_value=0.5)
+    return PaddedTargets(padded_ids, padded_boxes, counts, raw)
+
+
+class HungarianMatcher:
+    """Optimal one-to-one assignment of queries to targets (paper eq. 1, appendix A.1).
+
+    cost = class_cost * (-p(target class)) + bbox_cost * L1(cxcywh) + giou_cost * (-GIoU).
+    """
+
+    def __init__(self, class_cost: float = 1.0, bbox_cost: float = 5.0, giou_cost: float = 2.0) -> None:
+        if class_cost == bbox_cost == giou_cost == 0:
+            raise ValueError("At least one of class_cost, bbox_cost and giou_cost must be non-zero.")
+        self.class_cost = class_cost
+        self.bbox_cost = bbox_cost
+        self.giou_cost = giou_cost
+
+    @torch.no_grad()
+    def cost(self, logits: torch.Tensor, boxes: torch.Tensor, targets: PaddedTargets) -> torch.Tensor:
+        """[L, B, N, K+1] logits and [L, B, N, 4] boxes -> [L, B, N, T] matching costs."""
+        num_classes = logits.shape[-1] - 1
+        probabilities = logits.softmax(-1)
+        ids = targets.class_labels.clamp(0, num_classes - 1)  # out-of-range ids are reported on the host
+        index = ids[None, :, None, :].expand(*probabilities.shape[:-1], ids.shape[-1])  # [L, B, N, T]
+        class_cost = -probabilities.gather(-1, index)
+        num_layers, batch_size, num_queries, _ = boxes.shape
+        num_targets = targets.boxes.shape[1]
+        l1_cost = torch.cdist(
+            boxes.flatten(0, 1), targets.boxes.expand(num_layers, -1, -1, -1).flatten(0, 1), p=1
+        ).view(num_layers, batch_size, num_queries, num_targets)
+        giou = generalized_box_iou(
+            box_convert(boxes[..., None, :], "cxcywh", "xyxy"),  # [L, B, N, 1, 4]
+            box_convert(targets.boxes[None, :, None], "cxcywh", "xyxy"),  # [1, B, 1, T, 4]
+        )
+        return self.class_cost * class_cost + self.bbox_cost * l1_cost - self.giou_cost * giou
+
+    @torch.no_grad()
+    def __call__(
+        self, logits: torch.Tensor, boxes: torch.Tensor, targets: PaddedTargets, num_labels: int
+    ) -> Matches:
+        """Match every decoder layer: logits [L, B, N, K+1], boxes [L, B, N, 4]."""
+        num_layers = logits.shape[0]
+        device = logits.device
+        if max(targets.counts, default=0) == 0:
+            empty = torch.zeros(0, dtype=torch.long, device=device)
+            return Matches(empty, empty, empty, empty, num_layers)
+
+        cost = self.cost(logits, boxes, targets)  # [L, B, N, T]
+        # the single device-to-host transfer of a training step: the costs and the labels to validate
+        packed = torch.cat([cost.flatten(), targets.raw_class_labels.flatten(), targets.boxes.flatten()])
+        host = packed.cpu().numpy()
+        sizes = [cost.numel(), targets.raw_class_labels.numel()]
+        cost_np = host[: sizes[0]].reshape(cost.shape)
+        raw_ids = host[sizes[0] : sum(sizes)].reshape(targets.raw_class_labels.shape)
+        boxes_np = host[sum(sizes) :].reshape(targets.boxes.shape)
+        validate_targets_on_host(raw_ids, boxes_np, targets.counts, num_labels)
+
+        layers, images, queries, target_indices = [], [], [], []
+        for image, count in enumerate(targets.counts):
+            if count == 0:
+                continue
+            block = cost_np[:, image, :, :count]  # [L, N, T_b]
+            if not np.isfinite(block).all():  # an error path: further synchronisation is fine here
+                raise NonFiniteMatchingCostError(_non_finite_cost_message(image, logits, boxes))
+            for layer in range(num_layers):
+                rows, cols = linear_sum_assignment(block[layer])
+                layers.append(np.full(len(rows), layer))
+                images.append(np.full(len(rows), image))
+                queries.append(rows)
+                target_indices.append(cols)
+        flat = torch.as_tensor(
+            np.stack([np.concatenate(x) for x in (layers, images, queries, target_indices)]).astype(np.int64)
+        ).to(device, non_blocking=True)  # host-to-device, queued without waiting
+        return Matches(flat[0], flat[1], flat[2], flat[3], num_layers)
+
+
+def validate_targets_on_host(
+    raw_ids: np.ndarray, boxes: np.ndarray, counts: list[int], num_labels: int
+) -> None:
+    """Class ids must be integers in [0, num_labels); boxes finite with non-negative width and height."""
+    for image, count in enumerate(counts):
+        ids = raw_ids[image, :count]
+        bad = ids[(ids != np.round(ids)) | (ids < 0) | (ids >= num_labels)]
+        if bad.size:
+            raise ValueError(
+                f"labels[{image}]['class_labels'] contains class id {bad[0]:g}, but the model has "
+                f"num_labels={num_labels} (valid ids are the integers 0..{num_labels - 1})."
+            )
+        image_boxes = boxes[image, :count]
+        if not np.isfinite(image_boxes).all():
+            raise ValueError(f"labels[{image}]['boxes'] contains NaN or inf.")
+        if (image_boxes[:, 2:] < 0).any():
+            raise ValueError(
+                f"labels[{image}]['boxes'] has a negative width or height; boxes must be normalized "
+                "(cx, cy, w, h)."
+            )
+
+
+def _non_finite_cost_message(image: int, logits: torch.Tensor, boxes: torch.Tensor) -> str:
+    culprits = [
+        name for name, tensor in (("logits", logits), ("pred_boxes", boxes)) if not tensor.isfinite().all()
+    ]
+    cause = (
+        f"the model's {' and '.join(culprits)} contain NaN or inf"
+        if culprits
+        else "the costs overflowed although predictions and targets are finite"
+    )
+    return (
+        f"The Hungarian matching cost of image {image} is not finite: {cause}. Training has probably "
+        "diverged: lower the learning rate, keep gradient clipping on, or train in bf16/fp32 instead of fp16."
+    )
+
+
+class SetCriterion:
+    """The DETR loss over all decoder layers (official `SetCriterion` with `aux_loss=True`).
+
+    loss_ce: cross-entropy over all queries, no-object weighted by `eos_coefficient`;
+    loss_bbox, loss_giou: L1 and 1 - GIoU of matched pairs, summed and divided by the number of target
+    boxes (averaged over processes); cardinality_error: |#predicted objects - #targets| averaged over
+    images (logged only); class_error: 100 - top-1 accuracy of the matched queries of the last layer
+    (logged only). Auxiliary layers i = 0..L-2 get the suffix `_{i}`.
+    """
+
+    def __init__(
+        self,
+        num_labels: int,
+        matcher: HungarianMatcher,
+        eos_coefficient: float = 0.1,
+        class_loss_coefficient: float = 1.0,
+        bbox_loss_coefficient: float = 5.0,
+        giou_loss_coefficient: float = 2.0,
+    ) -> None:
+        self.num_labels = num_labels
+        self.matcher = matcher
+        self.eos_coefficient = eos_coefficient
+        self.weights = {
+            "loss_ce": class_loss_coefficient,
+            "loss_bbox": bbox_loss_coefficient,
+            "loss_giou": giou_loss_coefficient,
+        }
+
+    @classmethod
+    def from_config(cls, config: HfDetrConfig) -> SetCriterion:
+        matcher = HungarianMatcher(config.class_cost, config.bbox_cost, config.giou_cost)
+        return cls(
+            config.num_labels,
+            matcher,
+            config.eos_coefficient,
+            config.class_loss_coefficient,
+            config.bbox_loss_coefficient,
+            config.giou_loss_coefficient,
+        )
+
+    def __call__(
+        self, logits: torch.Tensor, boxes: torch.Tensor, labels: Labels
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """logits [L, B, N, K+1], boxes [L, B, N, 4] (all decoder layers, the last is the output)."""
+        if logits.ndim == 3:
+            logits, boxes = logits[None], boxes[None]
+        if logits.shape[-1] != self.num_labels + 1:
+            raise ValueError(
+                f"logits have {logits.shape[-1]} classes but the loss expects num_labels + 1 = {self.num_labels + 1}."
+            )
+        device_type = logits.device.type
+        with torch.autocast(device_type=device_type, enabled=False):  # matching and loss in fp32
+            return self._compute(logits.float(), boxes.float(), labels)
+
+    def _compute(
+        self, logits: torch.Tensor, boxes: torch.Tensor, labels: Labels
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        num_layers, batch_size, num_queries, _ = logits.shape
+        device = logits.device
+        targets = pad_targets(labels, batch_size, num_queries, device)
+        matches = self.matcher(logits, boxes, targets, self.num_labels)
+        num_boxes = self.num_boxes(targets.counts, device)
+
+        # classification over all queries: matched -> target class, others -> no-object (index K)
+        no_object = self.num_labels
+        matched_classes = targets.class_labels[matches.image, matches.target]  # [M]
+        target_classes = torch.full((num_layers, batch_size, num_queries), no_object, device=device)
+        target_classes[matches.layer, matches.image, matches.query] = matched_classes
+        class_weights = torch.ones(self.num_labels + 1, device=device)
+        class_weights[no_object] = self.eos_coefficient
+        per_query = F.cross_entropy(
+            logits.flatten(0, 2), target_classes.flatten(), weight=class_weights, reduction="none"
+        ).view(num_layers, -1)
+        # F.cross_entropy's weighted mean, per layer
+        loss_ce = per_query.sum(1) / class_weights[target_classes].view(num_layers, -1).sum(1)  # [L]
+
+        # boxes of matched pairs
+        predicted = boxes[matches.layer, matches.image, matches.query]  # [M, 4]
+        target_boxes = targets.boxes[matches.image, matches.target]  # [M, 4]
+        l1 = (predicted - target_boxes).abs().sum(-1)
+        giou = 1 - generalized_box_iou(
+            box_convert(predicted, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy")
+        )
+        per_layer = torch.zeros(num_layers, device=device)
+        loss_bbox = per_layer.index_add(0, matches.layer, l1) / num_boxes
+        loss_giou = per_layer.index_add(0, matches.layer, giou) / num_boxes
+        if matches.layer.numel() == 0:  # keep the box head in the graph (DDP expects every gradient)
+            loss_bbox = loss_bbox + 0 * boxes.sum()
+            loss_giou = loss_giou + 0 * boxes.sum()
+
+        with torch.no_grad():
+            counts = torch.tensor(targets.counts, dtype=torch.float32).to(device, non_blocking=True)
+            predicted_objects = (logits.argmax(-1) != no_object).sum(-1).float()  # [L, B]
+            cardinality_error = (predicted_objects - counts).abs().mean(-1)  # [L]
+            last = matches.layer == num_layers - 1
+            last_logits = logits[-1][matches.image[last], matches.query[last]]  # [M_last, K+1]
+            if last_logits.shape[0] == 0:
+                class_error = torch.full((), 100.0, device=device)  # the official accuracy of nothing is 0
+            else:
+                correct = (last_logits.argmax(-1) == matched_classes[last]).float().mean()
+                class_error = 100 - 100 * correct
+
+        loss_dict: dict[str, torch.Tensor] = {}
+        for layer in range(num_layers):
+            suffix = "" if layer == num_layers - 1 else f"_{layer}"
+            loss_dict[f"loss_ce{suffix}"] = loss_ce[layer]
+            loss_dict[f"loss_bbox{suffix}"] = loss_bbox[layer]
+            loss_dict[f"loss_giou{suffix}"] = loss_giou[layer]
+            loss_dict[f"cardinality_error{suffix}"] = cardinality_error[layer]
+        loss_dict["class_error"] = class_error
+        total = (
+            self.weights["loss_ce"] * loss_ce.sum()
+            + self.weights["loss_bbox"] * loss_bbox.sum()
+            + self.weights["loss_giou"] * loss_giou.sum()
+        )
+        return total, loss_dict
+
+    @staticmethod
+    def num_boxes(counts: list[int], device: torch.device) -> torch.Tensor:
+        """Target boxes per process, averaged over processes and clamped to >= 1; stays on the device."""
+        num_boxes = torch.tensor(float(sum(counts))).to(device, non_blocking=True)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(num_boxes)
+            num_boxes = num_boxes / torch.distributed.get_world_size()
+        return num_boxes.clamp(min=1)
+
+
+__all__ = [
+    "HungarianMatcher",
+    "Matches",
+    "NonFiniteMatchingCostError",
+    "SetCriterion",
+    "generalized_box_iou",
+    "pad_targets",
+]
