@@ -28,7 +28,8 @@ class HostTransferCounter(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[str] = []
-        self._host_copies: set[int] = set()
+        # id -> tensor: holding the tensors keeps their ids from being reused by new tensors
+        self._host_copies: dict[int, torch.Tensor] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -41,7 +42,7 @@ class HostTransferCounter(TorchFunctionMode):
             name in ("as_tensor", "tensor") and bool(args) and not isinstance(args[0], torch.Tensor)
         )
         if (name == "cpu" or made_from_host_data) and isinstance(result, torch.Tensor):
-            self._host_copies.add(id(result))
+            self._host_copies[id(result)] = result
         return result
 
 
