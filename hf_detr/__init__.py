@@ -1,6 +1,7 @@
 """hf_detr: DETR (Carion et al., ECCV 2020) as a Hugging Face package."""
 
 from .configuration_detr import COCO_DETECTION_LABELS, HfDetrConfig
+from .image_processing_detr import HfDetrImageProcessor
 from .modeling_detr import (
     HfDetrForObjectDetection,
     HfDetrModel,
@@ -15,6 +16,7 @@ __all__ = [
     "COCO_DETECTION_LABELS",
     "HfDetrConfig",
     "HfDetrForObjectDetection",
+    "HfDetrImageProcessor",
     "HfDetrModel",
     "HfDetrModelOutput",
     "HfDetrObjectDetectionOutput",

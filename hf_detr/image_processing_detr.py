@@ -1,0 +1,648 @@
+"""HfDetrImageProcessor: images (and COCO annotations) in, padded batches out; predictions back to boxes.
+
+Preprocessing follows the official DETR evaluation transform: resize so the shorter side is 800 and the
+longer at most 1333 (PIL bilinear on 8-bit images, exactly as transformers' PIL backend), rescale to
+[0, 1], normalize with the ImageNet mean and std, pad bottom-right to the batch maximum with a
+`pixel_mask` (1 = real pixel). Each image is decoded, resized and normalized in a worker thread (PIL and
+torch release the GIL) and written once into the preallocated padded batch.
+
+Part of the self-contained "model files": no imports of other hf_detr modules.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+from torchvision.ops import box_convert
+from torchvision.transforms.v2 import functional as TF
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    PILImageResampling,
+    load_image,
+)
+
+DEFAULT_SIZE = {"shortest_edge": 800, "longest_edge": 1333}
+SIZE_FORMS = (
+    {"shortest_edge", "longest_edge"},
+    {"shortest_edge"},
+    {"height", "width"},
+    {"max_height", "max_width"},
+)
+SIXTEEN_BIT_PIL_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_TORCH_INTERPOLATION = {
+    PILImageResampling.NEAREST: TF.InterpolationMode.NEAREST,
+    PILImageResampling.BILINEAR: TF.InterpolationMode.BILINEAR,
+    PILImageResampling.BICUBIC: TF.InterpolationMode.BICUBIC,
+}
+
+
+@dataclass
+class _SourceImage:
+    """One input image before resizing: a PIL image (8-bit content) or a CHW tensor, and its size."""
+
+    pil: PIL.Image.Image | None
+    tensor: torch.Tensor | None
+    height: int
+    width: int
+    channels: int
+    exif_transpose: bool = False  # a file whose EXIF rotation is applied when it is decoded
+
+
+def get_size_with_aspect_ratio(height: int, width: int, size: int, max_size: int | None) -> tuple[int, int]:
+    """The official DETR rule: shorter side `size`, unless the longer side would exceed `max_size`."""
+    if max_size is not None:
+        min_original, max_original = float(min(height, width)), float(max(height, width))
+        if max_original / min_original * size > max_size:
+            size = round(max_size * min_original / max_original)
+    if (width <= height and width == size) or (height <= width and height == size):
+        return height, width
+    if width < height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+def resized_size(height: int, width: int, size: Mapping[str, int]) -> tuple[int, int]:
+    """Output (height, width) of an image resized with a `size` dict."""
+    if "shortest_edge" in size:
+        return get_size_with_aspect_ratio(height, width, size["shortest_edge"], size.get("longest_edge"))
+    if "max_height" in size:
+        scale = min(size["max_height"] / height, size["max_width"] / width)
+        return int(height * scale), int(width * scale)
+    return size["height"], size["width"]
+
+
+def normalize_size(size: Any, param_name: str = "size") -> dict[str, int]:
+    """Accept the transformers size forms (and an int shorter side); reject anything else by name."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        return {"shortest_edge": size}
+    if isinstance(size, Mapping):
+        size = {k: v for k, v in size.items() if v is not None}
+        if "max_size" in size:  # the legacy spelling of longest_edge
+            size["longest_edge"] = size.pop("max_size")
+        if set(size) in SIZE_FORMS and all(isinstance(v, int) and v > 0 for v in size.values()):
+            return dict(size)
+    raise ValueError(
+        f"`{param_name}` must be a dict with keys {{'shortest_edge', 'longest_edge'}}, {{'height', 'width'}} "
+        f"or {{'max_height', 'max_width'}} and positive integer values, got {size!r}."
+    )
+
+
+class HfDetrImageProcessor(BaseImageProcessor):
+    r"""Prepares images (and COCO detection annotations) for [`HfDetrForObjectDetection`] and turns its
+    outputs into boxes.
+
+    Args:
+        do_convert_rgb: convert grayscale, RGBA (composited on white), palette and CMYK images to RGB.
+        do_resize / size / resample: resize with `{"shortest_edge", "longest_edge"}` (default 800/1333,
+            the official rule), `{"height", "width"}` or `{"max_height", "max_width"}`; PIL bilinear.
+        do_rescale / rescale_factor: multiply by 1/255. 16-bit images are first brought to 8-bit range.
+        do_normalize / image_mean / image_std: ImageNet statistics.
+        do_pad / pad_size: pad bottom-right to the batch maximum, or to a fixed `{"height", "width"}`.
+        do_convert_annotations: return boxes as (cx, cy, w, h) normalized by the unpadded resized size.
+        num_threads: worker threads for decoding and resizing (default: the CPU count, at most 8).
+
+    Call it with `images` (PIL images, numpy arrays HWC/CHW, torch tensors, file paths, URLs, or lists
+    of them), optional `annotations` (COCO detection format), `return_tensors="pt"` or `"np"`, and
+    `device=` to do the work and return the batch on a GPU.
+    """
+
+    model_input_names = ["pixel_values", "pixel_mask"]
+
+    def __init__(
+        self,
+        do_convert_rgb: bool = True,
+        do_resize: bool = True,
+        size: Mapping[str, int] | int | None = None,
+        resample: int = PILImageResampling.BILINEAR,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
+        do_normalize: bool = True,
+        image_mean: Sequence[float] | float | None = None,
+        image_std: Sequence[float] | float | None = None,
+        do_pad: bool = True,
+        pad_size: Mapping[str, int] | None = None,
+        do_convert_annotations: bool = True,
+        num_threads: int | None = None,
+        **kwargs,
+    ) -> None:
+        kwargs.pop("image_processor_type", None)
+        if "max_size" in kwargs:  # legacy transformers argument
+            size = {
+                "shortest_edge": size if isinstance(size, int) else 800,
+                "longest_edge": kwargs.pop("max_size"),
+            }
+        super().__init__(**kwargs)
+        self.do_convert_rgb = do_convert_rgb
+        self.do_resize = do_resize
+        self.size = normalize_size(DEFAULT_SIZE if size is None else size)
+        self.resample = int(resample)
+        self.do_rescale = do_rescale
+        self.rescale_factor = rescale_factor
+        self.do_normalize = do_normalize
+        self.image_mean = list(
+            IMAGENET_DEFAULT_MEAN if image_mean is None else np.atleast_1d(image_mean).tolist()
+        )
+        self.image_std = list(
+            IMAGENET_DEFAULT_STD if image_std is None else np.atleast_1d(image_std).tolist()
+        )
+        self.do_pad = do_pad
+        self.pad_size = None if pad_size is None else normalize_size(pad_size, "pad_size")
+        if self.pad_size is not None and set(self.pad_size) != {"height", "width"}:
+            raise ValueError(f"`pad_size` must be a dict with 'height' and 'width', got {pad_size!r}.")
+        self.do_convert_annotations = do_convert_annotations
+        self.num_threads = num_threads
+
+    # ------------------------------------------------------------------------------------------------
+    # Preprocessing
+    # ------------------------------------------------------------------------------------------------
+    def __call__(self, images: Any, annotations: Any = None, **kwargs) -> BatchFeature:
+        return self.preprocess(images, annotations=annotations, **kwargs)
+
+    def preprocess(
+        self,
+        images: Any,
+        annotations: Mapping | Sequence[Mapping] | None = None,
+        return_tensors: str | None = "pt",
+        device: str | torch.device | None = None,
+        input_data_format: str | None = None,
+        **overrides,
+    ) -> BatchFeature:
+        """Resize, rescale, normalize and pad `images`; convert `annotations` to `labels`.
+
+        Returns a `BatchFeature` with `pixel_values` [B, C, H, W] float32, `pixel_mask` [B, H, W] bool
+        (True = real pixel; transformers returns int64 ones and zeros, which every model reads alike) and, with annotations, `labels`: one dict per image with `class_labels`,
+        `boxes`, `area`, `iscrowd`, `orig_size`, `size`, `image_id`. Any constructor argument can be
+        overridden for this call. Without padding, images of different sizes come back as a list.
+        """
+        settings = self._settings(overrides)
+        if return_tensors not in ("pt", "np", None):
+            raise ValueError(f"`return_tensors` must be 'pt' or 'np', got {return_tensors!r}.")
+        sources = [
+            self._load(image, index, input_data_format) for index, image in enumerate(_as_list(images))
+        ]
+        if not sources:
+            raise ValueError("`images` is empty: pass at least one image.")
+        if annotations is not None:
+            annotations = [annotations] if isinstance(annotations, Mapping) else list(annotations)
+            if len(annotations) != len(sources):
+                raise ValueError(
+                    f"Got {len(sources)} images but {len(annotations)} annotations: pass one annotation per image."
+                )
+        if device is None:
+            device = next(
+                (s.tensor.device for s in sources if s.tensor is not None and s.tensor.is_cuda), "cpu"
+            )
+        device = torch.device(device)
+
+        output_sizes = [
+            resized_size(s.height, s.width, settings["size"])
+            if settings["do_resize"]
+            else (s.height, s.width)
+            for s in sources
+        ]
+        channels = self._output_channels(sources, settings)
+        scale, shift = self._affine(settings, channels)
+        if settings["do_pad"]:
+            batch_height, batch_width = self._padded_size(output_sizes, settings)
+            # uninitialised: each worker writes its image and zeroes its own padding (in parallel)
+            pixel_values = torch.empty(len(sources), channels, batch_height, batch_width, device=device)
+            # boolean (1 byte): an int64 mask of a large batch costs as much to write as the pixels
+            pixel_mask = torch.empty(len(sources), batch_height, batch_width, dtype=torch.bool, device=device)
+            targets = [pixel_values[i, :, :h, :w] for i, (h, w) in enumerate(output_sizes)]
+        else:
+            pixel_mask = None
+            targets = [torch.empty(channels, h, w, device=device) for h, w in output_sizes]
+
+        def work(index: int) -> None:
+            self._resize_into(sources[index], targets[index], settings, scale, shift)
+            if pixel_mask is not None:
+                height, width = output_sizes[index]
+                _fill_padding(pixel_values[index], height, width, 0)
+                _fill_padding(pixel_mask[index], height, width, False)
+                pixel_mask[index, :height, :width] = True
+
+        self._run(work, len(sources), settings["num_threads"])
+
+        if not settings["do_pad"]:
+            same_size = len(set(output_sizes)) == 1
+            pixel_values = torch.stack(targets) if same_size else targets
+        data = {"pixel_values": pixel_values}
+        if pixel_mask is not None:
+            data["pixel_mask"] = pixel_mask
+        if annotations is not None:
+            data["labels"] = [
+                self._convert_annotation(annotation, index, (s.height, s.width), size, settings)
+                for index, (annotation, s, size) in enumerate(zip(annotations, sources, output_sizes))
+            ]
+        if return_tensors == "np":
+            data = _to_numpy(data)
+        return BatchFeature(data=data)
+
+    def _settings(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        names = (
+            "do_convert_rgb", "do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize",
+            "image_mean", "image_std", "do_pad", "pad_size", "do_convert_annotations", "num_threads",
+        )  # fmt: skip
+        unknown = set(overrides) - set(names)
+        if unknown:
+            raise TypeError(
+                f"HfDetrImageProcessor got unexpected argument(s) {sorted(unknown)}; valid: {list(names)}."
+            )
+        settings = {name: overrides.get(name, getattr(self, name)) for name in names}
+        settings["size"] = normalize_size(settings["size"])
+        if settings["pad_size"] is not None:
+            settings["pad_size"] = normalize_size(settings["pad_size"], "pad_size")
+        settings["image_mean"] = np.atleast_1d(settings["image_mean"]).astype(np.float64)
+        settings["image_std"] = np.atleast_1d(settings["image_std"]).astype(np.float64)
+        return settings
+
+    def _load(self, image: Any, index: int, input_data_format: str | None) -> _SourceImage:
+        """Open or wrap one input without decoding pixels where that can wait (file paths)."""
+        if isinstance(image, (str, os.PathLike)):
+            path = os.fspath(image)
+            if os.path.isfile(path):
+                opened = PIL.Image.open(path)  # lazy: only the header is read here
+                width, height = opened.size
+                if opened.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotations by 90 degrees
+                    width, height = height, width
+                return _SourceImage(opened, None, height, width, len(opened.getbands()), exif_transpose=True)
+            try:
+                image = load_image(path)  # URLs and base64, EXIF rotation applied
+            except Exception as error:
+                raise ValueError(f"images[{index}]: cannot load {path!r} as an image ({error}).") from error
+        if isinstance(image, PIL.Image.Image):
+            width, height = image.size
+            _check_size(index, height, width)
+            return _SourceImage(image, None, height, width, len(image.getbands()))
+        if isinstance(image, np.ndarray):
+            image = torch.from_numpy(np.ascontiguousarray(image))
+        if not isinstance(image, torch.Tensor):
+            raise ValueError(
+                f"images[{index}] is a {type(image).__name__}; expected a PIL image, numpy array, torch tensor, "
+                "file path or URL."
+            )
+        return self._wrap_tensor(image, index, input_data_format)
+
+    def _wrap_tensor(self, image: torch.Tensor, index: int, input_data_format: str | None) -> _SourceImage:
+        if image.ndim == 2:
+            image = image[None]
+        if image.ndim != 3:
+            raise ValueError(
+                f"images[{index}] has shape {list(image.shape)}; expected [H, W], [C, H, W] or [H, W, C] "
+                "(a 4-D input is a batch: pass it as a list or a 4-D array)."
+            )
+        if _channels_last(image.shape, input_data_format, index):
+            image = image.permute(2, 0, 1)
+        channels, height, width = image.shape
+        _check_size(index, height, width)
+        if image.dtype == torch.uint16:
+            image = _sixteen_to_eight_bit(image)  # 16-bit content to 8-bit range, so 1/255 still holds
+        if image.dtype == torch.uint8 and not image.is_cuda and channels in (1, 3, 4):
+            # 8-bit content takes the PIL path: the same resize as transformers' PIL backend
+            array = image.permute(1, 2, 0).numpy()
+            pil = PIL.Image.fromarray(array[..., 0] if channels == 1 else array)
+            return _SourceImage(pil, None, height, width, channels)
+        if not (image.is_floating_point() or image.dtype == torch.uint8):
+            raise ValueError(f"images[{index}] has dtype {image.dtype}; expected uint8, uint16 or float.")
+        return _SourceImage(None, image, height, width, channels)
+
+    def _output_channels(self, sources: list[_SourceImage], settings: Mapping[str, Any]) -> int:
+        counts = {3 if settings["do_convert_rgb"] else _native_channels(s) for s in sources}
+        if len(counts) > 1:
+            raise ValueError(
+                f"The images have different channel counts {sorted(counts)}; use do_convert_rgb=True or "
+                "pass images of one kind."
+            )
+        channels = counts.pop()
+        for name in ("image_mean", "image_std"):
+            if settings["do_normalize"] and len(settings[name]) not in (1, channels):
+                raise ValueError(
+                    f"`{name}` has {len(settings[name])} values but the images have {channels} channels."
+                )
+        return channels
+
+    @staticmethod
+    def _affine(settings: Mapping[str, Any], channels: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (scale, shift) so that out = pixel * scale + shift does rescale and normalize."""
+        scale = np.full(channels, settings["rescale_factor"] if settings["do_rescale"] else 1.0)
+        shift = np.zeros(channels)
+        if settings["do_normalize"]:
+            mean = np.broadcast_to(settings["image_mean"], (channels,))
+            std = np.broadcast_to(settings["image_std"], (channels,))
+            scale, shift = scale / std, -mean / std
+        return scale, shift
+
+    def _padded_size(self, sizes: list[tuple[int, int]], settings: Mapping[str, Any]) -> tuple[int, int]:
+        height = max(h for h, _ in sizes)
+        width = max(w for _, w in sizes)
+        if settings["pad_size"] is None:
+            return height, width
+        pad_height, pad_width = settings["pad_size"]["height"], settings["pad_size"]["width"]
+        if height > pad_height or width > pad_width:
+            raise ValueError(
+                f"`pad_size` {pad_height}x{pad_width} is smaller than a resized image ({height}x{width})."
+            )
+        return pad_height, pad_width
+
+    @staticmethod
+    def _run(work, count: int, num_threads: int | None) -> None:
+        workers = min(count, num_threads or min(os.cpu_count() or 1, 8))
+        if workers <= 1:
+            for index in range(count):
+                work(index)
+            return
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(work, range(count)))
+
+    def _resize_into(
+        self,
+        source: _SourceImage,
+        target: torch.Tensor,
+        settings: Mapping[str, Any],
+        scale: np.ndarray,
+        shift: np.ndarray,
+    ) -> None:
+        """Resize one image and write `pixel * scale + shift` into `target` [C, h, w] (a view of the batch)."""
+        height, width = target.shape[-2:]
+        resample = PILImageResampling(settings["resample"])
+        if source.pil is not None and target.device.type == "cpu":
+            image = _pil_to_mode(source, settings["do_convert_rgb"])
+            if (image.height, image.width) != (height, width):
+                image = image.resize((width, height), resample=resample)
+            pixels = torch.from_numpy(np.asarray(image).copy())  # [h, w] or [h, w, C] uint8
+            pixels = pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)
+        else:
+            if source.pil is not None:  # 8-bit content for a GPU batch: decode here, resize there
+                image = _pil_to_mode(source, settings["do_convert_rgb"])
+                array = np.asarray(image)
+                pixels = torch.from_numpy(array[..., None] if array.ndim == 2 else array.copy()).permute(
+                    2, 0, 1
+                )
+            else:
+                pixels = source.tensor
+                if settings["do_convert_rgb"]:
+                    pixels = _tensor_to_rgb(pixels)
+            pixels = pixels.to(target.device, non_blocking=True)
+            if tuple(pixels.shape[-2:]) != (height, width):
+                interpolation = _TORCH_INTERPOLATION.get(resample, TF.InterpolationMode.BILINEAR)
+                floating = pixels if pixels.is_floating_point() else pixels.float()
+                pixels = TF.resize(floating, [height, width], interpolation=interpolation, antialias=True)
+                if source.tensor is None or not source.tensor.is_floating_point():
+                    pixels = pixels.round_().clamp_(0, 255)  # an 8-bit image stays on the 8-bit grid
+            if settings["do_rescale"] and source.tensor is not None and source.tensor.is_floating_point():
+                _warn_if_already_rescaled(pixels)
+        target.copy_(pixels)
+        target.mul_(torch.as_tensor(scale, dtype=torch.float32).to(target.device)[:, None, None])
+        target.add_(torch.as_tensor(shift, dtype=torch.float32).to(target.device)[:, None, None])
+
+    # ------------------------------------------------------------------------------------------------
+    # Annotations
+    # ------------------------------------------------------------------------------------------------
+    def _convert_annotation(
+        self,
+        annotation: Mapping[str, Any],
+        index: int,
+        original_size: tuple[int, int],
+        output_size: tuple[int, int],
+        settings: Mapping[str, Any],
+    ) -> dict[str, torch.Tensor]:
+        """COCO detection annotation -> DETR target (official `ConvertCocoPolysToMask` + resize + normalize)."""
+        objects = _validated_objects(annotation, index)
+        height, width = original_size
+        objects = [obj for obj in objects if not obj.get("iscrowd", 0)]
+        boxes = np.asarray([obj["bbox"] for obj in objects], dtype=np.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        classes = np.asarray([obj["category_id"] for obj in objects], dtype=np.int64)[keep]
+        area = np.asarray(
+            [obj["area"] if "area" in obj else obj["bbox"][2] * obj["bbox"][3] for obj in objects],
+            dtype=np.float32,
+        )[keep]
+        boxes = boxes[keep]
+        out_height, out_width = output_size
+        ratio_height, ratio_width = out_height / height, out_width / width
+        boxes = boxes * np.asarray([ratio_width, ratio_height, ratio_width, ratio_height], dtype=np.float32)
+        area = area * (ratio_width * ratio_height)
+        boxes = torch.from_numpy(boxes)
+        if settings["do_convert_annotations"]:
+            boxes = box_convert(boxes, "xyxy", "cxcywh") / torch.tensor(
+                [out_width, out_height, out_width, out_height], dtype=torch.float32
+            )
+        return {
+            "image_id": torch.tensor([int(annotation.get("image_id", index))]),
+            "class_labels": torch.from_numpy(classes),
+            "boxes": boxes,
+            "area": torch.from_numpy(np.asarray(area, dtype=np.float32)),
+            "iscrowd": torch.zeros(len(classes), dtype=torch.long),
+            "orig_size": torch.tensor([height, width]),
+            "size": torch.tensor([out_height, out_width]),
+        }
+
+    # ------------------------------------------------------------------------------------------------
+    # Post-processing
+    # ------------------------------------------------------------------------------------------------
+    def post_process_object_detection(
+        self,
+        outputs: Any,
+        threshold: float = 0.5,
+        target_sizes: torch.Tensor | Sequence[Sequence[int]] | None = None,
+        top_k: int | None = None,
+    ) -> list[dict[str, torch.Tensor]]:
+        """Model outputs -> per image `{"scores", "labels", "boxes"}` with absolute (x0, y0, x1, y1) boxes.
+
+        As the official `PostProcess`: softmax, drop the no-object column, best class per query. Boxes are
+        scaled to `target_sizes` ((height, width) per image, usually the original sizes) and clipped to
+        the image; without `target_sizes` they stay normalized in [0, 1]. With `top_k`, the best `top_k`
+        (query, class) pairs over all queries and classes are taken first, then `threshold` applies.
+        """
+        logits, boxes = outputs.logits, outputs.pred_boxes  # [B, N, K+1], [B, N, 4]
+        batch_size = logits.shape[0]
+        probabilities = logits.float().softmax(-1)[..., :-1]  # [B, N, K]
+        corners = box_convert(boxes.float(), "cxcywh", "xyxy")
+        if target_sizes is None:
+            sizes = torch.ones(batch_size, 2, device=boxes.device)
+        else:
+            sizes = torch.as_tensor(target_sizes, dtype=torch.float32).to(boxes.device)
+            if sizes.shape != (batch_size, 2):
+                raise ValueError(
+                    f"`target_sizes` must hold one (height, width) per image ({batch_size}), got shape "
+                    f"{list(sizes.shape)}."
+                )
+        scale = sizes.flip(-1).repeat(1, 2)[:, None, :]  # [B, 1, 4] = (w, h, w, h)
+        corners = torch.minimum(corners.clamp(min=0) * scale, scale)
+        if top_k is not None:
+            flat = probabilities.flatten(1)  # [B, N*K]
+            scores, index = flat.topk(min(top_k, flat.shape[1]), dim=1)
+            num_classes = probabilities.shape[-1]
+            labels = index % num_classes
+            corners = corners.gather(1, (index // num_classes)[..., None].expand(-1, -1, 4))
+        else:
+            scores, labels = probabilities.max(-1)
+        results = []
+        for image_scores, image_labels, image_boxes in zip(scores, labels, corners):
+            keep = image_scores > threshold
+            results.append(
+                {"scores": image_scores[keep], "labels": image_labels[keep], "boxes": image_boxes[keep]}
+            )
+        return results
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input helpers
+# ----------------------------------------------------------------------------------------------------
+def _as_list(images: Any) -> list[Any]:
+    """A single image or a list of images (a 4-D array or tensor is a batch)."""
+    if isinstance(images, (list, tuple)):
+        for index, item in enumerate(images):
+            if isinstance(item, (list, tuple)):
+                raise ValueError(f"images[{index}] is a nested list; pass a flat list of images.")
+        return list(images)
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        return list(images)
+    return [images]
+
+
+def _fill_padding(image: torch.Tensor, height: int, width: int, value: float) -> None:
+    """Fill everything of `image` [..., H, W] outside its top-left `height` x `width` region."""
+    image[..., :height, width:].fill_(value)
+    image[..., height:, :].fill_(value)
+
+
+def _check_size(index: int, height: int, width: int) -> None:
+    if height == 0 or width == 0:
+        raise ValueError(f"images[{index}] is empty ({height}x{width} pixels).")
+
+
+def _channels_last(shape: torch.Size, input_data_format: str | None, index: int) -> bool:
+    if input_data_format is not None:
+        if input_data_format not in ("channels_first", "channels_last"):
+            raise ValueError(
+                f"`input_data_format` must be 'channels_first' or 'channels_last', got {input_data_format!r}."
+            )
+        return input_data_format == "channels_last"
+    first, last = shape[0] in (1, 3, 4), shape[-1] in (1, 3, 4)
+    if first and last:
+        warnings.warn(
+            f"images[{index}] has an ambiguous shape {list(shape)}; assuming channels first. Pass "
+            "input_data_format='channels_last' if the channels come last.",
+            stacklevel=4,
+        )
+        return False
+    if not (first or last):
+        raise ValueError(
+            f"images[{index}] has shape {list(shape)}: cannot find a channel dimension of size 1, 3 or 4."
+        )
+    return last
+
+
+def _sixteen_to_eight_bit(image: torch.Tensor) -> torch.Tensor:
+    """16-bit pixel values (0..65535) to the 8-bit range (0..255), rounding."""
+    return (image.to(torch.float32) / 257.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _native_channels(source: _SourceImage) -> int:
+    if source.pil is not None:
+        return 1 if source.pil.mode in ("L", *SIXTEEN_BIT_PIL_MODES) else len(source.pil.getbands())
+    return source.channels
+
+
+def _pil_to_mode(source: _SourceImage, convert_rgb: bool) -> PIL.Image.Image:
+    """Decode (applying EXIF rotation for files) and convert to RGB (or keep the native 8-bit mode)."""
+    image = source.pil
+    if source.exif_transpose:
+        image = PIL.ImageOps.exif_transpose(image)
+    if image.mode in SIXTEEN_BIT_PIL_MODES:
+        eight_bit = (np.asarray(image, dtype=np.float32) / 257.0).round().clip(0, 255).astype(np.uint8)
+        image = PIL.Image.fromarray(eight_bit, mode="L")
+    if not convert_rgb or image.mode == "RGB":
+        return image
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")  # transparency composited onto white, as transformers does
+        background = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return PIL.Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _tensor_to_rgb(pixels: torch.Tensor) -> torch.Tensor:
+    """[1|3|4, H, W] -> [3, H, W]: grayscale repeated, alpha composited onto white."""
+    if pixels.shape[0] == 1:
+        return pixels.expand(3, -1, -1)
+    if pixels.shape[0] == 4:
+        white = 255.0 if not pixels.is_floating_point() or pixels.max() > 1 else 1.0
+        alpha = pixels[3:].float() / white
+        return (pixels[:3].float() * alpha + white * (1 - alpha)).to(pixels.dtype)
+    return pixels
+
+
+def _warn_if_already_rescaled(pixels: torch.Tensor) -> None:
+    if (
+        pixels.device.type == "cpu"
+        and pixels.numel()
+        and float(pixels.max()) <= 1.0
+        and float(pixels.min()) >= 0
+    ):
+        warnings.warn(
+            "It looks like you are trying to rescale already rescaled images (float values in [0, 1]). "
+            "Pass do_rescale=False if the images are already scaled.",
+            stacklevel=5,
+        )
+
+
+def _validated_objects(annotation: Any, index: int) -> list[Mapping[str, Any]]:
+    if not isinstance(annotation, Mapping) or not isinstance(annotation.get("annotations"), (list, tuple)):
+        raise ValueError(
+            f"annotations[{index}] must be a COCO detection dict {{'image_id', 'annotations': [...]}}, "
+            f"got {type(annotation).__name__} with keys {sorted(annotation) if isinstance(annotation, Mapping) else []}."
+        )
+    image_name = f"annotations[{index}] (image_id {annotation.get('image_id', '?')})"
+    for number, obj in enumerate(annotation["annotations"]):
+        where = f"{image_name}, object {number}"
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"{where} must be a dict, got {type(obj).__name__}.")
+        for field in ("bbox", "category_id"):
+            if field not in obj:
+                raise ValueError(f"{where} has no '{field}'.")
+        bbox = obj["bbox"]
+        if (
+            not isinstance(bbox, (list, tuple, np.ndarray))
+            or len(bbox) != 4
+            or not all(isinstance(v, (int, float, np.number)) and math.isfinite(v) for v in bbox)
+        ):
+            raise ValueError(f"{where}: 'bbox' must be 4 finite numbers (x, y, w, h), got {bbox!r}.")
+        if isinstance(obj["category_id"], bool) or not isinstance(obj["category_id"], (int, np.integer)):
+            raise ValueError(f"{where}: 'category_id' must be an integer, got {obj['category_id']!r}.")
+        if "area" in obj and not (
+            isinstance(obj["area"], (int, float, np.number)) and math.isfinite(obj["area"])
+        ):
+            raise ValueError(f"{where}: 'area' must be a finite number, got {obj['area']!r}.")
+    return list(annotation["annotations"])
+
+
+def _to_numpy(data: dict[str, Any]) -> dict[str, Any]:
+    def convert(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.cpu().numpy()
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        return value
+
+    return {key: convert(value) for key, value in data.items()}
+
+
+__all__ = ["HfDetrImageProcessor"]
