@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .configuration_detr import COCO_DETECTION_LABELS, HfDetrConfig
+from .image_processing_detr import HfDetrImageProcessor
 from .modeling_detr import HfDetrForObjectDetection
 
 StateDict = dict[str, torch.Tensor]
@@ -439,7 +440,8 @@ def convert_checkpoint(
     dilation: bool | None = None,
     num_labels: int | None = None,
 ) -> HfDetrForObjectDetection:
-    """Convert and `save_pretrained` into `output_dir` (config.json + model.safetensors)."""
+    """Convert and `save_pretrained` into `output_dir` (config.json, model.safetensors and
+    preprocessor_config.json)."""
     if source == "original":
         model = convert_original_checkpoint(checkpoint, backbone, dilation, num_labels)
     elif source == "transformers":
@@ -452,7 +454,25 @@ def convert_checkpoint(
     else:
         raise CheckpointConversionError(f"--source must be 'original' or 'transformers', got {source!r}.")
     model.save_pretrained(output_dir)
+    image_processor_for(source, checkpoint).save_pretrained(output_dir)
     return model
+
+
+# settings of a transformers DETR preprocessor_config.json that HfDetrImageProcessor shares
+_PROCESSOR_SETTINGS = (
+    "do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
+    "image_std", "do_pad", "pad_size", "do_convert_annotations",
+)  # fmt: skip
+
+
+def image_processor_for(source: str, checkpoint: str | Path) -> HfDetrImageProcessor:
+    """The processor of a converted checkpoint: the official evaluation settings, or for a transformers
+    checkpoint, the settings of its preprocessor_config.json where it has one."""
+    config_file = Path(checkpoint) / "preprocessor_config.json"
+    if source != "transformers" or not config_file.is_file():
+        return HfDetrImageProcessor()
+    saved = json.loads(config_file.read_text())
+    return HfDetrImageProcessor(**{k: saved[k] for k in _PROCESSOR_SETTINGS if saved.get(k) is not None})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,3 +117,22 @@ def test_converted_config_keeps_the_transformers_architecture(tmp_path, referenc
         assert getattr(model.config, field) == value, field
     assert model.config.id2label == {i: f"LABEL_{i}" for i in range(7)}
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_conversion_writes_a_preprocessor_config_with_the_source_settings(tmp_path, reference):
+    from transformers.models.detr.image_processing_pil_detr import DetrImageProcessorPil
+
+    from hf_detr import HfDetrImageProcessor
+
+    reference.save_pretrained(tmp_path / "src")
+    DetrImageProcessorPil(size={"shortest_edge": 600, "longest_edge": 1000}).save_pretrained(tmp_path / "src")
+    convert_checkpoint("transformers", tmp_path / "src", tmp_path / "out")
+    processor = HfDetrImageProcessor.from_pretrained(tmp_path / "out")
+    assert processor.size == {"shortest_edge": 600, "longest_edge": 1000}
+    official = tmp_path / "detr.pth"
+    write_official_checkpoint(reference, official)
+    convert_checkpoint("original", official, tmp_path / "official")
+    assert HfDetrImageProcessor.from_pretrained(tmp_path / "official").size == {
+        "shortest_edge": 800,
+        "longest_edge": 1333,
+    }
