@@ -116,6 +116,24 @@ class HfDetrConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         self.validate_detr_fields()
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs) -> HfDetrConfig:
+        """As transformers, but a config of another model type is an error, not a warning: loading a
+        `detr` (transformers) checkpoint as hf_detr would leave every weight randomly initialised."""
+        model_type = config_dict.get("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            hint = (
+                " Convert it first: python scripts/convert_checkpoint.py --source transformers --checkpoint DIR "
+                "--output-dir NEW_DIR."
+                if model_type == "detr"
+                else ""
+            )
+            raise ValueError(
+                f"This checkpoint is a {model_type!r} model, not {cls.model_type!r}: its config.json cannot "
+                f"build an HfDetrConfig.{hint}"
+            )
+        return super().from_dict(config_dict, **kwargs)
+
     def validate_detr_fields(self) -> None:
         """Raise `ValueError` naming the first field whose value cannot build a DETR."""
         positive = (

@@ -32,6 +32,8 @@ from .loss_detr import SetCriterion
 
 # Stages of a torchvision/timm ResNet from the top down; `trainable_backbone_layers=k` trains the first k.
 BACKBONE_STAGES_TOP_DOWN = ("layer4", "layer3", "layer2", "layer1", "conv1")
+# Heads a detector may add to a base-model checkpoint (the only weights allowed to be missing)
+DETECTION_HEAD_PREFIXES = ("class_labels_classifier.", "bbox_predictor.")
 # Largest feature map side the learned position embedding covers (the official `nn.Embedding(50, d/2)`).
 LEARNED_POSITION_MAX_SIZE = 50
 
@@ -545,6 +547,40 @@ class HfDetrPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     _no_split_modules = ["HfDetrBackbone", "HfDetrEncoderLayer", "HfDetrDecoderLayer"]
     _supports_sdpa = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' `from_pretrained`, stricter about what it loads.
+
+        Weights are read from safetensors only (nothing is unpickled) unless `use_safetensors=False` is
+        passed; weights missing from the checkpoint are an error instead of a random initialisation,
+        except the detection heads when a detector is built from a base-model checkpoint. Wrong shapes
+        are an error unless `ignore_mismatched_sizes=True` (e.g. a new number of classes).
+        """
+        kwargs.setdefault("use_safetensors", True)
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(
+            pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+        )
+        missing = sorted(k for k in loading_info["missing_keys"] if not k.startswith(DETECTION_HEAD_PREFIXES))
+        if missing:
+            shown = ", ".join(missing[:10]) + (
+                f", ... ({len(missing) - 10} more)" if len(missing) > 10 else ""
+            )
+            raise ValueError(
+                f"{pretrained_model_name_or_path} lacks {len(missing)} weight(s) of {cls.__name__}: {shown}. "
+                "The checkpoint does not match its config.json."
+            )
+        return (model, loading_info) if output_loading_info else model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' `save_pretrained`; code-carrying checkpoints also map `AutoModel` to the base model."""
+        if self._auto_class is not None:
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoModel": "modeling_detr.HfDetrModel",
+            }
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -1,0 +1,217 @@
+"""Auto classes, pipeline, code-carrying checkpoints and strict loading."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+
+import PIL.Image
+import pytest
+import torch
+from conftest import REPO_ROOT
+from detr_testing import tiny_hf_detr_config
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForObjectDetection,
+    DetrConfig,
+    DetrForObjectDetection,
+    pipeline,
+)
+from transformers.models.detr.image_processing_detr import DetrImageProcessor
+
+from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor, HfDetrModel
+
+# the known prediction: class 2 ("bed") with logit 8 against 0 for the rest, box (cx, cy, w, h)
+KNOWN_CLASS, KNOWN_LOGIT = 2, 8.0
+KNOWN_BOX = torch.tensor([0.5, 0.4, 0.5, 0.6])
+LABELS = {0: "cat", 1: "remote", 2: "bed", 3: "couch"}
+
+
+def known_prediction_model() -> HfDetrForObjectDetection:
+    """One query whose heads ignore their input: it always predicts KNOWN_CLASS at KNOWN_BOX."""
+    config = tiny_hf_detr_config(
+        num_queries=1, num_labels=4, id2label=LABELS, label2id={v: k for k, v in LABELS.items()}
+    )
+    model = HfDetrForObjectDetection(config).eval()
+    with torch.no_grad():
+        model.class_labels_classifier.weight.zero_()
+        model.class_labels_classifier.bias.zero_()
+        model.class_labels_classifier.bias[KNOWN_CLASS] = KNOWN_LOGIT
+        model.bbox_predictor.layers[2].weight.zero_()
+        model.bbox_predictor.layers[2].bias.copy_(torch.logit(KNOWN_BOX))
+    return model
+
+
+def known_score() -> float:
+    return math.exp(KNOWN_LOGIT) / (math.exp(KNOWN_LOGIT) + 4)  # 4 other logits (3 classes + no-object) at 0
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("known")
+    known_prediction_model().save_pretrained(directory)
+    HfDetrImageProcessor(size={"shortest_edge": 160, "longest_edge": 240}).save_pretrained(directory)
+    return directory
+
+
+def test_auto_classes_resolve_to_hf_detr(checkpoint):
+    assert isinstance(AutoConfig.from_pretrained(checkpoint), HfDetrConfig)
+    assert type(AutoModelForObjectDetection.from_pretrained(checkpoint)) is HfDetrForObjectDetection
+    assert type(AutoModel.from_pretrained(checkpoint)) is HfDetrModel
+    assert type(AutoImageProcessor.from_pretrained(checkpoint)) is HfDetrImageProcessor
+    assert AutoImageProcessor.from_pretrained(checkpoint).size == {"shortest_edge": 160, "longest_edge": 240}
+
+
+def test_checkpoints_carry_their_code_and_auto_map(checkpoint):
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_detr.HfDetrConfig",
+        "AutoModel": "modeling_detr.HfDetrModel",
+        "AutoModelForObjectDetection": "modeling_detr.HfDetrForObjectDetection",
+    }
+    processor = json.loads((checkpoint / "preprocessor_config.json").read_text())
+    assert processor["auto_map"] == {"AutoImageProcessor": "image_processing_detr.HfDetrImageProcessor"}
+    for name in ("configuration_detr.py", "modeling_detr.py", "loss_detr.py", "image_processing_detr.py"):
+        assert (checkpoint / name).is_file(), name
+        assert (
+            "from hf_detr" not in (checkpoint / name).read_text()
+            and "import hf_detr" not in (checkpoint / name).read_text()
+        )
+
+
+def test_transformers_detr_checkpoints_still_load_transformers_classes(tmp_path):
+    config = DetrConfig(backbone="resnet18", encoder_layers=1, decoder_layers=1, d_model=32,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                        decoder_ffn_dim=32, num_queries=5)  # fmt: skip
+    DetrForObjectDetection(config).save_pretrained(tmp_path)
+    DetrImageProcessor().save_pretrained(tmp_path)
+    assert type(AutoModelForObjectDetection.from_pretrained(tmp_path)) is DetrForObjectDetection
+    assert type(AutoImageProcessor.from_pretrained(tmp_path)) is DetrImageProcessor
+
+
+def _expected_box(width: int, height: int) -> dict[str, int]:
+    cx, cy, w, h = KNOWN_BOX.tolist()
+    corners = [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
+    return dict(zip(("xmin", "ymin", "xmax", "ymax"), (int(v) for v in corners)))
+
+
+def test_pipeline_finds_the_known_object_on_the_real_image(checkpoint, coco_image_dir):
+    path = coco_image_dir / "000000039769.png"
+    image = PIL.Image.open(path)
+    detector = pipeline("object-detection", model=str(checkpoint))
+    expected = [
+        {"score": pytest.approx(known_score(), abs=1e-5), "label": "bed", "box": _expected_box(640, 480)}
+    ]
+    assert detector(image) == expected
+    assert detector(str(path)) == expected
+    assert detector([image, image.resize((320, 200))]) == [
+        expected,
+        [{**expected[0], "box": _expected_box(320, 200)}],
+    ]
+    assert detector(image, threshold=known_score() + 0.01) == []
+
+
+_WITHOUT_PACKAGE = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class BlockHfDetr(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "hf_detr" or name.startswith("hf_detr."):
+                raise ImportError("hf_detr is blocked in this process")
+
+    sys.meta_path.insert(0, BlockHfDetr())
+    from transformers import AutoModelForObjectDetection, pipeline
+
+    directory, image = sys.argv[1], sys.argv[2]
+    try:
+        import hf_detr  # noqa: F401
+        raise SystemExit("hf_detr was importable")
+    except ImportError:
+        pass
+    model = AutoModelForObjectDetection.from_pretrained(directory, trust_remote_code=True)
+    assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+    detector = pipeline("object-detection", model=directory, trust_remote_code=True)
+    print(json.dumps({"class": type(model).__name__, "detections": detector(image, threshold=0.0)}))
+    """
+)
+
+
+def test_code_carrying_checkpoint_loads_without_the_package(tmp_path, coco_image_dir):
+    """In a process where hf_detr cannot be imported, remote code gives the installed package's detections."""
+    torch.manual_seed(1)
+    model = HfDetrForObjectDetection(tiny_hf_detr_config(num_queries=5)).eval()
+    model.save_pretrained(tmp_path)
+    HfDetrImageProcessor(size={"shortest_edge": 128, "longest_edge": 200}).save_pretrained(tmp_path)
+    image = str(coco_image_dir / "000000039769.png")
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_PACKAGE, str(tmp_path), image],
+        cwd=tmp_path,  # not the repository: hf_detr must not be importable from the working directory
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = json.loads(result.stdout.strip().splitlines()[-1])
+    assert remote["class"] == "HfDetrForObjectDetection"
+    local = pipeline("object-detection", model=str(tmp_path))(image, threshold=0.0)
+    assert len(local) == 5
+    assert [d["label"] for d in remote["detections"]] == [d["label"] for d in local]
+    assert [d["box"] for d in remote["detections"]] == [d["box"] for d in local]
+    assert [d["score"] for d in remote["detections"]] == pytest.approx([d["score"] for d in local], abs=1e-6)
+    assert REPO_ROOT.exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Strict loading
+# ---------------------------------------------------------------------------------------------------
+def test_a_config_of_another_model_type_is_an_error(tmp_path):
+    DetrConfig(backbone="resnet18").save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="'detr' model, not 'hf_detr'.*convert_checkpoint"):
+        HfDetrForObjectDetection.from_pretrained(tmp_path)
+
+
+def test_missing_weights_are_an_error(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    known_prediction_model().save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["model.decoder.layernorm.bias"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"lacks 1 weight\(s\).*model.decoder.layernorm.bias"):
+        HfDetrForObjectDetection.from_pretrained(tmp_path)
+
+
+def test_no_weights_file_is_an_error(tmp_path):
+    known_prediction_model().config.save_pretrained(tmp_path)
+    with pytest.raises(OSError, match="model.safetensors"):
+        HfDetrForObjectDetection.from_pretrained(tmp_path)
+
+
+def test_weights_of_the_wrong_shape_are_an_error(tmp_path):
+    small = HfDetrForObjectDetection(
+        tiny_hf_detr_config(d_model=32, encoder_attention_heads=2, decoder_attention_heads=2)
+    )
+    small.save_pretrained(tmp_path)
+    tiny_hf_detr_config().save_pretrained(tmp_path)  # a config that does not match the weights
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        HfDetrForObjectDetection.from_pretrained(tmp_path)
+
+
+def test_pickled_weights_are_not_loaded_by_default(tmp_path):
+    model = known_prediction_model()
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(OSError, match="safetensors"):
+        HfDetrForObjectDetection.from_pretrained(tmp_path)
+
+
+def test_a_base_model_checkpoint_can_start_a_detector(tmp_path):
+    HfDetrModel(tiny_hf_detr_config()).save_pretrained(tmp_path)
+    detector = HfDetrForObjectDetection.from_pretrained(tmp_path)
+    assert isinstance(detector, HfDetrForObjectDetection)
