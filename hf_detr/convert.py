@@ -486,14 +486,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", default=None, help="official .pth only, e.g. resnet50 or resnet101")
     parser.add_argument("--dilation", action="store_true", default=None, help="official .pth only: DC5 model")
     parser.add_argument("--num-labels", type=int, default=None, help="official .pth only (91 for COCO)")
+    parser.add_argument(
+        "--push-to-hub", metavar="REPO_ID", default=None, help="also upload it, with a model card"
+    )
+    parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
     args = parser.parse_args(argv)
     try:
-        convert_checkpoint(
+        model = convert_checkpoint(
             args.source, args.checkpoint, args.output_dir, args.backbone, args.dilation, args.num_labels
         )
     except (CheckpointConversionError, FileNotFoundError) as error:
         parser.exit(2, f"error: {error}\n")
     print(f"Saved hf_detr checkpoint to {args.output_dir}")
+    if args.push_to_hub:
+        from .hub import make_model_card, official_checkpoint_for, official_model_card, push_to_hub
+
+        official = official_checkpoint_for(model.config) if args.source == "original" else None
+        card = (
+            official_model_card(official, args.push_to_hub)
+            if official
+            else make_model_card(model.config, args.push_to_hub)
+        )
+        processor = HfDetrImageProcessor.from_pretrained(args.output_dir)
+        url = push_to_hub(model, processor, args.push_to_hub, card, private=args.private or None)
+        print(f"Pushed to {args.push_to_hub}: {url}")
     return 0
 
 
