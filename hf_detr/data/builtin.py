@@ -1,0 +1,217 @@
+"""The built-in dataset: synthetic shapes written as a real COCO folder, then loaded like COCO.
+
+"hf-detr shapes v1" (fixed; a new difficulty would be a new version):
+
+| property | value |
+|---|---|
+| classes | circle, square, triangle (COCO category ids 1, 2, 3) |
+| image size | 128 x 128 RGB PNG |
+| objects per image | 1 to 3 (uniform) |
+| object size | 26 to 64 px (20% to 50% of the image side), uniform |
+| overlaps | allowed up to IoU 0.3 between two boxes; later shapes are drawn on top |
+| colours | random, at least 80 (of 255) away from the background's mean on some channel |
+| backgrounds | random colour + linear gradient + one texture (stripes, checks or blobs) + pixel noise |
+| splits | train 2000 images, val 200 images |
+| seed | 0 (train and val use different streams); identical files on every machine |
+
+Boxes are the tight (x, y, w, h) boxes of the drawn shapes and `area` is the shape's pixel count, as
+COCO's segmentation area. The folder is written once under `$HF_HOME/hf_detr/builtin/` and then read
+through the COCO-folder loader, so the default exercises the code a COCO user runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+
+from .coco_folder import default_cache_dir
+
+NAME = "shapes-v1"
+CLASSES = ("circle", "square", "triangle")
+IMAGE_SIZE = 128
+OBJECTS_PER_IMAGE = (1, 3)
+OBJECT_SIZE = (26, 64)
+MAX_OVERLAP_IOU = 0.3
+MIN_CONTRAST = 80
+SPLIT_SIZES = {"train": 2000, "val": 200}
+SEED = 0
+
+
+def builtin_dataset_folder(
+    root: str | os.PathLike | None = None, split_sizes: dict[str, int] | None = None
+) -> Path:
+    """The COCO folder of the built-in set, written on first use (atomically) and re-used after."""
+    split_sizes = split_sizes or SPLIT_SIZES
+    suffix = (
+        ""
+        if split_sizes == SPLIT_SIZES
+        else "-" + "-".join(f"{k}{v}" for k, v in sorted(split_sizes.items()))
+    )
+    folder = (
+        Path(root) if root is not None else default_cache_dir() / "builtin" / f"{NAME}-seed{SEED}{suffix}"
+    )
+    if (folder / "annotations").is_dir():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".incomplete-"))
+    write_shapes_coco(staging, split_sizes)
+    try:
+        staging.rename(folder)
+    except OSError:  # written concurrently by another process
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def write_shapes_coco(
+    folder: str | os.PathLike, split_sizes: dict[str, int] | None = None, seed: int = SEED
+) -> None:
+    """Write images and `annotations/instances_{split}.json` for each split."""
+    folder = Path(folder)
+    (folder / "annotations").mkdir(parents=True, exist_ok=True)
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
+    annotation_id = 1
+    for split_index, (split, count) in enumerate(sorted((split_sizes or SPLIT_SIZES).items())):
+        rng = np.random.default_rng([seed, split_index])
+        (folder / split).mkdir(exist_ok=True)
+        images, annotations = [], []
+        for index in range(count):
+            image_id = index + 1
+            picture, objects = draw_shapes_image(rng)
+            file_name = f"{image_id:06d}.png"
+            picture.save(folder / split / file_name, compress_level=1)
+            images.append({"id": image_id, "file_name": file_name, "width": IMAGE_SIZE, "height": IMAGE_SIZE})
+            for category_id, bbox, area in objects:
+                annotations.append(
+                    {"id": annotation_id, "image_id": image_id, "category_id": category_id, "bbox": bbox,
+                     "area": area, "iscrowd": 0}
+                )  # fmt: skip
+                annotation_id += 1
+        instances = {
+            "info": {
+                "description": f"hf-detr built-in synthetic shapes ({NAME}, seed {seed}), split {split}"
+            },
+            "images": images,
+            "annotations": annotations,
+            "categories": categories,
+        }
+        (folder / "annotations" / f"instances_{split}.json").write_text(json.dumps(instances))
+
+
+def draw_shapes_image(
+    rng: np.random.Generator,
+) -> tuple[PIL.Image.Image, list[tuple[int, list[float], float]]]:
+    """One image and its objects as (category id, [x, y, w, h], area)."""
+    background = _background(rng)
+    canvas = PIL.Image.fromarray(background)
+    mean_colour = background.reshape(-1, 3).mean(0)
+    boxes: list[list[float]] = []
+    objects = []
+    wanted = int(rng.integers(OBJECTS_PER_IMAGE[0], OBJECTS_PER_IMAGE[1] + 1))
+    for _ in range(50 * wanted):  # rejection sampling of overlaps
+        if len(objects) == wanted:
+            break
+        class_index = int(rng.integers(len(CLASSES)))
+        size = int(rng.integers(OBJECT_SIZE[0], OBJECT_SIZE[1] + 1))
+        x0 = int(rng.integers(0, IMAGE_SIZE - size + 1))
+        y0 = int(rng.integers(0, IMAGE_SIZE - size + 1))
+        mask = _shape_mask(CLASSES[class_index], size, rng)
+        ys, xs = np.nonzero(mask)
+        bbox = [
+            float(x0 + xs.min()),
+            float(y0 + ys.min()),
+            float(xs.max() - xs.min() + 1),
+            float(ys.max() - ys.min() + 1),
+        ]
+        if any(_iou(bbox, other) > MAX_OVERLAP_IOU for other in boxes):
+            continue
+        colour = _contrasting_colour(rng, mean_colour)
+        layer = PIL.Image.new("RGB", (size, size), tuple(int(c) for c in colour))
+        canvas.paste(layer, (x0, y0), PIL.Image.fromarray((mask * 255).astype(np.uint8)))
+        boxes.append(bbox)
+        objects.append((class_index + 1, bbox, float(mask.sum())))
+    return canvas, objects
+
+
+def _shape_mask(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    image = PIL.Image.new("L", (size, size), 0)
+    draw = PIL.ImageDraw.Draw(image)
+    if name == "circle":
+        draw.ellipse((0, 0, size - 1, size - 1), fill=1)
+    elif name == "square":
+        draw.rectangle((0, 0, size - 1, size - 1), fill=1)
+    else:  # a triangle pointing up, down, left or right
+        corners = [(0, size - 1), (size - 1, size - 1), ((size - 1) / 2, 0)]
+        turns = int(rng.integers(4))
+        centre = (size - 1) / 2
+        for _ in range(turns):
+            corners = [(centre - (y - centre), x) for x, y in corners]
+        draw.polygon(corners, fill=1)
+    return np.asarray(image, dtype=np.uint8)
+
+
+_GRID = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32) / IMAGE_SIZE  # (y, x) in [0, 1)
+
+
+def _background(rng: np.random.Generator) -> np.ndarray:
+    size = IMAGE_SIZE
+    base = rng.uniform(40, 215, 3)
+    ys, xs = _GRID
+    angle = rng.uniform(0, 2 * math.pi)
+    gradient = (np.cos(angle) * xs + np.sin(angle) * ys)[..., None] * rng.uniform(-40, 40, 3)
+    texture_kind = int(rng.integers(3))
+    if texture_kind == 0:  # stripes
+        period = rng.uniform(6, 20)
+        phase = rng.uniform(0, 2 * math.pi)
+        direction = rng.uniform(0, math.pi)
+        wave = np.sin((np.cos(direction) * xs + np.sin(direction) * ys) * size * 2 * math.pi / period + phase)
+        texture = wave[..., None] * rng.uniform(5, 25, 3)
+    elif texture_kind == 1:  # checks
+        cell = int(rng.integers(6, 20))
+        checks = ((np.arange(size)[:, None] // cell + np.arange(size)[None, :] // cell) % 2).astype(
+            np.float32
+        )
+        texture = (checks[..., None] - 0.5) * rng.uniform(10, 40, 3)
+    else:  # blobs: smooth random field
+        coarse = rng.normal(0, 1, (8, 8, 3))
+        field = np.asarray(
+            PIL.Image.fromarray(
+                ((coarse - coarse.min()) / (np.ptp(coarse) + 1e-6) * 255).astype(np.uint8)
+            ).resize((size, size), PIL.Image.BICUBIC),
+            np.float32,
+        )
+        texture = (field / 255 - 0.5) * rng.uniform(20, 50)
+    noise = rng.normal(0, 6, (size, size, 3))
+    return np.clip(base + gradient + texture + noise, 0, 255).astype(np.uint8)
+
+
+def _contrasting_colour(rng: np.random.Generator, background_mean: np.ndarray) -> np.ndarray:
+    for _ in range(100):
+        colour = rng.integers(0, 256, 3)
+        if np.abs(colour - background_mean).max() >= MIN_CONTRAST:
+            return colour
+    return np.where(background_mean > 127, 0, 255)
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    intersection = ix * iy
+    return intersection / (a[2] * a[3] + b[2] * b[3] - intersection)
+
+
+__all__ = [
+    "CLASSES",
+    "IMAGE_SIZE",
+    "NAME",
+    "builtin_dataset_folder",
+    "draw_shapes_image",
+    "write_shapes_coco",
+]

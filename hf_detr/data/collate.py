@@ -1,0 +1,153 @@
+"""From a split of the common schema to padded training batches.
+
+`DetectionDataset` decodes each image as stored (COCO boxes refer to the stored pixels, so the EXIF
+orientation tag is ignored, as the official DETR and pycocotools do; `datasets`' own Image decoding
+would rotate such images away from their boxes), applies the augmentation seeded by (seed, epoch,
+index), and yields the image with its annotation in COCO format. Images that cannot be decoded are
+skipped with a counted warning. `DetectionCollator` turns a list of samples into `pixel_values`,
+`pixel_mask` and `labels` with `HfDetrImageProcessor`: the very code that prepares images at
+inference.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import PIL.Image
+import torch
+from datasets import Dataset
+from datasets import Image as ImageFeature
+from torchvision import tv_tensors
+from torchvision.ops import box_convert
+
+from ..image_processing_detr import HfDetrImageProcessor
+
+logger = logging.getLogger("hf_detr.data")
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A per-sample seed that depends only on (seed, epoch, index): a resumed run redraws the same."""
+    mixed = (seed * 1_000_003 + epoch) * 1_000_003 + index
+    return mixed % (2**63 - 1)
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """A split of the common schema as a map-style torch dataset of {"image", "annotation"} samples.
+
+    `annotation` is COCO detection format ({"image_id", "annotations": [{"bbox", "category_id",
+    "area", "iscrowd"}]}) with `category_id` = the split's contiguous class id (the model's label id).
+    A sample whose image cannot be decoded is returned as None (the collator drops it); the number of
+    such samples is in `skipped`.
+    """
+
+    def __init__(self, split: Dataset, transforms: Callable | None = None, seed: int = 0) -> None:
+        self.split = split.cast_column("image", ImageFeature(decode=False))
+        self.transforms = transforms
+        self.seed = seed
+        self.epoch = 0
+        self.skipped = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        record = self.split[index]
+        try:
+            image = decode_as_stored(record["image"])
+        except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:
+            self.skipped += 1
+            source = record["image"].get("path") or f"image_id {record['image_id']}"
+            logger.warning(
+                "Skipped sample %d (%s): cannot decode the image (%s). %d sample(s) skipped so far in this process.",
+                index, source, error, self.skipped,
+            )  # fmt: skip
+            return None
+        objects = record["objects"]
+        if self.transforms is None:
+            annotations = [
+                {"bbox": list(bbox), "category_id": int(category), "area": float(area), "iscrowd": int(crowd), "id": int(i)}
+                for i, bbox, category, area, crowd in zip(
+                    objects["id"], objects["bbox"], objects["category"], objects["area"], objects["iscrowd"]
+                )
+            ]  # fmt: skip
+            return {
+                "image": image,
+                "annotation": {"image_id": record["image_id"], "annotations": annotations},
+            }
+        return self._augmented(image, record, index)
+
+    def _augmented(self, image: PIL.Image.Image, record: dict[str, Any], index: int) -> dict[str, Any]:
+        objects = record["objects"]
+        sample = {
+            "image": image,
+            # corners, not (x, y, w, h): clamped to the canvas exactly, so border boxes stay valid
+            "boxes": tv_tensors.BoundingBoxes(
+                box_convert(
+                    torch.tensor(objects["bbox"], dtype=torch.float32).reshape(-1, 4), "xywh", "xyxy"
+                ),
+                format="XYXY",
+                canvas_size=(image.height, image.width),
+            ),
+            "labels": torch.tensor(objects["category"], dtype=torch.long),
+            "area": torch.tensor(objects["area"], dtype=torch.float32),
+            "iscrowd": torch.tensor(objects["iscrowd"], dtype=torch.long),
+            "ids": torch.tensor(objects["id"], dtype=torch.long),
+        }
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, self.epoch, index))
+            out = self.transforms(sample)
+        # augmented boxes carry their own area (as the official crop does); only COCO evaluation reads it
+        boxes = box_convert(out["boxes"].as_subclass(torch.Tensor), "xyxy", "xywh")
+        annotations = [
+            {"bbox": box.tolist(), "category_id": int(label), "area": float(box[2] * box[3]), "iscrowd": int(crowd),
+             "id": int(i)}
+            for box, label, crowd, i in zip(boxes, out["labels"], out["iscrowd"], out["ids"])
+        ]  # fmt: skip
+        image = out["image"]
+        return {"image": image, "annotation": {"image_id": record["image_id"], "annotations": annotations}}
+
+
+def decode_as_stored(image: dict[str, Any]) -> PIL.Image.Image:
+    """Decode a `datasets` image ({"bytes", "path"}) without applying its EXIF orientation."""
+    source = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
+    decoded = PIL.Image.open(source)
+    decoded.load()
+    return decoded if decoded.mode == "RGB" else decoded.convert("RGB")
+
+
+class DetectionCollator:
+    """Samples -> {"pixel_values", "pixel_mask", "labels"} through `HfDetrImageProcessor`.
+
+    Training samples were resized by the augmentation: `do_resize=False` keeps them as they are;
+    validation samples are resized by the processor (`size`). Samples that are None (undecodable
+    images) are dropped. Extra keyword arguments go to the processor (e.g. `num_threads=1` inside
+    DataLoader workers).
+    """
+
+    def __init__(
+        self, processor: HfDetrImageProcessor | None = None, do_resize: bool = True, **processor_kwargs: Any
+    ) -> None:
+        self.processor = processor or HfDetrImageProcessor()
+        self.do_resize = do_resize
+        self.processor_kwargs = processor_kwargs
+
+    def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+        samples = [s for s in samples if s is not None]
+        if not samples:
+            return {}
+        batch = self.processor(
+            [s["image"] for s in samples],
+            annotations=[s["annotation"] for s in samples],
+            do_resize=self.do_resize,
+            **self.processor_kwargs,
+        )
+        return dict(batch)
+
+
+__all__ = ["DetectionCollator", "DetectionDataset", "decode_as_stored", "sample_seed"]

@@ -1,0 +1,285 @@
+"""`load_detection_dataset`: every source brought to the common schema.
+
+Sources: the built-in synthetic set (no argument), a local COCO folder, a `save_to_disk` folder, local
+parquet/arrow files, or a Hub dataset name. Hub detection datasets differ in their box format
+(`detection-datasets/coco` stores x0, y0, x1, y1; `cppe-5` COCO's x, y, w, h), so `bbox_format` is
+explicit and checked against the data.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from itertools import islice
+from pathlib import Path
+from typing import Any, Literal
+
+from datasets import (
+    ClassLabel,
+    Dataset,
+    DatasetDict,
+    IterableDataset,
+    IterableDatasetDict,
+    load_dataset,
+    load_from_disk,
+)
+
+from .coco_folder import is_coco_folder, load_coco_folder
+from .schema import ObjectChecker, category_ids, detection_features, logger, set_category_ids
+
+BoxFormat = Literal["xywh", "xyxy"]
+# how many records per split the box-format check reads before anything else happens
+FORMAT_CHECK_RECORDS = 200
+CATEGORY_KEYS = ("category", "category_id", "label", "labels")
+
+
+def load_detection_dataset(
+    source: str | os.PathLike | None = None,
+    *,
+    split: str | None = None,
+    bbox_format: BoxFormat = "xywh",
+    streaming: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    **load_kwargs: Any,
+) -> DatasetDict | IterableDatasetDict:
+    """Load a detection dataset in the common schema (see `hf_detr.data.schema`).
+
+    Args:
+        source: None for the built-in synthetic shapes set; a local COCO folder
+            (`annotations/instances_{split}.json` + images); a `save_to_disk` folder; a parquet/arrow
+            file or folder; or a Hub dataset name (`load_dataset` arguments go in `load_kwargs`).
+        split: load only this split (the result still is a DatasetDict with that one split).
+        bbox_format: the box format of a Hub/parquet source, "xywh" (COCO) or "xyxy"; checked.
+        streaming: return an IterableDatasetDict that yields the same records.
+        cache_dir: where converted COCO folders are cached (default `$HF_HOME/hf_detr`).
+    """
+    if bbox_format not in ("xywh", "xyxy"):
+        raise ValueError(f"`bbox_format` must be 'xywh' or 'xyxy', got {bbox_format!r}.")
+    if source is None:
+        from .builtin import builtin_dataset_folder
+
+        source = builtin_dataset_folder()
+    path = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    if path is not None and path.is_dir() and is_coco_folder(path):
+        dataset = load_coco_folder(path, split, cache_dir)
+        return _to_iterable(dataset) if streaming else dataset
+    if path is not None and path.is_dir() and _is_saved_dataset(path):
+        raw = load_from_disk(str(path))
+        raw = raw if isinstance(raw, DatasetDict) else DatasetDict({"train": raw})
+        raw = _select_split(raw, split, str(path))
+        dataset = DatasetDict({name: normalize_split(ds, bbox_format, name) for name, ds in raw.items()})
+        return _to_iterable(dataset) if streaming else dataset
+    if path is not None and path.exists():
+        raw = _load_files(path, streaming)
+    else:
+        raw = load_dataset(str(source), streaming=streaming, **load_kwargs)
+    raw = _select_split(raw, split, str(source))
+    normalized = {name: normalize_split(ds, bbox_format, name) for name, ds in raw.items()}
+    return IterableDatasetDict(normalized) if streaming else DatasetDict(normalized)
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file()
+
+
+def _load_files(path: Path, streaming: bool) -> DatasetDict | IterableDatasetDict:
+    """Local parquet or arrow files: one file (split "train"), or a folder that `load_dataset` reads."""
+    if path.is_file():
+        builder = {".parquet": "parquet", ".arrow": "arrow"}.get(path.suffix)
+        if builder is None:
+            raise ValueError(
+                f"{path}: expected a .parquet or .arrow file, a COCO folder or a dataset folder."
+            )
+        return load_dataset(builder, data_files={"train": str(path)}, streaming=streaming)
+    return load_dataset(str(path), streaming=streaming)
+
+
+def _select_split(raw: Mapping[str, Any], split: str | None, source: str) -> Mapping[str, Any]:
+    if split is None:
+        return raw
+    if split not in raw:
+        raise ValueError(f"Unknown split {split!r} in {source}; it has {sorted(raw)}.")
+    return {split: raw[split]}
+
+
+def _to_iterable(dataset: DatasetDict) -> IterableDatasetDict:
+    iterable = IterableDatasetDict({name: ds.to_iterable_dataset() for name, ds in dataset.items()})
+    for name, ds in iterable.items():
+        set_category_ids(ds, category_ids(dataset[name]))
+    return iterable
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hub / parquet records -> the common schema
+# ---------------------------------------------------------------------------------------------------
+def normalize_split(dataset: Dataset | IterableDataset, bbox_format: BoxFormat, name: str):
+    """Bring one split of a Hub-style detection dataset to the common schema, checking its boxes."""
+    features = dataset.features
+    if features is None or "objects" not in features or "image" not in features:
+        found = sorted(features) if features is not None else "unknown columns"
+        raise ValueError(
+            f"Split {name!r} is not an object detection dataset: expected an 'image' column and an "
+            f"'objects' column with 'bbox' and 'category', found {found}."
+        )
+    objects = features["objects"]
+    objects = objects.feature if hasattr(objects, "feature") and not isinstance(objects, dict) else objects
+    category_key = next((k for k in CATEGORY_KEYS if k in objects), None)
+    if "bbox" not in objects or category_key is None:
+        raise ValueError(
+            f"Split {name!r}: 'objects' must have 'bbox' and 'category', found {sorted(objects)}."
+        )
+    category_feature = objects[category_key]
+    category_feature = getattr(category_feature, "feature", category_feature)
+    if isinstance(category_feature, ClassLabel):
+        names = list(category_feature.names)
+    else:
+        names = _integer_class_names(dataset, category_key)
+    check_box_format(dataset, bbox_format, name)
+    target_features = detection_features(names)
+    ids = category_ids(dataset) if _has_category_ids(dataset) else list(range(len(names)))
+    convert = _RecordConverter(bbox_format, category_key, len(names), name)
+    columns = [c for c in (dataset.column_names or []) if c not in target_features]
+    if isinstance(dataset, IterableDataset):
+        convert.report_as_it_goes = True  # a stream has no end to count to
+        converted = dataset.map(convert, with_indices=True, remove_columns=columns, features=target_features)
+    else:
+        # count on the light columns (no image decoding): the map below may come from datasets' cache
+        counter = _RecordConverter(bbox_format, category_key, len(names), name)
+        for record in _objects_only(dataset):
+            counter.objects(record)
+        counter.checker.report(f"Split {name!r}")
+        converted = dataset.map(
+            convert,
+            with_indices=True,
+            remove_columns=columns,
+            features=target_features,
+            desc=f"Normalizing {name}",
+        )
+    return set_category_ids(converted, ids)
+
+
+def _objects_only(dataset: Dataset) -> Dataset:
+    """The columns the checks need; the image only when the sizes are not stored."""
+    needed = (
+        ["objects", "width", "height"]
+        if {"width", "height"} <= set(dataset.column_names)
+        else ["objects", "image"]
+    )
+    return dataset.select_columns(needed)
+
+
+def _has_category_ids(dataset) -> bool:
+    return '"coco_category_ids"' in (dataset.info.description or "")
+
+
+def _integer_class_names(dataset, category_key: str) -> list[str]:
+    largest = -1
+    for record in islice(iter(dataset), 1000):
+        values = _records_objects(record)[category_key]
+        largest = max([largest, *values])
+    return [f"class_{i}" for i in range(largest + 1)]
+
+
+def _records_objects(record: Mapping) -> dict[str, list]:
+    """`objects` as a dict of lists (Hub datasets store either that or a list of dicts)."""
+    objects = record["objects"]
+    if isinstance(objects, list):
+        keys = objects[0].keys() if objects else ("bbox", "category")
+        return {k: [o[k] for o in objects] for k in keys}
+    return objects
+
+
+def _size(record: Mapping) -> tuple[float, float]:
+    if record.get("width") and record.get("height"):
+        return float(record["width"]), float(record["height"])
+    image = record["image"]
+    return float(image.width), float(image.height)
+
+
+def _to_xywh(bbox, bbox_format: str):
+    if bbox_format == "xyxy" and isinstance(bbox, (list, tuple)) and len(bbox) == 4:
+        x0, y0, x1, y1 = bbox
+        return [x0, y0, x1 - x0, y1 - y0]
+    return bbox
+
+
+def check_box_format(dataset, bbox_format: BoxFormat, name: str) -> None:
+    """Reject boxes that do not fit the declared format, on the first records of the split.
+
+    xyxy boxes must have x1 >= x0 and y1 >= y0. Read as xywh, boxes of an xyxy dataset stick out of
+    the image: when most do, the format is wrong.
+    """
+    checked = outside = 0
+    records = _objects_only(dataset) if isinstance(dataset, Dataset) else dataset
+    for record in islice(iter(records), FORMAT_CHECK_RECORDS):
+        width, height = _size(record)
+        for bbox in _records_objects(record)["bbox"]:
+            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+                continue
+            x0, y0, a, b = bbox
+            if bbox_format == "xyxy" and (a < x0 or b < y0):
+                raise ValueError(
+                    f"Split {name!r}: box {list(bbox)} has x1 < x0 or y1 < y0, so it is not (x0, y0, x1, y1); "
+                    "load it with bbox_format='xywh'."
+                )
+            checked += 1
+            outside += (x0 + a > width + 1) or (y0 + b > height + 1)
+    if bbox_format == "xywh" and checked >= 5 and outside > 0.5 * checked:
+        raise ValueError(
+            f"Split {name!r}: {outside} of {checked} boxes extend past the image when read as (x, y, w, h); "
+            "the boxes look like (x0, y0, x1, y1): load it with bbox_format='xyxy'."
+        )
+
+
+class _RecordConverter:
+    """One Hub-style record -> the common schema, invalid objects dropped (and counted)."""
+
+    def __init__(self, bbox_format: str, category_key: str, num_classes: int, split: str) -> None:
+        self.bbox_format = bbox_format
+        self.category_key = category_key
+        self.checker = ObjectChecker(range(num_classes))
+        self.split = split
+        self.report_as_it_goes = False
+
+    def objects(self, record: Mapping) -> dict[str, list]:
+        """The valid objects of a record, in the common schema (counting the invalid ones)."""
+        width, height = _size(record)
+        source = _records_objects(record)
+        count = len(source["bbox"])
+        objects = {"id": [], "area": [], "bbox": [], "category": [], "iscrowd": []}
+        ids = source.get("id") or source.get("bbox_id") or [None] * count
+        areas = source.get("area") or [None] * count
+        crowds = source.get("iscrowd") or [0] * count
+        for index in range(count):
+            bbox = _to_xywh(source["bbox"][index], self.bbox_format)
+            category = source[self.category_key][index]
+            if not self.checker.keep(bbox, category, width, height):
+                self._maybe_report()
+                continue
+            objects["id"].append(int(ids[index]) if ids[index] is not None else index)
+            objects["area"].append(
+                float(areas[index]) if areas[index] is not None else float(bbox[2] * bbox[3])
+            )
+            objects["bbox"].append([float(v) for v in bbox])
+            objects["category"].append(int(category))
+            objects["iscrowd"].append(int(crowds[index] or 0))
+        return objects
+
+    def __call__(self, record: Mapping, index: int) -> dict:
+        """`datasets.map(with_indices=True)`: the image column is left as it is."""
+        width, height = _size(record)
+        image_id = record.get("image_id", record.get("id"))
+        return {
+            "image_id": int(image_id) if image_id is not None else index,
+            "width": int(width),
+            "height": int(height),
+            "objects": self.objects(record),
+        }
+
+    def _maybe_report(self) -> None:
+        total = sum(self.checker.skipped.values())
+        if self.report_as_it_goes and total & (total - 1) == 0:  # 1, 2, 4, 8, ... skipped so far
+            logger.warning("Split %r: skipped %d invalid object(s) so far.", self.split, total)
+
+
+__all__ = ["check_box_format", "load_detection_dataset", "normalize_split"]
