@@ -134,6 +134,16 @@ class HfDetrConfig(PreTrainedConfig):
             )
         return super().from_dict(config_dict, **kwargs)
 
+    def to_diff_dict(self) -> dict:
+        """As transformers, but the labels are always written: transformers leaves out two generic
+        labels as "the default", which for this config (default: the 91 COCO classes) would load back as
+        91 classes."""
+        diff = super().to_diff_dict()
+        full = self.to_dict()
+        for key in ("id2label", "label2id"):
+            diff[key] = full[key]
+        return diff
+
     def validate_detr_fields(self) -> None:
         """Raise `ValueError` naming the first field whose value cannot build a DETR."""
         positive = (

@@ -78,3 +78,10 @@ def test_config_round_trips_through_json(tmp_path):
         "id2label",
     ):
         assert getattr(loaded, field) == getattr(config, field), field
+
+
+@pytest.mark.parametrize("num_labels", [1, 2, 3, 91])
+def test_the_number_of_labels_survives_saving(tmp_path, num_labels):
+    """transformers omits two generic labels from config.json; here that would have meant 91 classes."""
+    HfDetrConfig(num_labels=num_labels).save_pretrained(tmp_path)
+    assert HfDetrConfig.from_pretrained(tmp_path).num_labels == num_labels
