@@ -1,0 +1,430 @@
+"""COCO box AP: the 12 standard stats, computed with faster-coco-eval (pycocotools as the reference).
+
+`CocoEvaluator` accumulates post-processed detections (absolute x0, y0, x1, y1 boxes of the original
+images, as `HfDetrImageProcessor.post_process_object_detection` returns them) per image id, maps the
+model's label ids to the ground truth's COCO category ids, and computes AP@[.5:.95], AP50, AP75,
+APs/m/l and AR@1/10/100, ARs/m/l exactly as pycocotools does. As the paper evaluates: every query,
+its best class, no score threshold (a `top_k` over (query, class) pairs is available).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import multiprocessing
+import os
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+STAT_DESCRIPTIONS = (
+    "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]",
+    "Average Precision  (AP) @[ IoU=0.50      | area=   all | maxDets=100 ]",
+    "Average Precision  (AP) @[ IoU=0.75      | area=   all | maxDets=100 ]",
+    "Average Precision  (AP) @[ IoU=0.50:0.95 | area= small | maxDets=100 ]",
+    "Average Precision  (AP) @[ IoU=0.50:0.95 | area=medium | maxDets=100 ]",
+    "Average Precision  (AP) @[ IoU=0.50:0.95 | area= large | maxDets=100 ]",
+    "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets=  1 ]",
+    "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets= 10 ]",
+    "Average Recall     (AR) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]",
+    "Average Recall     (AR) @[ IoU=0.50:0.95 | area= small | maxDets=100 ]",
+    "Average Recall     (AR) @[ IoU=0.50:0.95 | area=medium | maxDets=100 ]",
+    "Average Recall     (AR) @[ IoU=0.50:0.95 | area= large | maxDets=100 ]",
+)
+BACKENDS = ("faster_coco_eval", "pycocotools")
+
+
+def coco_ground_truth(source: str | os.PathLike | Mapping | Any) -> dict:
+    """Ground truth as a COCO dict, from a json path, a COCO dict, or a split of the common schema."""
+    if isinstance(source, (str, os.PathLike)):
+        return json.loads(Path(source).read_text())
+    if isinstance(source, Mapping):
+        for key in ("images", "annotations", "categories"):
+            if key not in source:
+                raise ValueError(f"The ground truth dict has no {key!r}: expected a COCO instances dict.")
+        return dict(source)
+    return split_to_coco(source)
+
+
+def split_to_coco(split: Any) -> dict:
+    """A split of the common schema (hf_detr.data) as a COCO instances dict, in COCO category ids."""
+    from ..data.schema import category_ids, class_names
+
+    ids = category_ids(split)
+    names = class_names(split)
+    light = split.select_columns(["image_id", "width", "height", "objects"])
+    images, annotations = [], []
+    for record in light:
+        images.append(
+            {"id": int(record["image_id"]), "width": int(record["width"]), "height": int(record["height"])}
+        )
+        objects = record["objects"]
+        for object_id, bbox, category, area, crowd in zip(
+            objects["id"], objects["bbox"], objects["category"], objects["area"], objects["iscrowd"]
+        ):
+            annotations.append(
+                {"id": len(annotations) + 1, "source_id": int(object_id), "image_id": int(record["image_id"]),
+                 "bbox": [float(v) for v in bbox], "category_id": ids[category], "area": float(area),
+                 "iscrowd": int(crowd)}
+            )  # fmt: skip
+    categories = [{"id": ids[i], "name": name} for i, name in enumerate(names)]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def label_to_category_mapping(
+    id2label: Mapping[int, str],
+    categories: Sequence[Mapping[str, Any]],
+    coco_category_ids: Sequence[int] | None = None,
+) -> dict[int, int]:
+    """Model label id -> ground-truth COCO category id.
+
+    From the model config's `coco_category_ids` when it has them (models trained with hf_detr);
+    otherwise by class name (an official 91-class checkpoint evaluated on an 80-class dataset); as a
+    last resort by position when the label and category counts agree. Labels without a category
+    ("N/A") are left out, and their detections are dropped.
+    """
+    known = {int(c["id"]) for c in categories}
+    if coco_category_ids is not None:
+        mapping = {label: int(cid) for label, cid in enumerate(coco_category_ids) if int(cid) in known}
+        if mapping:
+            return mapping
+    by_name = {c["name"]: int(c["id"]) for c in categories}
+    mapping = {int(label): by_name[name] for label, name in id2label.items() if name in by_name}
+    if mapping:
+        return mapping
+    if len(id2label) == len(categories):
+        ordered = sorted(known)
+        return {int(label): ordered[index] for index, label in enumerate(sorted(int(k) for k in id2label))}
+    raise ValueError(
+        f"Cannot map the model's {len(id2label)} labels to the {len(categories)} ground-truth categories: no "
+        "class name matches and the counts differ. Pass label_to_category_id= explicitly."
+    )
+
+
+class CocoEvaluator:
+    """Accumulates detections per image and computes the 12 COCO box stats.
+
+    Args:
+        ground_truth: a COCO instances json path, a COCO dict, or a split of the common schema.
+        label_to_category_id: model label id -> COCO category id (a dict, or a list indexed by label);
+            default: identity.
+        backend: "faster_coco_eval" (default) or "pycocotools" (the reference implementation).
+        num_workers: processes for large evaluations (faster_coco_eval backend; categories are split
+            between forked workers). Default: 2 where it is safe (a CPU-only process on a machine with
+            2+ cores), else 1.
+    """
+
+    def __init__(
+        self,
+        ground_truth: str | os.PathLike | Mapping | Any,
+        label_to_category_id: Mapping[int, int] | Sequence[int] | None = None,
+        backend: str = "faster_coco_eval",
+        num_workers: int | None = None,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"`backend` must be one of {BACKENDS}, got {backend!r}.")
+        self.backend = backend
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.ground_truth = coco_ground_truth(ground_truth)
+        self.image_ids = {int(image["id"]) for image in self.ground_truth["images"]}
+        self.category_ids = {int(c["id"]) for c in self.ground_truth["categories"]}
+        if label_to_category_id is None:
+            label_to_category_id = {cid: cid for cid in self.category_ids}
+        if not isinstance(label_to_category_id, Mapping):
+            label_to_category_id = dict(enumerate(label_to_category_id))
+        largest = max(label_to_category_id, default=0)
+        # -1 marks labels without a category (dropped)
+        self._category_of_label = np.full(largest + 1, -1, dtype=np.int64)
+        for label, category in label_to_category_id.items():
+            self._category_of_label[int(label)] = int(category)
+        self._chunks: list[np.ndarray] = []  # [n, 7]: image_id, x, y, w, h, score, category_id
+        self._evaluated: set[int] = set()
+        self.stats: dict[str, float] | None = None
+
+    # ------------------------------------------------------------------------------------------------
+    def update(
+        self, image_ids: Sequence[int] | torch.Tensor, detections: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Add the detections of some images: one `{"scores", "labels", "boxes"}` per image id, boxes
+        absolute (x0, y0, x1, y1) in the original image. An image with no detection still counts."""
+        image_ids = [
+            int(i) for i in (image_ids.tolist() if isinstance(image_ids, torch.Tensor) else image_ids)
+        ]
+        if len(image_ids) != len(detections):
+            raise ValueError(f"Got {len(image_ids)} image ids but {len(detections)} detection dicts.")
+        unknown = sorted(set(image_ids) - self.image_ids)
+        if unknown:
+            raise ValueError(
+                f"Image id(s) {unknown[:10]} are not in the ground truth ({len(self.image_ids)} images); "
+                "the detections and the annotations do not belong together."
+            )
+        repeated = sorted(set(image_ids) & self._evaluated) or sorted(
+            i for i, n in Counter(image_ids).items() if n > 1
+        )
+        if repeated:
+            raise ValueError(
+                f"Image id(s) {repeated[:10]} were added twice; each image must be evaluated once (in "
+                "distributed evaluation, gather with accelerator.gather_for_metrics to drop sampler padding)."
+            )
+        self._evaluated.update(image_ids)
+        for image_id, detection in zip(image_ids, detections):
+            boxes = _as_array(detection["boxes"], np.float64).reshape(-1, 4)
+            if len(boxes) == 0:
+                continue
+            scores = _as_array(detection["scores"], np.float64).reshape(-1)
+            labels = _as_array(detection["labels"], np.int64).reshape(-1)
+            if not len(boxes) == len(scores) == len(labels):
+                raise ValueError(f"Image {image_id}: boxes, scores and labels have different lengths.")
+            if labels.min() < 0 or labels.max() >= len(self._category_of_label):
+                raise ValueError(
+                    f"Image {image_id}: label {labels.max()} has no COCO category (label_to_category_id)."
+                )
+            categories = self._category_of_label[labels]
+            keep = categories >= 0
+            chunk = np.empty((int(keep.sum()), 7))
+            chunk[:, 0] = image_id
+            chunk[:, 1:3] = boxes[keep, :2]
+            chunk[:, 3:5] = boxes[keep, 2:] - boxes[keep, :2]
+            chunk[:, 5] = scores[keep]
+            chunk[:, 6] = categories[keep]
+            self._chunks.append(chunk)
+
+    def update_from_outputs(
+        self,
+        outputs: Any,
+        image_ids: Sequence[int] | torch.Tensor,
+        target_sizes: torch.Tensor | Sequence[Sequence[int]],
+        processor: Any = None,
+        top_k: int | None = None,
+    ) -> None:
+        """Post-process model outputs the paper's way (no threshold; optional `top_k`) and add them."""
+        if processor is None:
+            from ..image_processing_detr import HfDetrImageProcessor
+
+            processor = HfDetrImageProcessor()
+        detections = processor.post_process_object_detection(outputs, 0.0, target_sizes, top_k=top_k)
+        self.update(image_ids, detections)
+
+    @property
+    def num_images(self) -> int:
+        return len(self._evaluated)
+
+    # ------------------------------------------------------------------------------------------------
+    def compute(self) -> dict[str, float]:
+        """The 12 COCO stats over the images added so far (each in [0, 1]; -1 where undefined)."""
+        if not self._evaluated:
+            raise ValueError(
+                "No detections were added: call update() with at least one image before compute()."
+            )
+        results = np.concatenate(self._chunks) if self._chunks else np.zeros((0, 7))
+        ground_truth = self.ground_truth
+        image_ids = sorted(self._evaluated)
+        if self.backend == "faster_coco_eval":
+            stats = _evaluate_faster(ground_truth, results, image_ids, self.num_workers)
+        else:
+            stats = _evaluate_pycocotools(ground_truth, results, image_ids)
+        self.stats = dict(zip(STAT_NAMES, (float(s) for s in stats[:12])))
+        return self.stats
+
+    def summary(self) -> str:
+        """The standard COCO table of the last `compute()`."""
+        if self.stats is None:
+            raise ValueError("compute() has not run yet.")
+        return format_stats(self.stats)
+
+
+def default_num_workers() -> int:
+    """2 evaluation processes when forking is safe and useful: a POSIX system with 2+ cores and no
+    CUDA context in this process (a forked child must not inherit one)."""
+    if "fork" not in multiprocessing.get_all_start_methods() or (os.cpu_count() or 1) < 2:
+        return 1
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return 1
+    return 2
+
+
+def format_stats(stats: Mapping[str, float]) -> str:
+    return "\n".join(f" {text} = {stats[name]:0.3f}" for name, text in zip(STAT_NAMES, STAT_DESCRIPTIONS))
+
+
+def _as_array(value: Any, dtype) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", torch.float64 if dtype == np.float64 else torch.int64).numpy()
+    return np.asarray(value, dtype=dtype)
+
+
+def _result_annotations(results: np.ndarray) -> list[dict]:
+    """[n, 7] rows -> COCO result annotations, in one pass over plain Python lists."""
+    image_ids, xs, ys, ws, hs, scores, categories = (column.tolist() for column in results.T)
+    return [
+        {"id": index, "image_id": int(image_id), "bbox": [x, y, w, h], "area": w * h, "score": score,
+         "category_id": int(category), "iscrowd": 0}
+        for index, (image_id, x, y, w, h, score, category) in enumerate(
+            zip(image_ids, xs, ys, ws, hs, scores, categories), start=1
+        )
+    ]  # fmt: skip
+
+
+# Work shared with forked evaluation workers (inherited, not pickled): (ground truth, results, image ids)
+_SHARED_WORK: tuple[dict, np.ndarray, list[int]] | None = None
+# below this many detections a second process costs more than it saves
+PARALLEL_MIN_DETECTIONS = 20_000
+
+
+def _evaluate_faster(
+    ground_truth: dict, results: np.ndarray, image_ids: list[int], workers: int
+) -> np.ndarray:
+    """faster-coco-eval, optionally over category groups in forked processes.
+
+    COCO accumulates every category independently and the summary stats are means over
+    (IoU, recall, category) entries, so evaluating disjoint category groups and joining their
+    precision/recall arrays gives the same stats as one evaluation.
+    """
+    categories = sorted(int(c["id"]) for c in ground_truth["categories"])
+    if workers <= 1 or len(results) < PARALLEL_MIN_DETECTIONS or len(categories) < 2:
+        precision, recall = _faster_arrays(ground_truth, results, image_ids, categories)
+        return summarize(precision, recall)
+    groups = _balanced_category_groups(results, categories, workers)
+    global _SHARED_WORK
+    _SHARED_WORK = (ground_truth, results, image_ids)
+    try:
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=len(groups), mp_context=context) as pool:
+            parts = list(pool.map(_faster_arrays_of_group, groups))
+    finally:
+        _SHARED_WORK = None
+    precision = np.concatenate([p for p, _ in parts], axis=2)  # [T, R, K, A, M]
+    recall = np.concatenate([r for _, r in parts], axis=1)  # [T, K, A, M]
+    return summarize(precision, recall)
+
+
+def _balanced_category_groups(results: np.ndarray, categories: list[int], workers: int) -> list[list[int]]:
+    """Split categories into groups with about the same number of detections each."""
+    counts = dict(zip(*np.unique(results[:, 6].astype(np.int64), return_counts=True)))
+    groups: list[list[int]] = [[] for _ in range(workers)]
+    loads = [0] * workers
+    for category in sorted(categories, key=lambda c: -counts.get(c, 0)):
+        lightest = loads.index(min(loads))
+        groups[lightest].append(category)
+        loads[lightest] += counts.get(category, 0) + 1
+    return [sorted(g) for g in groups if g]
+
+
+def _faster_arrays_of_group(categories: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    ground_truth, results, image_ids = _SHARED_WORK
+    subset = results[np.isin(results[:, 6].astype(np.int64), categories)]
+    return _faster_arrays(ground_truth, subset, image_ids, categories)
+
+
+def _faster_arrays(
+    ground_truth: dict, results: np.ndarray, image_ids: list[int], categories: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Accumulated precision [T, R, K, A, M] and recall [T, K, A, M] of `categories`."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    gt = COCO()
+    gt.dataset = copy.copy(ground_truth)
+    gt.createIndex()
+    dt = COCO()
+    dt.dataset = {
+        "images": ground_truth["images"],
+        "categories": ground_truth["categories"],
+        "annotations": _result_annotations(results),
+    }
+    dt.createIndex()
+    evaluator = COCOeval_faster(gt, dt, iouType="bbox", print_function=lambda *a, **k: None)
+    evaluator.params.imgIds = image_ids
+    evaluator.params.catIds = categories
+    evaluator.evaluate()
+    evaluator.accumulate()
+    return evaluator.eval["precision"], evaluator.eval["recall"]
+
+
+def summarize(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
+    """The 12 stats of pycocotools' `COCOeval.summarize` from accumulated precision and recall
+    (IoU thresholds .50:.05:.95; areas all, small, medium, large; maxDets 1, 10, 100)."""
+    iou_thresholds = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
+
+    def mean(values: np.ndarray) -> float:
+        valid = values[values > -1]
+        return -1.0 if valid.size == 0 else float(np.mean(valid))
+
+    def ap(area: int, iou: float | None = None) -> float:
+        values = precision[..., area, 2]
+        return mean(values if iou is None else values[np.where(iou == iou_thresholds)[0]])
+
+    def ar(area: int, max_dets: int) -> float:
+        return mean(recall[:, :, area, max_dets])
+
+    return np.array(
+        [
+            ap(0),
+            ap(0, 0.5),
+            ap(0, 0.75),
+            ap(1),
+            ap(2),
+            ap(3),
+            ar(0, 0),
+            ar(0, 1),
+            ar(0, 2),
+            ar(1, 2),
+            ar(2, 2),
+            ar(3, 2),
+        ]
+    )
+
+
+def _evaluate_pycocotools(ground_truth: dict, results: np.ndarray, image_ids: list[int]) -> np.ndarray:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = copy.deepcopy(ground_truth)
+        gt.createIndex()
+        dt = gt.loadRes(_result_annotations(results)) if len(results) else _empty_results(gt)
+        evaluator = COCOeval(gt, dt, iouType="bbox")
+        evaluator.params.imgIds = image_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return np.asarray(evaluator.stats)
+
+
+def _empty_results(gt: Any) -> Any:
+    from pycocotools.coco import COCO
+
+    dt = COCO()
+    dt.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": []}
+    dt.createIndex()
+    return dt
+
+
+def evaluate_detections(
+    ground_truth: Any, detections: Iterable[tuple[int, Mapping[str, Any]]], **kwargs: Any
+) -> dict[str, float]:
+    """One-shot helper: (image_id, detection dict) pairs -> the 12 stats."""
+    evaluator = CocoEvaluator(ground_truth, **kwargs)
+    pairs = list(detections)
+    evaluator.update([i for i, _ in pairs], [d for _, d in pairs])
+    return evaluator.compute()
+
+
+__all__ = [
+    "STAT_NAMES",
+    "CocoEvaluator",
+    "coco_ground_truth",
+    "evaluate_detections",
+    "format_stats",
+    "label_to_category_mapping",
+    "split_to_coco",
+    "summarize",
+]
