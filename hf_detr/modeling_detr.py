@@ -795,7 +795,7 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
 
         loss = loss_dict = None
         if labels is not None:
-            loss, loss_dict = SetCriterion.from_config(self.config)(all_logits, all_boxes, labels)
+            loss, loss_dict = self.compute_loss(all_logits, all_boxes, labels)
 
         output = HfDetrObjectDetectionOutput(
             loss=loss,
@@ -813,6 +813,22 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
             encoder_attentions=outputs.encoder_attentions,
         )
         return output if return_dict else output.to_tuple()
+
+    def compute_loss(
+        self, logits: torch.Tensor, boxes: torch.Tensor, labels: list[dict[str, torch.Tensor]]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The set-prediction loss of [L, B, N, K+1] logits and [L, B, N, 4] boxes (all scored layers,
+        the last one being the output) against `labels`."""
+        return SetCriterion.from_config(self.config)(logits, boxes, labels)
+
+    def loss_from_outputs(
+        self, outputs: HfDetrObjectDetectionOutput, labels: list[dict[str, torch.Tensor]]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss of outputs computed without labels (e.g. by a training loop that handles failures)."""
+        auxiliary = outputs.auxiliary_outputs or []
+        logits = torch.stack([*(a["logits"] for a in auxiliary), outputs.logits])
+        boxes = torch.stack([*(a["pred_boxes"] for a in auxiliary), outputs.pred_boxes])
+        return self.compute_loss(logits, boxes, labels)
 
 
 __all__ = [

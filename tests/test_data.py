@@ -392,3 +392,13 @@ def test_builtin_set_is_deterministic_and_documented(tmp_path):
     split = load_detection_dataset(tmp_path / "a", cache_dir=tmp_path / "cache")["train"]
     assert class_names(split) == list(builtin.CLASSES) and category_ids(split) == [1, 2, 3]
     assert split[0]["image"].size == (builtin.IMAGE_SIZE, builtin.IMAGE_SIZE)
+
+
+def test_training_datasets_replace_undecodable_images(tmp_path):
+    root = make_coco_folder(tmp_path / "coco")
+    (root / "train" / "1.png").write_bytes(b"broken")
+    split = load_detection_dataset(root, cache_dir=tmp_path / "cache")["train"]
+    dataset = DetectionDataset(split, on_error="replace")
+    assert dataset[0]["annotation"]["image_id"] == 2 and dataset.skipped == 1
+    with pytest.raises(ValueError, match="on_error"):
+        DetectionDataset(split, on_error="ignore")

@@ -39,14 +39,21 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     `annotation` is COCO detection format ({"image_id", "annotations": [{"bbox", "category_id",
     "area", "iscrowd"}]}) with `category_id` = the split's contiguous class id (the model's label id).
-    A sample whose image cannot be decoded is returned as None (the collator drops it); the number of
-    such samples is in `skipped`.
+    An image that cannot be decoded is skipped with a counted warning (`skipped`): with
+    `on_error="skip"` (evaluation) the sample is None and the collator drops it; with
+    `on_error="replace"` (training) the next decodable sample takes its place, so batches keep their
+    size and every process of a distributed run keeps stepping together.
     """
 
-    def __init__(self, split: Dataset, transforms: Callable | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, split: Dataset, transforms: Callable | None = None, seed: int = 0, on_error: str = "skip"
+    ) -> None:
+        if on_error not in ("skip", "replace"):
+            raise ValueError(f"`on_error` must be 'skip' or 'replace', got {on_error!r}.")
         self.split = split.cast_column("image", ImageFeature(decode=False))
         self.transforms = transforms
         self.seed = seed
+        self.on_error = on_error
         self.epoch = 0
         self.skipped = 0
 
@@ -57,7 +64,18 @@ class DetectionDataset(torch.utils.data.Dataset):
         return len(self.split)
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
-        record = self.split[index]
+        attempts = len(self) if self.on_error == "replace" else 1
+        for offset in range(attempts):
+            sample = self._load(index, (index + offset) % len(self))
+            if sample is not None:
+                return sample
+        if self.on_error == "replace":
+            raise RuntimeError("No image of the split can be decoded.")
+        return None
+
+    def _load(self, index: int, source_index: int) -> dict[str, Any] | None:
+        """Sample `source_index`, augmented as sample `index` (its seed), or None if undecodable."""
+        record = self.split[source_index]
         try:
             image = decode_as_stored(record["image"])
         except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:
@@ -65,7 +83,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             source = record["image"].get("path") or f"image_id {record['image_id']}"
             logger.warning(
                 "Skipped sample %d (%s): cannot decode the image (%s). %d sample(s) skipped so far in this process.",
-                index, source, error, self.skipped,
+                source_index, source, error, self.skipped,
             )  # fmt: skip
             return None
         objects = record["objects"]
