@@ -1,0 +1,18 @@
+"""Training DETR with Accelerate: the paper's recipe, checkpoints, resume, evaluation, publishing."""
+
+from .arguments import PRESETS, TrainingArguments, parse_args, resolve_arguments
+from .checkpoints import TrainingState, latest_checkpoint
+from .trainer import TrainingResult, TrainingStopped, build_model, train
+
+__all__ = [
+    "PRESETS",
+    "TrainingArguments",
+    "TrainingResult",
+    "TrainingState",
+    "TrainingStopped",
+    "build_model",
+    "latest_checkpoint",
+    "parse_args",
+    "resolve_arguments",
+    "train",
+]

@@ -1,0 +1,39 @@
+"""`hf-detr-train` / `scripts/train.py`: train DETR (see `hf-detr-train --help`).
+
+hf-detr-train                                     # the built-in dataset, its preset
+accelerate launch scripts/train.py --dataset /data/coco --output-dir outputs/detr-r50
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from .arguments import parse_args
+from .trainer import TrainingStopped, train
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logging.getLogger("hf_detr").setLevel(logging.INFO)
+    args = parse_args(argv)
+    try:
+        result = train(args)
+    except TrainingStopped as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if result.stats is not None:
+        from ..evaluation import format_stats
+
+        print(f"Final evaluation ({result.global_step} steps):\n{format_stats(result.stats)}")
+    if result.stop_reason in ("signal", "stop_after_steps"):
+        print(
+            f"Stopped ({result.stop_reason}) at step {result.global_step}; resume with --resume-from-checkpoint latest."
+        )
+    else:
+        print(f"Model saved to {result.output_dir}")
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""The training loop: resume equals uninterrupted, 2 CPU processes, fine-tuning, faults, signals, sources."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+from safetensors.torch import load_file
+
+from hf_detr import HfDetrForObjectDetection
+from hf_detr.data import write_shapes_coco
+from hf_detr.training import (
+    TrainingArguments,
+    TrainingStopped,
+    build_model,
+    parse_args,
+    resolve_arguments,
+    train,
+)
+from hf_detr.training.trainer import lr_factor, parameter_groups
+
+TINY = {
+    "backbone": "resnet18", "d_model": 32, "encoder_layers": 1, "decoder_layers": 2, "attention_heads": 2,
+    "ffn_dim": 64, "num_queries": 5, "image_scale": 0.1, "batch_size": 2, "num_workers": 0, "dropout": 0.1,
+    "freeze_backbone_batch_norm": False, "trainable_backbone_layers": 5, "learning_rate": 1e-3,
+    "backbone_learning_rate": 1e-4, "logging_steps": 1, "eval_epochs": 100,
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerator_state():
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    write_shapes_coco(root, {"train": 8, "val": 3})
+    return root
+
+
+def arguments(output_dir: Path, dataset: Path | str, **overrides) -> TrainingArguments:
+    return resolve_arguments({**TINY, "dataset": str(dataset), "output_dir": str(output_dir), **overrides})
+
+
+def events(output_dir: Path, kind: str) -> list[dict]:
+    lines = (output_dir / "log.jsonl").read_text().splitlines()
+    return [record for record in map(json.loads, lines) if record["event"] == kind]
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, shapes):
+    """Interrupted mid-epoch (step 3 of 4), resumed with the same model, optimizer, schedule, RNG,
+    augmentation and data position: the final weights agree within 1e-6."""
+    common = {"epochs": 2, "warmup_steps": 2}
+    full = train(arguments(tmp_path / "full", shapes, **common))
+    assert full.global_step == 8 and full.stop_reason == "completed"
+    stopped = train(arguments(tmp_path / "resumed", shapes, stop_after_steps=3, **common))
+    assert stopped.stop_reason == "stop_after_steps" and stopped.global_step == 3
+    assert (tmp_path / "resumed" / "checkpoints" / "step-00000003").is_dir()
+    resumed = train(arguments(tmp_path / "resumed", shapes, resume_from_checkpoint="latest", **common))
+    assert resumed.global_step == 8
+    a = load_file(tmp_path / "full" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a.keys() == b.keys()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= 1e-6, f"weights differ by {worst}"
+    assert full.stats == pytest.approx(resumed.stats, abs=1e-9)
+
+
+def test_training_saves_a_pipeline_ready_model_with_its_settings_and_logs(tmp_path, shapes):
+    result = train(
+        arguments(
+            tmp_path / "run", shapes, max_steps=3, save_steps=1, save_total_limit=2, report_to=["tensorboard"]
+        )
+    )
+    out = tmp_path / "run"
+    saved = json.loads((out / "training_args.json").read_text())
+    assert saved["max_steps"] == 3 and saved["preset"] == "paper" and saved["d_model"] == 32
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert checkpoints == ["step-00000002", "step-00000003"]  # the last 2 kept
+    train_lines = events(out, "train")
+    assert len(train_lines) == 3 and {"loss", "loss_ce", "loss_giou_0", "lr_0", "images_per_second"} <= set(
+        train_lines[0]
+    )
+    assert events(out, "eval")[-1]["AP50"] == result.stats["AP50"]
+    assert list((out / "hf_detr").rglob("events.out.tfevents*"))  # the tensorboard tracker wrote
+    from transformers import pipeline
+
+    detector = pipeline("object-detection", model=str(out))
+    assert len(detector(str(next((shapes / "val").iterdir())), threshold=0.0)) == 5
+    config = json.loads((out / "config.json").read_text())
+    assert config["coco_category_ids"] == [1, 2, 3] and config["id2label"]["0"] == "circle"
+    assert "hf_detr" in (out / "README.md").read_text()
+
+
+def test_two_cpu_processes_train_evaluate_and_save(tmp_path, shapes):
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(REPO_ROOT / "scripts" / "train.py"), *flags, "--dataset", str(shapes),
+               "--output-dir", str(tmp_path / "ddp"), "--max-steps", "3", "--eval-steps", "2"]  # fmt: skip
+    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = tmp_path / "ddp"
+    assert (out / "model.safetensors").is_file() and (out / "checkpoints" / "step-00000003").is_dir()
+    assert len(events(out, "eval")) == 2  # at step 2 and at the end
+    assert events(out, "train")[0]["images_per_second"] > 0
+    assert (out / "checkpoints" / "step-00000003" / "random_states_1.pkl").is_file()  # both processes saved
+    HfDetrForObjectDetection.from_pretrained(out)  # SyncBatchNorm was turned back into BatchNorm2d
+
+
+def test_fine_tuning_with_new_classes_reinitialises_only_the_class_head(tmp_path, shapes):
+    source = HfDetrForObjectDetection(resolve_arguments_config(num_labels=7))
+    source.save_pretrained(tmp_path / "source")
+    args = arguments(tmp_path / "ft", shapes, init_from=str(tmp_path / "source"), max_steps=1)
+    model = build_model(args, ["circle", "square", "triangle"], [1, 2, 3])
+    assert model.class_labels_classifier.weight.shape[0] == 4 and model.config.num_labels == 3
+    assert model.config.id2label == {0: "circle", 1: "square", 2: "triangle"}
+    reference = source.state_dict()
+    for name, value in model.state_dict().items():
+        if not name.startswith("class_labels_classifier."):
+            assert torch.equal(value, reference[name]), name
+    result = train(args)
+    assert result.global_step == 1
+    card = (tmp_path / "ft" / "README.md").read_text()
+    assert f"base_model: {tmp_path / 'source'}" in card
+
+
+def resolve_arguments_config(num_labels: int):
+    from hf_detr import HfDetrConfig
+
+    return HfDetrConfig(backbone="resnet18", d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=5,
+                        num_labels=num_labels, freeze_backbone_batch_norm=False, trainable_backbone_layers=5)  # fmt: skip
+
+
+def test_non_finite_losses_skip_the_update_and_too_many_stop_the_run(tmp_path, shapes, monkeypatch):
+    real = HfDetrForObjectDetection.loss_from_outputs
+    calls = []
+
+    def sometimes_nan(self, outputs, labels):
+        calls.append(1)
+        loss, loss_dict = real(self, outputs, labels)
+        return (loss * float("nan"), loss_dict) if len(calls) in (2, 3) else (loss, loss_dict)
+
+    monkeypatch.setattr(HfDetrForObjectDetection, "loss_from_outputs", sometimes_nan)
+    result = train(arguments(tmp_path / "nan", shapes, max_steps=5))
+    assert result.nonfinite_steps == 2 and result.global_step == 5 and result.stop_reason == "completed"
+    assert [e["step"] for e in events(tmp_path / "nan", "skipped_nonfinite")] == [2, 3]
+
+    monkeypatch.setattr(
+        HfDetrForObjectDetection,
+        "loss_from_outputs",
+        lambda self, outputs, labels: (outputs.logits.sum() * float("nan"), {}),
+    )
+    with pytest.raises(
+        TrainingStopped, match="3 consecutive updates had a non-finite loss.*lower the learning rate"
+    ):
+        train(arguments(tmp_path / "diverged", shapes, max_steps=20, max_consecutive_nonfinite=3))
+    assert (tmp_path / "diverged" / "checkpoints" / "step-00000003").is_dir()
+
+
+def test_diverged_predictions_are_a_skipped_update_not_a_crash(tmp_path, shapes, monkeypatch):
+    """NaN predictions make the matcher raise; the loop turns it into a skipped update."""
+    from hf_detr.loss_detr import NonFiniteMatchingCostError
+
+    real = HfDetrForObjectDetection.loss_from_outputs
+    calls = []
+
+    def matcher_fails_once(self, outputs, labels):
+        calls.append(1)
+        if len(calls) == 2:
+            raise NonFiniteMatchingCostError("the model's logits contain NaN")
+        return real(self, outputs, labels)
+
+    monkeypatch.setattr(HfDetrForObjectDetection, "loss_from_outputs", matcher_fails_once)
+    assert train(arguments(tmp_path / "run", shapes, max_steps=3)).nonfinite_steps == 1
+
+
+def test_sigterm_saves_a_checkpoint_before_exiting(tmp_path, shapes):
+    out = tmp_path / "term"
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    command = [sys.executable, str(REPO_ROOT / "scripts" / "train.py"), *flags, "--dataset", str(shapes),
+               "--output-dir", str(out), "--epochs", "1000"]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not ((out / "log.jsonl").exists() and events(out, "train")):
+        time.sleep(0.5)
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-3000:]
+    stopped = events(out, "stopped")
+    assert stopped and stopped[0]["reason"] == "signal"
+    assert Path(stopped[0]["checkpoint"]).is_dir()
+
+
+def test_local_coco_folder_and_parquet_hub_datasets_train(tmp_path):
+    from test_data import make_coco_folder, make_hub_parquet
+
+    coco = make_coco_folder(tmp_path / "coco")
+    result = train(arguments(tmp_path / "from_coco", coco, max_steps=2, image_scale=0.2))
+    assert result.global_step == 2 and (tmp_path / "from_coco" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "from_coco" / "config.json").read_text())["coco_category_ids"] == [3, 7, 12]
+    parquet = make_hub_parquet(tmp_path / "hub.parquet", "xyxy")
+    result = train(
+        arguments(tmp_path / "from_parquet", parquet, max_steps=2, image_scale=0.2, bbox_format="xyxy")
+    )
+    assert result.global_step == 2 and result.stats is None  # a single split: nothing to evaluate on
+
+
+# ---------------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------------
+def test_defaults_are_the_paper_recipe_for_user_data():
+    args = resolve_arguments({"dataset": "/data/coco"})
+    assert args.preset == "paper"
+    assert (args.learning_rate, args.backbone_learning_rate, args.weight_decay, args.max_grad_norm) == (
+        1e-4,
+        1e-5,
+        1e-4,
+        0.1,
+    )
+    assert (args.batch_size, args.lr_drop, args.auxiliary_loss, args.epochs) == (2, 2 / 3, True, 300)
+    assert args.freeze_backbone_batch_norm and args.trainable_backbone_layers == 3 and args.image_scale == 1.0
+    assert resolve_arguments({}).preset == "builtin"
+
+
+def test_config_files_and_flags(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("learning-rate: 0.0003\nbatch_size: 4\nreport_to: [tensorboard]\n")
+    args = parse_args(["--config", str(config), "--batch-size", "8", "--dataset", "/data/coco", "--dilation"])
+    assert (args.learning_rate, args.batch_size, args.report_to, args.dilation) == (
+        3e-4,
+        8,
+        ["tensorboard"],
+        True,
+    )
+    (tmp_path / "bad.json").write_text(json.dumps({"learning_rat": 1}))
+    with pytest.raises(ValueError, match="learning_rat"):
+        parse_args(["--config", str(tmp_path / "bad.json")])
+    with pytest.raises(ValueError, match="mixed_precision"):
+        parse_args(["--mixed-precision", "fp8"])
+    with pytest.raises(ValueError, match="preset"):
+        parse_args(["--preset", "fast"])
+
+
+def test_learning_rate_schedule_and_groups():
+    assert [lr_factor(s, 9, 0, 2 / 3) for s in (0, 5, 6, 8)] == [1.0, 1.0, 0.1, 0.1]
+    assert lr_factor(0, 100, 10, 2 / 3) == pytest.approx(0.1) and lr_factor(9, 100, 10, 2 / 3) == 1.0
+    model = HfDetrForObjectDetection(resolve_arguments_config(num_labels=3))
+    groups = parameter_groups(model, resolve_arguments({"dataset": "x"}))
+    assert [g["lr"] for g in groups] == [1e-4, 1e-5]
+    backbone = {id(p) for p in model.model.backbone.parameters()}
+    assert all(id(p) in backbone for p in groups[1]["params"]) and not any(
+        id(p) in backbone for p in groups[0]["params"]
+    )
+
+
+def test_unreachable_pretrained_backbone_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    args = arguments(tmp_path, "unused", pretrained_backbone=True)
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="pretrained resnet18 backbone.*without --pretrained-backbone"):
+        build_model(args, ["a"], [1])
+    assert time.monotonic() - start < 60
