@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import signal
 import time
 import warnings
@@ -377,7 +378,7 @@ def train(args: TrainingArguments) -> TrainingResult:
                     continue
                 # one optimizer update is complete (skipped ones advance the schedule too)
                 with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                    warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
                     scheduler.step()
                 state.global_step += 1
                 state.step_in_epoch += 1
