@@ -402,3 +402,16 @@ def test_training_datasets_replace_undecodable_images(tmp_path):
     assert dataset[0]["annotation"]["image_id"] == 2 and dataset.skipped == 1
     with pytest.raises(ValueError, match="on_error"):
         DetectionDataset(split, on_error="ignore")
+
+
+def test_the_flip_policy_keeps_sizes_and_boxes(tmp_path):
+    root = make_coco_folder(tmp_path / "coco")
+    split = load_detection_dataset(root, cache_dir=tmp_path / "cache")["train"]
+    dataset = DetectionDataset(split, transforms=detr_train_transforms(scale=0.06, policy="flip"), seed=1)
+    for epoch in range(4):
+        dataset.set_epoch(epoch)
+        sample = dataset[0]
+        assert min(sample["image"].size) == round(800 * 0.06)
+        assert _covered(sample["image"], [a["bbox"] for a in sample["annotation"]["annotations"]]) > 0.97
+    with pytest.raises(ValueError, match="augmentation policy"):
+        detr_train_transforms(policy="mosaic")

@@ -50,13 +50,29 @@ def _scaled(sizes, scale: float) -> list[int]:
     return [max(1, round(size * scale)) for size in sizes]
 
 
-def detr_train_transforms(scale: float = 1.0) -> v2.Transform:
+AUGMENTATIONS = ("paper", "flip")
+
+
+def detr_train_transforms(scale: float = 1.0, policy: str = "paper") -> v2.Transform:
     """The paper's training augmentation, every size multiplied by `scale`.
 
+    `policy="flip"` keeps only the horizontal flip and the evaluation resize (for short runs, where
+    the multi-scale crops make the task harder than the time allows to learn).
     Call it on a dict with `image` (PIL or tensor), `boxes` (`tv_tensors.BoundingBoxes`) and the
     per-box tensors `labels`, `area`, `iscrowd`, which are dropped with their boxes.
     """
+    if policy not in AUGMENTATIONS:
+        raise ValueError(f"Unknown augmentation policy {policy!r}; expected one of {AUGMENTATIONS}.")
     max_size = round(MAX_SIZE * scale)
+    if policy == "flip":
+        return v2.Compose(
+            [
+                v2.RandomHorizontalFlip(p=0.5),
+                v2.RandomShortestSize([round(VAL_SHORTER_SIDE * scale)], max_size=max_size),
+                v2.ClampBoundingBoxes(),
+                v2.SanitizeBoundingBoxes(min_size=1, labels_getter=_per_box_fields),
+            ]
+        )
     multi_scale = v2.RandomShortestSize(_scaled(TRAIN_SHORTER_SIDES, scale), max_size=max_size)
     return v2.Compose(
         [

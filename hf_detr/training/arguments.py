@@ -27,6 +27,7 @@ class TrainingArguments:
     eval_split: str | None = None  # default: the first of val, validation, val2017, test that exists
     bbox_format: str = "xywh"  # box format of a Hub/parquet dataset: xywh or xyxy
     image_scale: float = 1.0  # multiplies every augmentation and evaluation size (small images)
+    augmentation: str = "paper"  # paper (flip, multi-scale, crops) or flip (flip + evaluation resize)
     num_workers: int = 2  # DataLoader workers per process
     # model
     init_from: str | None = None  # fine-tune from this checkpoint (directory or Hub repo id)
@@ -197,6 +198,7 @@ def validate(arguments: TrainingArguments) -> None:
     """Clear errors for settings that cannot work."""
     checks = [
         (arguments.bbox_format in ("xywh", "xyxy"), "bbox_format must be xywh or xyxy"),
+        (arguments.augmentation in ("paper", "flip"), "augmentation must be paper or flip"),
         (arguments.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision must be no, fp16 or bf16"),
         (arguments.batch_size >= 1, "batch_size must be at least 1"),
         (arguments.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be at least 1"),

@@ -263,7 +263,10 @@ def train(args: TrainingArguments) -> TrainingResult:
             logger.warning("BatchNorm statistics stay per process: SyncBatchNorm needs CUDA devices.")
     processor = HfDetrImageProcessor(size=detr_val_size(args.image_scale))
     train_dataset = DetectionDataset(
-        train_split, transforms=detr_train_transforms(args.image_scale), seed=args.seed, on_error="replace"
+        train_split,
+        transforms=detr_train_transforms(args.image_scale, args.augmentation),
+        seed=args.seed,
+        on_error="replace",
     )
     threads = 1 if args.num_workers else None
     train_loader = DataLoader(
@@ -312,6 +315,7 @@ def train(args: TrainingArguments) -> TrainingResult:
         )
 
     unwrapped = accelerator.unwrap_model(model)
+    run_start = time.monotonic()
 
     def run_evaluation() -> dict[str, float] | None:
         if eval_loader is None:
@@ -321,7 +325,16 @@ def train(args: TrainingArguments) -> TrainingResult:
         )
         if is_main and stats is not None:
             state.best_ap = max(state.best_ap, stats["AP"])
-            log.write({"event": "eval", "step": state.global_step, "epoch": state.epoch, **stats})
+            minutes = (time.monotonic() - run_start) / 60
+            log.write(
+                {
+                    "event": "eval",
+                    "step": state.global_step,
+                    "epoch": state.epoch,
+                    "minutes": minutes,
+                    **stats,
+                }
+            )
             accelerator.log({f"eval/{k}": v for k, v in stats.items()}, step=state.global_step)
             logger.info("Step %d: AP %.4f AP50 %.4f", state.global_step, stats["AP"], stats["AP50"])
         return stats
@@ -378,7 +391,9 @@ def train(args: TrainingArguments) -> TrainingResult:
                     continue
                 # one optimizer update is complete (skipped ones advance the schedule too)
                 with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+                    warnings.filterwarnings(
+                        "ignore", message=re.escape("Detected call of `lr_scheduler.step()`")
+                    )
                     scheduler.step()
                 state.global_step += 1
                 state.step_in_epoch += 1
