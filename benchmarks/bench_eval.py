@@ -11,38 +11,13 @@ evaluate / accumulate / summarize. hf_detr is timed from `update` (tensors in) t
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
-import io
 import os
 import time
 
 import numpy as np
 
 from hf_detr.evaluation import CocoEvaluator
-from hf_detr.evaluation.synthetic import synthetic_coco
-
-
-def run_pycocotools(ground_truth, image_ids, detections) -> np.ndarray:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    results = []
-    for image_id, detection in zip(image_ids, detections):
-        for box, score, label in zip(
-            detection["boxes"].tolist(), detection["scores"].tolist(), detection["labels"].tolist()
-        ):
-            results.append({"image_id": image_id, "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
-                            "score": score, "category_id": label})  # fmt: skip
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = copy.deepcopy(ground_truth)
-        gt.createIndex()
-        evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return np.asarray(evaluator.stats)
+from hf_detr.evaluation.synthetic import pycocotools_stats, synthetic_coco
 
 
 def run_ours(ground_truth, image_ids, detections, workers: int | None) -> np.ndarray:
@@ -64,7 +39,7 @@ def main() -> None:
     parser.add_argument("--detections", type=int, default=100)
     args = parser.parse_args()
     ground_truth, image_ids, detections = synthetic_coco(args.images, args.detections)
-    t_ref, reference = timed(lambda: run_pycocotools(ground_truth, image_ids, detections))
+    t_ref, reference = timed(lambda: pycocotools_stats(ground_truth, image_ids, detections))
     t_one, one = timed(lambda: run_ours(ground_truth, image_ids, detections, workers=1))
     t_ours, ours = timed(lambda: run_ours(ground_truth, image_ids, detections, workers=None))
     assert np.allclose(one, reference[:12], atol=1e-9) and np.allclose(ours, reference[:12], atol=1e-9)

@@ -10,30 +10,14 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import tempfile
-import time
 from functools import partial
 
 import torch
+from timing import median_seconds
 from transformers import DetrConfig, DetrForObjectDetection
 
 from hf_detr.convert import convert_checkpoint
-
-
-def median_seconds(fn, runs: int, warmup: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def build_models(device: torch.device):

@@ -10,10 +10,9 @@ transfers per step with `hf_detr.sync_debug.HostTransferCounter`.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import median_seconds
 from transformers import DetrConfig
 from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
 
@@ -58,21 +57,6 @@ def run_transformers(config, logits, boxes, labels):
     loss.backward()
 
 
-def median_ms(fn, runs: int, device: torch.device) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(runs):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
@@ -89,8 +73,10 @@ def main() -> None:
         with HostTransferCounter() as counter:
             fn()
         counts[name] = len(counter.calls)
-    t_ref = median_ms(lambda: run_transformers(reference_config, logits, boxes, labels), args.runs, device)
-    t_ours = median_ms(lambda: run_ours(criterion, logits, boxes, labels), args.runs, device)
+    t_ref = 1000 * median_seconds(
+        lambda: run_transformers(reference_config, logits, boxes, labels), args.runs, 5, device
+    )
+    t_ours = 1000 * median_seconds(lambda: run_ours(criterion, logits, boxes, labels), args.runs, 5, device)
     print(
         f"DETR loss + matching, forward+backward: batch {BATCH}, {QUERIES} queries, {LAYERS} decoder layers, "
         f"{sum(len(t['class_labels']) for t in labels) / BATCH:.1f} targets/image, device {device}, "

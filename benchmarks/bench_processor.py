@@ -12,13 +12,12 @@ the pipeline does). Also prints the largest deviation of each output from transf
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import PIL.Image
 import torch
+from timing import median_seconds
 from transformers.image_utils import load_image
 from transformers.models.detr.image_processing_detr import DetrImageProcessor
 from transformers.models.detr.image_processing_pil_detr import DetrImageProcessorPil
@@ -49,16 +48,6 @@ def make_photos(directory: Path) -> list[Path]:
     return paths
 
 
-def median_ms(fn, runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
@@ -81,11 +70,11 @@ def main() -> None:
         print(f"{'processor':>25} | {'decoded in (ms)':>15} | {'paths in (ms)':>13} | max |Δ| vs PIL backend")
         results = {}
         for name, processor in processors.items():
-            decoded = median_ms(lambda p=processor: p(images, return_tensors="pt"), args.runs)
+            decoded = 1000 * median_seconds(lambda p=processor: p(images, return_tensors="pt"), args.runs)
             if name == "hf_detr":
-                with_decode = median_ms(lambda p=processor: p([str(x) for x in paths]), args.runs)
+                with_decode = 1000 * median_seconds(lambda p=processor: p([str(x) for x in paths]), args.runs)
             else:
-                with_decode = median_ms(
+                with_decode = 1000 * median_seconds(
                     lambda p=processor: p([load_image(str(x)) for x in paths], return_tensors="pt"), args.runs
                 )
             output = processor(images, return_tensors="pt")["pixel_values"]

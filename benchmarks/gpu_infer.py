@@ -9,22 +9,10 @@ in `torch.autocast("cuda", dtype=torch.bfloat16)`. Finishes in well under 5 minu
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from bench_forward import build_models  # run from benchmarks/ or with it on sys.path
-
-
-def timed(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_seconds
 
 
 def main() -> None:
@@ -43,9 +31,9 @@ def main() -> None:
             sixteen = torch.randn(16, 3, args.height, args.width, device=device)
             for _ in range(10):
                 model(pixel_values=one)
-            latency = timed(lambda m=model, x=one: m(pixel_values=x), 50)
+            latency = median_seconds(lambda m=model, x=one: m(pixel_values=x), 50, 0, device)
             model(pixel_values=sixteen)
-            throughput = 16 / timed(lambda m=model, x=sixteen: m(pixel_values=x), 10)
+            throughput = 16 / median_seconds(lambda m=model, x=sixteen: m(pixel_values=x), 10, 0, device)
         rows.append((name, latency * 1000, throughput))
     print(f"DETR-R50 inference, {args.height}x{args.width}, bf16, {torch.cuda.get_device_name(device)}")
     print(f"{'implementation':>14} | batch 1 latency (ms) | batch 16 images/s")

@@ -34,3 +34,16 @@ def coco_image_dir() -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"The shared test data is missing: {path}")
     return path
+
+
+@pytest.fixture(scope="session")
+def known_checkpoint(tmp_path_factory) -> Path:
+    """A saved model whose one query always predicts a known box and class (see detr_testing)."""
+    from detr_testing import known_prediction_model
+
+    from hf_detr import HfDetrImageProcessor
+
+    directory = tmp_path_factory.mktemp("known")
+    known_prediction_model().save_pretrained(directory)
+    HfDetrImageProcessor(size={"shortest_edge": 160, "longest_edge": 240}).save_pretrained(directory)
+    return directory

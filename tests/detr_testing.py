@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -69,3 +71,30 @@ def padded_batch(sizes: list[tuple[int, int]], channels: int = 3, seed: int = 0)
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
+
+
+# the known prediction: class 2 ("bed") with logit 8 against 0 for the rest, box (cx, cy, w, h)
+KNOWN_CLASS, KNOWN_LOGIT = 2, 8.0
+KNOWN_BOX = torch.tensor([0.5, 0.4, 0.5, 0.6])
+LABELS = {0: "cat", 1: "remote", 2: "bed", 3: "couch"}
+
+
+def known_prediction_model():
+    """One query whose heads ignore their input: it always predicts KNOWN_CLASS at KNOWN_BOX."""
+    from hf_detr import HfDetrForObjectDetection
+
+    config = tiny_hf_detr_config(
+        num_queries=1, num_labels=4, id2label=LABELS, label2id={v: k for k, v in LABELS.items()}
+    )
+    model = HfDetrForObjectDetection(config).eval()
+    with torch.no_grad():
+        model.class_labels_classifier.weight.zero_()
+        model.class_labels_classifier.bias.zero_()
+        model.class_labels_classifier.bias[KNOWN_CLASS] = KNOWN_LOGIT
+        model.bbox_predictor.layers[2].weight.zero_()
+        model.bbox_predictor.layers[2].bias.copy_(torch.logit(KNOWN_BOX))
+    return model
+
+
+def known_score() -> float:
+    return math.exp(KNOWN_LOGIT) / (math.exp(KNOWN_LOGIT) + 4)  # 4 other logits (3 classes + no-object) at 0

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 import json
 import os
 import subprocess
@@ -18,31 +15,7 @@ from conftest import REPO_ROOT
 
 from hf_detr.evaluation import CocoEvaluator, label_to_category_mapping, split_to_coco
 from hf_detr.evaluation import coco_evaluator as coco_evaluator_module
-from hf_detr.evaluation.synthetic import synthetic_coco
-
-
-def pycocotools_stats(ground_truth: dict, image_ids, detections) -> np.ndarray:
-    """The reference, used the standard way: result dicts -> loadRes -> COCOeval."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    results = []
-    for image_id, detection in zip(image_ids, detections):
-        for box, score, label in zip(
-            detection["boxes"].tolist(), detection["scores"].tolist(), detection["labels"].tolist()
-        ):
-            results.append({"image_id": image_id, "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
-                            "score": score, "category_id": label})  # fmt: skip
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = copy.deepcopy(ground_truth)
-        gt.createIndex()
-        evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
-        evaluator.params.imgIds = sorted(image_ids)
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return np.asarray(evaluator.stats)
+from hf_detr.evaluation.synthetic import pycocotools_stats, synthetic_coco
 
 
 @pytest.fixture(scope="module")

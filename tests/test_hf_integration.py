@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 import textwrap
@@ -12,7 +11,7 @@ import PIL.Image
 import pytest
 import torch
 from conftest import REPO_ROOT
-from detr_testing import tiny_hf_detr_config
+from detr_testing import KNOWN_BOX, known_prediction_model, known_score, tiny_hf_detr_config
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -26,61 +25,32 @@ from transformers.models.detr.image_processing_detr import DetrImageProcessor
 
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor, HfDetrModel
 
-# the known prediction: class 2 ("bed") with logit 8 against 0 for the rest, box (cx, cy, w, h)
-KNOWN_CLASS, KNOWN_LOGIT = 2, 8.0
-KNOWN_BOX = torch.tensor([0.5, 0.4, 0.5, 0.6])
-LABELS = {0: "cat", 1: "remote", 2: "bed", 3: "couch"}
+
+def test_auto_classes_resolve_to_hf_detr(known_checkpoint):
+    assert isinstance(AutoConfig.from_pretrained(known_checkpoint), HfDetrConfig)
+    assert type(AutoModelForObjectDetection.from_pretrained(known_checkpoint)) is HfDetrForObjectDetection
+    assert type(AutoModel.from_pretrained(known_checkpoint)) is HfDetrModel
+    assert type(AutoImageProcessor.from_pretrained(known_checkpoint)) is HfDetrImageProcessor
+    assert AutoImageProcessor.from_pretrained(known_checkpoint).size == {
+        "shortest_edge": 160,
+        "longest_edge": 240,
+    }
 
 
-def known_prediction_model() -> HfDetrForObjectDetection:
-    """One query whose heads ignore their input: it always predicts KNOWN_CLASS at KNOWN_BOX."""
-    config = tiny_hf_detr_config(
-        num_queries=1, num_labels=4, id2label=LABELS, label2id={v: k for k, v in LABELS.items()}
-    )
-    model = HfDetrForObjectDetection(config).eval()
-    with torch.no_grad():
-        model.class_labels_classifier.weight.zero_()
-        model.class_labels_classifier.bias.zero_()
-        model.class_labels_classifier.bias[KNOWN_CLASS] = KNOWN_LOGIT
-        model.bbox_predictor.layers[2].weight.zero_()
-        model.bbox_predictor.layers[2].bias.copy_(torch.logit(KNOWN_BOX))
-    return model
-
-
-def known_score() -> float:
-    return math.exp(KNOWN_LOGIT) / (math.exp(KNOWN_LOGIT) + 4)  # 4 other logits (3 classes + no-object) at 0
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("known")
-    known_prediction_model().save_pretrained(directory)
-    HfDetrImageProcessor(size={"shortest_edge": 160, "longest_edge": 240}).save_pretrained(directory)
-    return directory
-
-
-def test_auto_classes_resolve_to_hf_detr(checkpoint):
-    assert isinstance(AutoConfig.from_pretrained(checkpoint), HfDetrConfig)
-    assert type(AutoModelForObjectDetection.from_pretrained(checkpoint)) is HfDetrForObjectDetection
-    assert type(AutoModel.from_pretrained(checkpoint)) is HfDetrModel
-    assert type(AutoImageProcessor.from_pretrained(checkpoint)) is HfDetrImageProcessor
-    assert AutoImageProcessor.from_pretrained(checkpoint).size == {"shortest_edge": 160, "longest_edge": 240}
-
-
-def test_checkpoints_carry_their_code_and_auto_map(checkpoint):
-    config = json.loads((checkpoint / "config.json").read_text())
+def test_checkpoints_carry_their_code_and_auto_map(known_checkpoint):
+    config = json.loads((known_checkpoint / "config.json").read_text())
     assert config["auto_map"] == {
         "AutoConfig": "configuration_detr.HfDetrConfig",
         "AutoModel": "modeling_detr.HfDetrModel",
         "AutoModelForObjectDetection": "modeling_detr.HfDetrForObjectDetection",
     }
-    processor = json.loads((checkpoint / "preprocessor_config.json").read_text())
+    processor = json.loads((known_checkpoint / "preprocessor_config.json").read_text())
     assert processor["auto_map"] == {"AutoImageProcessor": "image_processing_detr.HfDetrImageProcessor"}
     for name in ("configuration_detr.py", "modeling_detr.py", "loss_detr.py", "image_processing_detr.py"):
-        assert (checkpoint / name).is_file(), name
+        assert (known_checkpoint / name).is_file(), name
         assert (
-            "from hf_detr" not in (checkpoint / name).read_text()
-            and "import hf_detr" not in (checkpoint / name).read_text()
+            "from hf_detr" not in (known_checkpoint / name).read_text()
+            and "import hf_detr" not in (known_checkpoint / name).read_text()
         )
 
 
@@ -100,10 +70,10 @@ def _expected_box(width: int, height: int) -> dict[str, int]:
     return dict(zip(("xmin", "ymin", "xmax", "ymax"), (int(v) for v in corners)))
 
 
-def test_pipeline_finds_the_known_object_on_the_real_image(checkpoint, coco_image_dir):
+def test_pipeline_finds_the_known_object_on_the_real_image(known_checkpoint, coco_image_dir):
     path = coco_image_dir / "000000039769.png"
     image = PIL.Image.open(path)
-    detector = pipeline("object-detection", model=str(checkpoint))
+    detector = pipeline("object-detection", model=str(known_checkpoint))
     expected = [
         {"score": pytest.approx(known_score(), abs=1e-5), "label": "bed", "box": _expected_box(640, 480)}
     ]

@@ -9,7 +9,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from test_hf_integration import KNOWN_BOX, known_prediction_model, known_score
+from detr_testing import KNOWN_BOX, known_score
 
 from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor
 from hf_detr.predict import main
@@ -21,14 +21,6 @@ from hf_detr.visualization import (
     heat_overlay,
     line_width,
 )
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("known")
-    known_prediction_model().save_pretrained(directory)
-    HfDetrImageProcessor(size={"shortest_edge": 160, "longest_edge": 240}).save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture()
@@ -49,15 +41,18 @@ def _box_pixels(width: int, height: int) -> tuple[int, int, int, int]:
     )
 
 
-def test_writes_json_lines_that_match_the_pipeline_and_draws_the_box(tmp_path, checkpoint, photos):
+def test_writes_json_lines_that_match_the_pipeline_and_draws_the_box(tmp_path, known_checkpoint, photos):
     from transformers import pipeline
 
     out = tmp_path / "out"
     assert (
-        main(["--model", str(checkpoint), str(photos), "--output-dir", str(out), "--threshold", "0.5"]) == 0
+        main(["--model", str(known_checkpoint), str(photos), "--output-dir", str(out), "--threshold", "0.5"])
+        == 0
     )
     records = [json.loads(line) for line in (out / "detections.jsonl").read_text().splitlines()]
-    expected = pipeline("object-detection", model=str(checkpoint))(str(photos / "cats.png"), threshold=0.5)
+    expected = pipeline("object-detection", model=str(known_checkpoint))(
+        str(photos / "cats.png"), threshold=0.5
+    )
     truncated = [{"score": pytest.approx(r["score"], abs=1e-6), "label": r["label"],
                   "box": {k: int(v) for k, v in r["box"].items()}} for r in records]  # fmt: skip
     assert truncated == expected and records[0]["score"] == pytest.approx(known_score(), abs=1e-5)
@@ -71,9 +66,9 @@ def test_writes_json_lines_that_match_the_pipeline_and_draws_the_box(tmp_path, c
     assert (pixels[y1 - 1, (x0 + x1) // 2] == colour).all()  # the bottom edge (the tag covers the top)
 
 
-def test_attention_maps_are_saved_with_the_right_sizes(tmp_path, checkpoint, photos):
+def test_attention_maps_are_saved_with_the_right_sizes(tmp_path, known_checkpoint, photos):
     out = tmp_path / "out"
-    assert main(["--model", str(checkpoint), str(photos / "cats.png"), "--output-dir", str(out), "--attention",
+    assert main(["--model", str(known_checkpoint), str(photos / "cats.png"), "--output-dir", str(out), "--attention",
                  "--attention-pixel", "100,120", "--top-k", "1", "--threshold", "0.1"]) == 0  # fmt: skip
     pair = PIL.Image.open(out / "cats_det0_attention.png")
     assert pair.size == (640 * 2 + 8, 480)
@@ -119,11 +114,18 @@ def test_labels_are_readable_and_scale_with_the_image():
     assert line_width(1200, 900) >= 4 > line_width(300, 225)
 
 
-def test_unreadable_and_missing_inputs_are_reported_and_skipped(tmp_path, checkpoint, photos, capsys):
+def test_unreadable_and_missing_inputs_are_reported_and_skipped(tmp_path, known_checkpoint, photos, capsys):
     (photos / "broken.jpg").write_bytes(b"not an image")
     out = tmp_path / "out"
     code = main(
-        ["--model", str(checkpoint), str(photos), str(tmp_path / "nothing*.png"), "--output-dir", str(out)]
+        [
+            "--model",
+            str(known_checkpoint),
+            str(photos),
+            str(tmp_path / "nothing*.png"),
+            "--output-dir",
+            str(out),
+        ]
     )
     assert code == 1
     errors = capsys.readouterr().err
@@ -131,13 +133,21 @@ def test_unreadable_and_missing_inputs_are_reported_and_skipped(tmp_path, checkp
     assert (out / "cats.png").is_file() and not (out / "broken.png").exists()
 
 
-def test_exif_rotation_is_applied_as_the_pipeline_does(tmp_path, checkpoint):
+def test_exif_rotation_is_applied_as_the_pipeline_does(tmp_path, known_checkpoint):
     image = PIL.Image.new("RGB", (200, 100), (120, 60, 30))
     exif = image.getexif()
     exif[0x0112] = 6
     image.save(tmp_path / "rotated.jpg", exif=exif)
     assert (
-        main(["--model", str(checkpoint), str(tmp_path / "rotated.jpg"), "--output-dir", str(tmp_path / "o")])
+        main(
+            [
+                "--model",
+                str(known_checkpoint),
+                str(tmp_path / "rotated.jpg"),
+                "--output-dir",
+                str(tmp_path / "o"),
+            ]
+        )
         == 0
     )
     assert PIL.Image.open(tmp_path / "o" / "rotated.png").size == (100, 200)

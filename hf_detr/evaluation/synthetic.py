@@ -9,6 +9,10 @@ ground-truth box (20% with a wrong class), the rest random boxes, all with rando
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
+
 import numpy as np
 import torch
 
@@ -68,4 +72,31 @@ def synthetic_coco(
     return ground_truth, list(range(1, num_images + 1)), detections
 
 
-__all__ = ["COCO_CATEGORY_IDS", "synthetic_coco"]
+def pycocotools_stats(
+    ground_truth: dict, image_ids: list[int], detections: list[dict[str, torch.Tensor]]
+) -> np.ndarray:
+    """The 12 stats by pycocotools used the standard way (result dicts -> loadRes -> COCOeval), the
+    reference for checks and the peer for benchmarks; evaluated over `image_ids`."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    results = []
+    for image_id, detection in zip(image_ids, detections):
+        for box, score, label in zip(
+            detection["boxes"].tolist(), detection["scores"].tolist(), detection["labels"].tolist()
+        ):
+            results.append({"image_id": image_id, "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                            "score": score, "category_id": label})  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = copy.deepcopy(ground_truth)
+        gt.createIndex()
+        evaluator = COCOeval(gt, gt.loadRes(results), "bbox")
+        evaluator.params.imgIds = sorted(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return np.asarray(evaluator.stats)
+
+
+__all__ = ["COCO_CATEGORY_IDS", "pycocotools_stats", "synthetic_coco"]
