@@ -30,10 +30,15 @@ def test_a_shortened_default_run_beats_the_untrained_model_on_the_builtin_val_sp
     # the model the run starts from: same seed, same construction as the trainer's
     train_split = load_detection_dataset()["train"]
     set_seed(args.seed)
-    build_model(args, class_names(train_split), category_ids(train_split)).save_pretrained(tmp_path / "untrained")
+    build_model(args, class_names(train_split), category_ids(train_split)).save_pretrained(
+        tmp_path / "untrained"
+    )
     HfDetrImageProcessor(size=detr_val_size(args.image_scale)).save_pretrained(tmp_path / "untrained")
     untrained = tmp_path / "untrained.json"
-    assert evaluate_main(["--model", str(tmp_path / "untrained"), "--split", "val", "--output", str(untrained)]) == 0
+    assert (
+        evaluate_main(["--model", str(tmp_path / "untrained"), "--split", "val", "--output", str(untrained)])
+        == 0
+    )
     before = json.loads(untrained.read_text())["stats"]
     result = train(args)
     assert result.global_step == 150
