@@ -28,6 +28,18 @@ def _deterministic_torch():
     yield
 
 
+@pytest.fixture
+def fresh_accelerator_state():
+    """Accelerate's process-wide singletons reset around a test that builds an `Accelerator`."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
 @pytest.fixture(scope="session")
 def coco_image_dir() -> Path:
     path = SHARED_DATA / "coco-val2017-39769"

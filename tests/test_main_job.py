@@ -12,16 +12,7 @@ from hf_detr.data import category_ids, class_names, detr_val_size, load_detectio
 from hf_detr.evaluation.cli import main as evaluate_main
 from hf_detr.training import build_model, resolve_arguments, train
 
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerator_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
 def test_a_shortened_default_run_beats_the_untrained_model_on_the_builtin_val_split(tmp_path):

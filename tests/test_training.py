@@ -34,16 +34,7 @@ TINY = {
     "backbone_learning_rate": 1e-4, "logging_steps": 1, "eval_epochs": 100,
 }  # fmt: skip
 
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerator_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
 @pytest.fixture(scope="module")
