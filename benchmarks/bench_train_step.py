@@ -7,6 +7,10 @@ parameters train in both (transformers v5 would also train the stem and layer1: 
 both here, as the paper).
 
     python benchmarks/bench_train_step.py [--steps 12] [--batch-size 2] [--size 384]
+
+`--transformer builtin` uses the built-in preset's transformer instead (d 128, 2+2 layers, 4 heads,
+FFN 512, 10 queries, 3 classes; run it with `--batch-size 16 --size 128` for the main job's step, with
+frozen BatchNorm in both because transformers' DETR always freezes it).
 """
 
 from __future__ import annotations
@@ -21,8 +25,24 @@ from transformers import DetrConfig, DetrForObjectDetection
 
 from hf_detr.convert import convert_checkpoint
 
+# DetrConfig arguments of the two transformer shapes
+TRANSFORMERS = {
+    "paper": {"num_labels": 91},
+    "builtin": {
+        "num_labels": 3,
+        "d_model": 128,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "encoder_attention_heads": 4,
+        "decoder_attention_heads": 4,
+        "encoder_ffn_dim": 512,
+        "decoder_ffn_dim": 512,
+        "num_queries": 10,
+    },
+}
 
-def make_batch(batch_size: int, size: int, objects: int = 7, seed: int = 0):
+
+def make_batch(batch_size: int, size: int, objects: int = 7, num_labels: int = 91, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     pixel_values = torch.randn(batch_size, 3, size, size, generator=generator)
     pixel_mask = torch.ones(batch_size, size, size, dtype=torch.long)
@@ -32,16 +52,16 @@ def make_batch(batch_size: int, size: int, objects: int = 7, seed: int = 0):
         sizes = torch.rand(objects, 2, generator=generator) * 0.3 + 0.05
         labels.append(
             {
-                "class_labels": torch.randint(1, 91, (objects,), generator=generator),
+                "class_labels": torch.randint(0, num_labels, (objects,), generator=generator),
                 "boxes": torch.cat([centers, sizes], -1),
             }
         )
     return pixel_values, pixel_mask, labels
 
 
-def build(backbone: str):
+def build(backbone: str, transformer: str = "paper"):
     torch.manual_seed(0)
-    config = DetrConfig(backbone=backbone, num_labels=91, auxiliary_loss=True, dropout=0.1)
+    config = DetrConfig(backbone=backbone, auxiliary_loss=True, dropout=0.1, **TRANSFORMERS[transformer])
     reference = DetrForObjectDetection(config)
     with tempfile.TemporaryDirectory() as tmp:
         reference.save_pretrained(f"{tmp}/t")
@@ -95,12 +115,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--transformer", choices=sorted(TRANSFORMERS), default="paper")
+    parser.add_argument("--objects", type=int, default=7, help="objects per image")
     args = parser.parse_args()
-    reference, ours = build(args.backbone)
-    batch = make_batch(args.batch_size, args.size)
+    reference, ours = build(args.backbone, args.transformer)
+    batch = make_batch(args.batch_size, args.size, args.objects, TRANSFORMERS[args.transformer]["num_labels"])
     t_ref, t_ours = interleaved_medians([Stepper(reference, batch), Stepper(ours, batch)], args.steps)
     print(
-        f"training step (forward, loss, backward, fused AdamW), {args.backbone} + 6+6 transformer, batch {args.batch_size} x "
+        f"training step (forward, loss, backward, fused AdamW), {args.backbone} + {args.transformer} transformer, "
+        f"batch {args.batch_size} x "
         f"{args.size}px, fp32, {torch.get_num_threads()} threads, median of {args.steps} interleaved steps"
     )
     print(f"{'implementation':>14} | s/step | images/s")
