@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def read_curve(log: Path) -> tuple[list[float], list[float]]:
-    minutes, ap50 = [0.0], [0.0]
+    minutes, ap50 = [], []
     for line in log.read_text().splitlines():
         record = json.loads(line)
         if record.get("event") == "eval" and "minutes" in record:
@@ -32,17 +32,22 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 3.6), dpi=100)
+    # left: the full AP50 scale with the target; right: the same curves zoomed to their own range
+    figure, (axis, zoomed) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
     for index, log in enumerate(args.logs):
         minutes, ap50 = read_curve(log)
         label = args.labels[index] if args.labels and index < len(args.labels) else log.parent.name
-        axis.plot(minutes, ap50, marker="o", markersize=3, label=label)
+        for panel in (axis, zoomed):
+            panel.plot(minutes, ap50, marker="o", markersize=3, label=label)
     axis.axhline(args.target, color="grey", linestyle="--", linewidth=1, label=f"target AP50 {args.target}")
-    axis.axvline(15, color="grey", linestyle=":", linewidth=1)
-    axis.set_xlabel("training minutes (2-core CPU)")
-    axis.set_ylabel("AP50, built-in val split")
     axis.set_ylim(0, 1)
-    axis.grid(alpha=0.3)
+    zoomed.set_ylim(bottom=0)
+    zoomed.set_title("zoomed", fontsize=9)
+    for panel in (axis, zoomed):
+        panel.axvline(15, color="grey", linestyle=":", linewidth=1)
+        panel.set_xlabel("training minutes (2-core CPU)")
+        panel.set_ylabel("AP50, built-in val split")
+        panel.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
     args.output.parent.mkdir(parents=True, exist_ok=True)
