@@ -5,6 +5,7 @@ both read them at import time.
 """
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -59,3 +60,12 @@ def known_checkpoint(tmp_path_factory) -> Path:
     known_prediction_model().save_pretrained(directory)
     HfDetrImageProcessor(size={"shortest_edge": 160, "longest_edge": 240}).save_pretrained(directory)
     return directory
+
+
+def real_coco_folder(root: Path, coco_image_dir: Path, split: str) -> Path:
+    """The shared COCO val2017 image and its annotations laid out as a COCO folder with one split."""
+    (root / "annotations").mkdir(parents=True)
+    (root / split).mkdir()
+    shutil.copy(coco_image_dir / "000000039769.png", root / split)
+    shutil.copy(coco_image_dir / "instances.json", root / "annotations" / f"instances_{split}.json")
+    return root

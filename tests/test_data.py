@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+from conftest import real_coco_folder
 from datasets import ClassLabel, Dataset, Features, Image, List, Value
 
 from hf_detr import HfDetrImageProcessor
@@ -195,11 +195,7 @@ def test_unknown_or_empty_splits_are_clear_errors(tmp_path):
 
 
 def test_the_real_coco_image_loads_with_its_annotations(tmp_path, coco_image_dir):
-    root = tmp_path / "coco"
-    (root / "annotations").mkdir(parents=True)
-    (root / "val2017").mkdir()
-    shutil.copy(coco_image_dir / "000000039769.png", root / "val2017")
-    shutil.copy(coco_image_dir / "instances.json", root / "annotations" / "instances_val2017.json")
+    root = real_coco_folder(tmp_path / "coco", coco_image_dir, "val2017")
     split = load_detection_dataset(root, split="val2017", cache_dir=tmp_path / "cache")["val2017"]
     record = split[0]
     assert (record["image_id"], record["width"], record["height"]) == (39769, 640, 480)

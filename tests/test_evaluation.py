@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, real_coco_folder
 
 from hf_detr.evaluation import CocoEvaluator, label_to_category_mapping, split_to_coco
 from hf_detr.evaluation import coco_evaluator as coco_evaluator_module
@@ -128,15 +128,9 @@ def test_label_mapping_by_coco_ids_by_name_and_by_position():
 
 
 def test_ground_truth_from_a_dataset_split(tmp_path, coco_image_dir):
-    import shutil
-
     from hf_detr.data import load_detection_dataset
 
-    root = tmp_path / "coco"
-    (root / "annotations").mkdir(parents=True)
-    (root / "val").mkdir()
-    shutil.copy(coco_image_dir / "000000039769.png", root / "val")
-    shutil.copy(coco_image_dir / "instances.json", root / "annotations" / "instances_val.json")
+    root = real_coco_folder(tmp_path / "coco", coco_image_dir, "val")
     split = load_detection_dataset(root, cache_dir=tmp_path / "cache")["val"]
     converted = split_to_coco(split)
     original = json.loads((coco_image_dir / "instances.json").read_text())
