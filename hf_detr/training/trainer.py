@@ -357,21 +357,19 @@ def train(args: TrainingArguments) -> TrainingResult:
                     outputs = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])
                     try:
                         loss, loss_dict = unwrapped.loss_from_outputs(outputs, batch["labels"])
-                        local_bad = not bool(torch.isfinite(loss))
+                        local_bad = (~torch.isfinite(loss.detach())).float()  # stays on the device
                     except NonFiniteMatchingCostError:
                         # keep every parameter in the graph so all processes run the same backward
                         loss = outputs.logits.sum() * 0 + outputs.pred_boxes.sum() * 0
-                        loss_dict, local_bad = {}, True
+                        loss_dict, local_bad = {}, loss.new_ones((), dtype=torch.float32)
                     out_of_time = (
                         args.time_limit_minutes is not None
                         and (time.monotonic() - start_time) / 60 >= args.time_limit_minutes
                     )
-                    # one all-reduce per batch: every process takes the same decisions
+                    host_flags = local_bad.new_tensor([stop.signal is not None, out_of_time])
+                    # one all-reduce and one host transfer per batch: every process takes the same decisions
                     flags = accelerator.reduce(
-                        torch.tensor(
-                            [local_bad, stop.signal is not None, out_of_time], device=accelerator.device
-                        ).float(),
-                        reduction="sum",
+                        torch.cat([local_bad.reshape(1), host_flags]), reduction="sum"
                     ).tolist()
                     update_is_bad |= flags[0] > 0
                     accelerator.backward(loss)
