@@ -113,7 +113,6 @@ class DetectionDataset(torch.utils.data.Dataset):
                 canvas_size=(image.height, image.width),
             ),
             "labels": torch.tensor(objects["category"], dtype=torch.long),
-            "area": torch.tensor(objects["area"], dtype=torch.float32),
             "iscrowd": torch.tensor(objects["iscrowd"], dtype=torch.long),
             "ids": torch.tensor(objects["id"], dtype=torch.long),
         }
