@@ -1,5 +1,7 @@
 """hf_detr: DETR (Carion et al., ECCV 2020) as a Hugging Face package."""
 
+import inspect
+
 from .configuration_detr import COCO_DETECTION_LABELS, HfDetrConfig
 from .image_processing_detr import HfDetrImageProcessor
 from .modeling_detr import (
@@ -34,7 +36,9 @@ def _register_with_transformers() -> None:
     )
     # DETR has no video processor. Without this (empty) registration, `pipeline` guesses a remote
     # "HfDetrVideoProcessor" from the image processor's auto_map and prompts to trust remote code.
-    AutoVideoProcessor.register(HfDetrConfig, video_processor_classes={}, exist_ok=True)
+    # (Older transformers, 5.17 say, register one video class per config: nothing to register there.)
+    if "video_processor_classes" in inspect.signature(AutoVideoProcessor.register).parameters:
+        AutoVideoProcessor.register(HfDetrConfig, video_processor_classes={}, exist_ok=True)
     # `pipeline("object-detection")` checks model classes by name in this dict (registered classes are
     # not looked up there) and logs an error for ours otherwise; nothing else resolves entries by it.
     modeling_auto.MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES.setdefault(

@@ -17,6 +17,7 @@ from transformers import (
     AutoImageProcessor,
     AutoModel,
     AutoModelForObjectDetection,
+    AutoVideoProcessor,
     DetrConfig,
     DetrForObjectDetection,
     pipeline,
@@ -185,3 +186,21 @@ def test_a_base_model_checkpoint_can_start_a_detector(tmp_path):
     HfDetrModel(tiny_hf_detr_config()).save_pretrained(tmp_path)
     detector = HfDetrForObjectDetection.from_pretrained(tmp_path)
     assert isinstance(detector, HfDetrForObjectDetection)
+
+
+def test_registration_works_with_the_video_processor_api_of_older_transformers(monkeypatch):
+    """Older transformers (5.17, say) register one video processor class per config, with no
+    per-backend dict: importing hf_detr there must not fail (it did, found on a GPU machine)."""
+    import hf_detr
+
+    calls = []
+
+    def old_register(config_class, video_processor_class, exist_ok=False):
+        calls.append((config_class, video_processor_class))
+
+    monkeypatch.setattr(AutoVideoProcessor, "register", staticmethod(old_register))
+    hf_detr._register_with_transformers()  # raised TypeError before the fix
+    assert calls == []  # nothing to register: DETR has no video processor
+    assert (
+        AutoModelForObjectDetection.from_config(tiny_hf_detr_config()).__class__ is HfDetrForObjectDetection
+    )
