@@ -98,6 +98,13 @@ def test_training_saves_a_pipeline_ready_model_with_its_settings_and_logs(tmp_pa
     assert "hf_detr" in (out / "README.md").read_text()
 
 
+def test_a_step_that_ends_an_epoch_and_is_an_eval_step_is_evaluated_once(tmp_path, shapes):
+    # 8 images, batch 2: step 4 ends epoch 1 (eval_epochs 1) and is an eval step (eval_steps 4)
+    out = tmp_path / "run"
+    train(arguments(out, shapes, max_steps=6, eval_steps=4, eval_epochs=1))
+    assert [record["step"] for record in events(out, "eval")] == [4, 6]
+
+
 def test_two_cpu_processes_train_evaluate_and_save(tmp_path, shapes):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]

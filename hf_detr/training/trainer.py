@@ -317,9 +317,15 @@ def train(args: TrainingArguments) -> TrainingResult:
     unwrapped = accelerator.unwrap_model(model)
     run_start = time.monotonic()
 
+    evaluated: dict[
+        int, dict[str, float] | None
+    ] = {}  # step -> stats: eval_steps and eval_epochs can coincide
+
     def run_evaluation() -> dict[str, float] | None:
         if eval_loader is None:
             return None
+        if state.global_step in evaluated:
+            return evaluated[state.global_step]
         stats = evaluate_model(
             unwrapped, eval_loader, evaluator_factory(), accelerator, processor, args.eval_top_k
         )
@@ -337,6 +343,7 @@ def train(args: TrainingArguments) -> TrainingResult:
             )
             accelerator.log({f"eval/{k}": v for k, v in stats.items()}, step=state.global_step)
             logger.info("Step %d: AP %.4f AP50 %.4f", state.global_step, stats["AP"], stats["AP50"])
+        evaluated[state.global_step] = stats
         return stats
 
     stop = _StopRequest()
