@@ -2,7 +2,8 @@
 
 Batch 8, 100 queries, 6 decoder layers (all scored: auxiliary loss on), 91 COCO classes, about 7 targets
 per image (COCO's mean), forward (matching + losses) and backward, CPU. Also counts the device-to-host
-transfers per step with `hf_detr.sync_debug.HostTransferCounter`.
+transfers per step with `hf_detr.sync_debug.HostTransferCounter`, and on CUDA the synchronizing calls
+that `torch.cuda.set_sync_debug_mode("warn")` reports.
 
     python benchmarks/bench_loss.py [--runs 50] [--device cpu]
 """
@@ -10,6 +11,8 @@ transfers per step with `hf_detr.sync_debug.HostTransferCounter`.
 from __future__ import annotations
 
 import argparse
+import warnings
+from collections.abc import Callable
 
 import torch
 from timing import median_seconds
@@ -57,6 +60,19 @@ def run_transformers(config, logits, boxes, labels):
     loss.backward()
 
 
+def cuda_synchronizations(fn: Callable[[], object]) -> int:
+    """How many synchronizing CUDA calls (device-to-host copies, waits) `fn` makes, as torch reports them."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
@@ -73,6 +89,8 @@ def main() -> None:
         with HostTransferCounter() as counter:
             fn()
         counts[name] = len(counter.calls)
+        if device.type == "cuda":
+            counts[name] = f"{counts[name]} (CUDA synchronizations: {cuda_synchronizations(fn)})"
     t_ref = 1000 * median_seconds(
         lambda: run_transformers(reference_config, logits, boxes, labels), args.runs, 5, device
     )
