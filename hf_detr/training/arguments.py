@@ -95,17 +95,18 @@ BUILTIN_PRESET: dict[str, Any] = {
     "num_queries": 10,
     "dropout": 0.0,
     "freeze_backbone_batch_norm": False,  # a scratch backbone needs BatchNorm that learns
-    "trainable_backbone_layers": 5,
+    "trainable_backbone_layers": 4,  # the random stem stays frozen: 19% more images per second
     "image_scale": 0.16,  # 800 px -> 128 px, the built-in images' size
     "augmentation": "flip",
     "batch_size": 16,
-    "learning_rate": 5e-4,
-    "backbone_learning_rate": 5e-4,
+    "learning_rate": 2e-4,  # 5e-4 never learned the classes; 1e-4 and 3e-4 learned slower
+    "backbone_learning_rate": 2e-4,
     "warmup_steps": 200,
-    "max_steps": 900,
-    "time_limit_minutes": 14.5,
+    "lr_drop": 1.0,  # no x0.1 drop: the run ends while AP50 still climbs steeply
+    "max_steps": 1700,
+    "time_limit_minutes": 13.5,  # + writing the data set on first use, loading and the final evaluation
     "eval_epochs": 5,
-    "num_workers": 1,
+    "num_workers": 0,  # on 2 cores a loader process slows the step more than decoding in line does
     "output_dir": "outputs/hf-detr-shapes",
 }
 PRESETS: dict[str, dict[str, Any]] = {"paper": {}, "builtin": BUILTIN_PRESET}
