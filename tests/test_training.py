@@ -114,6 +114,8 @@ def test_two_cpu_processes_train_evaluate_and_save(tmp_path, shapes):
                "--output-dir", str(tmp_path / "ddp"), "--max-steps", "3", "--eval-steps", "2"]  # fmt: skip
     result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-4000:]
+    assert "Saving current state to" in result.stderr  # one line per checkpoint...
+    assert "accelerate.checkpointing" not in result.stderr  # ...not one per file written
     out = tmp_path / "ddp"
     assert (out / "model.safetensors").is_file() and (out / "checkpoints" / "step-00000003").is_dir()
     assert len(events(out, "eval")) == 2  # at step 2 and at the end

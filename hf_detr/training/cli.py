@@ -16,6 +16,8 @@ from .trainer import TrainingStopped, train
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     logging.getLogger("hf_detr").setLevel(logging.INFO)
+    # one "Saving current state to ..." line per checkpoint (accelerate.accelerator), not one per file
+    logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)
     args = parse_args(argv)
     try:
         result = train(args)
