@@ -37,3 +37,5 @@ def test_a_shortened_default_run_beats_the_untrained_model_on_the_builtin_val_sp
     summary = {key: (round(before[key], 4), round(after[key], 4)) for key in ("AP", "AP50", "AR100")}
     assert after["AR100"] > before["AR100"] + 0.02, summary
     assert after["AP"] > before["AP"] and after["AP50"] > before["AP50"], summary
+    card = (tmp_path / "run" / "README.md").read_text()  # the model card describes this run's schedule
+    assert "150 optimizer steps" in card and "no learning-rate drop" in card and "horizontal flips" in card

@@ -95,7 +95,9 @@ def test_training_saves_a_pipeline_ready_model_with_its_settings_and_logs(tmp_pa
     assert len(detector(str(next((shapes / "val").iterdir())), threshold=0.0)) == 5
     config = json.loads((out / "config.json").read_text())
     assert config["coco_category_ids"] == [1, 2, 3] and config["id2label"]["0"] == "circle"
-    assert "hf_detr" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "hf_detr" in card and "3 optimizer steps" in card
+    assert "x0.1 after 67% of the planned steps" in card and "the paper's augmentation" in card
 
 
 def test_a_step_that_ends_an_epoch_and_is_an_eval_step_is_evaluated_once(tmp_path, shapes):

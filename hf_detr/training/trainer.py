@@ -469,7 +469,7 @@ def train(args: TrainingArguments) -> TrainingResult:
 
     save_checkpoint(accelerator, checkpoints, state.global_step, args.save_total_limit)
     stats = run_evaluation()
-    finish(args, accelerator, unwrapped, processor, stats, output_dir, data, eval_name)
+    finish(args, accelerator, unwrapped, processor, stats, output_dir, data, eval_name, state.global_step)
     log.write({"event": "finished", "reason": stop_reason, "step": state.global_step, "stats": stats})
     accelerator.end_training()
     return TrainingResult(output_dir, state.global_step, stats, stop_reason, exit_code, state.nonfinite_total)
@@ -484,6 +484,7 @@ def finish(
     output_dir: Path,
     data: Any,
     eval_name: str | None,
+    steps_trained: int,
 ) -> None:
     """The end of a run: a code-carrying model directory with its processor and model card."""
     from ..hub import make_model_card, push_to_hub
@@ -506,7 +507,7 @@ def finish(
         datasets=[args.dataset] if args.dataset and not Path(args.dataset).exists() else [],
         dataset_name=dataset_name,
         dataset_split=eval_name or "validation",
-        training_description=_training_description(args),
+        training_description=_training_description(args, steps_trained),
         evaluation_description=f"COCO box metrics on {dataset_name} ({eval_name}), computed by hf_detr at the end of training.",
     )
     card.save(output_dir / "README.md")
@@ -528,15 +529,25 @@ def _plain_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def _training_description(args: TrainingArguments) -> str:
+def _training_description(args: TrainingArguments, steps_trained: int) -> str:
     start = f"fine-tuned from `{args.init_from}`" if args.init_from else "trained from scratch"
+    drop = (
+        f"the learning rate x0.1 after {args.lr_drop:.0%} of the planned steps"
+        if args.lr_drop < 1
+        else "no learning-rate drop"
+    )
+    augmentation = (
+        "the paper's augmentation (flips, multi-scale resizing, random crops)"
+        if args.augmentation == "paper"
+        else "horizontal flips"
+    )
     return (
         f"{start.capitalize()} with hf_detr (`hf-detr-train`, preset `{args.preset}`): AdamW, learning rate "
         f"{args.learning_rate:g} (backbone {args.backbone_learning_rate:g}), weight decay {args.weight_decay:g}, "
         f"batch {args.batch_size} per device x {args.gradient_accumulation_steps} accumulation, gradient clipping "
-        f"{args.max_grad_norm:g}, {args.max_steps or str(args.epochs) + ' epochs'} with the learning rate x0.1 after "
-        f"{args.lr_drop:.0%} of the steps, warm-up {args.warmup_steps} steps, the paper's augmentation at scale "
-        f"{args.image_scale:g}, mixed precision {args.mixed_precision}. All settings: training_args.json."
+        f"{args.max_grad_norm:g}, {steps_trained} optimizer steps, warm-up {args.warmup_steps} steps, {drop}, "
+        f"{augmentation} at image scale {args.image_scale:g}, mixed precision {args.mixed_precision}. "
+        "All settings: training_args.json."
     )
 
 
