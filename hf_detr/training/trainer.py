@@ -317,15 +317,12 @@ def train(args: TrainingArguments) -> TrainingResult:
     unwrapped = accelerator.unwrap_model(model)
     run_start = time.monotonic()
 
-    evaluated: dict[
-        int, dict[str, float] | None
-    ] = {}  # step -> stats: eval_steps and eval_epochs can coincide
+    def is_eval_step() -> bool:
+        return bool(args.eval_steps) and state.global_step % args.eval_steps == 0
 
     def run_evaluation() -> dict[str, float] | None:
         if eval_loader is None:
             return None
-        if state.global_step in evaluated:
-            return evaluated[state.global_step]
         stats = evaluate_model(
             unwrapped, eval_loader, evaluator_factory(), accelerator, processor, args.eval_top_k
         )
@@ -343,7 +340,6 @@ def train(args: TrainingArguments) -> TrainingResult:
             )
             accelerator.log({f"eval/{k}": v for k, v in stats.items()}, step=state.global_step)
             logger.info("Step %d: AP %.4f AP50 %.4f", state.global_step, stats["AP"], stats["AP50"])
-        evaluated[state.global_step] = stats
         return stats
 
     stop = _StopRequest()
@@ -439,14 +435,14 @@ def train(args: TrainingArguments) -> TrainingResult:
                     stop_reason = "time_limit"
                 if stop_reason != "completed" or state.global_step >= total_steps:
                     break
-                if args.eval_steps and state.global_step % args.eval_steps == 0:
+                if is_eval_step():
                     stats = run_evaluation()
                 if args.save_steps and state.global_step % args.save_steps == 0:
                     save_checkpoint(accelerator, checkpoints, state.global_step, args.save_total_limit)
             else:  # the epoch ended before the last update
                 state.epoch += 1
                 state.step_in_epoch = 0
-                if state.epoch % args.eval_epochs == 0:
+                if state.epoch % args.eval_epochs == 0 and not is_eval_step():  # else evaluated just now
                     stats = run_evaluation()
                 save_checkpoint(accelerator, checkpoints, state.global_step, args.save_total_limit)
     progress.close()
