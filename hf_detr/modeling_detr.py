@@ -28,6 +28,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_detr import HfDetrConfig
+from .convolution_detr import HfDetrConv2d, use_gemm_weight_grad
 from .loss_detr import SetCriterion
 
 # Stages of a torchvision/timm ResNet from the top down; `trainable_backbone_layers=k` trains the first k.
@@ -130,7 +131,7 @@ class HfDetrFoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
         return scale, self.bias - self.running_mean * scale
 
 
-class HfDetrConvFrozenBatchNorm2d(nn.Conv2d):
+class HfDetrConvFrozenBatchNorm2d(HfDetrConv2d):
     """A convolution that applies the frozen BatchNorm after it by scaling its own weights:
     conv(x, W) * s + t == conv(x, W * s) + t. Gradients reach W as usual."""
 
@@ -214,6 +215,7 @@ class HfDetrBackbone(nn.Module):
             for parameter in getattr(self.body, stage_name).parameters():
                 parameter.requires_grad_(is_trainable)
         fold_frozen_batch_norm(self.body)
+        use_gemm_weight_grad(self.body)  # the other convolutions (those before a trainable BatchNorm)
         # channels-last activations are what oneDNN and cuDNN convolutions run fastest on
         self.body.to(memory_format=torch.channels_last)
         # timm (or its pretrained weights) initialised the body: keep transformers' init away from it.

@@ -47,7 +47,13 @@ def test_checkpoints_carry_their_code_and_auto_map(known_checkpoint):
     }
     processor = json.loads((known_checkpoint / "preprocessor_config.json").read_text())
     assert processor["auto_map"] == {"AutoImageProcessor": "image_processing_detr.HfDetrImageProcessor"}
-    for name in ("configuration_detr.py", "modeling_detr.py", "loss_detr.py", "image_processing_detr.py"):
+    for name in (
+        "configuration_detr.py",
+        "modeling_detr.py",
+        "convolution_detr.py",
+        "loss_detr.py",
+        "image_processing_detr.py",
+    ):
         assert (known_checkpoint / name).is_file(), name
         assert (
             "from hf_detr" not in (known_checkpoint / name).read_text()
