@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from timing import median_seconds
@@ -60,8 +61,9 @@ def run_transformers(config, logits, boxes, labels):
     loss.backward()
 
 
-def cuda_synchronizations(fn: Callable[[], object]) -> int:
-    """How many synchronizing CUDA calls (device-to-host copies, waits) `fn` makes, as torch reports them."""
+def cuda_synchronizations(fn: Callable[[], object]) -> list[str]:
+    """The synchronizing CUDA calls (device-to-host copies, waits) `fn` makes, as torch reports them:
+    one "file:line" of the Python code that made it per call."""
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -70,7 +72,7 @@ def cuda_synchronizations(fn: Callable[[], object]) -> int:
             fn()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
+    return [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)]
 
 
 def main() -> None:
@@ -90,7 +92,9 @@ def main() -> None:
             fn()
         counts[name] = len(counter.calls)
         if device.type == "cuda":
-            counts[name] = f"{counts[name]} (CUDA synchronizations: {cuda_synchronizations(fn)})"
+            sites = cuda_synchronizations(fn)
+            shown = f": {', '.join(sites)}" if name == "hf_detr" else ""
+            counts[name] = f"{counts[name]} (CUDA synchronizations: {len(sites)}{shown})"
     t_ref = 1000 * median_seconds(
         lambda: run_transformers(reference_config, logits, boxes, labels), args.runs, 5, device
     )

@@ -298,8 +298,9 @@ class SetCriterion:
         matched_classes = targets.class_labels[matches.image, matches.target]  # [M]
         target_classes = torch.full((num_layers, batch_size, num_queries), no_object, device=device)
         target_classes[matches.layer, matches.image, matches.query] = matched_classes
-        class_weights = torch.ones(self.num_labels + 1, device=device)
-        class_weights[no_object] = self.eos_coefficient
+        # [K+1]: 1 for the classes, eos_coefficient for no-object (built on the device: assigning a
+        # Python number to a CUDA tensor element waits for the device)
+        class_weights = F.pad(torch.ones(self.num_labels, device=device), (0, 1), value=self.eos_coefficient)
         per_query = F.cross_entropy(
             logits.flatten(0, 2), target_classes.flatten(), weight=class_weights, reduction="none"
         ).view(num_layers, -1)
@@ -324,13 +325,15 @@ class SetCriterion:
             counts = torch.tensor(targets.counts, dtype=torch.float32).to(device, non_blocking=True)
             predicted_objects = (logits.argmax(-1) != no_object).sum(-1).float()  # [L, B]
             cardinality_error = (predicted_objects - counts).abs().mean(-1)  # [L]
-            last = matches.layer == num_layers - 1
-            last_logits = logits[-1][matches.image[last], matches.query[last]]  # [M_last, K+1]
-            if last_logits.shape[0] == 0:
+            if matches.layer.numel() == 0:
                 class_error = torch.full((), 100.0, device=device)  # the official accuracy of nothing is 0
             else:
-                correct = (last_logits.argmax(-1) == matched_classes[last]).float().mean()
-                class_error = 100 - 100 * correct
+                # top-1 accuracy over the last layer's matches, as a masked mean over all matches:
+                # selecting them with a boolean mask would wait for the device to count them
+                last = (matches.layer == num_layers - 1).float()  # [M]
+                matched_logits = logits[matches.layer, matches.image, matches.query]  # [M, K+1]
+                hits = (matched_logits.argmax(-1) == matched_classes).float()  # [M]
+                class_error = 100 - 100 * (hits * last).sum() / last.sum()
 
         loss_dict: dict[str, torch.Tensor] = {}
         for layer in range(num_layers):

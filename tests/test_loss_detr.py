@@ -259,6 +259,17 @@ def test_without_auxiliary_loss_only_the_last_layer_is_scored():
     assert torch.allclose(outputs.loss, expected)
 
 
+def test_transfer_counter_sees_mask_indexing_and_number_assignment():
+    """The two waits the CUDA sync debug mode found in an earlier version of the loss."""
+    values = torch.arange(6.0)
+    with HostTransferCounter() as counter:
+        values[values > 2]  # nonzero on the host
+        values[3] = 0.1  # a host number copied into device memory
+        values[torch.tensor([0, 1])]  # integer indices: no wait
+        values[4:6] = values[0:2].clone()  # a tensor into a slice: no wait
+    assert counter.calls == [HostTransferCounter.MASK_INDEX, HostTransferCounter.NUMBER_ASSIGNMENT]
+
+
 def test_transfer_counter_sees_transformers_per_layer_synchronisations():
     """The counter is not blind: transformers' loss syncs at least once per decoder layer."""
     logits, boxes = random_predictions()
