@@ -116,8 +116,12 @@ class DetectionDataset(torch.utils.data.Dataset):
             "iscrowd": torch.tensor(objects["iscrowd"], dtype=torch.long),
             "ids": torch.tensor(objects["id"], dtype=torch.long),
         }
+        # transforms.v2 draws from the global CPU generator: seed it for this sample and restore it
+        # after. Only the CPU generator: `torch.manual_seed` would also reseed (or, before CUDA starts,
+        # queue with a formatted stack trace: ~1 ms a sample) the GPU generators, which fork_rng does
+        # not restore here.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, self.epoch, index))
+            torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))
             out = self.transforms(sample)
         # augmented boxes carry their own area (as the official crop does); only COCO evaluation reads it
         boxes = box_convert(out["boxes"].as_subclass(torch.Tensor), "xyxy", "xywh")
