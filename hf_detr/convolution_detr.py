@@ -140,12 +140,9 @@ class HfDetrConv2d(nn.Conv2d):
         return super()._conv_forward(input, weight, bias)
 
 
-def use_gemm_weight_grad(module: nn.Module) -> int:
-    """Turn every plain `nn.Conv2d` under `module` into [`HfDetrConv2d`] in place; returns the count.
+def use_gemm_weight_grad(module: nn.Module) -> None:
+    """Turn every plain `nn.Conv2d` under `module` into [`HfDetrConv2d`] in place.
     Parameters, buffers and checkpoint keys are unchanged."""
-    converted = 0
     for submodule in module.modules():
         if type(submodule) is nn.Conv2d:
             submodule.__class__ = HfDetrConv2d
-            converted += 1
-    return converted

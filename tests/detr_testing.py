@@ -7,6 +7,15 @@ import math
 import torch
 from torch import nn
 
+# The model files `save_pretrained` copies next to the weights of a code-carrying checkpoint
+MODEL_FILES = (
+    "configuration_detr.py",
+    "modeling_detr.py",
+    "convolution_detr.py",
+    "loss_detr.py",
+    "image_processing_detr.py",
+)
+
 TINY_TRANSFORMER = dict(
     d_model=64,
     encoder_layers=2,

@@ -11,7 +11,7 @@ import PIL.Image
 import pytest
 import torch
 from conftest import REPO_ROOT
-from detr_testing import KNOWN_BOX, known_prediction_model, known_score, tiny_hf_detr_config
+from detr_testing import KNOWN_BOX, MODEL_FILES, known_prediction_model, known_score, tiny_hf_detr_config
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -47,13 +47,7 @@ def test_checkpoints_carry_their_code_and_auto_map(known_checkpoint):
     }
     processor = json.loads((known_checkpoint / "preprocessor_config.json").read_text())
     assert processor["auto_map"] == {"AutoImageProcessor": "image_processing_detr.HfDetrImageProcessor"}
-    for name in (
-        "configuration_detr.py",
-        "modeling_detr.py",
-        "convolution_detr.py",
-        "loss_detr.py",
-        "image_processing_detr.py",
-    ):
+    for name in MODEL_FILES:
         assert (known_checkpoint / name).is_file(), name
         assert (
             "from hf_detr" not in (known_checkpoint / name).read_text()

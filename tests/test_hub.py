@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 from conftest import REPO_ROOT
+from detr_testing import MODEL_FILES
 from huggingface_hub import ModelCard
 
 from hf_detr import HfDetrConfig
@@ -146,14 +147,7 @@ def test_push_and_pull_through_a_local_hub_then_offline_from_the_cache(tmp_path,
     assert online["class"] == "HfDetrForObjectDetection"
     assert online["by_id"] == online["local"] and online["plain"] == online["local"]
     assert len(online["local"]) == 4
-    code_files = {
-        "configuration_detr.py",
-        "modeling_detr.py",
-        "convolution_detr.py",
-        "loss_detr.py",
-        "image_processing_detr.py",
-    }
-    expected = {"README.md", "config.json", "model.safetensors", "preprocessor_config.json", *code_files}
+    expected = {"README.md", "config.json", "model.safetensors", "preprocessor_config.json", *MODEL_FILES}
     assert set(repos["org/tiny-detr"]) == expected
     assert set(repos["org/plain-detr"]) >= expected - {"README.md"}
     assert not any(name.endswith((".bin", ".pth", ".pt")) for files in repos.values() for name in files)
