@@ -9,7 +9,9 @@ where the product below takes 39 ms). The same sum is one matrix product over th
 
 i.e. `grad_output^T [C_out, B*H'*W'] @ patches [B*H'*W', kh*kw*C_in]`, where `patches` is a
 channels-last im2col: one strided copy of the padded input. Its product comes out in the layout of
-a channels-last weight ([C_out, kh, kw, C_in]) and runs at the GEMM library's full speed. The input
+a channels-last weight ([C_out, kh, kw, C_in]) and runs at the GEMM library's full speed. For
+stride-1 convolutions on tall maps the copy is kh times smaller: kh products over "row strips" (the
+kw windows of each padded row), see `_row_strips_products`. The input
 gradient and the forward pass stay with oneDNN (`aten.convolution_backward` for the former), so only
 the summation order of the weight gradient changes (relative differences ~1e-6 in float32).
 
@@ -17,6 +19,8 @@ Part of the self-contained "model files" (see `modeling_detr.py`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +31,14 @@ from torch.autograd.function import once_differentiable
 # for ResNet's 64-channel layer1 convolutions (batch 16 at 32 x 32) it made the weight gradient slower
 # than oneDNN's (29 vs 18 ms); from 128 channels up every ResNet-18/50 convolution measured faster.
 MIN_OUT_CHANNELS = 128
-# Largest im2col buffer built at once, in elements (128 MiB of float32); larger inputs are taken a
+# Largest patch buffer built at once, in elements (128 MiB of float32); larger inputs are taken a
 # few images at a time and their products accumulated.
 MAX_PATCH_ELEMENTS = 1 << 25
+# Row strips (below) pay for (kh - 1) * dilation zero rows of grad_output per image; they are taken
+# when those are at most 1/16 of its H' rows (ResNet 3x3: H' >= 32). Measured inside ResNet-18
+# training steps: 10.8 instead of 13.4 ms at 2 x 48 x 48 x 128, even at 24 x 24, slower at 12 x 12
+# and below (36% at 16 x 4 x 4).
+MIN_ROWS_PER_PADDING_ROW = 16
 
 
 def conv2d_weight_grad(
@@ -40,39 +49,91 @@ def conv2d_weight_grad(
     padding: tuple[int, int],
     dilation: tuple[int, int],
     max_patch_elements: int = MAX_PATCH_ELEMENTS,
+    method: str | None = None,
 ) -> torch.Tensor:
-    """The gradient of a `groups=1`, zero-padded conv2d's weight, as one GEMM per chunk of images.
+    """The gradient of a `groups=1`, zero-padded conv2d's weight, as GEMMs over channels-last patches.
 
     grad_output: [B, C_out, H', W']; input: [B, C_in, H, W]. Returns [C_out, C_in, kh, kw] with
-    channels-last strides (the layout of a channels-last weight).
+    channels-last strides (the layout of a channels-last weight). `method` is "im2col" or
+    "row_strips" (stride-1 rows only); by default the faster one for these shapes.
     """
-    batch, in_channels = input.shape[:2]
-    out_channels, out_height, out_width = grad_output.shape[1:]
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    (kh, _), (sh, _), _, (dh, _) = kernel_size, stride, padding, dilation
+    if method is None:
+        taller = kh > 1 and sh == 1 and grad_output.shape[2] >= MIN_ROWS_PER_PADDING_ROW * (kh - 1) * dh
+        method = "row_strips" if taller else "im2col"
+    if method == "row_strips" and sh != 1:
+        raise ValueError(f"row strips need a vertical stride of 1, got {sh}")
     padded = input.permute(0, 2, 3, 1)  # [B, H, W, C_in]: a view of a channels-last input
-    if ph or pw:
-        padded = F.pad(padded, (0, 0, pw, pw, ph, ph))  # [B, Hp, Wp, C_in]
+    if padding[0] or padding[1]:
+        padded = F.pad(padded, (0, 0, padding[1], padding[1], padding[0], padding[0]))  # [B, Hp, Wp, C_in]
     padded = padded.contiguous()
-    padded_height, padded_width = padded.shape[1:3]
-    grad_rows = grad_output.permute(0, 2, 3, 1).reshape(batch, out_height * out_width, out_channels)
-
-    patch_size = kh * kw * in_channels
-    images_per_chunk = max(1, max_patch_elements // (out_height * out_width * patch_size))
-    row, pixel = padded_width * in_channels, in_channels  # strides of one padded row and pixel
-    weight_grad = None  # [C_out, kh*kw*C_in]
+    grad_rows = grad_output.permute(0, 2, 3, 1)  # [B, H', W', C_out]
+    weight_grad = grad_output.new_empty(grad_output.shape[1], kh, kernel_size[1] * input.shape[1])
+    products = _row_strips_products if method == "row_strips" else _im2col_products
+    # im2col elements per image (row strips need kh times fewer)
+    batch, patch_elements = input.shape[0], grad_output[0, 0].numel() * weight_grad[0].numel()
+    images_per_chunk = max(1, max_patch_elements // patch_elements)
     for start in range(0, batch, images_per_chunk):
-        chunk = padded[start : start + images_per_chunk]
-        windows = chunk.as_strided(  # [b, H', W', kh, kw, C_in], a view of the padded input
-            (chunk.shape[0], out_height, out_width, kh, kw, in_channels),
-            (padded_height * row, sh * row, sw * pixel, dh * row, dw * pixel, 1),
-        )
-        patches = windows.reshape(-1, patch_size)  # a copy, except for 1x1 stride-1 convolutions
-        rows = grad_rows[start : start + images_per_chunk].reshape(-1, out_channels)  # [b*H'*W', C_out]
-        if weight_grad is None:
-            weight_grad = rows.t() @ patches
-        else:
-            weight_grad.addmm_(rows.t(), patches)
-    return weight_grad.view(out_channels, kh, kw, in_channels).permute(0, 3, 1, 2)
+        chunk = slice(start, start + images_per_chunk)
+        for rows, patches, out in products(
+            grad_rows[chunk], padded[chunk], weight_grad, kernel_size, stride, dilation
+        ):
+            out.addmm_(rows.t(), patches, beta=0 if start == 0 else 1)
+    return weight_grad.view(-1, kh, kernel_size[1], input.shape[1]).permute(0, 3, 1, 2)
+
+
+def _im2col_products(
+    grad_rows: torch.Tensor,
+    padded: torch.Tensor,
+    weight_grad: torch.Tensor,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One product over a full channels-last im2col copy of the padded input:
+    grad_output^T [C_out, b*H'*W'] @ patches [b*H'*W', kh*kw*C_in]."""
+    batch, out_height, out_width, out_channels = grad_rows.shape
+    padded_height, padded_width, in_channels = padded.shape[1:]
+    (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation
+    row, pixel = padded_width * in_channels, in_channels  # strides of one padded row and pixel
+    windows = padded.as_strided(  # [b, H', W', kh, kw, C_in], a view of the padded input
+        (batch, out_height, out_width, kh, kw, in_channels),
+        (padded_height * row, sh * row, sw * pixel, dh * row, dw * pixel, 1),
+    )
+    patches = windows.reshape(-1, kh * kw * in_channels)  # a copy, except for 1x1 stride-1 convolutions
+    yield grad_rows.reshape(-1, out_channels), patches, weight_grad.view(out_channels, -1)
+
+
+def _row_strips_products(
+    grad_rows: torch.Tensor,
+    padded: torch.Tensor,
+    weight_grad: torch.Tensor,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """kh products over a copy that is kh times smaller than im2col (stride-1 rows only).
+
+    strips[b, y, x] holds the kw windows of padded row y at output column x ([kw*C_in] numbers);
+    output row y' reads strips of rows y' + i*dh for i < kh. With grad_output padded to the strips'
+    height with zero rows, row y' of image b and its input row are a fixed distance apart in the
+    flattened strips, so each i is one product over contiguous rows:
+    grad^T [C_out, R] @ strips[i*dh*W' : i*dh*W' + R] [R, kw*C_in] -> weight_grad[:, i].
+    """
+    batch, out_height, out_width, out_channels = grad_rows.shape
+    padded_height, padded_width, in_channels = padded.shape[1:]
+    (kh, kw), (_, sw), (dh, dw) = kernel_size, stride, dilation
+    row, pixel = padded_width * in_channels, in_channels
+    strips = padded.as_strided(  # [b, Hp, W', kw, C_in], a view of the padded input
+        (batch, padded_height, out_width, kw, in_channels),
+        (padded_height * row, row, sw * pixel, dw * pixel, 1),
+    ).reshape(-1, kw * in_channels)  # a copy: [b*Hp*W', kw*C_in]
+    grad_rows = F.pad(grad_rows, (0, 0, 0, 0, 0, padded_height - out_height))  # [b, Hp, W', C_out]
+    grad_rows = grad_rows.reshape(-1, out_channels)
+    used_rows = grad_rows.shape[0] - (kh - 1) * dh * out_width  # the last image's zero rows are left out
+    for i in range(kh):
+        offset = i * dh * out_width
+        yield grad_rows[:used_rows], strips[offset : offset + used_rows], weight_grad[:, i]
 
 
 class _Conv2dGemmWeightGrad(torch.autograd.Function):

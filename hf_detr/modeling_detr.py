@@ -132,16 +132,34 @@ class HfDetrFoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
 
 
 class HfDetrConvFrozenBatchNorm2d(HfDetrConv2d):
-    """A convolution that applies the frozen BatchNorm after it by scaling its own weights:
-    conv(x, W) * s + t == conv(x, W * s) + t. Gradients reach W as usual."""
+    """A convolution that applies the frozen BatchNorm after it: conv(x, W) * s + t.
+
+    The scale goes where it touches fewer numbers: into the weights, conv(x, W * s) + t, when they
+    are smaller than the output (early stages, large images), else onto the output in one `addcmul`
+    (late stages on small images: ResNet-18's 512 x 512 x 3 x 3 weights are 16x the output of
+    2 x 384 px images). Gradients reach W as usual, through one more multiplication of that size.
+    """
 
     folded_norm: HfDetrFoldedFrozenBatchNorm2d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.folded_norm.scale_and_shift()
-        weight = self.weight * scale[:, None, None, None]
-        bias = shift if self.bias is None else shift + self.bias * scale
-        return self._conv_forward(x, weight, bias)
+        scale, shift = self.folded_norm.scale_and_shift()  # [C_out] each
+        if isinstance(self.padding, str) or self.weight.numel() <= self.output_numel(x):
+            weight = self.weight * scale[:, None, None, None]
+            bias = shift if self.bias is None else shift + self.bias * scale
+            return self._conv_forward(x, weight, bias)
+        out = self._conv_forward(x, self.weight, self.bias)  # [B, C_out, H', W']
+        return torch.addcmul(shift[:, None, None], out, scale[:, None, None])
+
+    def output_numel(self, x: torch.Tensor) -> int:
+        """Number of elements of this convolution's output for input `x` [B, C_in, H, W]."""
+        size = [
+            (length + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+            for length, pad, dilation, kernel, stride in zip(
+                x.shape[-2:], self.padding, self.dilation, self.kernel_size, self.stride
+            )
+        ]
+        return x.shape[0] * self.out_channels * size[0] * size[1]
 
 
 def fold_frozen_batch_norm(module: nn.Module) -> int:

@@ -23,11 +23,17 @@ CONVOLUTIONS = [
 ]
 
 
-@pytest.mark.parametrize("kernel, stride, padding, dilation", CONVOLUTIONS)
+# each convolution with each method that applies to it (row strips need a vertical stride of 1)
+METHOD_CASES = [(*c, "im2col") for c in CONVOLUTIONS] + [
+    (*c, "row_strips") for c in CONVOLUTIONS if c[1] == 1
+]
+
+
+@pytest.mark.parametrize("kernel, stride, padding, dilation, method", METHOD_CASES)
 @pytest.mark.parametrize("channels_last", [True, False])
 @pytest.mark.parametrize("max_patch_elements", [1 << 25, 1])  # one GEMM, or one image at a time
 def test_weight_grad_equals_autograd_in_float64_1e10(
-    kernel, stride, padding, dilation, channels_last, max_patch_elements
+    kernel, stride, padding, dilation, method, channels_last, max_patch_elements
 ):
     generator = torch.Generator().manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -46,9 +52,26 @@ def test_weight_grad_equals_autograd_in_float64_1e10(
         (padding, padding),
         (dilation, dilation),
         max_patch_elements,
+        method,
     )
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_row_strips_are_chosen_for_tall_stride_1_maps_only(monkeypatch):
+    import hf_detr.convolution_detr as convolution
+
+    chosen = []
+    real = convolution._row_strips_products
+    monkeypatch.setattr(convolution, "_row_strips_products", lambda *a: chosen.append(1) or real(*a))
+    for height, stride, expected in [(32, 1, 1), (31, 1, 0), (64, 2, 0)]:
+        chosen.clear()
+        x = torch.randn(1, 4, height, 8)
+        grad_output = torch.randn(F.conv2d(x, torch.zeros(6, 4, 3, 3), None, stride, 1).shape)
+        conv2d_weight_grad(grad_output, x, (3, 3), (stride, stride), (1, 1), (1, 1))
+        assert len(chosen) == expected, (height, stride)
+    with pytest.raises(ValueError, match="vertical stride of 1"):
+        conv2d_weight_grad(grad_output, x, (3, 3), (2, 2), (1, 1), (1, 1), method="row_strips")
 
 
 @pytest.mark.parametrize("kernel, stride, padding, dilation", CONVOLUTIONS)

@@ -1,5 +1,7 @@
 """HfDetrModel / HfDetrForObjectDetection: outputs, masks, backbone freezing, save/load, dtypes."""
 
+import copy
+
 import pytest
 import torch
 from detr_testing import max_abs_diff, padded_batch, tiny_hf_detr_config
@@ -161,6 +163,32 @@ def test_frozen_batch_norm_statistics_never_change_in_training():
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert model.model.backbone.body.layer4[0].conv1.weight.grad is not None
+
+
+@pytest.mark.parametrize("image_size, scales_weights", [(24, True), (4, False)])
+def test_frozen_batch_norm_folded_into_a_convolution_equals_it_applied_after(image_size, scales_weights):
+    """The scale goes into the weights (large outputs) or onto the output (small ones); both equal
+    convolution then FrozenBatchNorm2d, in outputs and gradients."""
+    from hf_detr.modeling_detr import fold_frozen_batch_norm
+
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(
+        torch.nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), FrozenBatchNorm2d(16)
+    )
+    with torch.no_grad():
+        for name in ("weight", "bias", "running_mean"):
+            getattr(reference[1], name).copy_(torch.randn(16))
+        reference[1].running_var.copy_(torch.rand(16) + 0.5)
+    reference = reference.double()
+    folded = copy.deepcopy(reference)
+    assert fold_frozen_batch_norm(folded) == 1
+    x = torch.randn(2, 8, image_size, image_size, dtype=torch.float64)
+    assert (folded[0].weight.numel() <= folded[0].output_numel(x)) == scales_weights
+    expected, actual = reference(x), folded(x)
+    assert expected.shape == actual.shape and max_abs_diff(expected, actual) < 1e-12
+    (expected * expected).sum().backward()
+    (actual * actual).sum().backward()
+    assert max_abs_diff(reference[0].weight.grad, folded[0].weight.grad) < 1e-10
 
 
 def test_unfrozen_batch_norm_trains_in_trainable_stages_only():
