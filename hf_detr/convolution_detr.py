@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-# Fewest output channels for the GEMM path: the im2col copy costs about 1/C_out of the product, and
-# for ResNet's 64-channel layer1 convolutions (batch 16 at 32 x 32) it made the weight gradient slower
-# than oneDNN's (29 vs 18 ms); from 128 channels up every ResNet-18/50 convolution measured faster.
+# Fewest output channels for the GEMM path where it would copy a full im2col: that copy costs about
+# 1/C_out of the product, and for ResNet's 64-channel layer1 convolutions (batch 16 at 32 x 32) it made
+# the weight gradient slower than oneDNN's (29 vs 18 ms); from 128 channels up every ResNet-18/50
+# convolution measured faster. Row strips (below) are taken at any width.
 MIN_OUT_CHANNELS = 128
 # Largest patch buffer built at once, in elements (128 MiB of float32); larger inputs are taken a
 # few images at a time and their products accumulated.
@@ -39,6 +40,15 @@ MAX_PATCH_ELEMENTS = 1 << 25
 # training steps: 10.8 instead of 13.4 ms at 2 x 48 x 48 x 128, even at 24 x 24, slower at 12 x 12
 # and below (36% at 16 x 4 x 4).
 MIN_ROWS_PER_PADDING_ROW = 16
+
+
+def uses_row_strips(
+    out_height: int, kernel_size: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
+) -> bool:
+    """Whether [`conv2d_weight_grad`] takes row strips: a stride-1 kernel taller than one row, on an
+    output at least `MIN_ROWS_PER_PADDING_ROW` times taller than the zero rows that strips add."""
+    padding_rows = (kernel_size[0] - 1) * dilation[0]
+    return padding_rows > 0 and stride[0] == 1 and out_height >= MIN_ROWS_PER_PADDING_ROW * padding_rows
 
 
 def conv2d_weight_grad(
@@ -57,10 +67,11 @@ def conv2d_weight_grad(
     channels-last strides (the layout of a channels-last weight). `method` is "im2col" or
     "row_strips" (stride-1 rows only); by default the faster one for these shapes.
     """
-    (kh, _), (sh, _), _, (dh, _) = kernel_size, stride, padding, dilation
+    kh, sh = kernel_size[0], stride[0]
     if method is None:
-        taller = kh > 1 and sh == 1 and grad_output.shape[2] >= MIN_ROWS_PER_PADDING_ROW * (kh - 1) * dh
-        method = "row_strips" if taller else "im2col"
+        method = (
+            "row_strips" if uses_row_strips(grad_output.shape[2], kernel_size, stride, dilation) else "im2col"
+        )
     if method == "row_strips" and sh != 1:
         raise ValueError(f"row strips need a vertical stride of 1, got {sh}")
     padded = input.permute(0, 2, 3, 1)  # [B, H, W, C_in]: a view of a channels-last input
@@ -178,8 +189,9 @@ class HfDetrConv2d(nn.Conv2d):
     """`nn.Conv2d` (same parameters and keys) whose weight gradient is a GEMM when it trains on CPU.
 
     It takes that path only where it is measured faster and exact: float32/float64 on CPU, outside
-    autocast, `groups=1`, at least `MIN_OUT_CHANNELS` output channels, zero padding given as numbers,
-    and a weight that needs a gradient.
+    autocast, `groups=1`, zero padding given as numbers, a weight that needs a gradient, and at least
+    `MIN_OUT_CHANNELS` output channels or a weight gradient that takes row strips (which beat oneDNN's
+    for ResNet's 64-channel 3x3 convolutions too: 15 vs 42 ms at 2 x 96 x 96, 16 vs 17 at 16 x 32 x 32).
     Everything else (GPU, inference, frozen stages) runs `nn.Conv2d`'s own forward.
     """
 
@@ -193,12 +205,25 @@ class HfDetrConv2d(nn.Conv2d):
             and input.dtype in (torch.float32, torch.float64)
             and not torch.is_autocast_enabled("cpu")
             and self.groups == 1
-            and self.out_channels >= MIN_OUT_CHANNELS
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
+            and (
+                self.out_channels >= MIN_OUT_CHANNELS
+                or uses_row_strips(self.output_size(input)[0], self.kernel_size, self.stride, self.dilation)
+            )
         ):
             return _Conv2dGemmWeightGrad.apply(input, weight, bias, self.stride, self.padding, self.dilation)
         return super()._conv_forward(input, weight, bias)
+
+    def output_size(self, input: torch.Tensor) -> tuple[int, int]:
+        """(H', W') of this convolution's output for `input` [B, C_in, H, W] (numeric padding)."""
+        height, width = (
+            (length + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+            for length, pad, dilation, kernel, stride in zip(
+                input.shape[-2:], self.padding, self.dilation, self.kernel_size, self.stride
+            )
+        )
+        return height, width
 
 
 def use_gemm_weight_grad(module: nn.Module) -> None:

@@ -153,13 +153,8 @@ class HfDetrConvFrozenBatchNorm2d(HfDetrConv2d):
 
     def output_numel(self, x: torch.Tensor) -> int:
         """Number of elements of this convolution's output for input `x` [B, C_in, H, W]."""
-        size = [
-            (length + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
-            for length, pad, dilation, kernel, stride in zip(
-                x.shape[-2:], self.padding, self.dilation, self.kernel_size, self.stride
-            )
-        ]
-        return x.shape[0] * self.out_channels * size[0] * size[1]
+        height, width = self.output_size(x)
+        return x.shape[0] * self.out_channels * height * width
 
 
 def fold_frozen_batch_norm(module: nn.Module) -> int:

@@ -97,8 +97,10 @@ def test_gemm_path_only_where_a_weight_trains_on_cpu_in_full_precision():
     conv = HfDetrConv2d(3, MIN_OUT_CHANNELS, 3, padding=1)
     x = torch.randn(1, 3, 8, 8)
     assert type(conv(x).grad_fn).__name__ == "_Conv2dGemmWeightGradBackward"
-    narrow = HfDetrConv2d(3, MIN_OUT_CHANNELS // 2, 3, padding=1)  # oneDNN is faster there
+    narrow = HfDetrConv2d(3, MIN_OUT_CHANNELS // 2, 3, padding=1)  # oneDNN is faster than im2col there
     assert type(narrow(x).grad_fn).__name__ == "ConvolutionBackward0"
+    tall = torch.randn(1, 3, 32, 8)  # but not than row strips
+    assert type(narrow(tall).grad_fn).__name__ == "_Conv2dGemmWeightGradBackward"
     with torch.no_grad():
         assert conv(x).grad_fn is None
     with torch.autocast("cpu", dtype=torch.bfloat16):
