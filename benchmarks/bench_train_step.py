@@ -10,7 +10,8 @@ both here, as the paper).
 
 `--transformer builtin` uses the built-in preset's transformer instead (d 128, 2+2 layers, 4 heads,
 FFN 512, 10 queries, 3 classes; run it with `--batch-size 16 --size 128` for the main job's step, with
-frozen BatchNorm in both because transformers' DETR always freezes it).
+frozen BatchNorm in both because transformers' DETR always freezes it). `--split` also times each
+backbone's forward and backward pass alone, to show where the step's time goes.
 """
 
 from __future__ import annotations
@@ -98,6 +99,26 @@ class Stepper:
             self.times.append(time.perf_counter() - start)
 
 
+class BackboneStepper(Stepper):
+    """The backbone's forward and backward pass alone (no update), for `--split`."""
+
+    def __init__(self, model, batch, transformers: bool) -> None:
+        self.model, self.batch, self.transformers, self.times = model, batch, transformers, []
+        self.grad = None  # a fixed random upstream gradient for the last feature map
+
+    def step(self, record: bool = True) -> None:
+        pixel_values, pixel_mask, _ = self.batch
+        start = time.perf_counter()
+        out = self.model.model.backbone(pixel_values, pixel_mask)
+        features = out[-1][0] if self.transformers else out[0]  # [B, C, h, w]
+        if self.grad is None:
+            self.grad = torch.randn(features.shape, generator=torch.Generator().manual_seed(0))
+        features.backward(self.grad)
+        self.model.zero_grad()
+        if record:
+            self.times.append(time.perf_counter() - start)
+
+
 def interleaved_medians(steppers: list[Stepper], steps: int) -> list[float]:
     """Alternate the models step by step, so slow phases of a shared machine hit both alike."""
     for stepper in steppers:  # two warm-up steps each
@@ -117,10 +138,19 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--transformer", choices=sorted(TRANSFORMERS), default="paper")
     parser.add_argument("--objects", type=int, default=7, help="objects per image")
+    parser.add_argument(
+        "--split", action="store_true", help="also time each backbone's forward+backward alone (interleaved)"
+    )
     args = parser.parse_args()
     reference, ours = build(args.backbone, args.transformer)
     batch = make_batch(args.batch_size, args.size, args.objects, TRANSFORMERS[args.transformer]["num_labels"])
-    t_ref, t_ours = interleaved_medians([Stepper(reference, batch), Stepper(ours, batch)], args.steps)
+    steppers = [Stepper(reference, batch), Stepper(ours, batch)]
+    if args.split:
+        steppers += [
+            BackboneStepper(reference, batch, transformers=True),
+            BackboneStepper(ours, batch, False),
+        ]
+    t_ref, t_ours, *t_backbones = interleaved_medians(steppers, args.steps)
     print(
         f"training step (forward, loss, backward, fused AdamW), {args.backbone} + {args.transformer} transformer, "
         f"batch {args.batch_size} x "
@@ -130,6 +160,11 @@ def main() -> None:
     print(f"{'transformers':>14} | {t_ref:6.3f} | {args.batch_size / t_ref:8.2f}")
     print(f"{'hf_detr':>14} | {t_ours:6.3f} | {args.batch_size / t_ours:8.2f}")
     print(f"speed-up: {t_ref / t_ours:.2f}x")
+    if args.split:
+        b_ref, b_ours = t_backbones
+        print("backbone forward+backward alone (s) | the rest of the step (s, difference of medians)")
+        print(f"{'transformers':>14} | {b_ref:6.3f} | {t_ref - b_ref:6.3f}")
+        print(f"{'hf_detr':>14} | {b_ours:6.3f} | {t_ours - b_ours:6.3f}")
 
 
 if __name__ == "__main__":
