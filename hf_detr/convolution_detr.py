@@ -11,9 +11,9 @@ i.e. `grad_output^T [C_out, B*H'*W'] @ patches [B*H'*W', kh*kw*C_in]`, where `pa
 channels-last im2col: one strided copy of the padded input. Its product comes out in the layout of
 a channels-last weight ([C_out, kh, kw, C_in]) and runs at the GEMM library's full speed. For
 stride-1 convolutions on tall maps the copy is kh times smaller: kh products over "row strips" (the
-kw windows of each padded row), see `_row_strips_products`. The input
-gradient and the forward pass stay with oneDNN (`aten.convolution_backward` for the former), so only
-the summation order of the weight gradient changes (relative differences ~1e-6 in float32).
+kw windows of each padded row, see `_row_strips_products`). The input gradient and the forward pass
+stay with oneDNN (`aten.convolution_backward` for the former), so only the summation order of the
+weight gradient changes (relative differences ~1e-6 in float32).
 
 Part of the self-contained "model files" (see `modeling_detr.py`).
 """
@@ -72,6 +72,8 @@ def conv2d_weight_grad(
         method = (
             "row_strips" if uses_row_strips(grad_output.shape[2], kernel_size, stride, dilation) else "im2col"
         )
+    if method not in ("im2col", "row_strips"):
+        raise ValueError(f"method must be 'im2col', 'row_strips' or None, got {method!r}")
     if method == "row_strips" and sh != 1:
         raise ValueError(f"row strips need a vertical stride of 1, got {sh}")
     padded = input.permute(0, 2, 3, 1)  # [B, H, W, C_in]: a view of a channels-last input

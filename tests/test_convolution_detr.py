@@ -72,6 +72,8 @@ def test_row_strips_are_chosen_for_tall_stride_1_maps_only(monkeypatch):
         assert len(chosen) == expected, (height, stride)
     with pytest.raises(ValueError, match="vertical stride of 1"):
         conv2d_weight_grad(grad_output, x, (3, 3), (2, 2), (1, 1), (1, 1), method="row_strips")
+    with pytest.raises(ValueError, match="method must be"):
+        conv2d_weight_grad(grad_output, x, (3, 3), (2, 2), (1, 1), (1, 1), method="winograd")
 
 
 @pytest.mark.parametrize("kernel, stride, padding, dilation", CONVOLUTIONS)
