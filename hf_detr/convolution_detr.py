@@ -21,6 +21,7 @@ Part of the self-contained "model files" (see `modeling_detr.py`).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,14 @@ MAX_PATCH_ELEMENTS = 1 << 25
 # training steps: 10.8 instead of 13.4 ms at 2 x 48 x 48 x 128, even at 24 x 24, slower at 12 x 12
 # and below (36% at 16 x 4 x 4).
 MIN_ROWS_PER_PADDING_ROW = 16
+
+
+class _Window(NamedTuple):
+    """Where a convolution's window reads the padded input, each (height, width)."""
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
 
 
 def uses_row_strips(
@@ -83,31 +92,25 @@ def conv2d_weight_grad(
     grad_rows = grad_output.permute(0, 2, 3, 1)  # [B, H', W', C_out]
     weight_grad = grad_output.new_empty(grad_output.shape[1], kh, kernel_size[1] * input.shape[1])
     products = _row_strips_products if method == "row_strips" else _im2col_products
+    window = _Window(kernel_size, stride, dilation)
     # im2col elements per image (row strips need kh times fewer)
     batch, patch_elements = input.shape[0], grad_output[0, 0].numel() * weight_grad[0].numel()
     images_per_chunk = max(1, max_patch_elements // patch_elements)
     for start in range(0, batch, images_per_chunk):
         chunk = slice(start, start + images_per_chunk)
-        for rows, patches, out in products(
-            grad_rows[chunk], padded[chunk], weight_grad, kernel_size, stride, dilation
-        ):
+        for rows, patches, out in products(grad_rows[chunk], padded[chunk], weight_grad, window):
             out.addmm_(rows.t(), patches, beta=0 if start == 0 else 1)
     return weight_grad.view(-1, kh, kernel_size[1], input.shape[1]).permute(0, 3, 1, 2)
 
 
 def _im2col_products(
-    grad_rows: torch.Tensor,
-    padded: torch.Tensor,
-    weight_grad: torch.Tensor,
-    kernel_size: tuple[int, int],
-    stride: tuple[int, int],
-    dilation: tuple[int, int],
+    grad_rows: torch.Tensor, padded: torch.Tensor, weight_grad: torch.Tensor, window: _Window
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """One product over a full channels-last im2col copy of the padded input:
     grad_output^T [C_out, b*H'*W'] @ patches [b*H'*W', kh*kw*C_in]."""
     batch, out_height, out_width, out_channels = grad_rows.shape
     padded_height, padded_width, in_channels = padded.shape[1:]
-    (kh, kw), (sh, sw), (dh, dw) = kernel_size, stride, dilation
+    (kh, kw), (sh, sw), (dh, dw) = window
     row, pixel = padded_width * in_channels, in_channels  # strides of one padded row and pixel
     windows = padded.as_strided(  # [b, H', W', kh, kw, C_in], a view of the padded input
         (batch, out_height, out_width, kh, kw, in_channels),
@@ -118,12 +121,7 @@ def _im2col_products(
 
 
 def _row_strips_products(
-    grad_rows: torch.Tensor,
-    padded: torch.Tensor,
-    weight_grad: torch.Tensor,
-    kernel_size: tuple[int, int],
-    stride: tuple[int, int],
-    dilation: tuple[int, int],
+    grad_rows: torch.Tensor, padded: torch.Tensor, weight_grad: torch.Tensor, window: _Window
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """kh products over a copy that is kh times smaller than im2col (stride-1 rows only).
 
@@ -135,7 +133,7 @@ def _row_strips_products(
     """
     batch, out_height, out_width, out_channels = grad_rows.shape
     padded_height, padded_width, in_channels = padded.shape[1:]
-    (kh, kw), (_, sw), (dh, dw) = kernel_size, stride, dilation
+    (kh, kw), (_, sw), (dh, dw) = window
     row, pixel = padded_width * in_channels, in_channels
     strips = padded.as_strided(  # [b, Hp, W', kw, C_in], a view of the padded input
         (batch, padded_height, out_width, kw, in_channels),
