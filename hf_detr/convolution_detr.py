@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .winograd_detr import Conv2dWinograd
+
 # Fewest output channels for the GEMM path where it would copy a full im2col: that copy costs about
 # 1/C_out of the product, and for ResNet's 64-channel layer1 convolutions (batch 16 at 32 x 32) it made
 # the weight gradient slower than oneDNN's (29 vs 18 ms); from 128 channels up every ResNet-18/50
@@ -212,8 +214,21 @@ class HfDetrConv2d(nn.Conv2d):
                 or uses_row_strips(self.output_size(input)[0], self.kernel_size, self.stride, self.dilation)
             )
         ):
+            if self.is_winograd_shape():
+                return Conv2dWinograd.apply(input, weight, bias)
             return _Conv2dGemmWeightGrad.apply(input, weight, bias, self.stride, self.padding, self.dilation)
         return super()._conv_forward(input, weight, bias)
+
+    def is_winograd_shape(self) -> bool:
+        """Whether this is a 3x3, stride-1, padding-1, undilated convolution: [`Conv2dWinograd`]'s
+        shape (1.3-1.7x faster forward and backward than oneDNN's forward and input gradient with the
+        GEMM weight gradient, at 128-512 channels; `benchmarks/RESULTS.md`)."""
+        return (
+            self.kernel_size == (3, 3)
+            and self.stride == (1, 1)
+            and self.padding == (1, 1)
+            and self.dilation == (1, 1)
+        )
 
     def output_size(self, input: torch.Tensor) -> tuple[int, int]:
         """(H', W') of this convolution's output for `input` [B, C_in, H, W] (numeric padding)."""
