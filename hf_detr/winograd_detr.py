@@ -147,13 +147,11 @@ def output_tiles_transposed(grad_output: torch.Tensor) -> torch.Tensor:
     pixels = grad_output.permute(0, 2, 3, 1)  # [B, H, W, C]
     if height % 2 or width % 2:
         pixels = F.pad(pixels, (0, 0, 0, 2 * tiles_w - width, 0, 2 * tiles_h - height))
-    columns = _output_transform_transposed(
-        pixels.reshape(batch * 2 * tiles_h, 2 * tiles_w, channels)
-    )  # [4 (v), B*H2, tiles_w, C]
-    columns = columns.view(4 * batch, 2 * tiles_h, tiles_w * channels)
-    return _output_transform_transposed(columns).view(
-        16, batch * tiles_h * tiles_w, channels
-    )  # [4 (u), 4*B, tiles_h, ...]
+    pixels = pixels.reshape(batch * 2 * tiles_h, 2 * tiles_w, channels)  # [B*H2, W2, C]
+    columns = _output_transform_transposed(pixels)  # [4 (v), B*H2, tiles_w, C]
+    columns = columns.view(4 * batch, 2 * tiles_h, tiles_w * channels)  # [4*B, H2, tiles_w*C]
+    tiles = _output_transform_transposed(columns)  # [4 (u), 4*B, tiles_h, tiles_w*C]
+    return tiles.view(16, batch * tiles_h * tiles_w, channels)
 
 
 def output_tiles(m: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
