@@ -23,6 +23,8 @@ Part of the self-contained "model files" (see `modeling_detr.py`).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
@@ -32,9 +34,11 @@ from torch.autograd.function import once_differentiable
 _KERNEL_TRANSFORM = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
 
 
-def _kernel_transform_matrix(like: torch.Tensor) -> torch.Tensor:
-    """G (x) G: [16, 9], mapping a flattened 3x3 kernel to its 4x4 Winograd transform."""
-    g = torch.tensor(_KERNEL_TRANSFORM, dtype=like.dtype, device=like.device)  # [4, 3]
+@functools.cache
+def _kernel_transform_matrix(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """G (x) G: [16, 9], mapping a flattened 3x3 kernel to its 4x4 Winograd transform (built once
+    per dtype and device; callers only read it)."""
+    g = torch.tensor(_KERNEL_TRANSFORM, dtype=dtype, device=device)  # [4, 3]
     return torch.kron(g, g)  # [16, 9]
 
 
@@ -42,14 +46,14 @@ def kernel_transform(weight: torch.Tensor) -> torch.Tensor:
     """U = G g G^T of every kernel: weight [C_out, C_in, 3, 3] -> [16, C_out, C_in] (a strided view)."""
     out_channels, in_channels = weight.shape[:2]
     kernels = weight.permute(0, 2, 3, 1).reshape(out_channels, 9, in_channels)  # a view if channels-last
-    matrix = _kernel_transform_matrix(weight).expand(out_channels, 16, 9)
+    matrix = _kernel_transform_matrix(weight.dtype, weight.device).expand(out_channels, 16, 9)
     return torch.bmm(matrix, kernels).permute(1, 0, 2)  # [16, C_out, C_in]
 
 
 def kernel_transform_transposed(grad_u: torch.Tensor) -> torch.Tensor:
     """G^T dU G: [16, C_out, C_in] -> the weight gradient [C_out, C_in, 3, 3], channels-last strides."""
     _, out_channels, in_channels = grad_u.shape
-    matrix = _kernel_transform_matrix(grad_u).t().expand(out_channels, 9, 16)
+    matrix = _kernel_transform_matrix(grad_u.dtype, grad_u.device).t().expand(out_channels, 9, 16)
     kernels = torch.bmm(matrix, grad_u.permute(1, 0, 2))  # [C_out, 9, C_in]
     return kernels.view(out_channels, 3, 3, in_channels).permute(0, 3, 1, 2)
 
