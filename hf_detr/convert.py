@@ -345,8 +345,12 @@ def _transformers_backbone(config: Mapping[str, Any]) -> tuple[str, bool, bool, 
     return name, dilation, True, channels
 
 
-def transformers_config(config: Mapping[str, Any]) -> HfDetrConfig:
-    """The hf_detr config equivalent to a transformers DETR config.json (architecture, labels, losses)."""
+def transformers_config(config: Mapping[str, Any], num_classes: int | None = None) -> HfDetrConfig:
+    """The hf_detr config equivalent to a transformers DETR config.json (architecture, labels, losses).
+
+    transformers v5 writes no `id2label` for its default labels and loads such a checkpoint as
+    LABEL_0, LABEL_1, ...; here too, with `num_classes` (from the class head's shape) of them.
+    """
     backbone, dilation, _, channels = _transformers_backbone(config)
     if config.get("position_embedding_type", "sine") not in ("sine", "learned"):
         raise CheckpointConversionError(
@@ -361,9 +365,16 @@ def transformers_config(config: Mapping[str, Any]) -> HfDetrConfig:
     )  # fmt: skip
     kwargs = {key: config[key] for key in copied if key in config}
     id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()}
-    if not id2label:
+    if not id2label and num_classes is None:
         raise CheckpointConversionError(
-            "The transformers config.json has no id2label: cannot name the classes."
+            "The transformers config.json has no id2label and the number of classes is unknown."
+        )
+    if not id2label:
+        id2label = {i: f"LABEL_{i}" for i in range(num_classes)}
+    if num_classes is not None and len(id2label) != num_classes:
+        raise CheckpointConversionError(
+            f"The transformers config.json names {len(id2label)} classes but the class head has "
+            f"{num_classes} (+1 no-object) outputs."
         )
     return HfDetrConfig(
         backbone=backbone,
@@ -395,7 +406,8 @@ def convert_transformers_checkpoint(directory: str | Path) -> HfDetrForObjectDet
     """A transformers DETR checkpoint directory as an `HfDetrForObjectDetection` in eval mode."""
     state_dict, config_dict = load_transformers_checkpoint(directory)
     _refuse_panoptic(state_dict)
-    config = transformers_config(config_dict)
+    head = state_dict.get("class_labels_classifier.bias")
+    config = transformers_config(config_dict, None if head is None else head.shape[0] - 1)
     _, _, uses_timm_names, _ = _transformers_backbone(config_dict)
     converted = convert_transformers_state_dict(state_dict, uses_timm_names)
     return build_model(config, converted, "transformers DETR")

@@ -75,6 +75,15 @@ def test_transformers_source_takes_no_architecture_flags(tmp_path, reference):
         convert_checkpoint("transformers", tmp_path / "src", tmp_path / "out", backbone="resnet50")
 
 
+def test_label_names_that_disagree_with_the_class_head_are_refused(tmp_path, reference):
+    reference.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["id2label"] = {"0": "cat", "1": "dog", "2": "bird"}  # the head has 7 classes
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointConversionError, match="names 3 classes but the class head has 7"):
+        convert_checkpoint("transformers", tmp_path, tmp_path / "out")
+
+
 def test_a_directory_of_another_model_type_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "yolos"}))
     with pytest.raises(CheckpointConversionError, match="'yolos'"):

@@ -12,6 +12,7 @@ captured by a forward hook, through `decoder.layernorm` and the heads.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 
@@ -36,7 +37,7 @@ def _tiny_transformers_config(**overrides) -> DetrConfig:
         **{k: v for k, v in TINY_TRANSFORMER.items() if not k.endswith("heads")},
     )
     kwargs.update(overrides)
-    return DetrConfig(**kwargs)
+    return DetrConfig(**{k: v for k, v in kwargs.items() if v is not None})  # None: transformers' default
 
 
 @torch.no_grad()
@@ -68,7 +69,7 @@ def assert_parity(ours: HfDetrForObjectDetection, reference: DetrForObjectDetect
     assert max_abs_diff(ref_layer_logits[-1], ref_logits) <= 1e-5
     ours.config.auxiliary_loss = True  # a training setting: predictions do not depend on it
     with torch.no_grad():
-        outputs = ours(pixel_values=pixel_values, pixel_mask=pixel_mask)
+        outputs = ours(pixel_values=pixel_values, pixel_mask=pixel_mask, output_auxiliary_outputs=True)
     assert max_abs_diff(outputs.logits, ref_logits) <= TOLERANCE, "logits differ by more than 1e-4"
     assert max_abs_diff(outputs.pred_boxes, ref_boxes) <= TOLERANCE, "boxes differ by more than 1e-4"
     assert len(outputs.auxiliary_outputs) == reference.config.decoder_layers - 1
@@ -101,6 +102,29 @@ def test_tiny_transformers_checkpoint_parity_1e4(tmp_path):
     ours = convert_transformers(reference, tmp_path)
     assert ours.config.num_labels == 7
     assert ours.config.backbone == "resnet18"
+    assert_parity(ours, reference, TWO_SIZES)
+
+
+def test_default_labels_transformers_checkpoint_converts_with_its_label_names_parity_1e4(tmp_path):
+    """A default `DetrConfig()`'s checkpoint: transformers v5 writes no id2label for default labels (as
+    here, where it is removed by hand: whether it is written depends on the config's history) and names
+    the classes LABEL_i on load."""
+    reference = random_reference(_tiny_transformers_config(num_labels=None))
+    source = tmp_path / "transformers"
+    reference.save_pretrained(source)
+    config = json.loads((source / "config.json").read_text())
+    config.pop("id2label", None), config.pop("label2id", None)
+    (source / "config.json").write_text(json.dumps(config))
+    reloaded = DetrForObjectDetection.from_pretrained(source)
+    assert reloaded.config.id2label == {0: "LABEL_0", 1: "LABEL_1"}
+    assert (
+        convert_main(
+            ["--source", "transformers", "--checkpoint", str(source), "--output-dir", str(tmp_path / "o")]
+        )
+        == 0
+    )
+    ours = HfDetrForObjectDetection.from_pretrained(tmp_path / "o").eval()
+    assert ours.config.id2label == reloaded.config.id2label
     assert_parity(ours, reference, TWO_SIZES)
 
 
