@@ -28,7 +28,6 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_detr import HfDetrConfig
-from .convolution_detr import HfDetrConv2d, use_gemm_weight_grad
 from .loss_detr import SetCriterion
 
 # Stages of a torchvision/timm ResNet from the top down; `trainable_backbone_layers=k` trains the first k.
@@ -74,8 +73,8 @@ class HfDetrObjectDetectionOutput(ModelOutput):
     loss_dict: every loss component, auxiliary ones with suffix `_{i}`.
     logits: [B, N, K+1] class logits of the last decoder layer; index K is "no object".
     pred_boxes: [B, N, 4] normalized (cx, cy, w, h) boxes of the last decoder layer.
-    auxiliary_outputs: one `{"logits", "pred_boxes"}` dict per decoder layer but the last (when
-        `config.auxiliary_loss`).
+    auxiliary_outputs: one `{"logits", "pred_boxes"}` dict per decoder layer but the last (by default
+        when `config.auxiliary_loss` is on and the model trains or gets `labels`; see `forward`).
     """
 
     loss: torch.FloatTensor | None = None
@@ -119,8 +118,8 @@ class HfDetrFoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
     """A `FrozenBatchNorm2d` whose affine map is applied by the convolution before it
     ([`HfDetrConvFrozenBatchNorm2d`]); its own forward is the identity. Same buffers, same checkpoint keys.
 
-    Folding saves two full passes over every backbone activation (about a fifth of the CPU forward time
-    of DETR-R50) and changes results only by float rounding.
+    Folding saves two full passes over every backbone activation and changes results only by float
+    rounding.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,30 +130,19 @@ class HfDetrFoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
         return scale, self.bias - self.running_mean * scale
 
 
-class HfDetrConvFrozenBatchNorm2d(HfDetrConv2d):
-    """A convolution that applies the frozen BatchNorm after it: conv(x, W) * s + t.
+class HfDetrConvFrozenBatchNorm2d(nn.Conv2d):
+    """A convolution followed by a frozen BatchNorm, computed as one: conv(x, W * s) + t.
 
-    The scale goes where it touches fewer numbers: into the weights, conv(x, W * s) + t, when they
-    are smaller than the output (early stages, large images), else onto the output in one `addcmul`
-    (late stages on small images: ResNet-18's 512 x 512 x 3 x 3 weights are 16x the output of
-    2 x 384 px images). Gradients reach W as usual, through one more multiplication of that size.
+    Gradients reach W as usual (through the scaling), so trainable stages with frozen BatchNorm (the
+    paper's setting) fold too.
     """
 
     folded_norm: HfDetrFoldedFrozenBatchNorm2d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale, shift = self.folded_norm.scale_and_shift()  # [C_out] each
-        if isinstance(self.padding, str) or self.weight.numel() <= self.output_numel(x):
-            weight = self.weight * scale[:, None, None, None]
-            bias = shift if self.bias is None else shift + self.bias * scale
-            return self._conv_forward(x, weight, bias)
-        out = self._conv_forward(x, self.weight, self.bias)  # [B, C_out, H', W']
-        return torch.addcmul(shift[:, None, None], out, scale[:, None, None])
-
-    def output_numel(self, x: torch.Tensor) -> int:
-        """Number of elements of this convolution's output for input `x` [B, C_in, H, W]."""
-        height, width = self.output_size(x)
-        return x.shape[0] * self.out_channels * height * width
+        bias = shift if self.bias is None else shift + self.bias * scale
+        return self._conv_forward(x, self.weight * scale[:, None, None, None], bias)
 
 
 def fold_frozen_batch_norm(module: nn.Module) -> int:
@@ -218,22 +206,25 @@ class HfDetrBackbone(nn.Module):
         )
         self.num_channels: int = self.body.feature_info.channels()[-1]
 
-        trainable = trainable_backbone_stages(config.trainable_backbone_layers)
+        self.trainable_stages = trainable_backbone_stages(config.trainable_backbone_layers)
         for stage_name, stage in self.body.named_children():
-            is_trainable = stage_name in trainable
-            if not is_trainable or config.freeze_backbone_batch_norm:
+            if stage_name not in self.trainable_stages or config.freeze_backbone_batch_norm:
                 replacement = freeze_batch_norm(stage)
                 if replacement is not stage:
                     setattr(self.body, stage_name, replacement)
-            for parameter in getattr(self.body, stage_name).parameters():
-                parameter.requires_grad_(is_trainable)
+        self.freeze_stages()
         fold_frozen_batch_norm(self.body)
-        use_gemm_weight_grad(self.body)  # the other convolutions (those before a trainable BatchNorm)
         # channels-last activations are what oneDNN and cuDNN convolutions run fastest on
         self.body.to(memory_format=torch.channels_last)
         # timm (or its pretrained weights) initialised the body: keep transformers' init away from it.
         for tensor in (*self.body.parameters(), *self.body.buffers()):
             tensor._is_hf_initialized = True
+
+    def freeze_stages(self) -> None:
+        """`requires_grad` on the trainable stages only (again after loading: transformers' loader
+        replaces every parameter by a new one that requires gradients)."""
+        for stage_name, stage in self.body.named_children():
+            stage.requires_grad_(stage_name in self.trainable_stages)
 
     def forward(
         self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor
@@ -586,6 +577,9 @@ class HfDetrPreTrainedModel(PreTrainedModel):
                 f"{pretrained_model_name_or_path} lacks {len(missing)} weight(s) of {cls.__name__}: {shown}. "
                 "The checkpoint does not match its config.json."
             )
+        for module in model.modules():
+            if isinstance(module, HfDetrBackbone):
+                module.freeze_stages()
         return (model, loading_info) if output_loading_info else model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
@@ -780,20 +774,28 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_auxiliary_outputs: bool | None = None,
         **kwargs,
     ) -> HfDetrObjectDetectionOutput | tuple:
         """pixel_values: [B, C, H, W]; pixel_mask: [B, H, W] (1 = real pixel); labels: one dict per image
         with `class_labels` [n] and `boxes` [n, 4] in (cx, cy, w, h) normalized by the unpadded image
         size. With labels, `loss` and `loss_dict` hold the set-prediction loss of every decoder layer
-        (only the last one when `config.auxiliary_loss` is off)."""
+        (only the last one when `config.auxiliary_loss` is off).
+
+        `output_auxiliary_outputs` (default: `config.auxiliary_loss` while training or given labels)
+        also returns every other decoder layer's predictions. Inference leaves them out by default, as
+        transformers' DETR does: a per-layer list is no per-image output a pipeline could split."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
+        if output_auxiliary_outputs is None:
+            output_auxiliary_outputs = self.config.auxiliary_loss and (self.training or labels is not None)
+        layers_to_score = output_auxiliary_outputs or (labels is not None and self.config.auxiliary_loss)
         outputs = self.model(
             pixel_values,
             pixel_mask=pixel_mask,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
-            return_intermediate=self.config.auxiliary_loss,
+            return_intermediate=layers_to_score,
         )
         decoded = outputs.intermediate_hidden_states
         if decoded is None:
@@ -802,7 +804,7 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         all_logits = self.class_labels_classifier(decoded)
         all_boxes = self.bbox_predictor(decoded).sigmoid()
         auxiliary_outputs = None
-        if self.config.auxiliary_loss:
+        if output_auxiliary_outputs:
             auxiliary_outputs = [
                 {"logits": logits, "pred_boxes": boxes}
                 for logits, boxes in zip(all_logits[:-1], all_boxes[:-1])
@@ -810,7 +812,8 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
 
         loss = loss_dict = None
         if labels is not None:
-            loss, loss_dict = self.compute_loss(all_logits, all_boxes, labels)
+            scored = slice(None) if self.config.auxiliary_loss else slice(-1, None)
+            loss, loss_dict = self.compute_loss(all_logits[scored], all_boxes[scored], labels)
 
         output = HfDetrObjectDetectionOutput(
             loss=loss,
@@ -840,7 +843,7 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         self, outputs: HfDetrObjectDetectionOutput, labels: list[dict[str, torch.Tensor]]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of outputs computed without labels (e.g. by a training loop that handles failures)."""
-        auxiliary = outputs.auxiliary_outputs or []
+        auxiliary = (outputs.auxiliary_outputs or []) if self.config.auxiliary_loss else []
         logits = torch.stack([*(a["logits"] for a in auxiliary), outputs.logits])
         boxes = torch.stack([*(a["pred_boxes"] for a in auxiliary), outputs.pred_boxes])
         return self.compute_loss(logits, boxes, labels)

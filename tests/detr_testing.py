@@ -11,8 +11,6 @@ from torch import nn
 MODEL_FILES = (
     "configuration_detr.py",
     "modeling_detr.py",
-    "convolution_detr.py",
-    "winograd_detr.py",
     "loss_detr.py",
     "image_processing_detr.py",
 )

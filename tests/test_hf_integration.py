@@ -87,6 +87,49 @@ def test_pipeline_finds_the_known_object_on_the_real_image(known_checkpoint, coc
     assert detector(image, threshold=known_score() + 0.01) == []
 
 
+def test_batched_pipeline_equals_one_by_one_calls_for_a_model_trained_with_auxiliary_loss(
+    tmp_path, coco_image_dir
+):
+    """Every training run saves `auxiliary_loss=True`: batching must not trip over per-layer outputs.
+    The pipeline concatenates each image's tensors, so a batch of different sizes needs a `pad_size`
+    that holds the largest resized image (as with transformers' DETR)."""
+    torch.manual_seed(3)
+    model = HfDetrForObjectDetection(tiny_hf_detr_config(num_queries=6, auxiliary_loss=True))
+    model.save_pretrained(tmp_path)
+    HfDetrImageProcessor(
+        size={"shortest_edge": 96, "longest_edge": 160}, pad_size={"height": 160, "width": 160}
+    ).save_pretrained(tmp_path)
+    image = PIL.Image.open(coco_image_dir / "000000039769.png").convert("RGB")
+    images = [image, image.resize((200, 320)), image.crop((0, 0, 300, 300)), image.resize((90, 60))]
+    detector = pipeline("object-detection", model=str(tmp_path))
+    one_by_one = [detector(picture, threshold=0.0) for picture in images]
+    batched = detector(images, threshold=0.0, batch_size=3)  # more images than decoder layers
+    assert [len(d) for d in batched] == [6] * 4
+    for got, expected in zip(batched, one_by_one):
+        assert [d["label"] for d in got] == [d["label"] for d in expected]
+        assert [d["box"] for d in got] == [d["box"] for d in expected]
+        assert [d["score"] for d in got] == pytest.approx([d["score"] for d in expected], abs=1e-5)
+
+
+def _trainable(model: torch.nn.Module) -> list[str]:
+    return sorted(name for name, parameter in model.named_parameters() if parameter.requires_grad)
+
+
+@pytest.mark.parametrize("trainable_backbone_layers", [0, 3, 5])
+def test_a_loaded_model_trains_exactly_the_parameters_a_fresh_one_does(tmp_path, trainable_backbone_layers):
+    """transformers' loader replaces every parameter by one that requires gradients: the backbone's
+    frozen stages must stay frozen through every loading path."""
+    config = tiny_hf_detr_config(trainable_backbone_layers=trainable_backbone_layers)
+    fresh = HfDetrForObjectDetection(config)
+    fresh.save_pretrained(tmp_path)
+    expected = _trainable(fresh)
+    assert any(".backbone." in name for name in expected) == (trainable_backbone_layers > 0)
+    assert _trainable(HfDetrForObjectDetection.from_pretrained(tmp_path)) == expected
+    assert _trainable(AutoModelForObjectDetection.from_pretrained(tmp_path)) == expected
+    base = [name.removeprefix("model.") for name in expected if name.startswith("model.")]
+    assert _trainable(AutoModel.from_pretrained(tmp_path)) == base
+
+
 _WITHOUT_PACKAGE = textwrap.dedent(
     """
     import importlib.abc, json, sys
@@ -108,7 +151,9 @@ _WITHOUT_PACKAGE = textwrap.dedent(
     model = AutoModelForObjectDetection.from_pretrained(directory, trust_remote_code=True)
     assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
     detector = pipeline("object-detection", model=directory, trust_remote_code=True)
-    print(json.dumps({"class": type(model).__name__, "detections": detector(image, threshold=0.0)}))
+    trainable = sorted(name for name, parameter in model.named_parameters() if parameter.requires_grad)
+    detections = detector(image, threshold=0.0)
+    print(json.dumps({"class": type(model).__name__, "detections": detections, "trainable": trainable}))
     """
 )
 
@@ -130,6 +175,7 @@ def test_code_carrying_checkpoint_loads_without_the_package(tmp_path, coco_image
     assert result.returncode == 0, result.stderr[-3000:]
     remote = json.loads(result.stdout.strip().splitlines()[-1])
     assert remote["class"] == "HfDetrForObjectDetection"
+    assert remote["trainable"] == _trainable(model)  # the stem and layer1 stay frozen there too
     local = pipeline("object-detection", model=str(tmp_path))(image, threshold=0.0)
     assert len(local) == 5
     assert [d["label"] for d in remote["detections"]] == [d["label"] for d in local]

@@ -27,9 +27,35 @@ def test_outputs_have_the_documented_shapes():
     assert outputs.encoder_last_hidden_state.shape == (2, 4 * 4, config.d_model)  # 128 / 32 = 4
     assert outputs.feature_mask.shape == (2, 4, 4)
     assert outputs.feature_mask[1, :, 2:].logical_not().all()  # image 1 is 64 px wide: 2 columns
-    assert len(outputs.auxiliary_outputs) == config.decoder_layers - 1
-    assert outputs.auxiliary_outputs[0]["logits"].shape == outputs.logits.shape
+    assert outputs.auxiliary_outputs is None  # inference: per-image outputs only
     assert outputs.loss is None
+
+
+def test_auxiliary_outputs_come_in_training_with_labels_or_when_asked():
+    model = tiny_model(auxiliary_loss=True)
+    pixel_values, pixel_mask = padded_batch([(64, 64), (64, 32)])
+    labels = [{"class_labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}] * 2
+    with torch.no_grad():
+        asked = model(pixel_values=pixel_values, pixel_mask=pixel_mask, output_auxiliary_outputs=True)
+        with_labels = model(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=labels)
+        model.train()
+        training = model(pixel_values=pixel_values, pixel_mask=pixel_mask)
+    for outputs in (asked, with_labels, training):
+        assert len(outputs.auxiliary_outputs) == model.config.decoder_layers - 1
+        assert outputs.auxiliary_outputs[0]["logits"].shape == outputs.logits.shape
+    assert "loss_ce_0" in with_labels.loss_dict
+
+
+def test_without_auxiliary_loss_only_the_last_layer_is_scored_even_if_others_are_returned():
+    model = tiny_model(auxiliary_loss=False)
+    pixel_values, pixel_mask = padded_batch([(64, 64)])
+    labels = [{"class_labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
+    with torch.no_grad():
+        outputs = model(pixel_values, pixel_mask, labels=labels, output_auxiliary_outputs=True)
+        plain = model(pixel_values, pixel_mask, labels=labels)
+    assert len(outputs.auxiliary_outputs) == model.config.decoder_layers - 1
+    assert "loss_ce_0" not in outputs.loss_dict and torch.equal(outputs.loss, plain.loss)
+    assert torch.equal(model.loss_from_outputs(outputs, labels)[0], plain.loss)
 
 
 def test_auxiliary_loss_flag_does_not_change_predictions():
@@ -165,10 +191,9 @@ def test_frozen_batch_norm_statistics_never_change_in_training():
     assert model.model.backbone.body.layer4[0].conv1.weight.grad is not None
 
 
-@pytest.mark.parametrize("image_size, scales_weights", [(24, True), (4, False)])
-def test_frozen_batch_norm_folded_into_a_convolution_equals_it_applied_after(image_size, scales_weights):
-    """The scale goes into the weights (large outputs) or onto the output (small ones); both equal
-    convolution then FrozenBatchNorm2d, in outputs and gradients."""
+@pytest.mark.parametrize("image_size", [24, 4])
+def test_frozen_batch_norm_folded_into_a_convolution_equals_it_applied_after(image_size):
+    """conv(x, W * s) + t equals the convolution then FrozenBatchNorm2d, in outputs and gradients."""
     from hf_detr.modeling_detr import fold_frozen_batch_norm
 
     torch.manual_seed(0)
@@ -183,7 +208,6 @@ def test_frozen_batch_norm_folded_into_a_convolution_equals_it_applied_after(ima
     folded = copy.deepcopy(reference)
     assert fold_frozen_batch_norm(folded) == 1
     x = torch.randn(2, 8, image_size, image_size, dtype=torch.float64)
-    assert (folded[0].weight.numel() <= folded[0].output_numel(x)) == scales_weights
     expected, actual = reference(x), folded(x)
     assert expected.shape == actual.shape and max_abs_diff(expected, actual) < 1e-12
     (expected * expected).sum().backward()
