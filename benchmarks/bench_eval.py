@@ -1,6 +1,6 @@
 """COCO evaluation speed: hf_detr's CocoEvaluator (faster-coco-eval) vs pycocotools, same data.
 
-2,000 synthetic images x 100 detections with a detector's statistics (hf_detr.evaluation.synthetic:
+2,000 synthetic images x 100 detections with a detector's statistics (tests/synthetic_coco.py:
 about 7 objects per image over the 80 COCO categories, 5 jittered detections per object, the rest
 false positives). pycocotools is used the standard way: result dicts -> `loadRes` -> COCOeval
 evaluate / accumulate / summarize. hf_detr is timed from `update` (tensors in) to the 12 stats.
@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from hf_detr.evaluation import CocoEvaluator
-from hf_detr.evaluation.synthetic import pycocotools_stats, synthetic_coco
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test helpers
+from synthetic_coco import pycocotools_stats, synthetic_coco
 
 
 def run_ours(ground_truth, image_ids, detections, workers: int | None) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Batch 8, 100 queries, 6 decoder layers (all scored: auxiliary loss on), 91 COCO classes, about 7 targets
 per image (COCO's mean), forward (matching + losses) and backward, CPU. Also counts the device-to-host
-transfers per step with `hf_detr.sync_debug.HostTransferCounter`, and on CUDA the synchronizing calls
+transfers per step with `HostTransferCounter` (tests/host_transfers.py), and on CUDA the synchronizing calls
 that `torch.cuda.set_sync_debug_mode("warn")` reports.
 
     python benchmarks/bench_loss.py [--runs 50] [--device cpu]
@@ -11,6 +11,7 @@ that `torch.cuda.set_sync_debug_mode("warn")` reports.
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,9 @@ from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
 
 from hf_detr import HfDetrConfig
 from hf_detr.loss_detr import SetCriterion
-from hf_detr.sync_debug import HostTransferCounter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test helpers
+from host_transfers import HostTransferCounter
 
 LAYERS, BATCH, QUERIES, CLASSES = 6, 8, 100, 91
 TARGETS_PER_IMAGE = (3, 9, 7, 12, 2, 5, 10, 8)  # mean 7, COCO's mean

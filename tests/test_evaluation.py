@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO_ROOT, real_coco_folder
+from synthetic_coco import pycocotools_stats, synthetic_coco
 
 from hf_detr.evaluation import CocoEvaluator, label_to_category_mapping, split_to_coco
 from hf_detr.evaluation import coco_evaluator as coco_evaluator_module
-from hf_detr.evaluation.synthetic import pycocotools_stats, synthetic_coco
 
 
 @pytest.fixture(scope="module")

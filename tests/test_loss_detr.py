@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 from detr_testing import padded_batch, tiny_hf_detr_config
+from host_transfers import HostTransferCounter
 from transformers import DetrConfig
 from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
 from transformers.loss.loss_for_object_detection import HungarianMatcher as ReferenceMatcher
 
 from hf_detr import HfDetrForObjectDetection
 from hf_detr.loss_detr import HungarianMatcher, NonFiniteMatchingCostError, SetCriterion, pad_targets
-from hf_detr.sync_debug import HostTransferCounter
 
 NUM_LABELS = 6
 LAYERS, BATCH, QUERIES = 4, 3, 20
