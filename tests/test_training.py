@@ -25,7 +25,7 @@ from hf_detr.training import (
     resolve_arguments,
     train,
 )
-from hf_detr.training.trainer import lr_factor, parameter_groups
+from hf_detr.training.setup import lr_factor, parameter_groups
 
 TINY = {
     "backbone": "resnet18", "d_model": 32, "encoder_layers": 1, "decoder_layers": 2, "attention_heads": 2,

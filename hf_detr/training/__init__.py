@@ -2,7 +2,8 @@
 
 from .arguments import PRESETS, TrainingArguments, parse_args, resolve_arguments
 from .checkpoints import TrainingState, latest_checkpoint
-from .trainer import TrainingResult, TrainingStopped, build_model, train
+from .setup import build_model
+from .trainer import TrainingResult, TrainingStopped, train
 
 __all__ = [
     "PRESETS",

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..configuration_detr import HfDetrConfig
+
 
 @dataclass
 class TrainingArguments:
@@ -29,22 +31,22 @@ class TrainingArguments:
     image_scale: float = 1.0  # multiplies every augmentation and evaluation size (small images)
     augmentation: str = "paper"  # paper (flip, multi-scale, crops) or flip (flip + evaluation resize)
     num_workers: int = 2  # DataLoader workers per process
-    # model
+    # model (defaults: HfDetrConfig's; MODEL_SETTINGS says which config fields each one sets)
     init_from: str | None = None  # fine-tune from this checkpoint (directory or Hub repo id)
-    backbone: str = "resnet50"
-    pretrained_backbone: bool = False  # ImageNet weights from timm (needs the Hub)
-    dilation: bool = False
-    d_model: int = 256
-    encoder_layers: int = 6
-    decoder_layers: int = 6
-    attention_heads: int = 8
-    ffn_dim: int = 2048
-    num_queries: int = 100
-    dropout: float = 0.1
-    freeze_backbone_batch_norm: bool = True
-    trainable_backbone_layers: int = 3
-    auxiliary_loss: bool = True
-    eos_coefficient: float = 0.1
+    backbone: str = HfDetrConfig.backbone
+    pretrained_backbone: bool = HfDetrConfig.use_pretrained_backbone  # ImageNet weights from timm (Hub)
+    dilation: bool = HfDetrConfig.dilation
+    d_model: int = HfDetrConfig.d_model
+    encoder_layers: int = HfDetrConfig.encoder_layers
+    decoder_layers: int = HfDetrConfig.decoder_layers
+    attention_heads: int = HfDetrConfig.encoder_attention_heads
+    ffn_dim: int = HfDetrConfig.encoder_ffn_dim
+    num_queries: int = HfDetrConfig.num_queries
+    dropout: float = HfDetrConfig.dropout
+    freeze_backbone_batch_norm: bool = HfDetrConfig.freeze_backbone_batch_norm
+    trainable_backbone_layers: int = HfDetrConfig.trainable_backbone_layers
+    auxiliary_loss: bool = HfDetrConfig.auxiliary_loss
+    eos_coefficient: float = HfDetrConfig.eos_coefficient
     # optimisation
     epochs: int = 300
     max_steps: int | None = None  # schedule length in optimizer steps (overrides epochs)
@@ -79,9 +81,31 @@ class TrainingArguments:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def model_config_kwargs(self) -> dict[str, Any]:
+        """The `HfDetrConfig` fields these settings choose (see MODEL_SETTINGS)."""
+        return {key: getattr(self, name) for name, keys in MODEL_SETTINGS.items() for key in keys}
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
+
+# Each model setting of a run and the HfDetrConfig fields it sets (one setting may set several).
+MODEL_SETTINGS: dict[str, tuple[str, ...]] = {
+    "backbone": ("backbone",),
+    "pretrained_backbone": ("use_pretrained_backbone",),
+    "dilation": ("dilation",),
+    "d_model": ("d_model",),
+    "encoder_layers": ("encoder_layers",),
+    "decoder_layers": ("decoder_layers",),
+    "attention_heads": ("encoder_attention_heads", "decoder_attention_heads"),
+    "ffn_dim": ("encoder_ffn_dim", "decoder_ffn_dim"),
+    "num_queries": ("num_queries",),
+    "dropout": ("dropout", "attention_dropout", "activation_dropout"),
+    "freeze_backbone_batch_norm": ("freeze_backbone_batch_norm",),
+    "trainable_backbone_layers": ("trainable_backbone_layers",),
+    "auxiliary_loss": ("auxiliary_loss",),
+    "eos_coefficient": ("eos_coefficient",),
+}
 
 # The built-in dataset's preset, chosen by measurement (benchmarks/RESULTS.md, "Main job"): a small
 # DETR trained from scratch within a 15-minute budget on a 2-core CPU.
@@ -225,6 +249,7 @@ def validate(arguments: TrainingArguments) -> None:
 
 __all__ = [
     "BUILTIN_PRESET",
+    "MODEL_SETTINGS",
     "PRESETS",
     "TrainingArguments",
     "build_parser",

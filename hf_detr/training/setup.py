@@ -1,0 +1,290 @@
+"""Everything a training run needs before its first update: Accelerate, data, model, optimizer, schedule.
+
+`setup_run(args)` returns a [`TrainingRun`] with every object prepared by Accelerate and the state of
+a resumed run loaded; the loop in `trainer.py` only reads and advances it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..configuration_detr import HfDetrConfig
+from ..data import (
+    DetectionCollator,
+    DetectionDataset,
+    category_ids,
+    class_names,
+    detr_train_transforms,
+    detr_val_size,
+    load_detection_dataset,
+)
+from ..evaluation import CocoEvaluator, label_to_category_mapping, split_to_coco
+from ..image_processing_detr import HfDetrImageProcessor
+from ..modeling_detr import HfDetrForObjectDetection
+from .arguments import TrainingArguments
+from .checkpoints import TrainingState, resolve_resume
+from .logs import JsonlLog, LogWindow
+
+logger = logging.getLogger("hf_detr.training")
+EVAL_SPLIT_NAMES = ("val", "validation", "val2017", "test")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model, optimizer, schedule
+# ---------------------------------------------------------------------------------------------------
+def build_model(args: TrainingArguments, names: list[str], coco_ids: list[int]) -> HfDetrForObjectDetection:
+    """A model for the dataset's classes: from scratch, or fine-tuned from `init_from` with its class
+    head re-initialised when the classes differ (everything else is kept)."""
+    id2label = dict(enumerate(names))
+    labels = {"id2label": id2label, "label2id": {name: index for index, name in id2label.items()}}
+    if args.init_from:
+        same_classes = HfDetrConfig.from_pretrained(args.init_from).num_labels == len(names)
+        model = HfDetrForObjectDetection.from_pretrained(
+            args.init_from, **labels, ignore_mismatched_sizes=not same_classes
+        )
+        if not same_classes:
+            logger.info(
+                "Fine-tuning %s: the class head was re-initialised for %d classes.",
+                args.init_from,
+                len(names),
+            )
+        model.config.coco_category_ids = list(coco_ids)
+        model.config.auxiliary_loss = args.auxiliary_loss
+        return model
+    config = HfDetrConfig(**args.model_config_kwargs(), **labels, coco_category_ids=list(coco_ids))
+    try:
+        return HfDetrForObjectDetection(config)
+    except Exception as error:  # network errors come in many types (OSError, httpx, hub errors)
+        if not args.pretrained_backbone:
+            raise
+        raise RuntimeError(
+            f"Could not get the pretrained {config.backbone} backbone weights from the Hugging Face Hub ({error}). "
+            "Make the Hub reachable (and HF_HUB_OFFLINE unset), or train from scratch without --pretrained-backbone."
+        ) from error
+
+
+def parameter_groups(model: torch.nn.Module, args: TrainingArguments) -> list[dict[str, Any]]:
+    """The official two groups: the backbone at `backbone_learning_rate`, everything else at `learning_rate`."""
+    backbone, rest = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (backbone if ".backbone." in f".{name}" else rest).append(parameter)
+    groups = [{"params": rest, "lr": args.learning_rate}]
+    if backbone and args.backbone_learning_rate > 0:
+        groups.append({"params": backbone, "lr": args.backbone_learning_rate})
+    return groups
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, lr_drop: float) -> float:
+    """Multiplier of the base learning rates at optimizer step `step` (0-based)."""
+    factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    drop_step = max(1, round(total_steps * lr_drop))
+    return factor * (0.1 if step >= drop_step else 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class TrainingRun:
+    """A run's prepared objects and its progress; `model` is Accelerate's wrapper, `unwrapped` ours."""
+
+    args: TrainingArguments
+    accelerator: Any
+    model: torch.nn.Module
+    unwrapped: HfDetrForObjectDetection
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_dataset: DetectionDataset
+    train_loader: Any
+    eval_loader: Any | None
+    make_evaluator: Callable[[], CocoEvaluator] | None
+    processor: HfDetrImageProcessor
+    data: Any  # the DatasetDict
+    eval_name: str | None
+    state: TrainingState
+    total_steps: int
+    output_dir: Path
+    log: JsonlLog
+    window: LogWindow
+    progress: Any  # tqdm
+    start_time: float
+    update_is_bad: bool = False  # some batch of the update being accumulated had a non-finite loss
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+    def epoch_batches(self) -> Iterable[dict[str, Any]]:
+        """The current epoch's batches, from where a resumed run stopped."""
+        self.train_loader.set_epoch(self.state.epoch)
+        self.train_dataset.set_epoch(self.state.epoch)
+        skip = self.state.step_in_epoch * self.args.gradient_accumulation_steps
+        return self.accelerator.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
+
+
+def setup_run(args: TrainingArguments) -> TrainingRun:
+    """Accelerator, data, model, loaders, optimizer and schedule, prepared and (when asked) resumed."""
+    from accelerate.utils import set_seed
+
+    output_dir = Path(args.output_dir)
+    accelerator = _accelerator(args, output_dir)
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        args.save(output_dir / "training_args.json")
+
+    data = load_detection_dataset(args.dataset, bbox_format=args.bbox_format)
+    if args.train_split not in data:
+        raise ValueError(f"Unknown train split {args.train_split!r}; the dataset has {sorted(data)}.")
+    eval_name = _eval_split_name(list(data), args.eval_split, args.train_split)
+    train_split = data[args.train_split]
+    coco_ids = category_ids(train_split)
+    model = _synchronized_batch_norm(build_model(args, class_names(train_split), coco_ids), accelerator)
+
+    processor = HfDetrImageProcessor(size=detr_val_size(args.image_scale))
+    train_dataset = DetectionDataset(
+        train_split,
+        transforms=detr_train_transforms(args.image_scale, args.augmentation),
+        seed=args.seed,
+        on_error="replace",
+    )
+    train_loader, eval_loader = _loaders(args, train_dataset, data, eval_name, processor)
+    make_evaluator = None
+    if eval_name is not None:
+        ground_truth = split_to_coco(data[eval_name])
+        mapping = label_to_category_mapping(model.config.id2label, ground_truth["categories"], coco_ids)
+        make_evaluator = lambda: CocoEvaluator(ground_truth, mapping)  # noqa: E731
+
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, args), lr=args.learning_rate, weight_decay=args.weight_decay
+    )
+    prepared = accelerator.prepare(model, optimizer, train_loader, *([eval_loader] if eval_loader else []))
+    model, optimizer, train_loader = prepared[:3]
+    eval_loader = prepared[3] if eval_loader else None
+    updates_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
+    total_steps = args.max_steps or args.epochs * updates_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, args.warmup_steps, args.lr_drop)
+    )
+    state = _registered_state(args, accelerator, scheduler, output_dir / "checkpoints")
+    if args.report_to:
+        accelerator.init_trackers(
+            "hf_detr", config={k: v for k, v in args.to_dict().items() if not isinstance(v, list)}
+        )
+    return TrainingRun(
+        args=args,
+        accelerator=accelerator,
+        model=model,
+        unwrapped=accelerator.unwrap_model(model),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_dataset=train_dataset,
+        train_loader=train_loader,
+        eval_loader=eval_loader,
+        make_evaluator=make_evaluator,
+        processor=processor,
+        data=data,
+        eval_name=eval_name,
+        state=state,
+        total_steps=total_steps,
+        output_dir=output_dir,
+        log=JsonlLog(output_dir / "log.jsonl", accelerator.is_main_process),
+        window=LogWindow(),
+        progress=tqdm(
+            total=total_steps,
+            initial=state.global_step,
+            disable=not accelerator.is_main_process,
+            desc="Training",
+        ),
+        start_time=time.monotonic(),
+    )
+
+
+def _accelerator(args: TrainingArguments, output_dir: Path) -> Any:
+    from accelerate import Accelerator, DataLoaderConfiguration
+
+    return Accelerator(
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=args.report_to or None,
+        project_dir=str(output_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+
+
+def _eval_split_name(splits: list[str], requested: str | None, train_split: str) -> str | None:
+    if requested is not None:
+        if requested not in splits:
+            raise ValueError(f"Unknown eval split {requested!r}; the dataset has {sorted(splits)}.")
+        return requested
+    return next((name for name in EVAL_SPLIT_NAMES if name in splits and name != train_split), None)
+
+
+def _synchronized_batch_norm(model: HfDetrForObjectDetection, accelerator: Any) -> HfDetrForObjectDetection:
+    """Trainable BatchNorm shares its statistics across CUDA processes (SyncBatchNorm)."""
+    if model.config.freeze_backbone_batch_norm or accelerator.num_processes == 1:
+        return model
+    if accelerator.device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    logger.warning(
+        "BatchNorm statistics stay per process: SyncBatchNorm needs CUDA devices."
+    )  # torch's is CUDA-only
+    return model
+
+
+def _loaders(
+    args: TrainingArguments,
+    train_dataset: DetectionDataset,
+    data: Any,
+    eval_name: str | None,
+    processor: HfDetrImageProcessor,
+) -> tuple[DataLoader, DataLoader | None]:
+    threads = 1 if args.num_workers else None
+    train_loader = DataLoader(
+        train_dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.num_workers,
+        collate_fn=DetectionCollator(processor, do_resize=False, num_threads=threads),
+        generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG untouched (exact resume)
+    )
+    if eval_name is None:
+        return train_loader, None
+    eval_loader = DataLoader(
+        DetectionDataset(data[eval_name]),
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        collate_fn=DetectionCollator(processor, num_threads=threads),
+    )
+    return train_loader, eval_loader
+
+
+def _registered_state(
+    args: TrainingArguments, accelerator: Any, scheduler: Any, checkpoints: Path
+) -> TrainingState:
+    """The progress counters, checkpointed with the run, loaded from a checkpoint when resuming."""
+    state = TrainingState()
+    accelerator.register_for_checkpointing(scheduler, state)
+    if args.resume_from_checkpoint:
+        path = resolve_resume(args.resume_from_checkpoint, checkpoints)
+        accelerator.load_state(str(path))
+        logger.info("Resumed from %s at step %d (epoch %d).", path, state.global_step, state.epoch)
+    return state
+
+
+__all__ = ["TrainingRun", "build_model", "lr_factor", "parameter_groups", "setup_run"]
