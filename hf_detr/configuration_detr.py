@@ -123,8 +123,8 @@ class HfDetrConfig(PreTrainedConfig):
         model_type = config_dict.get("model_type", cls.model_type)
         if model_type != cls.model_type:
             hint = (
-                " Convert it first: python scripts/convert_checkpoint.py --source transformers --checkpoint DIR "
-                "--output-dir NEW_DIR."
+                " Convert it first with the hf_detr package: hf-detr-convert --source transformers "
+                "--checkpoint DIR --output-dir NEW_DIR."
                 if model_type == "detr"
                 else ""
             )

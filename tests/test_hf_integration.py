@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -49,10 +50,16 @@ def test_checkpoints_carry_their_code_and_auto_map(known_checkpoint):
     assert processor["auto_map"] == {"AutoImageProcessor": "image_processing_detr.HfDetrImageProcessor"}
     for name in MODEL_FILES:
         assert (known_checkpoint / name).is_file(), name
-        assert (
-            "from hf_detr" not in (known_checkpoint / name).read_text()
-            and "import hf_detr" not in (known_checkpoint / name).read_text()
-        )
+        text = (known_checkpoint / name).read_text()
+        assert "from hf_detr" not in text and "import hf_detr" not in text
+        # DETR and nothing else: no pointers into the repository a Hub reader cannot follow
+        for pointer in ("scripts/", "benchmarks", "RESULTS.md", "tests/"):
+            assert pointer not in text, (name, pointer)
+        relative = set(re.findall(r"^from \.(\w+) import", text, flags=re.MULTILINE))
+        assert {f"{module}.py" for module in relative} <= set(MODEL_FILES), (name, relative)
+    assert set(MODEL_FILES) == {
+        "configuration_detr.py", "modeling_detr.py", "loss_detr.py", "image_processing_detr.py"
+    }  # fmt: skip
 
 
 def test_transformers_detr_checkpoints_still_load_transformers_classes(tmp_path):
@@ -189,7 +196,7 @@ def test_code_carrying_checkpoint_loads_without_the_package(tmp_path, coco_image
 # ---------------------------------------------------------------------------------------------------
 def test_a_config_of_another_model_type_is_an_error(tmp_path):
     DetrConfig(backbone="resnet18").save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="'detr' model, not 'hf_detr'.*convert_checkpoint"):
+    with pytest.raises(ValueError, match="'detr' model, not 'hf_detr'.*hf-detr-convert --source transformers"):
         HfDetrForObjectDetection.from_pretrained(tmp_path)
 
 
