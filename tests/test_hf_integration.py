@@ -257,3 +257,38 @@ def test_registration_works_with_the_video_processor_api_of_older_transformers(m
     assert (
         AutoModelForObjectDetection.from_config(tiny_hf_detr_config()).__class__ is HfDetrForObjectDetection
     )
+
+
+_WITHOUT_TRAIN_EXTRA = textwrap.dedent(
+    """
+    import sys
+    for name in ("accelerate", "datasets", "evaluate", "faster_coco_eval"):
+        sys.modules[name] = None  # as if `pip install hf-detr` without the [train] extra
+    import PIL.Image
+    from transformers import pipeline
+    import hf_detr
+    from hf_detr.extras import evaluate_command, train_command
+
+    detections = pipeline("object-detection", model=sys.argv[1])(PIL.Image.new("RGB", (80, 60)), threshold=0.0)
+    print("detections", len(detections))
+    try:
+        import hf_detr.data
+    except ImportError as error:
+        print("data:", error)
+    print("train exit code", train_command(), "evaluate exit code", evaluate_command())
+    """
+)
+
+
+def test_inference_needs_no_training_extra_and_training_names_the_install_command(known_checkpoint):
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TRAIN_EXTRA, str(known_checkpoint)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "detections 1" in result.stdout
+    assert "data: hf_detr.data" in result.stdout and "pip install 'hf-detr[train]'" in result.stdout
+    assert "train exit code 1 evaluate exit code 1" in result.stdout
+    assert result.stderr.count("error: hf_detr.") == 2 and "needs accelerate, datasets" in result.stderr

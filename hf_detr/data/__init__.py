@@ -1,6 +1,10 @@
 """Detection data with `datasets`: COCO from the Hub or a local folder, the built-in synthetic set,
 the paper's augmentation and collation into padded batches."""
 
+from ..extras import require_extra
+
+require_extra("hf_detr.data (datasets for training and evaluation)")
+
 from .builtin import builtin_dataset_folder, write_shapes_coco
 from .coco_folder import load_coco_folder
 from .collate import DetectionCollator, DetectionDataset, decode_as_stored

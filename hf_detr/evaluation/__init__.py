@@ -1,5 +1,9 @@
 """COCO detection evaluation: the 12 standard AP/AR stats, fast (faster-coco-eval) and distributed."""
 
+from ..extras import require_extra
+
+require_extra("hf_detr.evaluation (COCO evaluation, hf-detr-evaluate)")
+
 from .coco_evaluator import (
     STAT_NAMES,
     CocoEvaluator,

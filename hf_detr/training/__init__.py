@@ -1,5 +1,9 @@
 """Training DETR with Accelerate: the paper's recipe, checkpoints, resume, evaluation, publishing."""
 
+from ..extras import require_extra
+
+require_extra("hf_detr.training (hf-detr-train)")
+
 from .arguments import PRESETS, TrainingArguments, parse_args, resolve_arguments
 from .checkpoints import TrainingState, latest_checkpoint
 from .setup import build_model
