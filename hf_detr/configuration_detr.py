@@ -64,6 +64,12 @@ class HfDetrConfig(PreTrainedConfig):
     `giou_cost` (matching), `class_loss_coefficient`, `bbox_loss_coefficient`, `giou_loss_coefficient`,
     `eos_coefficient` (weight of the no-object class in the cross-entropy).
 
+    `num_query_groups` (default 1: the paper) is a training option, Group DETR's one-to-many
+    supervision (Chen et al., ICCV 2023): in training the decoder runs that many groups of
+    `num_queries` queries with shared weights, self-attention only within a group, each group matched
+    and scored on its own and the losses averaged over groups. In evaluation only group 0 runs, and
+    `save_pretrained` writes a plain DETR (group 0, `num_query_groups=1`).
+
     `coco_category_ids` optionally maps each label id to the dataset's original COCO category id
     (a list indexed by label id), so evaluation can report in COCO ids.
     """
@@ -96,6 +102,7 @@ class HfDetrConfig(PreTrainedConfig):
     activation_function: str = "relu"
     position_embedding_type: str = "sine"
     num_queries: int = 100
+    num_query_groups: int = 1
     # loss
     auxiliary_loss: bool = True
     class_cost: float = 1.0
@@ -149,7 +156,7 @@ class HfDetrConfig(PreTrainedConfig):
         positive = (
             "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
             "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "num_queries",
-            "num_channels",
+            "num_query_groups", "num_channels",
         )  # fmt: skip
         for name in positive:
             value = getattr(self, name)

@@ -230,6 +230,15 @@ def _non_finite_cost_message(image: int, logits: torch.Tensor, boxes: torch.Tens
     )
 
 
+def groups_as_layers(tensor: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """[L, B, G*N, C] -> [G*L, B, N, C], set g*L + l holding group g of layer l."""
+    num_layers, batch_size, total_queries, channels = tensor.shape
+    if total_queries % num_groups:
+        raise ValueError(f"{total_queries} queries cannot form {num_groups} groups of equal size.")
+    grouped = tensor.view(num_layers, batch_size, num_groups, total_queries // num_groups, channels)
+    return grouped.permute(2, 0, 1, 3, 4).flatten(0, 1)
+
+
 class SetCriterion:
     """The DETR loss over all decoder layers (official `SetCriterion` with `aux_loss=True`).
 
@@ -238,6 +247,10 @@ class SetCriterion:
     boxes (averaged over processes); cardinality_error: |#predicted objects - #targets| averaged over
     images (logged only); class_error: 100 - top-1 accuracy of the matched queries of the last layer
     (logged only). Auxiliary layers i = 0..L-2 get the suffix `_{i}`.
+
+    With `num_groups` G > 1 (Group DETR training, the G*N queries in groups of N), each group is
+    matched and scored on its own, as if it were another decoder layer (so all of them still cross to
+    the host in one transfer), and each loss is the mean over groups; the logged errors are group 0's.
     """
 
     def __init__(
@@ -271,9 +284,10 @@ class SetCriterion:
         )
 
     def __call__(
-        self, logits: torch.Tensor, boxes: torch.Tensor, labels: Labels
+        self, logits: torch.Tensor, boxes: torch.Tensor, labels: Labels, num_groups: int = 1
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """logits [L, B, N, K+1], boxes [L, B, N, 4] (all decoder layers, the last is the output)."""
+        """logits [L, B, G*N, K+1], boxes [L, B, G*N, 4] (all decoder layers, the last is the output;
+        G = `num_groups` groups of N queries, group 0 first)."""
         if logits.ndim == 3:
             logits, boxes = logits[None], boxes[None]
         if logits.shape[-1] != self.num_labels + 1:
@@ -282,12 +296,14 @@ class SetCriterion:
             )
         device_type = logits.device.type
         with torch.autocast(device_type=device_type, enabled=False):  # matching and loss in fp32
-            return self._compute(logits.float(), boxes.float(), labels)
+            return self._compute(logits.float(), boxes.float(), labels, num_groups)
 
     def _compute(
-        self, logits: torch.Tensor, boxes: torch.Tensor, labels: Labels
+        self, logits: torch.Tensor, boxes: torch.Tensor, labels: Labels, num_groups: int
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        num_layers, batch_size, num_queries, _ = logits.shape
+        layers_in_output = logits.shape[0]
+        logits, boxes = groups_as_layers(logits, num_groups), groups_as_layers(boxes, num_groups)
+        num_layers, batch_size, num_queries, _ = logits.shape  # num_layers: G*L scored sets
         device = logits.device
         targets = pad_targets(labels, batch_size, num_queries, device)
         matches = self.matcher(logits, boxes, targets, self.num_labels)
@@ -328,16 +344,21 @@ class SetCriterion:
             if matches.layer.numel() == 0:
                 class_error = torch.full((), 100.0, device=device)  # the official accuracy of nothing is 0
             else:
-                # top-1 accuracy over the last layer's matches, as a masked mean over all matches:
-                # selecting them with a boolean mask would wait for the device to count them
-                last = (matches.layer == num_layers - 1).float()  # [M]
+                # top-1 accuracy over the output layer's matches (group 0), as a masked mean over all
+                # matches: selecting them with a boolean mask would wait for the device to count them
+                last = (matches.layer == layers_in_output - 1).float()  # [M]
                 matched_logits = logits[matches.layer, matches.image, matches.query]  # [M, K+1]
                 hits = (matched_logits.argmax(-1) == matched_classes).float()  # [M]
                 class_error = 100 - 100 * (hits * last).sum() / last.sum()
 
+        # [G*L] -> [L]: the mean over groups of each layer's losses, group 0's logged errors
+        loss_ce, loss_bbox, loss_giou = (
+            x.view(num_groups, -1).mean(0) for x in (loss_ce, loss_bbox, loss_giou)
+        )
+        cardinality_error = cardinality_error[:layers_in_output]
         loss_dict: dict[str, torch.Tensor] = {}
-        for layer in range(num_layers):
-            suffix = "" if layer == num_layers - 1 else f"_{layer}"
+        for layer in range(layers_in_output):
+            suffix = "" if layer == layers_in_output - 1 else f"_{layer}"
             loss_dict[f"loss_ce{suffix}"] = loss_ce[layer]
             loss_dict[f"loss_bbox{suffix}"] = loss_bbox[layer]
             loss_dict[f"loss_giou{suffix}"] = loss_giou[layer]

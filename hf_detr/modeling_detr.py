@@ -45,7 +45,8 @@ LEARNED_POSITION_MAX_SIZE = 50
 class HfDetrModelOutput(ModelOutput):
     """Output of [`HfDetrModel`].
 
-    last_hidden_state: [B, N, d] final decoder output (after the decoder's LayerNorm).
+    last_hidden_state: [B, N, d] final decoder output (after the decoder's LayerNorm). In training with
+        `num_query_groups` G > 1, every query dimension N here is G*N (group g: queries g*N..(g+1)*N-1).
     intermediate_hidden_states: [L, B, N, d] every decoder layer's output after the decoder's
         LayerNorm (the last equals `last_hidden_state`).
     encoder_last_hidden_state: [B, H*W, d] encoder output ("memory").
@@ -71,7 +72,8 @@ class HfDetrObjectDetectionOutput(ModelOutput):
 
     loss: weighted sum of all loss terms (when `labels` are given).
     loss_dict: every loss component, auxiliary ones with suffix `_{i}`.
-    logits: [B, N, K+1] class logits of the last decoder layer; index K is "no object".
+    logits: [B, N, K+1] class logits of the last decoder layer; index K is "no object" (G*N queries in
+        training with `num_query_groups` G > 1, group 0 first).
     pred_boxes: [B, N, 4] normalized (cx, cy, w, h) boxes of the last decoder layer.
     auxiliary_outputs: one `{"logits", "pred_boxes"}` dict per decoder layer but the last (by default
         when `config.auxiliary_loss` is on and the model trains or gets `labels`; see `forward`).
@@ -430,9 +432,21 @@ class HfDetrDecoderLayer(nn.Module):
         memory_with_positions: torch.Tensor,
         memory_mask: torch.Tensor | None,
         need_weights: bool = False,
+        num_groups: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        query_key = hidden_states + query_position_embeddings  # [B, N, d]
-        attended, self_weights = self.self_attn(query_key, query_key, hidden_states, None, need_weights)
+        """`num_groups` > 1 (Group DETR training): the G*N queries self-attend within their group of N
+        only; self-attention weights then come as [B*G, heads, N, N]."""
+        query_key = hidden_states + query_position_embeddings  # [B, G*N, d]
+        batch_size, num_queries, d = hidden_states.shape
+        by_group = (batch_size * num_groups, num_queries // num_groups, d)  # [B*G, N, d]: groups as batch
+        attended, self_weights = self.self_attn(
+            query_key.reshape(by_group),
+            query_key.reshape(by_group),
+            hidden_states.reshape(by_group),
+            None,
+            need_weights,
+        )
+        attended = attended.reshape(batch_size, num_queries, d)
         hidden_states = self.self_attn_layer_norm(
             hidden_states + F.dropout(attended, self.dropout, self.training)
         )
@@ -499,8 +513,9 @@ class HfDetrDecoder(nn.Module):
         return_intermediate: bool,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        num_groups: int = 1,
     ) -> tuple[torch.Tensor, tuple | None, tuple | None, tuple | None]:
-        hidden_states = torch.zeros_like(query_position_embeddings)  # [B, N, d], paper: decoder input 0
+        hidden_states = torch.zeros_like(query_position_embeddings)  # [B, G*N, d], paper: decoder input 0
         memory_with_positions = memory + memory_positions  # [B, HW, d], the same keys for every layer
         outputs = []
         all_hidden = (hidden_states,) if output_hidden_states else None
@@ -514,6 +529,7 @@ class HfDetrDecoder(nn.Module):
                 memory_with_positions,
                 memory_mask,
                 output_attentions,
+                num_groups,
             )
             if return_intermediate or index == len(self.layers) - 1:
                 outputs.append(hidden_states)
@@ -583,13 +599,29 @@ class HfDetrPreTrainedModel(PreTrainedModel):
         return (model, loading_info) if output_loading_info else model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """transformers' `save_pretrained`; code-carrying checkpoints also map `AutoModel` to the base model."""
+        """transformers' `save_pretrained`, always of a plain DETR: a model trained with query groups is
+        written with group 0's queries only (`num_query_groups=1`), the model evaluation runs.
+        Code-carrying checkpoints also map `AutoModel` to the base model."""
         if self._auto_class is not None:
             self.config.auto_map = {
                 **(getattr(self.config, "auto_map", None) or {}),
                 "AutoModel": "modeling_detr.HfDetrModel",
             }
-        return super().save_pretrained(save_directory, *args, **kwargs)
+        num_groups = self.config.num_query_groups
+        if num_groups == 1:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        state_dict = kwargs.pop("state_dict", None) or self.state_dict()
+        state_dict = {
+            key: value[: self.config.num_queries]
+            if key.endswith("query_position_embeddings.weight")
+            else value
+            for key, value in state_dict.items()
+        }
+        self.config.num_query_groups = 1
+        try:
+            return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+        finally:
+            self.config.num_query_groups = num_groups
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -691,7 +723,10 @@ class HfDetrModel(HfDetrPreTrainedModel):
         self.backbone = HfDetrBackbone(config)
         self.input_projection = nn.Conv2d(self.backbone.num_channels, config.d_model, kernel_size=1)
         self.position_embedding = build_position_embedding(config)
-        self.query_position_embeddings = nn.Embedding(config.num_queries, config.d_model)
+        # Group DETR training: num_query_groups groups of num_queries rows; group 0 comes first
+        self.query_position_embeddings = nn.Embedding(
+            config.num_queries * config.num_query_groups, config.d_model
+        )
         self.encoder = HfDetrEncoder(config)
         self.decoder = HfDetrDecoder(config)
         self.post_init()
@@ -730,8 +765,9 @@ class HfDetrModel(HfDetrPreTrainedModel):
         memory, encoder_hidden, encoder_attentions = self.encoder(
             projected, positions, key_mask, output_attentions, output_hidden_states
         )
-        query_positions = self.query_position_embeddings.weight.to(memory.dtype)
-        query_positions = query_positions[None].expand(batch_size, -1, -1)  # [B, N, d]
+        num_groups = self.config.num_query_groups if self.training else 1  # evaluation: group 0 only
+        query_positions = self.query_position_embeddings.weight[: num_groups * self.config.num_queries]
+        query_positions = query_positions.to(memory.dtype)[None].expand(batch_size, -1, -1)  # [B, G*N, d]
         decoded, decoder_hidden, self_attentions, cross_attentions = self.decoder(
             query_positions,
             memory,
@@ -740,7 +776,8 @@ class HfDetrModel(HfDetrPreTrainedModel):
             return_intermediate,
             output_attentions,
             output_hidden_states,
-        )  # decoded: [L or 1, B, N, d]
+            num_groups,
+        )  # decoded: [L or 1, B, G*N, d]
 
         output = HfDetrModelOutput(
             last_hidden_state=decoded[-1],
@@ -836,8 +873,9 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         self, logits: torch.Tensor, boxes: torch.Tensor, labels: list[dict[str, torch.Tensor]]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The set-prediction loss of [L, B, N, K+1] logits and [L, B, N, 4] boxes (all scored layers,
-        the last one being the output) against `labels`."""
-        return SetCriterion.from_config(self.config)(logits, boxes, labels)
+        the last one being the output) against `labels`; G*N queries are G query groups."""
+        num_groups = logits.shape[2] // self.config.num_queries
+        return SetCriterion.from_config(self.config)(logits, boxes, labels, num_groups)
 
     def loss_from_outputs(
         self, outputs: HfDetrObjectDetectionOutput, labels: list[dict[str, torch.Tensor]]

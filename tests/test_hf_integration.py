@@ -196,7 +196,9 @@ def test_code_carrying_checkpoint_loads_without_the_package(tmp_path, coco_image
 # ---------------------------------------------------------------------------------------------------
 def test_a_config_of_another_model_type_is_an_error(tmp_path):
     DetrConfig(backbone="resnet18").save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="'detr' model, not 'hf_detr'.*hf-detr-convert --source transformers"):
+    with pytest.raises(
+        ValueError, match="'detr' model, not 'hf_detr'.*hf-detr-convert --source transformers"
+    ):
         HfDetrForObjectDetection.from_pretrained(tmp_path)
 
 

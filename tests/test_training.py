@@ -143,6 +143,33 @@ def test_fine_tuning_with_new_classes_reinitialises_only_the_class_head(tmp_path
     assert f"base_model: {tmp_path / 'source'}" in card
 
 
+def test_a_resumed_run_with_query_groups_ends_as_an_uninterrupted_one_and_saves_plain_detr(tmp_path, shapes):
+    common = {"epochs": 1, "num_query_groups": 3}
+    full = train(arguments(tmp_path / "full", shapes, **common))
+    train(arguments(tmp_path / "resumed", shapes, stop_after_steps=2, **common))
+    resumed = train(arguments(tmp_path / "resumed", shapes, resume_from_checkpoint="latest", **common))
+    assert full.global_step == resumed.global_step == 4
+    checkpoint = load_file(tmp_path / "resumed" / "checkpoints" / "step-00000002" / "model.safetensors")
+    assert (
+        checkpoint["model.query_position_embeddings.weight"].shape[0] == 3 * TINY["num_queries"]
+    )  # all groups
+    a = load_file(tmp_path / "full" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a["model.query_position_embeddings.weight"].shape[0] == TINY["num_queries"]  # group 0 only
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) <= 1e-6
+    assert json.loads((tmp_path / "full" / "config.json").read_text())["num_query_groups"] == 1
+
+
+def test_fine_tuning_with_query_groups_keeps_the_checkpoints_queries_as_group_0(tmp_path, shapes):
+    source = HfDetrForObjectDetection(resolve_arguments_config(num_labels=3))
+    source.save_pretrained(tmp_path / "source")
+    args = arguments(tmp_path / "ft", shapes, init_from=str(tmp_path / "source"), num_query_groups=4)
+    model = build_model(args, ["circle", "square", "triangle"], [1, 2, 3])
+    queries = model.model.query_position_embeddings.weight
+    assert model.config.num_query_groups == 4 and queries.shape[0] == 4 * 5 and queries.requires_grad
+    assert torch.equal(queries[:5], source.model.query_position_embeddings.weight)
+
+
 def resolve_arguments_config(num_labels: int):
     from hf_detr import HfDetrConfig
 

@@ -42,6 +42,7 @@ class TrainingArguments:
     attention_heads: int = HfDetrConfig.encoder_attention_heads
     ffn_dim: int = HfDetrConfig.encoder_ffn_dim
     num_queries: int = HfDetrConfig.num_queries
+    num_query_groups: int = HfDetrConfig.num_query_groups  # Group DETR training groups (1: the paper)
     dropout: float = HfDetrConfig.dropout
     freeze_backbone_batch_norm: bool = HfDetrConfig.freeze_backbone_batch_norm
     trainable_backbone_layers: int = HfDetrConfig.trainable_backbone_layers
@@ -100,6 +101,7 @@ MODEL_SETTINGS: dict[str, tuple[str, ...]] = {
     "attention_heads": ("encoder_attention_heads", "decoder_attention_heads"),
     "ffn_dim": ("encoder_ffn_dim", "decoder_ffn_dim"),
     "num_queries": ("num_queries",),
+    "num_query_groups": ("num_query_groups",),
     "dropout": ("dropout", "attention_dropout", "activation_dropout"),
     "freeze_backbone_batch_norm": ("freeze_backbone_batch_norm",),
     "trainable_backbone_layers": ("trainable_backbone_layers",),

@@ -34,6 +34,7 @@ from ..modeling_detr import HfDetrForObjectDetection
 from .arguments import TrainingArguments
 from .checkpoints import TrainingState, resolve_resume
 from .logs import JsonlLog, LogWindow
+from .query_groups import set_query_groups
 
 logger = logging.getLogger("hf_detr.training")
 EVAL_SPLIT_NAMES = ("val", "validation", "val2017", "test")
@@ -60,7 +61,7 @@ def build_model(args: TrainingArguments, names: list[str], coco_ids: list[int]) 
             )
         model.config.coco_category_ids = list(coco_ids)
         model.config.auxiliary_loss = args.auxiliary_loss
-        return model
+        return set_query_groups(model, args.num_query_groups)
     config = HfDetrConfig(**args.model_config_kwargs(), **labels, coco_category_ids=list(coco_ids))
     try:
         return HfDetrForObjectDetection(config)
