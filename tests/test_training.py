@@ -291,6 +291,15 @@ def test_config_files_and_flags(tmp_path):
         parse_args(["--preset", "fast"])
 
 
+def test_optional_flags_take_none():
+    assert resolve_arguments({}).time_limit_minutes is not None  # the built-in preset sets one
+    args = parse_args(["--time-limit-minutes", "none", "--max-steps", "null", "--eval-split", "none"])
+    assert (args.time_limit_minutes, args.max_steps, args.eval_split) == (None, None, None)
+    assert parse_args(["--time-limit-minutes", "2.5"]).time_limit_minutes == 2.5
+    with pytest.raises(SystemExit):
+        parse_args(["--max-steps", "many"])
+
+
 def test_learning_rate_schedule_and_groups():
     assert [lr_factor(s, 9, 0, 2 / 3) for s in (0, 5, 6, 8)] == [1.0, 1.0, 0.1, 0.1]
     assert lr_factor(0, 100, 10, 2 / 3) == pytest.approx(0.1) and lr_factor(9, 100, 10, 2 / 3) == 1.0

@@ -178,8 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, nargs="*", type=base, help=help_text)
         else:
             converter = base if base in (int, float, str) else str
+            if optional:
+                converter = _or_none(converter)
             parser.add_argument(flag, type=converter, help=help_text + (" (or none)" if optional else ""))
     return parser
+
+
+def _or_none(convert: Any) -> Any:
+    """A flag converter that also takes none / null (an optional setting switched off)."""
+
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "null", "") else convert(text)
+
+    parse.__name__ = convert.__name__  # argparse names the type in its error messages
+    return parse
 
 
 def _load_config_file(path: Path) -> dict[str, Any]:
