@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -303,6 +304,8 @@ def test_optional_flags_take_none():
 def test_learning_rate_schedule_and_groups():
     assert [lr_factor(s, 9, 0, 2 / 3) for s in (0, 5, 6, 8)] == [1.0, 1.0, 0.1, 0.1]
     assert lr_factor(0, 100, 10, 2 / 3) == pytest.approx(0.1) and lr_factor(9, 100, 10, 2 / 3) == 1.0
+    cosine = [lr_factor(s, 110, 10, 1.0, "cosine") for s in (0, 9, 10, 60, 109)]
+    assert cosine == pytest.approx([0.1, 1.0, 1.0, 0.5, 0.5 * (1 + math.cos(math.pi * 99 / 100))])
     model = HfDetrForObjectDetection(resolve_arguments_config(num_labels=3))
     groups = parameter_groups(model, resolve_arguments({"dataset": "x"}))
     assert [g["lr"] for g in groups] == [1e-4, 1e-5]

@@ -43,11 +43,13 @@ class TrainingArguments:
     ffn_dim: int = HfDetrConfig.encoder_ffn_dim
     num_queries: int = HfDetrConfig.num_queries
     num_query_groups: int = HfDetrConfig.num_query_groups  # Group DETR training groups (1: the paper)
+    one_to_many_repeats: int = HfDetrConfig.one_to_many_repeats  # H-DETR: groups 1.. see targets k times
     dropout: float = HfDetrConfig.dropout
     freeze_backbone_batch_norm: bool = HfDetrConfig.freeze_backbone_batch_norm
     trainable_backbone_layers: int = HfDetrConfig.trainable_backbone_layers
     auxiliary_loss: bool = HfDetrConfig.auxiliary_loss
     eos_coefficient: float = HfDetrConfig.eos_coefficient
+    class_loss_coefficient: float = HfDetrConfig.class_loss_coefficient
     # optimisation
     epochs: int = 300
     max_steps: int | None = None  # schedule length in optimizer steps (overrides epochs)
@@ -57,6 +59,7 @@ class TrainingArguments:
     backbone_learning_rate: float = 1e-5
     weight_decay: float = 1e-4
     max_grad_norm: float = 0.1
+    lr_scheduler_type: str = "step"  # step (x0.1 after lr_drop, the paper) or cosine (to 0 at the end)
     lr_drop: float = 2 / 3  # learning rate x0.1 after this fraction of the steps (StepLR)
     warmup_steps: int = 0
     mixed_precision: str = "no"  # no, fp16, bf16
@@ -102,11 +105,13 @@ MODEL_SETTINGS: dict[str, tuple[str, ...]] = {
     "ffn_dim": ("encoder_ffn_dim", "decoder_ffn_dim"),
     "num_queries": ("num_queries",),
     "num_query_groups": ("num_query_groups",),
+    "one_to_many_repeats": ("one_to_many_repeats",),
     "dropout": ("dropout", "attention_dropout", "activation_dropout"),
     "freeze_backbone_batch_norm": ("freeze_backbone_batch_norm",),
     "trainable_backbone_layers": ("trainable_backbone_layers",),
     "auxiliary_loss": ("auxiliary_loss",),
     "eos_coefficient": ("eos_coefficient",),
+    "class_loss_coefficient": ("class_loss_coefficient",),
 }
 
 # The built-in dataset's preset, chosen by measurement (benchmarks/RESULTS.md, "Main job"): a small
@@ -248,6 +253,7 @@ def validate(arguments: TrainingArguments) -> None:
         (arguments.epochs >= 1, "epochs must be at least 1"),
         (arguments.max_steps is None or arguments.max_steps >= 1, "max_steps must be at least 1"),
         (0 < arguments.lr_drop <= 1, "lr_drop must be in (0, 1]"),
+        (arguments.lr_scheduler_type in ("step", "cosine"), "lr_scheduler_type must be step or cosine"),
         (arguments.image_scale > 0, "image_scale must be positive"),
         (arguments.save_total_limit >= 1, "save_total_limit must be at least 1"),
         (arguments.max_consecutive_nonfinite >= 1, "max_consecutive_nonfinite must be at least 1"),

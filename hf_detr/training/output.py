@@ -62,11 +62,12 @@ def plain_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
 def training_description(args: TrainingArguments, steps_trained: int) -> str:
     """The model card's "Training" paragraph."""
     start = f"fine-tuned from `{args.init_from}`" if args.init_from else "trained from scratch"
-    drop = (
-        f"the learning rate x0.1 after {args.lr_drop:.0%} of the planned steps"
-        if args.lr_drop < 1
-        else "no learning-rate drop"
-    )
+    if args.lr_scheduler_type == "cosine":
+        drop = "a cosine learning-rate decay to 0"
+    elif args.lr_drop < 1:
+        drop = f"the learning rate x0.1 after {args.lr_drop:.0%} of the planned steps"
+    else:
+        drop = "no learning-rate drop"
     augmentation = (
         "the paper's augmentation (flips, multi-scale resizing, random crops)"
         if args.augmentation == "paper"

@@ -86,9 +86,15 @@ def parameter_groups(model: torch.nn.Module, args: TrainingArguments) -> list[di
     return groups
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, lr_drop: float) -> float:
-    """Multiplier of the base learning rates at optimizer step `step` (0-based)."""
+def lr_factor(
+    step: int, total_steps: int, warmup_steps: int, lr_drop: float, schedule: str = "step"
+) -> float:
+    """Multiplier of the base learning rates at optimizer step `step` (0-based): a linear warm-up, then
+    "step" (the paper's StepLR: x0.1 after `lr_drop` of the steps) or "cosine" (down to 0 at the end)."""
     factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    if schedule == "cosine":
+        progress = min(1.0, max(0, step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return factor * 0.5 * (1 + math.cos(math.pi * progress))
     drop_step = max(1, round(total_steps * lr_drop))
     return factor * (0.1 if step >= drop_step else 1.0)
 
@@ -180,7 +186,8 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
     updates_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
     total_steps = args.max_steps or args.epochs * updates_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, args.warmup_steps, args.lr_drop)
+        optimizer,
+        lambda step: lr_factor(step, total_steps, args.warmup_steps, args.lr_drop, args.lr_scheduler_type),
     )
     state = _registered_state(args, accelerator, scheduler, output_dir / "checkpoints")
     if args.report_to:
