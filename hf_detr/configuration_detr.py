@@ -68,7 +68,9 @@ class HfDetrConfig(PreTrainedConfig):
     supervision (Chen et al., ICCV 2023): in training the decoder runs that many groups of
     `num_queries` queries with shared weights, self-attention only within a group, each group matched
     and scored on its own and the losses averaged over groups. In evaluation only group 0 runs, and
-    `save_pretrained` writes a plain DETR (group 0, `num_query_groups=1`).
+    `save_pretrained` writes a plain DETR (group 0, `num_query_groups=1`). With
+    `one_to_many_repeats` k > 1, groups 1.. are matched to the targets repeated k times instead
+    (H-DETR's hybrid matching, Jia et al., CVPR 2023): each target gets up to k queries per group.
 
     `coco_category_ids` optionally maps each label id to the dataset's original COCO category id
     (a list indexed by label id), so evaluation can report in COCO ids.
@@ -103,6 +105,7 @@ class HfDetrConfig(PreTrainedConfig):
     position_embedding_type: str = "sine"
     num_queries: int = 100
     num_query_groups: int = 1
+    one_to_many_repeats: int = 1
     # loss
     auxiliary_loss: bool = True
     class_cost: float = 1.0
@@ -156,7 +159,7 @@ class HfDetrConfig(PreTrainedConfig):
         positive = (
             "d_model", "encoder_layers", "decoder_layers", "encoder_attention_heads",
             "decoder_attention_heads", "encoder_ffn_dim", "decoder_ffn_dim", "num_queries",
-            "num_query_groups", "num_channels",
+            "num_query_groups", "one_to_many_repeats", "num_channels",
         )  # fmt: skip
         for name in positive:
             value = getattr(self, name)

@@ -155,9 +155,16 @@ class HungarianMatcher:
 
     @torch.no_grad()
     def __call__(
-        self, logits: torch.Tensor, boxes: torch.Tensor, targets: PaddedTargets, num_labels: int
+        self,
+        logits: torch.Tensor,
+        boxes: torch.Tensor,
+        targets: PaddedTargets,
+        num_labels: int,
+        repeats: Sequence[int] | None = None,
     ) -> Matches:
-        """Match every decoder layer: logits [L, B, N, K+1], boxes [L, B, N, 4]."""
+        """Match every decoder layer: logits [L, B, N, K+1], boxes [L, B, N, 4]. `repeats[l]` > 1 matches
+        set l one-to-many: to its targets repeated that many times (H-DETR), so up to that many queries
+        per target."""
         num_layers = logits.shape[0]
         device = logits.device
         if max(targets.counts, default=0) == 0:
@@ -182,11 +189,12 @@ class HungarianMatcher:
             if not np.isfinite(block).all():  # an error path: further synchronisation is fine here
                 raise NonFiniteMatchingCostError(_non_finite_cost_message(image, logits, boxes))
             for layer in range(num_layers):
-                rows, cols = linear_sum_assignment(block[layer])
+                copies = repeats[layer] if repeats is not None else 1
+                rows, cols = linear_sum_assignment(np.tile(block[layer], (1, copies)))  # [N, k*T_b]
                 layers.append(np.full(len(rows), layer))
                 images.append(np.full(len(rows), image))
                 queries.append(rows)
-                target_indices.append(cols)
+                target_indices.append(cols % count)
         flat = torch.as_tensor(
             np.stack([np.concatenate(x) for x in (layers, images, queries, target_indices)]).astype(np.int64)
         ).to(device, non_blocking=True)  # host-to-device, queued without waiting
@@ -251,6 +259,8 @@ class SetCriterion:
     With `num_groups` G > 1 (Group DETR training, the G*N queries in groups of N), each group is
     matched and scored on its own, as if it were another decoder layer (so all of them still cross to
     the host in one transfer), and each loss is the mean over groups; the logged errors are group 0's.
+    With `one_to_many_repeats` k > 1 the groups after group 0 are matched to the targets repeated k
+    times (H-DETR's hybrid matching) and their box losses divided by k times the number of boxes.
     """
 
     def __init__(
@@ -261,8 +271,10 @@ class SetCriterion:
         class_loss_coefficient: float = 1.0,
         bbox_loss_coefficient: float = 5.0,
         giou_loss_coefficient: float = 2.0,
+        one_to_many_repeats: int = 1,
     ) -> None:
         self.num_labels = num_labels
+        self.one_to_many_repeats = one_to_many_repeats
         self.matcher = matcher
         self.eos_coefficient = eos_coefficient
         self.weights = {
@@ -281,6 +293,7 @@ class SetCriterion:
             config.class_loss_coefficient,
             config.bbox_loss_coefficient,
             config.giou_loss_coefficient,
+            config.one_to_many_repeats,
         )
 
     def __call__(
@@ -306,8 +319,11 @@ class SetCriterion:
         num_layers, batch_size, num_queries, _ = logits.shape  # num_layers: G*L scored sets
         device = logits.device
         targets = pad_targets(labels, batch_size, num_queries, device)
-        matches = self.matcher(logits, boxes, targets, self.num_labels)
+        repeats = [1] * layers_in_output + [self.one_to_many_repeats] * (num_layers - layers_in_output)
+        matches = self.matcher(logits, boxes, targets, self.num_labels, repeats)
         num_boxes = self.num_boxes(targets.counts, device)
+        if self.one_to_many_repeats > 1:  # [G*L]: the repeated targets' count
+            num_boxes = num_boxes * torch.tensor(repeats, dtype=torch.float32).to(device, non_blocking=True)
 
         # classification over all queries: matched -> target class, others -> no-object (index K)
         no_object = self.num_labels

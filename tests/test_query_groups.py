@@ -74,6 +74,28 @@ def test_grouped_loss_is_the_mean_of_the_per_group_losses():
             assert losses[key].item() == pytest.approx(per_group[0][1][key].item(), rel=1e-6), key
 
 
+def test_hybrid_matching_scores_later_groups_against_repeated_targets():
+    """H-DETR: group 0 one-to-one, groups 1.. as if every target were given `repeats` times."""
+    generator = torch.Generator().manual_seed(3)
+    layers, batch_size, num_queries, classes, repeats = 2, 4, 8, 5, 2
+    logits = torch.randn(layers, batch_size, GROUPS * num_queries, classes + 1, generator=generator)
+    boxes = torch.rand(layers, batch_size, GROUPS * num_queries, 4, generator=generator) * 0.5 + 0.25
+    labels = labels_for(batch_size)
+    repeated = [{key: torch.cat([value] * repeats) for key, value in target.items()} for target in labels]
+    hybrid = SetCriterion(classes, HungarianMatcher(), one_to_many_repeats=repeats)
+    plain = SetCriterion(classes, HungarianMatcher())
+    total, losses = hybrid(logits, boxes, labels, num_groups=GROUPS)
+    per_group = [
+        plain(logits[:, :, g * num_queries : (g + 1) * num_queries], boxes[:, :, g * num_queries : (g + 1) * num_queries], labels if g == 0 else repeated)
+        for g in range(GROUPS)
+    ]  # fmt: skip
+    assert total.item() == pytest.approx(sum(t.item() for t, _ in per_group) / GROUPS, rel=1e-6)
+    assert total.item() != pytest.approx(plain(logits, boxes, labels, num_groups=GROUPS)[0].item(), rel=1e-3)
+    for key in ("loss_ce", "loss_bbox", "loss_giou_0"):
+        expected = sum(d[key].item() for _, d in per_group) / GROUPS
+        assert losses[key].item() == pytest.approx(expected, rel=1e-6), key
+
+
 def test_all_groups_are_matched_with_one_host_transfer():
     model = grouped_model().train()
     pixel_values, pixel_mask = padded_batch([(64, 64), (64, 48)])
