@@ -1,0 +1,111 @@
+"""Convergence curves: AP50 against updates for the built-in preset with and without each option.
+
+Each variant is one `hf-detr-train` run of the built-in preset (same seed, same data order) for a
+fixed number of updates, evaluated every `--eval-steps` on the built-in validation split, one after
+the other on this machine. Prints a markdown table (AP50 at every evaluation, minutes and updates/s)
+and writes it, with a PNG of the curves (needs matplotlib), under `--output`.
+
+    python benchmarks/bench_convergence.py --max-steps 600 --eval-steps 100 \\
+        --variant paper-queries= --variant groups-4=num_query_groups=4 --output docs/convergence
+
+A variant is NAME=SETTINGS, SETTINGS being comma-separated `flag=value` pairs of `hf-detr-train`
+(underscores or dashes); an empty SETTINGS is the preset as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    name, _, settings = text.partition("=")
+    flags = []
+    for pair in filter(None, settings.split(",")):
+        key, _, value = pair.partition("=")
+        flags += [f"--{key.strip().replace('_', '-')}", value.strip()]
+    return name, flags
+
+
+def run_variant(name: str, flags: list[str], args: argparse.Namespace) -> dict:
+    output_dir = args.work_dir / name
+    command = [
+        sys.executable, "-m", "hf_detr.training.cli", "--output-dir", str(output_dir),
+        "--max-steps", str(args.max_steps), "--eval-steps", str(args.eval_steps), "--eval-epochs", "100000",
+        "--time-limit-minutes", "none", *flags,
+    ]  # fmt: skip
+    start = time.monotonic()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    minutes = (time.monotonic() - start) / 60
+    records = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
+    curve = {r["step"]: r["AP50"] for r in records if r["event"] == "eval"}
+    trained = [r for r in records if r["event"] == "train"]
+    rate = sum(r["images_per_second"] for r in trained) / max(len(trained), 1) / args.batch_size
+    return {"name": name, "flags": " ".join(flags), "curve": curve, "minutes": minutes, "updates_per_s": rate}
+
+
+def markdown(results: list[dict]) -> str:
+    steps = sorted({step for result in results for step in result["curve"]})
+    header = "| variant | settings | " + " | ".join(str(s) for s in steps) + " | min | updates/s |"
+    lines = [header, "|" + "---|" * (len(steps) + 4)]
+    for r in results:
+        values = " | ".join(f"{r['curve'][s]:.3f}" if s in r["curve"] else "" for s in steps)
+        lines.append(
+            f"| {r['name']} | `{r['flags'] or '(preset)'}` | {values} | {r['minutes']:.1f} | {r['updates_per_s']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path, targets: list[tuple[int, float]]) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no picture (pip install matplotlib)")
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4), dpi=100)
+    for r in results:
+        steps = sorted(r["curve"])
+        axis.plot(steps, [r["curve"][s] for s in steps], marker="o", markersize=3, label=r["name"])
+    for step, value in targets:
+        axis.plot([step], [value], marker="*", color="black", markersize=10, linestyle="none")
+    axis.set_ylim(0, 1)
+    axis.set_xlabel("optimizer updates (batch 16)")
+    axis.set_ylabel("AP50, built-in val split")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", action="append", required=True, help="NAME=flag=value,flag=value")
+    parser.add_argument("--max-steps", type=int, default=600)
+    parser.add_argument("--eval-steps", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=16, help="the preset's, for updates/s")
+    parser.add_argument("--work-dir", type=Path, default=Path("outputs/convergence"))
+    parser.add_argument("--output", type=Path, default=None, help="OUTPUT.md and OUTPUT.png")
+    args = parser.parse_args()
+    results = []
+    for text in args.variant:
+        name, flags = parse_variant(text)
+        results.append(run_variant(name, flags, args))
+        print(markdown(results[-1:]).splitlines()[-1], flush=True)
+    table = markdown(results)
+    print(table)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.with_suffix(".md").write_text(table + "\n")
+        plot(results, args.output.with_suffix(".png"), [(600, 0.5)])
+
+
+if __name__ == "__main__":
+    main()
