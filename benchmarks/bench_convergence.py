@@ -44,7 +44,8 @@ def run_variant(name: str, flags: list[str], args: argparse.Namespace) -> dict:
     records = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
     curve = {r["step"]: r["AP50"] for r in records if r["event"] == "eval"}
     trained = [r for r in records if r["event"] == "train"]
-    rate = sum(r["images_per_second"] for r in trained) / max(len(trained), 1) / args.batch_size
+    batch_size = json.loads((output_dir / "training_args.json").read_text())["batch_size"]
+    rate = sum(r["images_per_second"] for r in trained) / max(len(trained), 1) / batch_size
     return {"name": name, "flags": " ".join(flags), "curve": curve, "minutes": minutes, "updates_per_s": rate}
 
 
@@ -90,7 +91,6 @@ def main() -> None:
     parser.add_argument("--variant", action="append", required=True, help="NAME=flag=value,flag=value")
     parser.add_argument("--max-steps", type=int, default=600)
     parser.add_argument("--eval-steps", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=16, help="the preset's, for updates/s")
     parser.add_argument("--work-dir", type=Path, default=Path("outputs/convergence"))
     parser.add_argument("--output", type=Path, default=None, help="OUTPUT.md and OUTPUT.png")
     args = parser.parse_args()

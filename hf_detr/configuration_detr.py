@@ -190,6 +190,11 @@ class HfDetrConfig(PreTrainedConfig):
             raise ValueError(
                 f"`trainable_backbone_layers` must be an integer in 0..5, got {self.trainable_backbone_layers!r}."
             )
+        if self.one_to_many_repeats > 1 and self.num_query_groups == 1:
+            raise ValueError(
+                "`one_to_many_repeats` > 1 matches the query groups after the first one-to-many, but "
+                "`num_query_groups` is 1: set num_query_groups to 2 or more."
+            )
         if self.eos_coefficient < 0:
             raise ValueError(f"`eos_coefficient` must be >= 0, got {self.eos_coefficient!r}.")
         if self.coco_category_ids is not None and len(self.coco_category_ids) != self.num_labels:

@@ -189,8 +189,10 @@ class HungarianMatcher:
             if not np.isfinite(block).all():  # an error path: further synchronisation is fine here
                 raise NonFiniteMatchingCostError(_non_finite_cost_message(image, logits, boxes))
             for layer in range(num_layers):
-                copies = repeats[layer] if repeats is not None else 1
-                rows, cols = linear_sum_assignment(np.tile(block[layer], (1, copies)))  # [N, k*T_b]
+                costs = block[layer]  # [N, T_b]
+                if repeats is not None and repeats[layer] > 1:
+                    costs = np.tile(costs, (1, repeats[layer]))  # [N, k*T_b]: target t is column t mod T_b
+                rows, cols = linear_sum_assignment(costs)
                 layers.append(np.full(len(rows), layer))
                 images.append(np.full(len(rows), image))
                 queries.append(rows)

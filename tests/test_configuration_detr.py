@@ -48,6 +48,9 @@ def test_num_labels_without_names_gives_generic_labels():
         ({"dropout": 1.5}, "dropout"),
         ({"activation_function": "tanh"}, "activation_function"),
         ({"num_labels": 2, "coco_category_ids": [1]}, "coco_category_ids"),
+        ({"num_query_groups": 0}, "num_query_groups"),
+        ({"num_query_groups": 2, "one_to_many_repeats": 0}, "one_to_many_repeats"),
+        ({"one_to_many_repeats": 3}, "one_to_many_repeats"),
     ],
 )
 def test_invalid_values_raise_value_error_naming_the_field(kwargs, field):

@@ -290,6 +290,8 @@ def test_config_files_and_flags(tmp_path):
         parse_args(["--mixed-precision", "fp8"])
     with pytest.raises(ValueError, match="preset"):
         parse_args(["--preset", "fast"])
+    with pytest.raises(ValueError, match="lr_scheduler_type must be step or cosine"):
+        parse_args(["--lr-scheduler-type", "linear"])
 
 
 def test_optional_flags_take_none():
