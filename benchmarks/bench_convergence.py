@@ -35,7 +35,7 @@ def run_variant(name: str, flags: list[str], args: argparse.Namespace) -> dict:
     output_dir = args.work_dir / name
     command = [
         sys.executable, "-m", "hf_detr.training.cli", "--output-dir", str(output_dir),
-        "--max-steps", str(args.max_steps), "--eval-steps", str(args.eval_steps), "--eval-epochs", "100000",
+        "--max-steps", str(args.max_steps), "--eval-steps", str(args.eval_steps), "--eval-epochs", "none",
         "--time-limit-minutes", "none", *flags,
     ]  # fmt: skip
     start = time.monotonic()

@@ -106,6 +106,9 @@ def test_a_step_that_ends_an_epoch_and_is_an_eval_step_is_evaluated_once(tmp_pat
     out = tmp_path / "run"
     train(arguments(out, shapes, max_steps=6, eval_steps=4, eval_epochs=1))
     assert [record["step"] for record in events(out, "eval")] == [4, 6]
+    # eval_epochs none: only the eval steps and the end (epochs end at steps 4, 8 and 12)
+    train(arguments(tmp_path / "steps", shapes, max_steps=10, eval_steps=6, eval_epochs=None))
+    assert [record["step"] for record in events(tmp_path / "steps", "eval")] == [6, 10]
 
 
 def test_two_cpu_processes_train_evaluate_and_save(tmp_path, shapes):
@@ -295,9 +298,10 @@ def test_config_files_and_flags(tmp_path):
 
 
 def test_optional_flags_take_none():
-    assert resolve_arguments({}).time_limit_minutes is not None  # the built-in preset sets one
-    args = parse_args(["--time-limit-minutes", "none", "--max-steps", "null", "--eval-split", "none"])
-    assert (args.time_limit_minutes, args.max_steps, args.eval_split) == (None, None, None)
+    builtin = resolve_arguments({})  # capped by updates, not by time: the same run on every machine
+    assert builtin.time_limit_minutes is None and builtin.max_steps is not None
+    args = parse_args(["--max-steps", "null", "--eval-split", "none", "--eval-epochs", "none"])
+    assert (args.max_steps, args.eval_split, args.eval_epochs) == (None, None, None)
     assert parse_args(["--time-limit-minutes", "2.5"]).time_limit_minutes == 2.5
     with pytest.raises(SystemExit):
         parse_args(["--max-steps", "many"])

@@ -199,7 +199,8 @@ def end_epoch(run: TrainingRun) -> None:
     """The epoch ended before the last update: evaluate every `eval_epochs` epochs, save."""
     run.state.epoch += 1
     run.state.step_in_epoch = 0
-    if run.state.epoch % run.args.eval_epochs == 0 and not is_eval_step(run):  # else evaluated just now
+    every = run.args.eval_epochs
+    if every and run.state.epoch % every == 0 and not is_eval_step(run):  # else evaluated just now
         run_evaluation(run)
     save(run)
 
