@@ -15,6 +15,7 @@ A variant is NAME=SETTINGS, SETTINGS being comma-separated `flag=value` pairs of
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -31,6 +32,20 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, flags
 
 
+def finished_with_these_settings(output_dir: Path, argv: list[str]) -> bool:
+    """Whether `output_dir` holds a completed run whose settings equal what `argv` resolves to now."""
+    from hf_detr.training import parse_args
+
+    log, saved = output_dir / "log.jsonl", output_dir / "training_args.json"
+    if not (log.is_file() and saved.is_file()):
+        return False
+    if '"reason": "completed"' not in log.read_text().splitlines()[-1]:
+        return False
+    expected = json.loads(json.dumps(dataclasses.asdict(parse_args(argv)), default=str))
+    found = json.loads(saved.read_text())
+    return {**found, "output_dir": None} == {**expected, "output_dir": None}  # the run may have been moved
+
+
 def run_variant(name: str, flags: list[str], args: argparse.Namespace) -> dict:
     output_dir = args.work_dir / name
     command = [
@@ -39,9 +54,14 @@ def run_variant(name: str, flags: list[str], args: argparse.Namespace) -> dict:
         "--time-limit-minutes", "none", *flags,
     ]  # fmt: skip
     start = time.monotonic()
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if args.reuse and finished_with_these_settings(output_dir, command[3:]):
+        print(f"{name}: reusing the finished run in {output_dir}")
+    else:
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     minutes = (time.monotonic() - start) / 60
     records = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
+    if args.reuse:
+        minutes = max(r.get("minutes", 0.0) for r in records)  # the run's own clock, not this call's
     curve = {r["step"]: r["AP50"] for r in records if r["event"] == "eval"}
     trained = [r for r in records if r["event"] == "train"]
     batch_size = json.loads((output_dir / "training_args.json").read_text())["batch_size"]
@@ -93,6 +113,9 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, default=100)
     parser.add_argument("--work-dir", type=Path, default=Path("outputs/convergence"))
     parser.add_argument("--output", type=Path, default=None, help="OUTPUT.md and OUTPUT.png")
+    parser.add_argument(
+        "--reuse", action="store_true", help="read a variant's finished run in --work-dir if its settings match"
+    )
     args = parser.parse_args()
     results = []
     for text in args.variant:

@@ -136,6 +136,8 @@ BUILTIN_PRESET: dict[str, Any] = {
     "backbone_learning_rate": 1e-3,  # a small scratch backbone learns fastest at 5x the transformer's
     "warmup_steps": 50,
     "class_loss_coefficient": 3.0,  # the classes are the bottleneck: loss_ce sits at ln 4 for hundreds of updates
+    "num_query_groups": 2,  # H-DETR's hybrid matching: a second group of 10 queries (training only)...
+    "one_to_many_repeats": 3,  # ...matched to every target repeated 3 times; the saved model is plain DETR
     "lr_drop": 0.8,  # x0.1 for the last 240 updates
     "max_steps": 1200,  # capped by updates, not time: the same model on every machine
     "eval_steps": 300,
