@@ -1,17 +1,22 @@
-"""HfDetrImageProcessor: images (and COCO annotations) in, padded batches out; predictions back to boxes.
+"""HfDetrImageProcessor: images (and COCO annotations) in, padded batches out; predictions back to boxes
+and segmentation maps.
 
 Preprocessing follows the official DETR evaluation transform: resize so the shorter side is 800 and the
 longer at most 1333 (PIL bilinear on 8-bit images, exactly as transformers' PIL backend), rescale to
 [0, 1], normalize with the ImageNet mean and std, pad bottom-right to the batch maximum with a
 `pixel_mask` (1 = real pixel). Each image is decoded, resized and normalized in a worker thread (PIL and
-torch release the GIL) and written once into the preallocated padded batch.
+torch release the GIL) and written once into the preallocated padded batch. Annotations come in COCO
+detection form (boxes, optionally polygon/RLE masks) or COCO panoptic form (PNG segment ids); masks are
+resized with PIL's nearest rule and padded like the pixels. Post-processing turns the outputs of a
+segmentation model (`logits`, `pred_masks`) into panoptic, instance or semantic maps with transformers'
+`DetrImageProcessor` signatures and output formats.
 
-Part of the self-contained "model files": no imports of other hf_detr modules.
+Annotation conversion and the segmentation helpers live in `image_processing_detr_segmentation.py`.
+Both are part of the self-contained "model files": relative imports of each other only, in one direction.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -23,6 +28,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 import torch
+from torch.nn import functional as F
 from torchvision.ops import box_convert
 from torchvision.transforms.v2 import functional as TF
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
@@ -33,6 +39,19 @@ from transformers.image_utils import (
     load_image,
 )
 
+from .image_processing_detr_segmentation import (
+    convert_annotation,
+    run_length_encoding,
+    segmentation_outputs,
+    segments_per_image,
+    target_size_list,
+)
+
+try:  # transformers >= 5.x: the output type of semantic post-processing with scores
+    from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
+except ImportError:  # pragma: no cover - older 5.x releases
+    SemanticSegmentationPostProcessorOutput = BatchFeature
+
 DEFAULT_SIZE = {"shortest_edge": 800, "longest_edge": 1333}
 SIZE_FORMS = (
     {"shortest_edge", "longest_edge"},
@@ -41,6 +60,7 @@ SIZE_FORMS = (
     {"max_height", "max_width"},
 )
 SIXTEEN_BIT_PIL_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+ANNOTATION_FORMATS = ("coco_detection", "coco_panoptic")
 _TORCH_INTERPOLATION = {
     PILImageResampling.NEAREST: TF.InterpolationMode.NEAREST,
     PILImageResampling.BILINEAR: TF.InterpolationMode.BILINEAR,
@@ -100,8 +120,8 @@ def normalize_size(size: Any, param_name: str = "size") -> dict[str, int]:
 
 
 class HfDetrImageProcessor(BaseImageProcessor):
-    r"""Prepares images (and COCO detection annotations) for [`HfDetrForObjectDetection`] and turns its
-    outputs into boxes.
+    r"""Prepares images (and COCO detection or panoptic annotations) for [`HfDetrForObjectDetection`] and
+    the segmentation model, and turns their outputs into boxes or segmentation maps.
 
     Args:
         do_convert_rgb: convert grayscale, RGBA (composited on white), palette and CMYK images to RGB.
@@ -112,10 +132,18 @@ class HfDetrImageProcessor(BaseImageProcessor):
         do_pad / pad_size: pad bottom-right to the batch maximum, or to a fixed `{"height", "width"}`.
         do_convert_annotations: return boxes as (cx, cy, w, h) normalized by the unpadded resized size.
         num_threads: worker threads for decoding and resizing (default: the CPU count, at most 8).
+        format: the annotation format, "coco_detection" or "coco_panoptic".
 
     Call it with `images` (PIL images, numpy arrays HWC/CHW, torch tensors, file paths, URLs, or lists
-    of them), optional `annotations` (COCO detection format), `return_tensors="pt"` or `"np"`, and
-    `device=` to do the work and return the batch on a GPU.
+    of them), optional `annotations`, `return_tensors="pt"` or `"np"`, and `device=` to do the work and
+    return the batch on a GPU. Annotations:
+
+    - "coco_detection": `{"image_id", "annotations": [{"bbox" (x, y, w, h), "category_id", "area",
+      "iscrowd", "segmentation" (polygons or RLE; read with return_segmentation_masks=True)}]}`.
+    - "coco_panoptic": `{"image_id", "file_name", "segments_info": [{"id", "category_id", "iscrowd",
+      "area"}]}` with the PNG at `masks_path / file_name` (ids = R + 256 G + 256^2 B), or the PNG
+      already decoded under the key `"panoptic_image"` (a PIL image, or an [H, W, 3] RGB / [H, W] id
+      array), so that datasets carrying the image need no folder. Masks are returned by default.
     """
 
     model_input_names = ["pixel_values", "pixel_mask"]
@@ -135,6 +163,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
         pad_size: Mapping[str, int] | None = None,
         do_convert_annotations: bool = True,
         num_threads: int | None = None,
+        format: str = "coco_detection",
         **kwargs,
     ) -> None:
         kwargs.pop("image_processor_type", None)
@@ -163,6 +192,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
             raise ValueError(f"`pad_size` must be a dict with 'height' and 'width', got {pad_size!r}.")
         self.do_convert_annotations = do_convert_annotations
         self.num_threads = num_threads
+        self.format = _annotation_format(format)
 
     # ------------------------------------------------------------------------------------------------
     # Preprocessing
@@ -177,14 +207,19 @@ class HfDetrImageProcessor(BaseImageProcessor):
         return_tensors: str | None = "pt",
         device: str | torch.device | None = None,
         input_data_format: str | None = None,
+        return_segmentation_masks: bool | None = None,
+        masks_path: str | os.PathLike | None = None,
         **overrides,
     ) -> BatchFeature:
         """Resize, rescale, normalize and pad `images`; convert `annotations` to `labels`.
 
         Returns a `BatchFeature` with `pixel_values` [B, C, H, W] float32, `pixel_mask` [B, H, W] bool
-        (True = real pixel; transformers returns int64 ones and zeros, which every model reads alike) and, with annotations, `labels`: one dict per image with `class_labels`,
-        `boxes`, `area`, `iscrowd`, `orig_size`, `size`, `image_id`. Any constructor argument can be
-        overridden for this call. Without padding, images of different sizes come back as a list.
+        (True = real pixel; transformers returns int64 ones and zeros, which every model reads alike)
+        and, with annotations, `labels`: one dict per image with `class_labels`, `boxes`, `area`,
+        `iscrowd`, `orig_size`, `size`, `image_id`, and with masks (panoptic by default, detection with
+        `return_segmentation_masks=True`) `masks` [n, H, W] bool, resized and padded with the image.
+        `masks_path` is the folder of the panoptic PNGs. Any constructor argument can be overridden for
+        this call. Without padding, images of different sizes come back as a list.
         """
         settings = self._settings(overrides)
         if return_tensors not in ("pt", "np", None):
@@ -242,8 +277,15 @@ class HfDetrImageProcessor(BaseImageProcessor):
         if pixel_mask is not None:
             data["pixel_mask"] = pixel_mask
         if annotations is not None:
+            padded_size = tuple(pixel_values.shape[-2:]) if pixel_mask is not None else None
+            options = {
+                "annotation_format": settings["format"],
+                "normalize_boxes": settings["do_convert_annotations"],
+                "return_masks": return_segmentation_masks,
+                "masks_path": masks_path,
+            }
             data["labels"] = [
-                self._convert_annotation(annotation, index, (s.height, s.width), size, settings)
+                convert_annotation(annotation, index, (s.height, s.width), size, padded_size, **options)
                 for index, (annotation, s, size) in enumerate(zip(annotations, sources, output_sizes))
             ]
         if return_tensors == "np":
@@ -253,7 +295,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
     def _settings(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         names = (
             "do_convert_rgb", "do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize",
-            "image_mean", "image_std", "do_pad", "pad_size", "do_convert_annotations", "num_threads",
+            "image_mean", "image_std", "do_pad", "pad_size", "do_convert_annotations", "num_threads", "format",
         )  # fmt: skip
         unknown = set(overrides) - set(names)
         if unknown:
@@ -266,6 +308,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
             settings["pad_size"] = normalize_size(settings["pad_size"], "pad_size")
         settings["image_mean"] = np.atleast_1d(settings["image_mean"]).astype(np.float64)
         settings["image_std"] = np.atleast_1d(settings["image_std"]).astype(np.float64)
+        settings["format"] = _annotation_format(settings["format"])
         return settings
 
     def _load(self, image: Any, index: int, input_data_format: str | None) -> _SourceImage:
@@ -408,51 +451,6 @@ class HfDetrImageProcessor(BaseImageProcessor):
         target.add_(torch.as_tensor(shift, dtype=torch.float32).to(target.device)[:, None, None])
 
     # ------------------------------------------------------------------------------------------------
-    # Annotations
-    # ------------------------------------------------------------------------------------------------
-    def _convert_annotation(
-        self,
-        annotation: Mapping[str, Any],
-        index: int,
-        original_size: tuple[int, int],
-        output_size: tuple[int, int],
-        settings: Mapping[str, Any],
-    ) -> dict[str, torch.Tensor]:
-        """COCO detection annotation -> DETR target (official `ConvertCocoPolysToMask` + resize + normalize)."""
-        objects = _validated_objects(annotation, index)
-        height, width = original_size
-        objects = [obj for obj in objects if not obj.get("iscrowd", 0)]
-        boxes = np.asarray([obj["bbox"] for obj in objects], dtype=np.float32).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        classes = np.asarray([obj["category_id"] for obj in objects], dtype=np.int64)[keep]
-        area = np.asarray(
-            [obj["area"] if "area" in obj else obj["bbox"][2] * obj["bbox"][3] for obj in objects],
-            dtype=np.float32,
-        )[keep]
-        boxes = boxes[keep]
-        out_height, out_width = output_size
-        ratio_height, ratio_width = out_height / height, out_width / width
-        boxes = boxes * np.asarray([ratio_width, ratio_height, ratio_width, ratio_height], dtype=np.float32)
-        area = area * (ratio_width * ratio_height)
-        boxes = torch.from_numpy(boxes)
-        if settings["do_convert_annotations"]:
-            boxes = box_convert(boxes, "xyxy", "cxcywh") / torch.tensor(
-                [out_width, out_height, out_width, out_height], dtype=torch.float32
-            )
-        return {
-            "image_id": torch.tensor([int(annotation.get("image_id", index))]),
-            "class_labels": torch.from_numpy(classes),
-            "boxes": boxes,
-            "area": torch.from_numpy(np.asarray(area, dtype=np.float32)),
-            "iscrowd": torch.zeros(len(classes), dtype=torch.long),
-            "orig_size": torch.tensor([height, width]),
-            "size": torch.tensor([out_height, out_width]),
-        }
-
-    # ------------------------------------------------------------------------------------------------
     # Post-processing
     # ------------------------------------------------------------------------------------------------
     def post_process_object_detection(
@@ -499,6 +497,86 @@ class HfDetrImageProcessor(BaseImageProcessor):
                 {"scores": image_scores[keep], "labels": image_labels[keep], "boxes": image_boxes[keep]}
             )
         return results
+
+    def post_process_semantic_segmentation(
+        self,
+        outputs: Any,
+        target_sizes: torch.Tensor | Sequence[Sequence[int]] | None = None,
+        return_segmentation_scores: bool = False,
+    ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
+        """Segmentation outputs -> one class map [H, W] per image (transformers' signature and output).
+
+        The score of class c at a pixel is the sum over queries of p(c | query) (softmax without the
+        no-object column) times the query's mask probability; maps are resized (bilinear) to
+        `target_sizes` before the argmax. With `return_segmentation_scores`, each item also carries
+        `segmentation_scores` [K, H, W].
+        """
+        logits, mask_logits = segmentation_outputs(outputs)
+        classes = logits.float().softmax(-1)[..., :-1]  # [B, N, K]
+        scores = torch.einsum("bqc,bqhw->bchw", classes, mask_logits.float().sigmoid())  # [B, K, h, w]
+        results = []
+        for image_scores, size in zip(scores, target_size_list(target_sizes, len(scores))):
+            if size is not None:
+                image_scores = F.interpolate(
+                    image_scores[None], size=size, mode="bilinear", align_corners=False
+                )[0]
+            results.append(
+                SemanticSegmentationPostProcessorOutput(
+                    data={"segmentation": image_scores.argmax(0), "segmentation_scores": image_scores}
+                )
+            )
+        if return_segmentation_scores:
+            return results
+        return [result["segmentation"] for result in results]
+
+    def post_process_instance_segmentation(
+        self,
+        outputs: Any,
+        threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        overlap_mask_area_threshold: float = 0.8,
+        target_sizes: torch.Tensor | Sequence[Sequence[int]] | None = None,
+        return_coco_annotation: bool | None = False,
+    ) -> list[dict[str, Any]]:
+        """Segmentation outputs -> per image `{"segmentation", "segments_info"}`, one segment per kept query.
+
+        As `post_process_panoptic_segmentation` without fusing. With `return_coco_annotation`,
+        `segmentation` is transformers' run-length form: for each segment id in increasing order (0 = no
+        segment), `[start, length, start, length, ...]` over the row-major pixels, starts counted from 1.
+        """
+        results = segments_per_image(
+            outputs, threshold, mask_threshold, overlap_mask_area_threshold, set(), target_sizes
+        )
+        if return_coco_annotation:
+            for result in results:
+                result["segmentation"] = run_length_encoding(result["segmentation"])
+        return results
+
+    def post_process_panoptic_segmentation(
+        self,
+        outputs: Any,
+        threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        overlap_mask_area_threshold: float = 0.8,
+        label_ids_to_fuse: set[int] | Sequence[int] | None = None,
+        target_sizes: torch.Tensor | Sequence[Sequence[int]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Segmentation outputs -> per image `{"segmentation" [H, W] int32, "segments_info"}`.
+
+        transformers' rule (from MaskFormer): keep queries whose best class (no-object included) is an
+        object with probability above `threshold`; weigh each mask probability by its query's score and
+        give every pixel to the best query; a query becomes a segment if it wins pixels and more than
+        `overlap_mask_area_threshold` of its own pixels (weighted probability >= `mask_threshold`).
+        Queries of a class in `label_ids_to_fuse` (stuff) share one segment. `segmentation` holds segment
+        ids from 1 (0: no segment; -1 everywhere when no query passes `threshold`), resized (bilinear, on
+        the probabilities) to `target_sizes` if given. `segments_info`: per segment query, `id`,
+        `label_id`, `was_fused`, `score` (rounded to 6 decimals). Unlike transformers, a segment after a
+        fused one never reuses an id already taken.
+        """
+        fuse = set() if label_ids_to_fuse is None else {int(label) for label in label_ids_to_fuse}
+        return segments_per_image(
+            outputs, threshold, mask_threshold, overlap_mask_area_threshold, fuse, target_sizes
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -602,34 +680,14 @@ def _warn_if_already_rescaled(pixels: torch.Tensor) -> None:
         )
 
 
-def _validated_objects(annotation: Any, index: int) -> list[Mapping[str, Any]]:
-    if not isinstance(annotation, Mapping) or not isinstance(annotation.get("annotations"), (list, tuple)):
-        raise ValueError(
-            f"annotations[{index}] must be a COCO detection dict {{'image_id', 'annotations': [...]}}, "
-            f"got {type(annotation).__name__} with keys {sorted(annotation) if isinstance(annotation, Mapping) else []}."
-        )
-    image_name = f"annotations[{index}] (image_id {annotation.get('image_id', '?')})"
-    for number, obj in enumerate(annotation["annotations"]):
-        where = f"{image_name}, object {number}"
-        if not isinstance(obj, Mapping):
-            raise ValueError(f"{where} must be a dict, got {type(obj).__name__}.")
-        for field in ("bbox", "category_id"):
-            if field not in obj:
-                raise ValueError(f"{where} has no '{field}'.")
-        bbox = obj["bbox"]
-        if (
-            not isinstance(bbox, (list, tuple, np.ndarray))
-            or len(bbox) != 4
-            or not all(isinstance(v, (int, float, np.number)) and math.isfinite(v) for v in bbox)
-        ):
-            raise ValueError(f"{where}: 'bbox' must be 4 finite numbers (x, y, w, h), got {bbox!r}.")
-        if isinstance(obj["category_id"], bool) or not isinstance(obj["category_id"], (int, np.integer)):
-            raise ValueError(f"{where}: 'category_id' must be an integer, got {obj['category_id']!r}.")
-        if "area" in obj and not (
-            isinstance(obj["area"], (int, float, np.number)) and math.isfinite(obj["area"])
-        ):
-            raise ValueError(f"{where}: 'area' must be a finite number, got {obj['area']!r}.")
-    return list(annotation["annotations"])
+# ----------------------------------------------------------------------------------------------------
+# Annotation format
+# ----------------------------------------------------------------------------------------------------
+def _annotation_format(value: Any) -> str:
+    name = getattr(value, "value", value)  # transformers' AnnotationFormat enum or a string
+    if name not in ANNOTATION_FORMATS:
+        raise ValueError(f"`format` must be one of {list(ANNOTATION_FORMATS)}, got {value!r}.")
+    return name
 
 
 def _to_numpy(data: dict[str, Any]) -> dict[str, Any]:

@@ -7,12 +7,14 @@ import math
 import torch
 from torch import nn
 
-# The model files `save_pretrained` copies next to the weights of a code-carrying checkpoint
+# The model files `save_pretrained` copies next to the weights of a code-carrying checkpoint (the
+# processor's module and, through its relative import, image_processing_detr_segmentation.py)
 MODEL_FILES = (
     "configuration_detr.py",
     "modeling_detr.py",
     "loss_detr.py",
     "image_processing_detr.py",
+    "image_processing_detr_segmentation.py",
 )
 
 TINY_TRANSFORMER = dict(

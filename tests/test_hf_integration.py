@@ -7,12 +7,16 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import PIL.Image
 import pytest
 import torch
 from conftest import REPO_ROOT
 from detr_testing import KNOWN_BOX, MODEL_FILES, known_prediction_model, known_score, tiny_hf_detr_config
+from safetensors.torch import load_file, save_file
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -58,8 +62,22 @@ def test_checkpoints_carry_their_code_and_auto_map(known_checkpoint):
         relative = set(re.findall(r"^from \.(\w+) import", text, flags=re.MULTILINE))
         assert {f"{module}.py" for module in relative} <= set(MODEL_FILES), (name, relative)
     assert set(MODEL_FILES) == {
-        "configuration_detr.py", "modeling_detr.py", "loss_detr.py", "image_processing_detr.py"
+        "configuration_detr.py", "modeling_detr.py", "loss_detr.py", "image_processing_detr.py",
+        "image_processing_detr_segmentation.py",
     }  # fmt: skip
+
+
+def test_processor_modules_import_each_other_in_one_direction():
+    """transformers copies a module's relative imports recursively: the processor module must import its
+    segmentation helpers, and they must import no model file back (no cycle)."""
+    directory = REPO_ROOT / "hf_detr"
+
+    def relative_imports(name: str) -> set[str]:
+        text = (directory / name).read_text()
+        return set(re.findall(r"^\s*from\s+\.(\S+)\s+import", text, flags=re.MULTILINE))
+
+    assert relative_imports("image_processing_detr.py") == {"image_processing_detr_segmentation"}
+    assert relative_imports("image_processing_detr_segmentation.py") == set()
 
 
 def test_transformers_detr_checkpoints_still_load_transformers_classes(tmp_path):
@@ -147,9 +165,13 @@ _WITHOUT_PACKAGE = textwrap.dedent(
                 raise ImportError("hf_detr is blocked in this process")
 
     sys.meta_path.insert(0, BlockHfDetr())
-    from transformers import AutoModelForObjectDetection, pipeline
+    from types import SimpleNamespace
 
-    directory, image = sys.argv[1], sys.argv[2]
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoImageProcessor, AutoModelForObjectDetection, pipeline
+
+    directory, image, processor_directory, case = sys.argv[1:5]
     try:
         import hf_detr  # noqa: F401
         raise SystemExit("hf_detr was importable")
@@ -160,20 +182,63 @@ _WITHOUT_PACKAGE = textwrap.dedent(
     detector = pipeline("object-detection", model=directory, trust_remote_code=True)
     trainable = sorted(name for name, parameter in model.named_parameters() if parameter.requires_grad)
     detections = detector(image, threshold=0.0)
-    print(json.dumps({"class": type(model).__name__, "detections": detections, "trainable": trainable}))
+
+    # a processor saved alone: panoptic annotations in, panoptic maps out, all through remote code
+    processor = AutoImageProcessor.from_pretrained(processor_directory, trust_remote_code=True)
+    assert type(processor).__module__.startswith("transformers_modules"), type(processor).__module__
+    with open(f"{case}/annotation.json") as file:
+        annotation = json.load(file)
+    labels = processor(f"{case}/image.png", annotation, format="coco_panoptic", masks_path=case)["labels"][0]
+    outputs = SimpleNamespace(**load_file(f"{case}/outputs.safetensors"))
+    panoptic = processor.post_process_panoptic_segmentation(outputs, 0.3, label_ids_to_fuse=[2])
+    maps = {f"segmentation_{i}": result["segmentation"] for i, result in enumerate(panoptic)}
+    tensors = {**maps, "masks": labels["masks"].to(torch.uint8), "boxes": labels["boxes"]}
+    save_file(tensors, f"{case}/remote.safetensors")
+    segments_info = [result["segments_info"] for result in panoptic]
+    report = {"class": type(model).__name__, "detections": detections, "trainable": trainable}
+    print(json.dumps({**report, "segments_info": segments_info}))
     """
 )
 
 
+def _panoptic_case(folder: Path) -> tuple[dict, SimpleNamespace]:
+    """A 40x30 image with its COCO panoptic PNG (three segments, RGB-coded ids) and annotation in
+    `folder`, and random segmentation outputs (2 images, 5 queries, 3 classes) in outputs.safetensors."""
+    folder.mkdir()
+    ids = np.zeros((30, 40), np.int64)
+    ids[2:20, 3:25], ids[12:28, 18:38], ids[25:, :6] = 70000, 1234, 5  # ids using all three channels
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
+    PIL.Image.fromarray(rgb).save(folder / "panoptic.png")
+    PIL.Image.fromarray(np.full((30, 40, 3), 90, np.uint8)).save(folder / "image.png")
+    segments = [{"id": i, "category_id": c, "iscrowd": 0} for i, c in ((70000, 1), (1234, 2), (5, 2))]
+    annotation = {"image_id": 7, "file_name": "panoptic.png", "segments_info": segments}
+    (folder / "annotation.json").write_text(json.dumps(annotation))
+    generator = torch.Generator().manual_seed(0)
+    outputs = {
+        "logits": torch.randn(2, 5, 4, generator=generator) * 3,  # [B, N, K+1]
+        "pred_masks": torch.randn(2, 5, 12, 16, generator=generator) * 4,  # [B, N, h, w]
+    }
+    save_file(outputs, folder / "outputs.safetensors")
+    return annotation, SimpleNamespace(**outputs)
+
+
 def test_code_carrying_checkpoint_loads_without_the_package(tmp_path, coco_image_dir):
-    """In a process where hf_detr cannot be imported, remote code gives the installed package's detections."""
+    """In a process where hf_detr cannot be imported, remote code gives the installed package's detections,
+    panoptic labels and panoptic maps (the processor's segmentation helpers travel in their own file)."""
     torch.manual_seed(1)
     model = HfDetrForObjectDetection(tiny_hf_detr_config(num_queries=5)).eval()
     model.save_pretrained(tmp_path)
-    HfDetrImageProcessor(size={"shortest_edge": 128, "longest_edge": 200}).save_pretrained(tmp_path)
+    processor = HfDetrImageProcessor(size={"shortest_edge": 128, "longest_edge": 200})
+    processor.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path / "processor")
+    assert {path.name for path in (tmp_path / "processor").iterdir()} == {
+        "preprocessor_config.json", "image_processing_detr.py", "image_processing_detr_segmentation.py"
+    }  # fmt: skip
+    annotation, outputs = _panoptic_case(tmp_path / "case")
     image = str(coco_image_dir / "000000039769.png")
+    arguments = [str(tmp_path), image, str(tmp_path / "processor"), str(tmp_path / "case")]
     result = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_PACKAGE, str(tmp_path), image],
+        [sys.executable, "-c", _WITHOUT_PACKAGE, *arguments],
         cwd=tmp_path,  # not the repository: hf_detr must not be importable from the working directory
         capture_output=True,
         text=True,
@@ -188,7 +253,19 @@ def test_code_carrying_checkpoint_loads_without_the_package(tmp_path, coco_image
     assert [d["label"] for d in remote["detections"]] == [d["label"] for d in local]
     assert [d["box"] for d in remote["detections"]] == [d["box"] for d in local]
     assert [d["score"] for d in remote["detections"]] == pytest.approx([d["score"] for d in local], abs=1e-6)
-    assert REPO_ROOT.exists()
+
+    labels = processor(
+        str(tmp_path / "case" / "image.png"), annotation, format="coco_panoptic", masks_path=tmp_path / "case"
+    )["labels"][0]
+    panoptic = processor.post_process_panoptic_segmentation(outputs, 0.3, label_ids_to_fuse=[2])
+    remote_tensors = load_file(tmp_path / "case" / "remote.safetensors")
+    assert labels["masks"].shape[0] == 3 and labels["masks"].any((1, 2)).all()  # every segment seen
+    assert torch.equal(remote_tensors["masks"].bool(), labels["masks"])
+    assert torch.equal(remote_tensors["boxes"], labels["boxes"])
+    assert any(result["segments_info"] for result in panoptic)  # the case exercises segment numbering
+    assert remote["segments_info"] == [result["segments_info"] for result in panoptic]
+    for i, result in enumerate(panoptic):
+        assert torch.equal(remote_tensors[f"segmentation_{i}"], result["segmentation"])
 
 
 # ---------------------------------------------------------------------------------------------------

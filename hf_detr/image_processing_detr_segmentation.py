@@ -1,0 +1,443 @@
+"""Annotations and segmentation for HfDetrImageProcessor: COCO annotations to DETR targets, and the
+outputs of a segmentation model to panoptic and instance maps.
+
+Annotations come in COCO detection form (boxes, optionally polygon/RLE masks) or COCO panoptic form
+(segment ids in a PNG: id = R + 256 G + 256^2 B). A raw target holds numpy boxes (absolute x0, y0, x1, y1)
+and areas in the original image, numpy class_labels and iscrowd, the image id, and optionally torch bool
+masks [n, H, W]; it is then resized as the image was (masks with PIL's nearest rule) and padded like the
+pixels, as the official `ConvertCocoPolysToMask` and `coco_panoptic.py` of DETR (Carion et al. 2020).
+
+Post-processing follows transformers' `DetrImageProcessor` rules (from MaskFormer) and output formats.
+
+Part of the self-contained "model files". `image_processing_detr.py` imports this module; it imports no
+other module of the package.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from torch.nn import functional as F
+from torchvision.ops import box_convert, masks_to_boxes
+
+PANOPTIC_IMAGE_KEY = "panoptic_image"  # a decoded panoptic PNG carried in the annotation itself
+
+
+# ----------------------------------------------------------------------------------------------------
+# Annotations
+# ----------------------------------------------------------------------------------------------------
+def convert_annotation(
+    annotation: Any,
+    index: int,
+    original_size: tuple[int, int],
+    output_size: tuple[int, int],
+    padded_size: tuple[int, int] | None,
+    annotation_format: str,
+    normalize_boxes: bool,
+    return_masks: bool | None,
+    masks_path: str | os.PathLike | None,
+) -> dict[str, torch.Tensor]:
+    """One COCO annotation -> DETR target: parsed in the original image, then resized, normalized and
+    (masks) padded to `padded_size` as the image was. Panoptic targets carry masks unless `return_masks`
+    is False; detection targets only when it is True."""
+    if annotation_format == "coco_panoptic":
+        target = _panoptic_target(annotation, index, original_size, masks_path)
+        if return_masks is False:
+            del target["masks"]
+    else:
+        target = _detection_target(annotation, index, original_size, bool(return_masks))
+    target = _resize_target(target, original_size, output_size, normalize_boxes)
+    if "masks" in target and padded_size is not None:
+        target["masks"] = _pad_masks(target["masks"], padded_size)
+    return target
+
+
+def _validated_objects(annotation: Any, index: int) -> list[Mapping[str, Any]]:
+    """The objects of a COCO detection annotation, each checked for a finite `bbox` and an integer id."""
+    if not isinstance(annotation, Mapping) or not isinstance(annotation.get("annotations"), (list, tuple)):
+        raise ValueError(
+            f"annotations[{index}] must be a COCO detection dict {{'image_id', 'annotations': [...]}}, "
+            f"got {type(annotation).__name__} with keys {sorted(annotation) if isinstance(annotation, Mapping) else []}."
+        )
+    image_name = f"annotations[{index}] (image_id {annotation.get('image_id', '?')})"
+    for number, obj in enumerate(annotation["annotations"]):
+        where = f"{image_name}, object {number}"
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"{where} must be a dict, got {type(obj).__name__}.")
+        for field in ("bbox", "category_id"):
+            if field not in obj:
+                raise ValueError(f"{where} has no '{field}'.")
+        bbox = obj["bbox"]
+        if (
+            not isinstance(bbox, (list, tuple, np.ndarray))
+            or len(bbox) != 4
+            or not all(isinstance(v, (int, float, np.number)) and math.isfinite(v) for v in bbox)
+        ):
+            raise ValueError(f"{where}: 'bbox' must be 4 finite numbers (x, y, w, h), got {bbox!r}.")
+        if isinstance(obj["category_id"], bool) or not isinstance(obj["category_id"], (int, np.integer)):
+            raise ValueError(f"{where}: 'category_id' must be an integer, got {obj['category_id']!r}.")
+        if "area" in obj and not (
+            isinstance(obj["area"], (int, float, np.number)) and math.isfinite(obj["area"])
+        ):
+            raise ValueError(f"{where}: 'area' must be a finite number, got {obj['area']!r}.")
+    return list(annotation["annotations"])
+
+
+def _detection_target(
+    annotation: Mapping[str, Any], index: int, original_size: tuple[int, int], return_masks: bool
+) -> dict[str, Any]:
+    """COCO detection objects: crowds dropped, boxes xywh -> xyxy clipped to the image, empty boxes dropped."""
+    height, width = original_size
+    objects = [obj for obj in _validated_objects(annotation, index) if not obj.get("iscrowd", 0)]
+    boxes = np.asarray([obj["bbox"] for obj in objects], dtype=np.float32).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    area = np.asarray(
+        [obj["area"] if "area" in obj else obj["bbox"][2] * obj["bbox"][3] for obj in objects],
+        dtype=np.float32,
+    )
+    target = {
+        "image_id": int(annotation.get("image_id", index)),
+        "class_labels": np.asarray([obj["category_id"] for obj in objects], dtype=np.int64)[keep],
+        "boxes": boxes[keep],
+        "area": area[keep],
+        "iscrowd": np.zeros(int(keep.sum()), dtype=np.int64),
+    }
+    if return_masks:
+        kept = [obj for obj, k in zip(objects, keep) if k]
+        target["masks"] = _object_masks(kept, index, height, width)
+    return target
+
+
+def _coco_mask_api() -> Any:
+    """The COCO mask codec: faster-coco-eval's, else pycocotools'."""
+    try:
+        from faster_coco_eval.core import mask
+    except ImportError:
+        try:
+            from pycocotools import mask
+        except ImportError as error:
+            raise ImportError(
+                "return_segmentation_masks=True with COCO detection annotations decodes polygons and RLE "
+                "with faster-coco-eval or pycocotools: `pip install faster-coco-eval`."
+            ) from error
+    return mask
+
+
+def _object_masks(objects: Sequence[Mapping[str, Any]], index: int, height: int, width: int) -> torch.Tensor:
+    """Polygon or RLE `segmentation` of each object -> bool masks [n, H, W]."""
+    masks = torch.zeros(len(objects), height, width, dtype=torch.bool)
+    api = _coco_mask_api() if objects else None
+    for number, obj in enumerate(objects):
+        where = f"annotations[{index}], object {number}"
+        segmentation = obj.get("segmentation")
+        if isinstance(segmentation, Mapping) and {"counts", "size"} <= set(segmentation):
+            if [int(v) for v in segmentation["size"]] != [height, width]:
+                raise ValueError(
+                    f"{where}: RLE 'size' {list(segmentation['size'])} differs from the image "
+                    f"({height}x{width})."
+                )
+            counts = segmentation["counts"]
+            rle = (
+                api.frPyObjects(dict(segmentation), height, width)
+                if isinstance(counts, list)
+                else {
+                    "size": [height, width],
+                    "counts": counts.encode() if isinstance(counts, str) else counts,
+                }
+            )
+            decoded = api.decode(rle)  # [H, W] uint8
+        elif isinstance(segmentation, (list, tuple)) and all(
+            isinstance(p, (list, tuple, np.ndarray)) and len(p) >= 6 and len(p) % 2 == 0 for p in segmentation
+        ):
+            if not segmentation:
+                continue
+            decoded = api.decode(api.frPyObjects([list(p) for p in segmentation], height, width)).any(-1)
+        else:
+            raise ValueError(
+                f"{where}: return_segmentation_masks=True needs a 'segmentation' of polygons "
+                f"([[x0, y0, x1, y1, x2, y2, ...], ...]) or an RLE {{'size', 'counts'}}, got {segmentation!r:.80}."
+            )
+        masks[number] = torch.from_numpy(np.ascontiguousarray(decoded, dtype=bool))
+    return masks
+
+
+def _panoptic_target(
+    annotation: Any, index: int, original_size: tuple[int, int], masks_path: str | os.PathLike | None
+) -> dict[str, Any]:
+    """COCO panoptic segments: one bool mask per segment id, boxes around the masks (official
+    `coco_panoptic.py`: `masks_to_boxes`, last pixel index as x1, y1), areas from `segments_info`."""
+    segments = _validated_segments(annotation, index)
+    ids = torch.as_tensor([int(segment["id"]) for segment in segments], dtype=torch.int64)
+    id_map = _panoptic_ids(annotation, index, original_size, masks_path)  # [H, W]
+    masks = id_map[None] == ids[:, None, None]  # [n, H, W]
+    missing = ids[~masks.flatten(1).any(1)].tolist()
+    if missing:
+        found = torch.unique(id_map)[:10].tolist()
+        raise ValueError(
+            f"annotations[{index}] (image_id {annotation.get('image_id', '?')}): segment id(s) {missing} of "
+            f"'segments_info' do not occur in the panoptic PNG (its ids include {found})."
+        )
+    area = [segment.get("area", float(mask.sum())) for segment, mask in zip(segments, masks)]
+    return {
+        "image_id": int(annotation.get("image_id", annotation.get("id", index))),
+        "class_labels": np.asarray([s["category_id"] for s in segments], dtype=np.int64),
+        "boxes": masks_to_boxes(masks).numpy().astype(np.float32).reshape(-1, 4),
+        "area": np.asarray(area, dtype=np.float32),
+        "iscrowd": np.asarray([int(s.get("iscrowd", 0)) for s in segments], dtype=np.int64),
+        "masks": masks,
+    }
+
+
+def _validated_segments(annotation: Any, index: int) -> list[Mapping[str, Any]]:
+    """The `segments_info` of a COCO panoptic annotation, each checked for integer `id`/`category_id`."""
+    if not isinstance(annotation, Mapping) or not isinstance(annotation.get("segments_info"), (list, tuple)):
+        keys = sorted(annotation) if isinstance(annotation, Mapping) else []
+        raise ValueError(
+            f"annotations[{index}] must be a COCO panoptic dict {{'image_id', 'file_name', 'segments_info': "
+            f"[...]}} for format='coco_panoptic', got {type(annotation).__name__} with keys {keys}."
+        )
+    for number, segment in enumerate(annotation["segments_info"]):
+        where = f"annotations[{index}] segments_info[{number}]"
+        if not isinstance(segment, Mapping):
+            raise ValueError(f"{where} must be a dict, got {type(segment).__name__}.")
+        for field in ("id", "category_id"):
+            value = segment.get(field)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{where}: '{field}' must be an integer, got {value!r}.")
+        if "area" in segment and not (
+            isinstance(segment["area"], (int, float, np.number)) and math.isfinite(segment["area"])
+        ):
+            raise ValueError(f"{where}: 'area' must be a finite number, got {segment['area']!r}.")
+    return list(annotation["segments_info"])
+
+
+def _panoptic_ids(
+    annotation: Mapping[str, Any], index: int, original_size: tuple[int, int], masks_path: Any
+) -> torch.Tensor:
+    """The segment id of every pixel [H, W] int64, from `annotation["panoptic_image"]` or the PNG file."""
+    image = annotation.get(PANOPTIC_IMAGE_KEY)
+    source = f"annotations[{index}][{PANOPTIC_IMAGE_KEY!r}]"
+    if image is None:
+        if masks_path is None:
+            raise ValueError(
+                f"format='coco_panoptic' needs `masks_path` (the folder of the panoptic PNGs) or the decoded "
+                f"PNG under annotations[{index}][{PANOPTIC_IMAGE_KEY!r}]; got neither."
+            )
+        if not isinstance(masks_path, (str, os.PathLike)):
+            raise ValueError(f"`masks_path` must be a str or path, got {type(masks_path).__name__}.")
+        file_name = annotation.get("file_name")
+        if not isinstance(file_name, str):
+            raise ValueError(f"annotations[{index}] needs a 'file_name' (str) of its PNG, got {file_name!r}.")
+        source = Path(masks_path) / file_name
+        if not source.is_file():
+            raise ValueError(f"annotations[{index}]: the panoptic PNG {str(source)!r} does not exist.")
+        with PIL.Image.open(source) as opened:
+            image = opened.copy()
+    ids = _segment_ids(image, source)
+    if tuple(ids.shape) != tuple(original_size):
+        raise ValueError(
+            f"The panoptic PNG {str(source)!r} is {ids.shape[0]}x{ids.shape[1]} (HxW) but its image is "
+            f"{original_size[0]}x{original_size[1]}."
+        )
+    return ids
+
+
+def _segment_ids(image: Any, source: Any) -> torch.Tensor:
+    """RGB-encoded ids (id = R + 256 G + 256^2 B, panopticapi's `rgb2id`) or a single-channel id map."""
+    if isinstance(image, PIL.Image.Image):
+        if image.mode in ("P", "PA", "LA"):  # palette colours are the RGB code; gray + alpha is gray
+            image = image.convert("L" if image.mode == "LA" else "RGB")
+        image = np.array(image)
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(np.ascontiguousarray(image))
+    if not isinstance(image, torch.Tensor) or image.is_floating_point() or image.dtype == torch.bool:
+        raise ValueError(
+            f"{source!s}: expected a PIL image or an integer array [H, W, 3] (RGB) or [H, W] (ids), got "
+            f"{type(image).__name__}{'' if not hasattr(image, 'dtype') else f' of dtype {image.dtype}'}."
+        )
+    image = image.to(torch.int64).cpu()
+    if image.ndim == 2:
+        return image
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        return image[..., 0] + 256 * image[..., 1] + 256 * 256 * image[..., 2]
+    raise ValueError(f"{source!s}: expected shape [H, W, 3] or [H, W], got {list(image.shape)}.")
+
+
+def _resize_target(
+    target: dict[str, Any], original_size: tuple[int, int], output_size: tuple[int, int], convert: bool
+) -> dict[str, torch.Tensor]:
+    """Scale boxes and areas to the resized image, resize masks; boxes to (cx, cy, w, h) in [0, 1] of the
+    unpadded resized size when `convert` (the official DETR `Normalize`)."""
+    (height, width), (out_height, out_width) = original_size, output_size
+    ratio_height, ratio_width = out_height / height, out_width / width
+    boxes = target["boxes"] * np.asarray([ratio_width, ratio_height, ratio_width, ratio_height], np.float32)
+    boxes = torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32))
+    if convert:
+        boxes = box_convert(boxes, "xyxy", "cxcywh") / torch.tensor(
+            [out_width, out_height, out_width, out_height], dtype=torch.float32
+        )
+    resized = {
+        "image_id": torch.tensor([target["image_id"]]),
+        "class_labels": torch.from_numpy(target["class_labels"]),
+        "boxes": boxes,
+        "area": torch.from_numpy(np.asarray(target["area"] * (ratio_width * ratio_height), dtype=np.float32)),
+        "iscrowd": torch.from_numpy(target["iscrowd"]),
+        "orig_size": torch.tensor([height, width]),
+        "size": torch.tensor([out_height, out_width]),
+    }
+    if "masks" in target:
+        resized["masks"] = _resize_masks(target["masks"], output_size)
+    return resized
+
+
+def _nearest_indices(size_in: int, size_out: int) -> torch.Tensor:
+    """Source index of each output pixel under PIL's NEAREST resize (its fixed-point rule, which torch's
+    'nearest-exact' misses by one pixel now and then): read off a resized 1-pixel-high index image."""
+    line = PIL.Image.fromarray(np.arange(size_in, dtype=np.int32)[None, :])  # mode "I"
+    return torch.from_numpy(np.asarray(line.resize((size_out, 1), PIL.Image.NEAREST))[0].astype(np.int64))
+
+
+def _resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[n, H, W] bool -> [n, h, w] bool, nearest as transformers' PIL backend (separable: rows, then columns)."""
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks
+    rows = _nearest_indices(masks.shape[-2], size[0])
+    columns = _nearest_indices(masks.shape[-1], size[1])
+    return masks[:, rows][:, :, columns]
+
+
+def _pad_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Pad bottom-right with False to `size`, as the pixels are padded."""
+    padded = torch.zeros(masks.shape[0], *size, dtype=torch.bool)
+    padded[:, : masks.shape[1], : masks.shape[2]] = masks
+    return padded
+
+
+# ----------------------------------------------------------------------------------------------------
+# Segmentation post-processing helpers
+# ----------------------------------------------------------------------------------------------------
+def segmentation_outputs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """`outputs.logits` [B, N, K+1] and `outputs.pred_masks` [B, N, h, w], checked."""
+    logits, masks = getattr(outputs, "logits", None), getattr(outputs, "pred_masks", None)
+    if not isinstance(logits, torch.Tensor) or not isinstance(masks, torch.Tensor):
+        raise TypeError(
+            "`outputs` must have tensors `logits` [B, N, K+1] and `pred_masks` [B, N, h, w] (the outputs "
+            f"of a DETR segmentation model), got logits={type(logits).__name__}, "
+            f"pred_masks={type(masks).__name__}."
+        )
+    if logits.ndim != 3 or masks.ndim != 4 or masks.shape[:2] != logits.shape[:2]:
+        raise ValueError(
+            f"`outputs.logits` must be [B, N, K+1] and `outputs.pred_masks` [B, N, h, w] with the same B and "
+            f"N, got {list(logits.shape)} and {list(masks.shape)}."
+        )
+    return logits, masks
+
+
+def target_size_list(target_sizes: Any, batch_size: int) -> list[tuple[int, int] | None]:
+    """`target_sizes` as one (height, width) per image, or None per image when not given."""
+    if target_sizes is None:
+        return [None] * batch_size
+    sizes = [tuple(int(v) for v in size) for size in target_sizes]
+    if len(sizes) != batch_size or any(len(size) != 2 or min(size) <= 0 for size in sizes):
+        raise ValueError(
+            f"`target_sizes` must hold one positive (height, width) per image ({batch_size}), got {sizes}."
+        )
+    return sizes
+
+
+def segments_per_image(
+    outputs: Any,
+    threshold: float,
+    mask_threshold: float,
+    overlap_mask_area_threshold: float,
+    label_ids_to_fuse: set[int],
+    target_sizes: Any,
+) -> list[dict[str, Any]]:
+    """Per image `{"segmentation", "segments_info"}` from the queries whose best class is an object
+    scoring above `threshold` (see `HfDetrImageProcessor.post_process_panoptic_segmentation`)."""
+    logits, mask_logits = segmentation_outputs(outputs)
+    probabilities = mask_logits.float().sigmoid()  # [B, N, h, w]
+    scores, labels = logits.float().softmax(-1).max(-1)  # [B, N]
+    keep = labels.ne(logits.shape[-1] - 1) & (scores > threshold)  # [B, N]
+    thresholds = (mask_threshold, overlap_mask_area_threshold)
+    results = []
+    for i, size in enumerate(target_size_list(target_sizes, len(logits))):
+        kept = (probabilities[i][keep[i]], scores[i][keep[i]], labels[i][keep[i]])
+        results.append(_image_segments(*kept, size, *thresholds, label_ids_to_fuse))
+    return results
+
+
+def _image_segments(
+    probabilities: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    size: tuple[int, int] | None,
+    mask_threshold: float,
+    overlap_mask_area_threshold: float,
+    label_ids_to_fuse: set[int],
+) -> dict[str, Any]:
+    """The kept queries of one image (mask probabilities [M, h, w], scores [M], labels [M]) -> segments."""
+    height, width = size if size is not None else probabilities.shape[-2:]
+    if len(scores) == 0:
+        segmentation = torch.full((height, width), -1, dtype=torch.int32, device=probabilities.device)
+        return {"segmentation": segmentation, "segments_info": []}
+    if size is not None:
+        probabilities = F.interpolate(probabilities[None], size=size, mode="bilinear", align_corners=False)[0]
+    weighted = probabilities * scores[:, None, None]  # [M, H, W]
+    owner = weighted.argmax(0)  # [H, W]: the query each pixel goes to
+    won = torch.bincount(owner.flatten(), minlength=len(scores))  # [M]
+    own = (weighted >= mask_threshold).flatten(1).sum(1)  # [M]
+    # the ratio in float32, compared in float64 with the threshold, as transformers' `.item() >`
+    valid = (won > 0) & (own > 0) & ((won / own).double() > overlap_mask_area_threshold)
+    segment_of_query, segments = _number_segments(
+        valid.tolist(), labels.tolist(), scores.tolist(), label_ids_to_fuse
+    )
+    lookup = torch.tensor(segment_of_query, dtype=torch.int32, device=owner.device)  # [M]
+    return {"segmentation": lookup[owner], "segments_info": segments}
+
+
+def _number_segments(
+    valid: list[bool], labels: list[int], scores: list[float], label_ids_to_fuse: set[int]
+) -> tuple[list[int], list[dict[str, Any]]]:
+    """Segment id of each query (0 if none) in query order; queries of a fused label share one id."""
+    segment_of_query, segments, fused, last_id = [0] * len(valid), [], {}, 0
+    for query, (is_segment, label, score) in enumerate(zip(valid, labels, scores)):
+        if not is_segment:
+            continue
+        should_fuse = label in label_ids_to_fuse
+        if should_fuse and label in fused:
+            segment_id = fused[label]
+        else:
+            last_id += 1
+            segment_id = last_id
+            if should_fuse:
+                fused[label] = segment_id
+        segment_of_query[query] = segment_id
+        segments.append(
+            {"id": segment_id, "label_id": label, "was_fused": should_fuse, "score": round(score, 6)}
+        )
+    return segment_of_query, segments
+
+
+def run_length_encoding(segmentation: torch.Tensor) -> list[list[int]]:
+    """Per segment id (increasing), `[start, length, ...]` runs of its row-major pixels, starts from 1."""
+    flat = segmentation.flatten().cpu()
+    change = torch.ones_like(flat, dtype=torch.bool)
+    change[1:] = flat[1:] != flat[:-1]
+    starts = change.nonzero().flatten()  # [R] 0-based run starts
+    lengths = torch.diff(starts, append=torch.tensor([len(flat)]))
+    values = flat[starts]
+    order = torch.sort(values, stable=True).indices  # runs grouped by id, in pixel order within an id
+    pairs = torch.stack([starts[order] + 1, lengths[order]], 1)  # [R, 2]
+    counts = torch.unique_consecutive(values[order], return_counts=True)[1].tolist()
+    return [group.flatten().tolist() for group in torch.split(pairs, counts)]
