@@ -4,6 +4,7 @@ The variables are set before transformers / huggingface_hub are imported by any 
 both read them at import time.
 """
 
+import json
 import os
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import PIL.Image  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -47,6 +49,15 @@ def coco_image_dir() -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"The shared test data is missing: {path}")
     return path
+
+
+@pytest.fixture(scope="module")
+def coco(coco_image_dir: Path) -> tuple:
+    """The shared COCO val2017 image (decoded) and its annotations in the processor's format."""
+    image = PIL.Image.open(coco_image_dir / "000000039769.png")
+    image.load()
+    instances = json.loads((coco_image_dir / "instances.json").read_text())
+    return image, {"image_id": 39769, "annotations": instances["annotations"]}
 
 
 @pytest.fixture(scope="session")

@@ -18,14 +18,6 @@ from hf_detr.modeling_detr import HfDetrObjectDetectionOutput
 
 
 @pytest.fixture(scope="module")
-def coco(coco_image_dir):
-    image = PIL.Image.open(coco_image_dir / "000000039769.png")
-    image.load()
-    instances = json.loads((coco_image_dir / "instances.json").read_text())
-    return image, {"image_id": 39769, "annotations": instances["annotations"]}
-
-
-@pytest.fixture(scope="module")
 def processor():
     return HfDetrImageProcessor()
 

@@ -169,14 +169,6 @@ def test_format_round_trips_through_preprocessor_config(tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # Detection annotations with polygon / RLE masks
 # ---------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def coco(coco_image_dir):
-    image = PIL.Image.open(coco_image_dir / "000000039769.png")
-    image.load()
-    instances = json.loads((coco_image_dir / "instances.json").read_text())
-    return image, {"image_id": 39769, "annotations": instances["annotations"]}
-
-
 def test_polygon_masks_equal_transformers_pil_backend(coco):
     image, annotation = coco
     size = {"shortest_edge": 120, "longest_edge": 200}
