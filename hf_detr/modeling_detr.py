@@ -600,7 +600,8 @@ class HfDetrPreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' `save_pretrained`, always of a plain DETR: a model trained with query groups is
-        written with group 0's queries only (`num_query_groups=1`), the model evaluation runs.
+        written with group 0's queries only (`num_query_groups=1`, `one_to_many_repeats=1`), the model
+        evaluation runs.
         Code-carrying checkpoints also map `AutoModel` to the base model."""
         if self._auto_class is not None:
             self.config.auto_map = {
@@ -617,11 +618,12 @@ class HfDetrPreTrainedModel(PreTrainedModel):
             else value
             for key, value in state_dict.items()
         }
-        self.config.num_query_groups = 1
+        repeats = self.config.one_to_many_repeats  # hybrid matching needs groups: plain DETR has neither
+        self.config.num_query_groups, self.config.one_to_many_repeats = 1, 1
         try:
             return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
         finally:
-            self.config.num_query_groups = num_groups
+            self.config.num_query_groups, self.config.one_to_many_repeats = num_groups, repeats
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

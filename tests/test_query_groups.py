@@ -105,8 +105,11 @@ def test_all_groups_are_matched_with_one_host_transfer():
     assert counter.calls == ["cpu"]
 
 
-def test_a_model_trained_with_groups_saves_as_plain_detr_with_group_0s_outputs(tmp_path, coco_image_dir):
-    model = grouped_model()
+@pytest.mark.parametrize("one_to_many_repeats", [1, 3], ids=["group-detr", "hybrid-matching"])
+def test_a_model_trained_with_groups_saves_as_plain_detr_with_group_0s_outputs(
+    tmp_path, coco_image_dir, one_to_many_repeats
+):
+    model = grouped_model(one_to_many_repeats=one_to_many_repeats)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     pixel_values, pixel_mask = padded_batch([(64, 64), (64, 48)])
     model.train()
@@ -123,7 +126,8 @@ def test_a_model_trained_with_groups_saves_as_plain_detr_with_group_0s_outputs(t
     assert model.config.num_query_groups == GROUPS  # the live model keeps its groups
 
     loaded = AutoModelForObjectDetection.from_pretrained(tmp_path)
-    assert loaded.config.num_query_groups == 1
+    assert (loaded.config.num_query_groups, loaded.config.one_to_many_repeats) == (1, 1)
+    assert model.config.one_to_many_repeats == one_to_many_repeats
     assert loaded.model.query_position_embeddings.num_embeddings == model.config.num_queries
     with torch.no_grad():
         reloaded = loaded(pixel_values, pixel_mask)
