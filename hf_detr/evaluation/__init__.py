@@ -1,4 +1,5 @@
-"""COCO detection evaluation: the 12 standard AP/AR stats, fast (faster-coco-eval) and distributed."""
+"""COCO detection evaluation (the 12 standard AP/AR stats, fast with faster-coco-eval, distributed) and
+panoptic quality (PQ/SQ/RQ, as panopticapi)."""
 
 from ..extras import require_extra
 
@@ -13,13 +14,17 @@ from .coco_evaluator import (
     label_to_category_mapping,
     split_to_coco,
 )
+from .panoptic import PanopticEvaluator, evaluate_coco_panoptic, read_panoptic_annotation
 
 __all__ = [
     "STAT_NAMES",
     "CocoEvaluator",
+    "PanopticEvaluator",
     "coco_ground_truth",
+    "evaluate_coco_panoptic",
     "evaluate_detections",
     "format_stats",
     "label_to_category_mapping",
+    "read_panoptic_annotation",
     "split_to_coco",
 ]
