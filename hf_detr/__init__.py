@@ -11,6 +11,7 @@ from .modeling_detr import (
     HfDetrObjectDetectionOutput,
     HfDetrPreTrainedModel,
 )
+from .modeling_detr_segmentation import HfDetrForSegmentation, HfDetrSegmentationOutput
 
 __version__ = "0.1.0"
 
@@ -22,7 +23,9 @@ def _register_with_transformers() -> None:
         AutoConfig,
         AutoImageProcessor,
         AutoModel,
+        AutoModelForImageSegmentation,
         AutoModelForObjectDetection,
+        AutoModelForUniversalSegmentation,
         AutoVideoProcessor,
     )
     from transformers.models.auto import modeling_auto
@@ -30,6 +33,9 @@ def _register_with_transformers() -> None:
     AutoConfig.register(HfDetrConfig.model_type, HfDetrConfig, exist_ok=True)
     AutoModel.register(HfDetrConfig, HfDetrModel, exist_ok=True)
     AutoModelForObjectDetection.register(HfDetrConfig, HfDetrForObjectDetection, exist_ok=True)
+    # where transformers maps its DetrForSegmentation
+    AutoModelForImageSegmentation.register(HfDetrConfig, HfDetrForSegmentation, exist_ok=True)
+    AutoModelForUniversalSegmentation.register(HfDetrConfig, HfDetrForSegmentation, exist_ok=True)
     # keyed by transformers' default backend name, so loading logs no fallback warning
     AutoImageProcessor.register(
         HfDetrConfig, image_processor_classes={"torchvision": HfDetrImageProcessor}, exist_ok=True
@@ -44,9 +50,16 @@ def _register_with_transformers() -> None:
     modeling_auto.MODEL_FOR_OBJECT_DETECTION_MAPPING_NAMES.setdefault(
         HfDetrConfig.model_type, HfDetrForObjectDetection.__name__
     )
+    # the same for `pipeline("image-segmentation")`, which merges these dicts
+    for names in (
+        modeling_auto.MODEL_FOR_IMAGE_SEGMENTATION_MAPPING_NAMES,
+        modeling_auto.MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES,
+    ):
+        names.setdefault(HfDetrConfig.model_type, HfDetrForSegmentation.__name__)
     HfDetrConfig.register_for_auto_class("AutoConfig")
     HfDetrModel.register_for_auto_class("AutoModel")
     HfDetrForObjectDetection.register_for_auto_class("AutoModelForObjectDetection")
+    HfDetrForSegmentation.register_for_auto_class("AutoModelForImageSegmentation")
     HfDetrImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 
@@ -56,9 +69,11 @@ __all__ = [
     "COCO_DETECTION_LABELS",
     "HfDetrConfig",
     "HfDetrForObjectDetection",
+    "HfDetrForSegmentation",
     "HfDetrImageProcessor",
     "HfDetrModel",
     "HfDetrModelOutput",
     "HfDetrObjectDetectionOutput",
     "HfDetrPreTrainedModel",
+    "HfDetrSegmentationOutput",
 ]

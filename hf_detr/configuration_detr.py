@@ -72,6 +72,13 @@ class HfDetrConfig(PreTrainedConfig):
     `one_to_many_repeats` k > 1, groups 1.. are matched to the targets repeated k times instead
     (H-DETR's hybrid matching, Jia et al., CVPR 2023): each target gets up to k queries per group.
 
+    Segmentation arguments (paper section 5, [`HfDetrForSegmentation`]): `use_masks` makes the backbone
+    return its stride-4, 8 and 16 feature maps for the mask head (the segmentation model sets it);
+    `mask_loss_coefficient` (sigmoid focal loss) and `dice_loss_coefficient` (DICE loss) weight the mask
+    losses of the matched queries. The mask head's GroupNorms need `d_model` a multiple of 16 whose
+    halvings are multiples of 8 (or below 8), and `d_model + encoder_attention_heads` a multiple of 8
+    (the attention maps have `encoder_attention_heads` heads, as in transformers' `DetrForSegmentation`).
+
     `coco_category_ids` optionally maps each label id to the dataset's original COCO category id
     (a list indexed by label id), so evaluation can report in COCO ids.
     """
@@ -115,6 +122,10 @@ class HfDetrConfig(PreTrainedConfig):
     bbox_loss_coefficient: float = 5.0
     giou_loss_coefficient: float = 2.0
     eos_coefficient: float = 0.1
+    # segmentation
+    use_masks: bool = False
+    mask_loss_coefficient: float = 1.0
+    dice_loss_coefficient: float = 1.0
     # dataset bookkeeping
     coco_category_ids: list[int] | None = None
 
@@ -197,12 +208,43 @@ class HfDetrConfig(PreTrainedConfig):
             )
         if self.eos_coefficient < 0:
             raise ValueError(f"`eos_coefficient` must be >= 0, got {self.eos_coefficient!r}.")
+        self.validate_segmentation_fields()
         if self.coco_category_ids is not None and len(self.coco_category_ids) != self.num_labels:
             raise ValueError(
                 f"`coco_category_ids` must have one entry per label ({self.num_labels}), "
                 f"got {len(self.coco_category_ids)}."
             )
         validate_backbone_name(self.backbone)
+
+    def validate_segmentation_fields(self) -> None:
+        """Raise `ValueError` naming the first segmentation field that cannot build the mask head."""
+        for name in ("mask_loss_coefficient", "dice_loss_coefficient"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
+        if not isinstance(self.use_masks, bool):
+            raise ValueError(f"`use_masks` must be True or False, got {self.use_masks!r}.")
+        if not self.use_masks:
+            return
+        if self.num_query_groups != 1:
+            raise ValueError(
+                f"`use_masks` (the segmentation model) supports `num_query_groups` = 1 only, got "
+                f"{self.num_query_groups}."
+            )
+        channels = mask_head_channels(self.d_model, self.encoder_attention_heads)
+        if self.d_model % 16 or any(c >= 8 and c % 8 for c in channels):
+            raise ValueError(
+                f"With `use_masks`, `d_model` ({self.d_model}) and `encoder_attention_heads` "
+                f"({self.encoder_attention_heads}) give mask-head widths {list(channels)}; GroupNorm with 8 "
+                "groups needs each to be a multiple of 8 (or below 8) and d_model a multiple of 16, "
+                "e.g. d_model 128 or 256 with 8 heads."
+            )
+
+
+def mask_head_channels(d_model: int, num_heads: int) -> tuple[int, ...]:
+    """Widths of the mask head's five convolutions (official `MaskHeadSmallConv`): d + heads, d/2, d/4,
+    d/8, d/16."""
+    return (d_model + num_heads, d_model // 2, d_model // 4, d_model // 8, d_model // 16)
 
 
 def validate_backbone_name(backbone: str) -> None:

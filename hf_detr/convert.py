@@ -1,6 +1,8 @@
 """Convert official (facebookresearch/detr) and `transformers` DETR checkpoints to hf_detr.
 
-Both converters rename keys by explicit rules and refuse to guess: a key that no rule maps, or a
+Detection checkpoints become `HfDetrForObjectDetection`; panoptic ones (the official `DETRsegm`
+releases, keys `detr.*`, `bbox_attention.*`, `mask_head.*`, and transformers' `DetrForSegmentation`)
+become `HfDetrForSegmentation`. Both converters rename keys by explicit rules and refuse to guess: a key that no rule maps, or a
 weight our model lacks or shapes differently, is an error that lists the offending names.
 Weights are read without unpickling arbitrary objects: safetensors, or `torch.load(weights_only=True)`.
 """
@@ -19,6 +21,7 @@ import torch
 from .configuration_detr import COCO_DETECTION_LABELS, HfDetrConfig
 from .image_processing_detr import HfDetrImageProcessor
 from .modeling_detr import HfDetrForObjectDetection
+from .modeling_detr_segmentation import HfDetrForSegmentation
 
 StateDict = dict[str, torch.Tensor]
 # (pattern, replacement) pairs applied with re.fullmatch, the first match wins; a replacement is a
@@ -95,6 +98,23 @@ HF_RESNET_RULES: RenameRules = [
 ]  # fmt: skip
 
 PANOPTIC_MARKERS = ("bbox_attention.", "mask_head.")
+DETECTOR_PREFIX = "detr."  # the detector's weights inside a segmentation checkpoint
+
+# the segmentation heads: the official names (also transformers' on-disk names) are ours; transformers
+# v5's in-memory names too
+SEGMENTATION_HEAD_RULES: RenameRules = [
+    (r"bbox_attention\.(q|k)_(?:linear|proj)\.(weight|bias)", r"bbox_attention.\1_linear.\2"),
+    (r"mask_head\.(lay[1-5]|gn[1-5]|out_lay|adapter[1-3])\.(weight|bias)", r"mask_head.\1.\2"),
+    (r"mask_head\.conv([12])\.conv\.(weight|bias)", r"mask_head.lay\1.\2"),
+    (r"mask_head\.conv([12])\.norm\.(weight|bias)", r"mask_head.gn\1.\2"),
+    (r"mask_head\.fpn_stages\.([0-2])\.fpn_adapter\.(weight|bias)",
+     lambda m: f"mask_head.adapter{int(m[1]) + 1}.{m[2]}"),
+    (r"mask_head\.fpn_stages\.([0-2])\.refine\.conv\.(weight|bias)",
+     lambda m: f"mask_head.lay{int(m[1]) + 3}.{m[2]}"),
+    (r"mask_head\.fpn_stages\.([0-2])\.refine\.norm\.(weight|bias)",
+     lambda m: f"mask_head.gn{int(m[1]) + 3}.{m[2]}"),
+    (r"mask_head\.output_conv\.(weight|bias)", r"mask_head.out_lay.\1"),
+]  # fmt: skip
 
 
 class CheckpointConversionError(ValueError):
@@ -132,12 +152,31 @@ def _drop_batch_norm_counters(state_dict: StateDict) -> StateDict:
     return {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
 
 
-def _refuse_panoptic(state_dict: Mapping[str, torch.Tensor]) -> None:
-    if any(key.startswith("detr.") or any(m in key for m in PANOPTIC_MARKERS) for key in state_dict):
+def is_segmentation_state_dict(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """True for a panoptic checkpoint: a detector under `detr.` and the mask head beside it."""
+    return any(key.startswith((DETECTOR_PREFIX, *PANOPTIC_MARKERS)) for key in state_dict)
+
+
+def _refuse_panoptic(state_dict: Mapping[str, torch.Tensor], converter: str) -> None:
+    if is_segmentation_state_dict(state_dict):
         raise CheckpointConversionError(
-            "This is a panoptic segmentation checkpoint (DETR + mask head); hf_detr converts box "
-            "detection checkpoints only, as long as it has no panoptic head."
+            "This is a panoptic segmentation checkpoint (DETR + mask head), not a detector's state dict: "
+            f"convert it with {converter} (or convert_checkpoint, which tells the two apart)."
         )
+
+
+def split_segmentation_state_dict(
+    state_dict: Mapping[str, torch.Tensor], source: str
+) -> tuple[StateDict, StateDict]:
+    """(the detector's weights without the `detr.` prefix, the mask head's and attention map's weights
+    under hf_detr names); a key that is neither is an error naming it."""
+    detector = {k[len(DETECTOR_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(DETECTOR_PREFIX)}
+    heads = {k: v for k, v in state_dict.items() if not k.startswith(DETECTOR_PREFIX)}
+    return detector, rename_keys(_drop_batch_norm_counters(heads), SEGMENTATION_HEAD_RULES, source)
+
+
+def _join_segmentation(detector: StateDict, heads: StateDict) -> StateDict:
+    return {**{DETECTOR_PREFIX + k: v for k, v in detector.items()}, **heads}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -175,10 +214,17 @@ def split_fused_attention(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
 
 
 def convert_original_state_dict(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
-    """Official key names -> hf_detr key names."""
-    _refuse_panoptic(state_dict)
+    """Official detector key names -> hf_detr key names."""
+    _refuse_panoptic(state_dict, "convert_original_panoptic_state_dict")
     split = split_fused_attention(_drop_batch_norm_counters(dict(state_dict)))
     return rename_keys(split, ORIGINAL_RULES, "official DETR")
+
+
+def convert_original_panoptic_state_dict(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """Official `DETRsegm` key names (`detr.*`, `bbox_attention.*`, `mask_head.*`) -> hf_detr's
+    `HfDetrForSegmentation` key names."""
+    detector, heads = split_segmentation_state_dict(state_dict, "official DETR panoptic")
+    return _join_segmentation(convert_original_state_dict(detector), heads)
 
 
 def _count_blocks(state_dict: Mapping[str, torch.Tensor], prefix: str, stage: int) -> int:
@@ -211,9 +257,12 @@ def original_config(
     backbone: str | None = None,
     dilation: bool | None = None,
     num_labels: int | None = None,
+    segmentation: bool = False,
 ) -> HfDetrConfig:
-    """The hf_detr config of an official checkpoint: shapes from the weights, the rest from the
-    checkpoint's training `args`, explicit arguments overriding both (and checked against the weights)."""
+    """The hf_detr config of an official checkpoint (`state_dict`: the detector's weights): shapes from
+    the weights, the rest from the checkpoint's training `args`, explicit arguments overriding both (and
+    checked against the weights). `segmentation`: a panoptic checkpoint's, with `use_masks` and the
+    mask loss weights."""
     inferred_backbone = infer_resnet_name(state_dict, "backbone.0.body.")
     if backbone is None:
         backbone = args.get("backbone", inferred_backbone)
@@ -240,6 +289,15 @@ def original_config(
         else {i: f"LABEL_{i}" for i in range(classes_in_weights)}
     )
     dropout = float(args.get("dropout", 0.1))
+    masks = (
+        dict(
+            use_masks=True,
+            mask_loss_coefficient=float(args.get("mask_loss_coef", 1.0)),
+            dice_loss_coefficient=float(args.get("dice_loss_coef", 1.0)),
+        )
+        if segmentation
+        else {}
+    )
     return HfDetrConfig(
         backbone=backbone,
         dilation=bool(args.get("dilation", False)) if dilation is None else dilation,
@@ -264,6 +322,7 @@ def original_config(
         eos_coefficient=float(args.get("eos_coef", 0.1)),
         id2label=labels,
         label2id={name: i for i, name in labels.items()},
+        **masks,
     )
 
 
@@ -272,12 +331,17 @@ def convert_original_checkpoint(
     backbone: str | None = None,
     dilation: bool | None = None,
     num_labels: int | None = None,
-) -> HfDetrForObjectDetection:
-    """An official facebookresearch/detr `.pth` as an `HfDetrForObjectDetection` in eval mode."""
+) -> HfDetrForObjectDetection | HfDetrForSegmentation:
+    """An official facebookresearch/detr `.pth` as an `HfDetrForObjectDetection`, or for a panoptic
+    release (e.g. detr-r50-panoptic, 250 classes) an `HfDetrForSegmentation`, in eval mode."""
     state_dict, args = load_original_checkpoint(path)
-    _refuse_panoptic(state_dict)
-    config = original_config(state_dict, args, backbone, dilation, num_labels)
-    return build_model(config, convert_original_state_dict(state_dict), "official DETR")
+    if not is_segmentation_state_dict(state_dict):
+        config = original_config(state_dict, args, backbone, dilation, num_labels)
+        return build_model(config, convert_original_state_dict(state_dict), "official DETR")
+    detector, heads = split_segmentation_state_dict(state_dict, "official DETR panoptic")
+    config = original_config(detector, args, backbone, dilation, num_labels, segmentation=True)
+    converted = _join_segmentation(convert_original_state_dict(detector), heads)
+    return build_model(config, converted, "official DETR panoptic", HfDetrForSegmentation)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -345,8 +409,11 @@ def _transformers_backbone(config: Mapping[str, Any]) -> tuple[str, bool, bool, 
     return name, dilation, True, channels
 
 
-def transformers_config(config: Mapping[str, Any], num_classes: int | None = None) -> HfDetrConfig:
-    """The hf_detr config equivalent to a transformers DETR config.json (architecture, labels, losses).
+def transformers_config(
+    config: Mapping[str, Any], num_classes: int | None = None, segmentation: bool = False
+) -> HfDetrConfig:
+    """The hf_detr config equivalent to a transformers DETR config.json (architecture, labels, losses);
+    `segmentation`: a `DetrForSegmentation`'s, with `use_masks` and the mask loss weights.
 
     transformers v5 writes no `id2label` for its default labels and loads such a checkpoint as
     LABEL_0, LABEL_1, ...; here too, with `num_classes` (from the class head's shape) of them.
@@ -363,7 +430,16 @@ def transformers_config(config: Mapping[str, Any], num_classes: int | None = Non
         "auxiliary_loss", "class_cost", "bbox_cost", "giou_cost", "bbox_loss_coefficient",
         "giou_loss_coefficient", "eos_coefficient",
     )  # fmt: skip
+    if segmentation:
+        copied += ("mask_loss_coefficient", "dice_loss_coefficient")
+        if config.get("activation_function", "relu") != "relu":
+            raise CheckpointConversionError(
+                f"transformers' mask head uses activation_function={config['activation_function']!r}; "
+                "hf_detr's is the official one, with ReLU: this checkpoint cannot be converted exactly."
+            )
     kwargs = {key: config[key] for key in copied if key in config}
+    if segmentation:
+        kwargs["use_masks"] = True
     id2label = {int(k): v for k, v in (config.get("id2label") or {}).items()}
     if not id2label and num_classes is None:
         raise CheckpointConversionError(
@@ -389,8 +465,8 @@ def transformers_config(config: Mapping[str, Any], num_classes: int | None = Non
 def convert_transformers_state_dict(
     state_dict: Mapping[str, torch.Tensor], uses_timm_names: bool = True
 ) -> StateDict:
-    """transformers DETR key names -> hf_detr key names."""
-    _refuse_panoptic(state_dict)
+    """transformers `DetrForObjectDetection` key names -> hf_detr key names."""
+    _refuse_panoptic(state_dict, "convert_transformers_segmentation_state_dict")
     renamed = rename_keys(
         _drop_batch_norm_counters(dict(state_dict)), TRANSFORMERS_RULES, "transformers DETR"
     )
@@ -402,23 +478,43 @@ def convert_transformers_state_dict(
     return {**others, **{_BACKBONE + k: v for k, v in converted.items()}}
 
 
-def convert_transformers_checkpoint(directory: str | Path) -> HfDetrForObjectDetection:
-    """A transformers DETR checkpoint directory as an `HfDetrForObjectDetection` in eval mode."""
+def convert_transformers_segmentation_state_dict(
+    state_dict: Mapping[str, torch.Tensor], uses_timm_names: bool = True
+) -> StateDict:
+    """transformers `DetrForSegmentation` key names -> hf_detr's `HfDetrForSegmentation` key names."""
+    detector, heads = split_segmentation_state_dict(state_dict, "transformers DetrForSegmentation")
+    return _join_segmentation(convert_transformers_state_dict(detector, uses_timm_names), heads)
+
+
+def convert_transformers_checkpoint(
+    directory: str | Path,
+) -> HfDetrForObjectDetection | HfDetrForSegmentation:
+    """A transformers DETR checkpoint directory as an `HfDetrForObjectDetection`, or for a
+    `DetrForSegmentation` an `HfDetrForSegmentation`, in eval mode."""
     state_dict, config_dict = load_transformers_checkpoint(directory)
-    _refuse_panoptic(state_dict)
-    head = state_dict.get("class_labels_classifier.bias")
-    config = transformers_config(config_dict, None if head is None else head.shape[0] - 1)
+    segmentation = is_segmentation_state_dict(state_dict)
+    prefix = DETECTOR_PREFIX if segmentation else ""
+    head = state_dict.get(f"{prefix}class_labels_classifier.bias")
+    config = transformers_config(config_dict, None if head is None else head.shape[0] - 1, segmentation)
     _, _, uses_timm_names, _ = _transformers_backbone(config_dict)
-    converted = convert_transformers_state_dict(state_dict, uses_timm_names)
-    return build_model(config, converted, "transformers DETR")
+    if not segmentation:
+        converted = convert_transformers_state_dict(state_dict, uses_timm_names)
+        return build_model(config, converted, "transformers DETR")
+    converted = convert_transformers_segmentation_state_dict(state_dict, uses_timm_names)
+    return build_model(config, converted, "transformers DetrForSegmentation", HfDetrForSegmentation)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Loading into hf_detr
 # ---------------------------------------------------------------------------------------------------
-def build_model(config: HfDetrConfig, state_dict: StateDict, source: str) -> HfDetrForObjectDetection:
-    """Build our model for `config` and load `state_dict` strictly (names and shapes)."""
-    model = HfDetrForObjectDetection(config)
+def build_model(
+    config: HfDetrConfig,
+    state_dict: StateDict,
+    source: str,
+    model_class: type[HfDetrForObjectDetection | HfDetrForSegmentation] = HfDetrForObjectDetection,
+) -> HfDetrForObjectDetection | HfDetrForSegmentation:
+    """Build `model_class` for `config` and load `state_dict` strictly (names and shapes)."""
+    model = model_class(config)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
@@ -451,9 +547,9 @@ def convert_checkpoint(
     backbone: str | None = None,
     dilation: bool | None = None,
     num_labels: int | None = None,
-) -> HfDetrForObjectDetection:
+) -> HfDetrForObjectDetection | HfDetrForSegmentation:
     """Convert and `save_pretrained` into `output_dir` (config.json, model.safetensors and
-    preprocessor_config.json)."""
+    preprocessor_config.json); panoptic checkpoints give a segmentation model."""
     if source == "original":
         model = convert_original_checkpoint(checkpoint, backbone, dilation, num_labels)
     elif source == "transformers":
@@ -466,7 +562,8 @@ def convert_checkpoint(
     else:
         raise CheckpointConversionError(f"--source must be 'original' or 'transformers', got {source!r}.")
     model.save_pretrained(output_dir)
-    image_processor_for(source, checkpoint).save_pretrained(output_dir)
+    segmentation = isinstance(model, HfDetrForSegmentation)
+    image_processor_for(source, checkpoint, segmentation).save_pretrained(output_dir)
     return model
 
 
@@ -477,27 +574,36 @@ _PROCESSOR_SETTINGS = (
 )  # fmt: skip
 
 
-def image_processor_for(source: str, checkpoint: str | Path) -> HfDetrImageProcessor:
+def image_processor_for(
+    source: str, checkpoint: str | Path, segmentation: bool = False
+) -> HfDetrImageProcessor:
     """The processor of a converted checkpoint: the official evaluation settings, or for a transformers
-    checkpoint, the settings of its preprocessor_config.json where it has one."""
+    checkpoint, the settings of its preprocessor_config.json where it has one. A segmentation model's
+    processor reads COCO panoptic annotations unless the transformers processor says otherwise."""
+    settings: dict[str, Any] = {"format": "coco_panoptic"} if segmentation else {}
     config_file = Path(checkpoint) / "preprocessor_config.json"
-    if source != "transformers" or not config_file.is_file():
-        return HfDetrImageProcessor()
-    saved = json.loads(config_file.read_text())
-    return HfDetrImageProcessor(**{k: saved[k] for k in _PROCESSOR_SETTINGS if saved.get(k) is not None})
+    if source == "transformers" and config_file.is_file():
+        saved = json.loads(config_file.read_text())
+        settings.update({k: saved[k] for k in _PROCESSOR_SETTINGS if saved.get(k) is not None})
+        if saved.get("format") in ("coco_detection", "coco_panoptic"):
+            settings["format"] = saved["format"]
+    return HfDetrImageProcessor(**settings)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="hf-detr-convert",
-        description="Convert an official DETR .pth or a transformers DETR directory to hf_detr.",
+        description="Convert an official DETR .pth or a transformers DETR directory to hf_detr "
+        "(panoptic checkpoints become segmentation models).",
     )
     parser.add_argument("--source", required=True, choices=("original", "transformers"))
     parser.add_argument("--checkpoint", required=True, help="official .pth file or transformers directory")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--backbone", default=None, help="official .pth only, e.g. resnet50 or resnet101")
     parser.add_argument("--dilation", action="store_true", default=None, help="official .pth only: DC5 model")
-    parser.add_argument("--num-labels", type=int, default=None, help="official .pth only (91 for COCO)")
+    parser.add_argument(
+        "--num-labels", type=int, default=None, help="official .pth only (91 for COCO, 250 for panoptic)"
+    )
     parser.add_argument(
         "--push-to-hub", metavar="REPO_ID", default=None, help="also upload it, with a model card"
     )
@@ -529,8 +635,10 @@ __all__ = [
     "CheckpointConversionError",
     "convert_checkpoint",
     "convert_original_checkpoint",
+    "convert_original_panoptic_state_dict",
     "convert_original_state_dict",
     "convert_transformers_checkpoint",
+    "convert_transformers_segmentation_state_dict",
     "convert_transformers_state_dict",
     "main",
 ]

@@ -1,4 +1,5 @@
-"""DETR's set-prediction loss (paper section 3.1): Hungarian matching, then CE + L1 + GIoU.
+"""DETR's set-prediction loss (paper section 3.1): Hungarian matching, then CE + L1 + GIoU, and for the
+segmentation model (section 5) sigmoid focal + DICE losses of the matched queries' masks.
 
 All decoder layers are matched and scored together: the costs of every layer and image are built as
 one [L, B, N, T] block (T = the batch's largest target count; padded targets are ignored), copied to
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
-from torchvision.ops import box_convert
+from torchvision.ops import box_convert, sigmoid_focal_loss
 
 from .configuration_detr import HfDetrConfig
 
@@ -65,13 +66,19 @@ class PaddedTargets:
 
 @dataclass
 class Matches:
-    """Matched (layer, image, query, target) quadruples for all decoder layers, on the device."""
+    """Matched (layer, image, query, target) quadruples for all decoder layers, on the device, ordered
+    by layer: layer l's matches are entries `layer_starts[l]:layer_starts[l + 1]` (host ints)."""
 
     layer: torch.Tensor  # [M] long
     image: torch.Tensor  # [M] long
     query: torch.Tensor  # [M] long
     target: torch.Tensor  # [M] long
     num_layers: int
+    layer_starts: tuple[int, ...] = ()
+
+    def layer_slice(self, layer: int) -> slice:
+        """The entries of one layer's matches (selected without waiting on the device)."""
+        return slice(self.layer_starts[layer], self.layer_starts[layer + 1])
 
     def per_image(self, layer: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The official format for one layer: per image (query indices, target indices), sorted by query."""
@@ -169,7 +176,7 @@ class HungarianMatcher:
         device = logits.device
         if max(targets.counts, default=0) == 0:
             empty = torch.zeros(0, dtype=torch.long, device=device)
-            return Matches(empty, empty, empty, empty, num_layers)
+            return Matches(empty, empty, empty, empty, num_layers, (0,) * (num_layers + 1))
 
         cost = self.cost(logits, boxes, targets)  # [L, B, N, T]
         # the single device-to-host transfer of a training step: the costs and the labels to validate
@@ -181,15 +188,19 @@ class HungarianMatcher:
         boxes_np = host[sum(sizes) :].reshape(targets.boxes.shape)
         validate_targets_on_host(raw_ids, boxes_np, targets.counts, num_labels)
 
-        layers, images, queries, target_indices = [], [], [], []
         for image, count in enumerate(targets.counts):
-            if count == 0:
-                continue
-            block = cost_np[:, image, :, :count]  # [L, N, T_b]
-            if not np.isfinite(block).all():  # an error path: further synchronisation is fine here
+            # an error path: further synchronisation is fine here
+            if count and not np.isfinite(cost_np[:, image, :, :count]).all():
                 raise NonFiniteMatchingCostError(_non_finite_cost_message(image, logits, boxes))
-            for layer in range(num_layers):
-                costs = block[layer]  # [N, T_b]
+
+        layers, images, queries, target_indices = [], [], [], []
+        layer_starts = [0]
+        for layer in range(num_layers):  # layer-major, so each layer's matches are one slice
+            layer_start = layer_starts[-1]
+            for image, count in enumerate(targets.counts):
+                if count == 0:
+                    continue
+                costs = cost_np[layer, image, :, :count]  # [N, T_b]
                 if repeats is not None and repeats[layer] > 1:
                     costs = np.tile(costs, (1, repeats[layer]))  # [N, k*T_b]: target t is column t mod T_b
                 rows, cols = linear_sum_assignment(costs)
@@ -197,10 +208,12 @@ class HungarianMatcher:
                 images.append(np.full(len(rows), image))
                 queries.append(rows)
                 target_indices.append(cols % count)
+                layer_start += len(rows)
+            layer_starts.append(layer_start)
         flat = torch.as_tensor(
             np.stack([np.concatenate(x) for x in (layers, images, queries, target_indices)]).astype(np.int64)
         ).to(device, non_blocking=True)  # host-to-device, queued without waiting
-        return Matches(flat[0], flat[1], flat[2], flat[3], num_layers)
+        return Matches(flat[0], flat[1], flat[2], flat[3], num_layers, tuple(layer_starts))
 
 
 def validate_targets_on_host(
@@ -240,6 +253,58 @@ def _non_finite_cost_message(image: int, logits: torch.Tensor, boxes: torch.Tens
     )
 
 
+def stack_target_masks(labels: Labels, counts: list[int], device: torch.device) -> torch.Tensor:
+    """Every image's `masks` [n_b, H_b, W_b] zero-padded bottom-right to the batch's largest H and W (as
+    the official `nested_tensor_from_tensor_list`) and concatenated: [sum n_b, H, W] float32 on `device`.
+
+    Only host-side metadata is checked (the shapes), so nothing waits on the device."""
+    masks = []
+    for index, (target, count) in enumerate(zip(labels, counts)):
+        if "masks" not in target:
+            raise ValueError(
+                f"labels[{index}] has no 'masks': a segmentation model needs one [n, H, W] mask per object."
+            )
+        mask = torch.as_tensor(target["masks"])
+        if mask.is_complex() or mask.ndim != 3 or mask.shape[0] != count:
+            if count == 0 and mask.numel() == 0:
+                continue
+            raise ValueError(
+                f"labels[{index}]['masks'] must be a real tensor of shape [{count}, height, width] (one mask "
+                f"per class label), got {mask.dtype} of shape {list(mask.shape)}."
+            )
+        masks.append(mask)
+    if not masks:
+        return torch.zeros((0, 1, 1), device=device)
+    height = max(mask.shape[1] for mask in masks)
+    width = max(mask.shape[2] for mask in masks)
+    padded = [
+        F.pad(
+            mask.to(device, non_blocking=True).float(), (0, width - mask.shape[2], 0, height - mask.shape[1])
+        )
+        for mask in masks
+    ]
+    return torch.cat(padded)  # [sum n_b, H, W]
+
+
+def mask_losses(
+    mask_logits: torch.Tensor, target_masks: torch.Tensor, num_boxes: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sigmoid focal loss (alpha 0.25, gamma 2; mean over pixels) and DICE loss (1 - (2|PT| + 1) /
+    (|P| + |T| + 1)) of matched pairs, each summed over masks and divided by `num_boxes` (paper
+    section 5). mask_logits [M, h, w] are upsampled bilinearly (align_corners=False) to the targets'
+    [M, H, W] size first, as the official `loss_masks`."""
+    upsampled = F.interpolate(
+        mask_logits[:, None], size=target_masks.shape[-2:], mode="bilinear", align_corners=False
+    )
+    logits = upsampled.flatten(1)  # [M, H*W]
+    targets = target_masks.flatten(1)  # [M, H*W]
+    focal = sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0, reduction="none").mean(1)  # [M]
+    probabilities = logits.sigmoid()
+    overlap = 2 * (probabilities * targets).sum(1)
+    dice = 1 - (overlap + 1) / (probabilities.sum(1) + targets.sum(1) + 1)  # [M]
+    return focal.sum() / num_boxes, dice.sum() / num_boxes
+
+
 def groups_as_layers(tensor: torch.Tensor, num_groups: int) -> torch.Tensor:
     """[L, B, G*N, C] -> [G*L, B, N, C], set g*L + l holding group g of layer l."""
     num_layers, batch_size, total_queries, channels = tensor.shape
@@ -263,6 +328,10 @@ class SetCriterion:
     the host in one transfer), and each loss is the mean over groups; the logged errors are group 0's.
     With `one_to_many_repeats` k > 1 the groups after group 0 are matched to the targets repeated k
     times (H-DETR's hybrid matching) and their box losses divided by k times the number of boxes.
+
+    Given `pred_masks` (the segmentation model, paper section 5), the output layer's matched queries
+    also get loss_mask (sigmoid focal) and loss_dice against the labels' `masks`; the auxiliary layers
+    get no mask losses, as in the official code. The matching does not change.
     """
 
     def __init__(
@@ -274,6 +343,8 @@ class SetCriterion:
         bbox_loss_coefficient: float = 5.0,
         giou_loss_coefficient: float = 2.0,
         one_to_many_repeats: int = 1,
+        mask_loss_coefficient: float = 1.0,
+        dice_loss_coefficient: float = 1.0,
     ) -> None:
         self.num_labels = num_labels
         self.one_to_many_repeats = one_to_many_repeats
@@ -283,6 +354,8 @@ class SetCriterion:
             "loss_ce": class_loss_coefficient,
             "loss_bbox": bbox_loss_coefficient,
             "loss_giou": giou_loss_coefficient,
+            "loss_mask": mask_loss_coefficient,
+            "loss_dice": dice_loss_coefficient,
         }
 
     @classmethod
@@ -296,25 +369,41 @@ class SetCriterion:
             config.bbox_loss_coefficient,
             config.giou_loss_coefficient,
             config.one_to_many_repeats,
+            config.mask_loss_coefficient,
+            config.dice_loss_coefficient,
         )
 
     def __call__(
-        self, logits: torch.Tensor, boxes: torch.Tensor, labels: Labels, num_groups: int = 1
+        self,
+        logits: torch.Tensor,
+        boxes: torch.Tensor,
+        labels: Labels,
+        num_groups: int = 1,
+        pred_masks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """logits [L, B, G*N, K+1], boxes [L, B, G*N, 4] (all decoder layers, the last is the output;
-        G = `num_groups` groups of N queries, group 0 first)."""
+        G = `num_groups` groups of N queries, group 0 first); pred_masks [B, N, h, w] mask logits of the
+        output layer (segmentation; `labels` then carry `masks` [n, H, W])."""
         if logits.ndim == 3:
             logits, boxes = logits[None], boxes[None]
         if logits.shape[-1] != self.num_labels + 1:
             raise ValueError(
                 f"logits have {logits.shape[-1]} classes but the loss expects num_labels + 1 = {self.num_labels + 1}."
             )
+        if pred_masks is not None:
+            _check_pred_masks(pred_masks, logits, num_groups)
+            pred_masks = pred_masks.float()
         device_type = logits.device.type
         with torch.autocast(device_type=device_type, enabled=False):  # matching and loss in fp32
-            return self._compute(logits.float(), boxes.float(), labels, num_groups)
+            return self._compute(logits.float(), boxes.float(), labels, num_groups, pred_masks)
 
     def _compute(
-        self, logits: torch.Tensor, boxes: torch.Tensor, labels: Labels, num_groups: int
+        self,
+        logits: torch.Tensor,
+        boxes: torch.Tensor,
+        labels: Labels,
+        num_groups: int,
+        pred_masks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         layers_in_output = logits.shape[0]
         logits, boxes = groups_as_layers(logits, num_groups), groups_as_layers(boxes, num_groups)
@@ -387,7 +476,42 @@ class SetCriterion:
             + self.weights["loss_bbox"] * loss_bbox.sum()
             + self.weights["loss_giou"] * loss_giou.sum()
         )
+        if pred_masks is not None:
+            output_layer = layers_in_output - 1
+            layer_boxes = num_boxes[output_layer] if num_boxes.ndim else num_boxes
+            loss_dict["loss_mask"], loss_dict["loss_dice"] = self.mask_losses(
+                pred_masks, labels, targets.counts, matches, output_layer, layer_boxes
+            )
+            total = (
+                total
+                + self.weights["loss_mask"] * loss_dict["loss_mask"]
+                + self.weights["loss_dice"] * loss_dict["loss_dice"]
+            )
         return total, loss_dict
+
+    @staticmethod
+    def mask_losses(
+        pred_masks: torch.Tensor,
+        labels: Labels,
+        counts: list[int],
+        matches: Matches,
+        layer: int,
+        num_boxes: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """loss_mask and loss_dice of `layer`'s matched queries: pred_masks [B, N, h, w] against the
+        labels' masks, selected without waiting on the device."""
+        selected = matches.layer_slice(layer)
+        image, query, target = matches.image[selected], matches.query[selected], matches.target[selected]
+        device = pred_masks.device
+        target_masks = stack_target_masks(labels, counts, device)  # [sum n_b, H, W]
+        first_mask = torch.as_tensor(np.cumsum([0, *counts[:-1]])).to(device, non_blocking=True)  # [B]
+        loss_mask, loss_dice = mask_losses(
+            pred_masks[image, query], target_masks[first_mask[image] + target], num_boxes
+        )
+        if selected.stop == selected.start:  # keep the mask head in the graph (DDP expects every gradient)
+            loss_mask = loss_mask + 0 * pred_masks.sum()
+            loss_dice = loss_dice + 0 * pred_masks.sum()
+        return loss_mask, loss_dice
 
     @staticmethod
     def num_boxes(counts: list[int], device: torch.device) -> torch.Tensor:
@@ -399,11 +523,25 @@ class SetCriterion:
         return num_boxes.clamp(min=1)
 
 
+def _check_pred_masks(pred_masks: torch.Tensor, logits: torch.Tensor, num_groups: int) -> None:
+    if num_groups != 1:
+        raise ValueError(f"Mask losses support one query group only, got num_groups={num_groups}.")
+    expected = logits.shape[1:3]  # B, N
+    if not isinstance(pred_masks, torch.Tensor) or pred_masks.ndim != 4 or pred_masks.shape[:2] != expected:
+        shape = list(pred_masks.shape) if isinstance(pred_masks, torch.Tensor) else type(pred_masks).__name__
+        raise ValueError(
+            f"`pred_masks` must have shape [batch, queries, height, width] = [{expected[0]}, {expected[1]}, h, w], "
+            f"got {shape}."
+        )
+
+
 __all__ = [
     "HungarianMatcher",
     "Matches",
     "NonFiniteMatchingCostError",
     "SetCriterion",
     "generalized_box_iou",
+    "mask_losses",
     "pad_targets",
+    "stack_target_masks",
 ]

@@ -53,6 +53,9 @@ class HfDetrModelOutput(ModelOutput):
     feature_mask: [B, H, W] bool, True where the feature map covers real (unpadded) pixels; gives the
         feature map size for reshaping attention maps.
     *_hidden_states / *_attentions: per-layer tuples when requested.
+    backbone_features / projected_features: with `config.use_masks` only (the segmentation model's mask
+        head): the backbone's layer1, layer2, layer3 maps (strides 4, 8, 16), and [B, H*W, d] the input
+        projection of its last map (the encoder input).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -64,6 +67,8 @@ class HfDetrModelOutput(ModelOutput):
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
     encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    backbone_features: tuple[torch.FloatTensor, ...] | None = None
+    projected_features: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -77,6 +82,7 @@ class HfDetrObjectDetectionOutput(ModelOutput):
     pred_boxes: [B, N, 4] normalized (cx, cy, w, h) boxes of the last decoder layer.
     auxiliary_outputs: one `{"logits", "pred_boxes"}` dict per decoder layer but the last (by default
         when `config.auxiliary_loss` is on and the model trains or gets `labels`; see `forward`).
+    The other fields are [`HfDetrModelOutput`]'s.
     """
 
     loss: torch.FloatTensor | None = None
@@ -92,6 +98,8 @@ class HfDetrObjectDetectionOutput(ModelOutput):
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
     encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    backbone_features: tuple[torch.FloatTensor, ...] | None = None
+    projected_features: torch.FloatTensor | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,8 +188,9 @@ def trainable_backbone_stages(trainable_layers: int) -> tuple[str, ...]:
 
 
 class HfDetrBackbone(nn.Module):
-    """A timm ResNet giving the last stage's feature map (stride 32, or 16 with `dilation`) and the
-    pixel mask resized to it.
+    """A timm ResNet giving the last stage's feature map (stride 32, or 16 with `dilation`), the pixel
+    mask resized to it, and with `config.use_masks` the maps of layer1, layer2 and layer3 (strides 4, 8,
+    16) for the segmentation model's mask head (paper section 5).
 
     Stages outside `trainable_backbone_layers` are frozen with frozen BatchNorm; the trainable
     stages use frozen BatchNorm too unless `freeze_backbone_batch_norm=False` (paper section A.3).
@@ -199,14 +208,16 @@ class HfDetrBackbone(nn.Module):
             name,
             pretrained=pretrained,
             features_only=True,
-            out_indices=(4,),
+            out_indices=(1, 2, 3, 4) if config.use_masks else (4,),
             output_stride=16 if config.dilation else 32,
             in_chans=config.num_channels,
             # timm zeroes the last BN scale of each block by default; frozen, that would keep every
             # residual branch of a backbone built from scratch dead (torchvision does not do it either)
             zero_init_last=False,
         )
-        self.num_channels: int = self.body.feature_info.channels()[-1]
+        # channels of the returned maps, the last stage's last: (C4,) or (C1, C2, C3, C4)
+        self.stage_channels: tuple[int, ...] = tuple(self.body.feature_info.channels())
+        self.num_channels: int = self.stage_channels[-1]
 
         self.trainable_stages = trainable_backbone_stages(config.trainable_backbone_layers)
         for stage_name, stage in self.body.named_children():
@@ -230,12 +241,14 @@ class HfDetrBackbone(nn.Module):
 
     def forward(
         self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """-> last map [B, C, h, w], its mask [B, h, w] (True = real pixel), earlier stages' maps (empty
+        without `use_masks`)."""
         pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-        features = self.body(pixel_values)[-1]  # [B, C, H/32, W/32]
+        *earlier, features = self.body(pixel_values)  # features: [B, C, H/32, W/32]
         # nearest-neighbour downsampling of the mask, as the official code does
         feature_mask = F.interpolate(pixel_mask[:, None].float(), size=features.shape[-2:])[:, 0]
-        return features, feature_mask.bool()  # [B, C, h, w], [B, h, w]
+        return features, feature_mask.bool(), tuple(earlier)
 
 
 def _building_on_meta_device() -> bool:
@@ -757,7 +770,8 @@ class HfDetrModel(HfDetrPreTrainedModel):
         batch_size, _, height, width = pixel_values.shape
         if pixel_mask is None:
             pixel_mask = torch.ones((batch_size, height, width), dtype=torch.bool, device=pixel_values.device)
-        features, feature_mask = self.backbone(pixel_values, pixel_mask)  # [B, C, h, w], [B, h, w]
+        # [B, C, h, w], [B, h, w], and with use_masks the stride-4, 8, 16 maps
+        features, feature_mask, backbone_features = self.backbone(pixel_values, pixel_mask)
         projected = self.input_projection(features).flatten(2).transpose(1, 2)  # [B, h*w, d]
         positions = self.position_embedding(feature_mask).to(projected.dtype)  # [B, h*w, d]
         key_mask = feature_mask.flatten(1)[:, None, None, :]  # [B, 1, 1, h*w], True = attend
@@ -791,6 +805,8 @@ class HfDetrModel(HfDetrPreTrainedModel):
             cross_attentions=cross_attentions,
             encoder_hidden_states=encoder_hidden,
             encoder_attentions=encoder_attentions,
+            backbone_features=backbone_features if self.config.use_masks else None,
+            projected_features=projected if self.config.use_masks else None,
         )
         return output if return_dict else output.to_tuple()
 
@@ -868,6 +884,8 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
             cross_attentions=outputs.cross_attentions,
             encoder_hidden_states=outputs.encoder_hidden_states,
             encoder_attentions=outputs.encoder_attentions,
+            backbone_features=outputs.backbone_features,
+            projected_features=outputs.projected_features,
         )
         return output if return_dict else output.to_tuple()
 

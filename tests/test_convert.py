@@ -9,14 +9,17 @@ import torch
 from detr_testing import TINY_TRANSFORMER
 from test_parity import (
     _tiny_transformers_config,
+    official_panoptic_state_dict,
     official_state_dict,
     random_reference,
+    random_segmentation_reference,
     write_official_checkpoint,
 )
 
 from hf_detr.convert import (
     CheckpointConversionError,
     convert_checkpoint,
+    convert_original_panoptic_state_dict,
     convert_original_state_dict,
     convert_transformers_state_dict,
     main,
@@ -145,3 +148,50 @@ def test_conversion_writes_a_preprocessor_config_with_the_source_settings(tmp_pa
         "shortest_edge": 800,
         "longest_edge": 1333,
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Segmentation (panoptic) checkpoints
+# ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def segmentation_reference():
+    return random_segmentation_reference(num_queries=4, encoder_layers=1, decoder_layers=1)
+
+
+def test_unknown_panoptic_head_keys_are_listed(tmp_path, segmentation_reference):
+    official = official_panoptic_state_dict(segmentation_reference, tmp_path / "transformers")
+    with pytest.raises(CheckpointConversionError, match=r"1 key\(s\).*panoptic.*mask_head\.lay9\.weight"):
+        convert_original_panoptic_state_dict({**official, "mask_head.lay9.weight": torch.zeros(1)})
+
+
+def test_detector_converters_name_the_segmentation_converter_for_panoptic_weights(segmentation_reference):
+    with pytest.raises(CheckpointConversionError, match="convert_transformers_segmentation_state_dict"):
+        convert_transformers_state_dict(segmentation_reference.state_dict())
+
+
+def test_a_transformers_mask_head_with_another_activation_is_refused(tmp_path, segmentation_reference):
+    segmentation_reference.save_pretrained(tmp_path / "src")
+    config = json.loads((tmp_path / "src" / "config.json").read_text())
+    config["activation_function"] = "gelu"  # transformers' mask head would use it; the official has ReLU
+    (tmp_path / "src" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointConversionError, match="activation_function='gelu'.*ReLU"):
+        convert_checkpoint("transformers", tmp_path / "src", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_converted_segmentation_checkpoint_carries_its_code_and_mask_loss_weights(
+    tmp_path, segmentation_reference
+):
+    segmentation_reference.config.mask_loss_coefficient = 2  # transformers types it int
+    try:
+        segmentation_reference.save_pretrained(tmp_path / "src")
+    finally:
+        segmentation_reference.config.mask_loss_coefficient = 1
+    convert_checkpoint("transformers", tmp_path / "src", tmp_path / "out")
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["use_masks"] is True and config["mask_loss_coefficient"] == 2
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_detr.HfDetrConfig",
+        "AutoModelForImageSegmentation": "modeling_detr_segmentation.HfDetrForSegmentation",
+    }
+    assert (tmp_path / "out" / "modeling_detr_segmentation.py").is_file()

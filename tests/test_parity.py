@@ -19,9 +19,10 @@ import sys
 import pytest
 import torch
 from detr_testing import TINY_TRANSFORMER, max_abs_diff, padded_batch, randomize_for_parity
-from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+from safetensors.torch import load_file
+from transformers import DetrConfig, DetrForObjectDetection, DetrForSegmentation, ResNetConfig
 
-from hf_detr import HfDetrForObjectDetection
+from hf_detr import HfDetrForObjectDetection, HfDetrForSegmentation, HfDetrImageProcessor
 from hf_detr.convert import main as convert_main
 
 TOLERANCE = 1e-4
@@ -265,3 +266,74 @@ def test_official_dc5_checkpoint_via_command_line_parity_1e4(tmp_path):
     ours = HfDetrForObjectDetection.from_pretrained(target).eval()
     assert ours.config.dilation and ours.config.id2label[1] == "person" and ours.config.id2label[12] == "N/A"
     assert_parity(ours, reference, TWO_SIZES)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Segmentation (panoptic) checkpoints: transformers' DetrForSegmentation and official DETRsegm releases
+# ---------------------------------------------------------------------------------------------------
+# d_model 128 with 8 heads: the smallest width whose mask head has the official 8 GroupNorm groups
+TINY_SEGMENTATION = {
+    **TINY_TRANSFORMER,
+    "d_model": 128,
+    "encoder_attention_heads": 8,
+    "decoder_attention_heads": 8,
+}
+
+
+def random_segmentation_reference(**overrides) -> DetrForSegmentation:
+    kwargs = dict(backbone="resnet18", num_labels=7, auxiliary_loss=False, **TINY_SEGMENTATION)
+    kwargs.update(overrides)
+    return randomize_for_parity(DetrForSegmentation(DetrConfig(**kwargs))).eval()
+
+
+def assert_segmentation_parity(ours: HfDetrForSegmentation, reference: DetrForSegmentation, sizes) -> None:
+    pixel_values, pixel_mask = padded_batch(sizes)
+    with torch.no_grad():
+        expected = reference(pixel_values=pixel_values, pixel_mask=pixel_mask)
+        outputs = ours(pixel_values=pixel_values, pixel_mask=pixel_mask)
+    assert outputs.pred_masks.shape == expected.pred_masks.shape
+    for name in ("logits", "pred_boxes", "pred_masks"):
+        difference = max_abs_diff(getattr(outputs, name), getattr(expected, name))
+        assert difference <= TOLERANCE, f"{name} differ by {difference:.2e}, more than 1e-4"
+    assert_parity(ours.detr, reference.detr, sizes)  # the detector alone, auxiliary layers included
+
+
+def test_transformers_segmentation_checkpoint_parity_1e4(tmp_path):
+    reference = random_segmentation_reference()
+    source, target = tmp_path / "transformers", tmp_path / "hf_detr"
+    reference.save_pretrained(source)
+    arguments = ["--source", "transformers", "--checkpoint", str(source), "--output-dir", str(target)]
+    assert convert_main(arguments) == 0
+    ours = HfDetrForSegmentation.from_pretrained(target).eval()
+    assert ours.config.use_masks and ours.config.num_labels == 7
+    assert HfDetrImageProcessor.from_pretrained(target).format == "coco_panoptic"
+    assert_segmentation_parity(ours, reference, TWO_SIZES)
+
+
+def official_panoptic_state_dict(reference: DetrForSegmentation, path) -> dict[str, torch.Tensor]:
+    """The reference under the official DETRsegm names: the detector's spelled out by
+    `official_state_dict`, the heads as transformers writes them to disk (the official names)."""
+    reference.save_pretrained(path)
+    heads = {k: v for k, v in load_file(path / "model.safetensors").items() if not k.startswith("detr.")}
+    assert any(k.startswith("bbox_attention.q_linear") for k in heads) and "mask_head.out_lay.weight" in heads
+    return {**{f"detr.{k}": v for k, v in official_state_dict(reference.detr).items()}, **heads}
+
+
+@pytest.mark.parametrize("dilation", [False, True], ids=["R18", "R18-DC5"])
+def test_official_panoptic_checkpoint_with_250_classes_parity_1e4(tmp_path, dilation):
+    """The official panoptic releases predict 250 classes; DC5 dilates layer4 only, so the mask head's
+    FPN still takes layer3, layer2, layer1 (strides 16, 8, 4)."""
+    reference = random_segmentation_reference(num_labels=250, dilation=dilation)
+    checkpoint = tmp_path / "detr-panoptic.pth"
+    namespace = argparse.Namespace(
+        backbone="resnet18", dilation=dilation, nheads=8, aux_loss=True, masks=True,
+        dataset_file="coco_panoptic", mask_loss_coef=1.0, dice_loss_coef=1.0,
+    )  # fmt: skip
+    model = official_panoptic_state_dict(reference, tmp_path / "transformers")
+    torch.save({"model": model, "args": namespace, "epoch": 324}, checkpoint)
+    target = tmp_path / "converted"
+    arguments = ["--source", "original", "--checkpoint", str(checkpoint), "--output-dir", str(target)]
+    assert convert_main(arguments) == 0
+    ours = HfDetrForSegmentation.from_pretrained(target).eval()
+    assert ours.config.num_labels == 250 and ours.config.dilation == dilation
+    assert_segmentation_parity(ours, reference, TWO_SIZES)

@@ -257,7 +257,10 @@ def validate(arguments: TrainingArguments) -> None:
         (arguments.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be at least 1"),
         (arguments.epochs >= 1, "epochs must be at least 1"),
         (arguments.max_steps is None or arguments.max_steps >= 1, "max_steps must be at least 1"),
-        (arguments.eval_epochs is None or arguments.eval_epochs >= 1, "eval_epochs must be at least 1 or none"),
+        (
+            arguments.eval_epochs is None or arguments.eval_epochs >= 1,
+            "eval_epochs must be at least 1 or none",
+        ),
         (0 < arguments.lr_drop <= 1, "lr_drop must be in (0, 1]"),
         (arguments.lr_scheduler_type in ("step", "cosine"), "lr_scheduler_type must be step or cosine"),
         (arguments.image_scale > 0, "image_scale must be positive"),
