@@ -14,7 +14,7 @@ Part of the self-contained "model files": only relative imports of the other mod
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -219,22 +219,15 @@ class HfDetrForSegmentation(HfDetrPreTrainedModel):
             loss, loss_dict = self.compute_loss(
                 detection.logits, detection.pred_boxes, pred_masks, detection.auxiliary_outputs, labels
             )
+        shared = {field.name for field in fields(HfDetrSegmentationOutput)}
         output = HfDetrSegmentationOutput(
+            **{key: value for key, value in detection.items() if key in shared},  # the detector's fields
             loss=loss,
             loss_dict=loss_dict,
-            logits=detection.logits,
-            pred_boxes=detection.pred_boxes,
             pred_masks=pred_masks,
-            auxiliary_outputs=detection.auxiliary_outputs if output_auxiliary_outputs else None,
-            last_hidden_state=detection.last_hidden_state,
-            encoder_last_hidden_state=detection.encoder_last_hidden_state,
-            feature_mask=detection.feature_mask,
-            decoder_hidden_states=detection.decoder_hidden_states,
-            decoder_attentions=detection.decoder_attentions,
-            cross_attentions=detection.cross_attentions,
-            encoder_hidden_states=detection.encoder_hidden_states,
-            encoder_attentions=detection.encoder_attentions,
         )
+        if not output_auxiliary_outputs:  # computed only to be scored
+            output.auxiliary_outputs = None
         return output if return_dict else output.to_tuple()
 
     def predict_masks(self, detection: HfDetrObjectDetectionOutput) -> torch.Tensor:

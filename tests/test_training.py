@@ -293,6 +293,8 @@ def test_config_files_and_flags(tmp_path):
         parse_args(["--mixed-precision", "fp8"])
     with pytest.raises(ValueError, match="preset"):
         parse_args(["--preset", "fast"])
+    with pytest.raises(ValueError, match="eval_epochs must be at least 1 or none"):
+        parse_args(["--eval-epochs", "0"])
     with pytest.raises(ValueError, match="lr_scheduler_type must be step or cosine"):
         parse_args(["--lr-scheduler-type", "linear"])
 
