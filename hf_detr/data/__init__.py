@@ -7,14 +7,17 @@ require_extra("hf_detr.data (datasets for training and evaluation)")
 
 from .builtin import builtin_dataset_folder, write_shapes_coco
 from .coco_folder import load_coco_folder
-from .collate import DetectionCollator, DetectionDataset, decode_as_stored
-from .schema import category_ids, class_names, detection_features
+from .coco_panoptic import load_coco_panoptic_folder
+from .collate import DetectionCollator, DetectionDataset, PanopticDataset, decode_as_stored
+from .panoptic_sources import load_panoptic_dataset
+from .schema import category_ids, class_names, detection_features, is_panoptic, is_thing, panoptic_features
 from .sources import load_detection_dataset
 from .transforms import RandomSizeCrop, detr_train_transforms, detr_val_size
 
 __all__ = [
     "DetectionCollator",
     "DetectionDataset",
+    "PanopticDataset",
     "RandomSizeCrop",
     "builtin_dataset_folder",
     "category_ids",
@@ -23,7 +26,12 @@ __all__ = [
     "detection_features",
     "detr_train_transforms",
     "detr_val_size",
+    "is_panoptic",
+    "is_thing",
     "load_coco_folder",
+    "load_coco_panoptic_folder",
     "load_detection_dataset",
+    "load_panoptic_dataset",
+    "panoptic_features",
     "write_shapes_coco",
 ]

@@ -13,10 +13,14 @@
 | backgrounds | random colour + linear gradient + one texture (stripes, checks or blobs) + pixel noise |
 | splits | train 2000 images, val 200 images |
 | seed | 0 (train and val use different streams); identical files on every machine |
+| panoptic | things: the shapes (ids 1-3); stuff: the background, by its texture (ids 4-6) |
 
 Boxes are the tight (x, y, w, h) boxes of the drawn shapes and `area` is the shape's pixel count, as
-COCO's segmentation area. The folder is written once under `$HF_HOME/hf_detr/builtin/` and then read
-through the COCO-folder loader, so the default exercises the code a COCO user runs.
+COCO's segmentation area. The panoptic annotations (`annotations/panoptic_{split}.json` and the PNGs
+in `annotations/panoptic_{split}/`, COCO panoptic's layout) give every pixel to the shape drawn last
+over it or to the one background segment, whose class is its texture: stripes, checks or blobs. The
+folder is written once under `$HF_HOME/hf_detr/builtin/` and then read through the COCO-folder
+loaders, so the default exercises the code a COCO user runs.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import math
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +41,7 @@ from .coco_folder import default_cache_dir
 
 NAME = "shapes-v1"
 CLASSES = ("circle", "square", "triangle")
+STUFF_CLASSES = ("stripes", "checks", "blobs")  # the background textures, in `_background`'s order
 IMAGE_SIZE = 128
 OBJECTS_PER_IMAGE = (1, 3)
 OBJECT_SIZE = (26, 64)
@@ -56,7 +62,9 @@ def builtin_dataset_folder(
         else "-" + "-".join(f"{k}{v}" for k, v in sorted(split_sizes.items()))
     )
     folder = (
-        Path(root) if root is not None else default_cache_dir() / "builtin" / f"{NAME}-seed{SEED}{suffix}"
+        Path(root)
+        if root is not None
+        else default_cache_dir() / "builtin" / f"{NAME}-seed{SEED}{suffix}-with-panoptic"
     )
     if (folder / "annotations").is_dir():
         return folder
@@ -73,7 +81,7 @@ def builtin_dataset_folder(
 def write_shapes_coco(
     folder: str | os.PathLike, split_sizes: dict[str, int] | None = None, seed: int = SEED
 ) -> None:
-    """Write images and `annotations/instances_{split}.json` for each split."""
+    """Write images, `annotations/instances_{split}.json` and the COCO panoptic annotations of each split."""
     folder = Path(folder)
     (folder / "annotations").mkdir(parents=True, exist_ok=True)
     categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
@@ -81,36 +89,90 @@ def write_shapes_coco(
     for split_index, (split, count) in enumerate(sorted((split_sizes or SPLIT_SIZES).items())):
         rng = np.random.default_rng([seed, split_index])
         (folder / split).mkdir(exist_ok=True)
-        images, annotations = [], []
+        (folder / "annotations" / f"panoptic_{split}").mkdir(exist_ok=True)
+        images, annotations, panoptic = [], [], []
         for index in range(count):
             image_id = index + 1
-            picture, objects = draw_shapes_image(rng)
+            scene = draw_shapes_scene(rng)
             file_name = f"{image_id:06d}.png"
-            picture.save(folder / split / file_name, compress_level=1)
+            scene.picture.save(folder / split / file_name, compress_level=1)
             images.append({"id": image_id, "file_name": file_name, "width": IMAGE_SIZE, "height": IMAGE_SIZE})
-            for category_id, bbox, area in objects:
+            for category_id, bbox, area in scene.objects:
                 annotations.append(
                     {"id": annotation_id, "image_id": image_id, "category_id": category_id, "bbox": bbox,
                      "area": area, "iscrowd": 0}
                 )  # fmt: skip
                 annotation_id += 1
-        instances = {
-            "info": {
-                "description": f"hf-detr built-in synthetic shapes ({NAME}, seed {seed}), split {split}"
-            },
-            "images": images,
-            "annotations": annotations,
-            "categories": categories,
-        }
+            segments, png = _panoptic_segments(scene)
+            png.save(folder / "annotations" / f"panoptic_{split}" / file_name, compress_level=1)
+            panoptic.append({"image_id": image_id, "file_name": file_name, "segments_info": segments})
+        description = f"hf-detr built-in synthetic shapes ({NAME}, seed {seed}), split {split}"
+        instances = {"info": {"description": description}, "images": images, "annotations": annotations,
+                     "categories": categories}  # fmt: skip
         (folder / "annotations" / f"instances_{split}.json").write_text(json.dumps(instances))
+        panoptic_json = {"info": {"description": description}, "images": images, "annotations": panoptic,
+                         "categories": panoptic_categories()}  # fmt: skip
+        (folder / "annotations" / f"panoptic_{split}.json").write_text(json.dumps(panoptic_json))
+
+
+def panoptic_categories() -> list[dict]:
+    """The built-in set's panoptic categories: the shapes (things) and the background textures (stuff)."""
+    names = [(name, 1, "shape") for name in CLASSES] + [(name, 0, "background") for name in STUFF_CLASSES]
+    return [
+        {"id": i + 1, "name": name, "supercategory": group, "isthing": isthing,
+         "color": [int(c) for c in np.random.default_rng(i).integers(0, 256, 3)]}
+        for i, (name, isthing, group) in enumerate(names)
+    ]  # fmt: skip
+
+
+def _panoptic_segments(scene: ShapesScene) -> tuple[list[dict], PIL.Image.Image]:
+    """COCO panoptic segments_info and PNG (id = R + 256 G + 256^2 B) of a scene. Segment ids are
+    1000 x category id + the shape's number (0 for the background)."""
+    owner = scene.owner  # [H, W]: 0 background, k = the k-th shape
+    ids = np.zeros_like(owner, dtype=np.int64)
+    segments = []
+    parts = [(0, len(CLASSES) + 1 + scene.texture)] + [
+        (k + 1, category_id) for k, (category_id, _, _) in enumerate(scene.objects)
+    ]
+    for number, category_id in parts:
+        pixels = owner == number
+        if not pixels.any():  # a shape hidden by later ones
+            continue
+        segment_id = 1000 * category_id + number
+        ids[pixels] = segment_id
+        ys, xs = np.nonzero(pixels)
+        bbox = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+        segments.append({"id": segment_id, "category_id": category_id, "iscrowd": 0, "bbox": bbox,
+                         "area": int(pixels.sum())})  # fmt: skip
+    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
+    return segments, PIL.Image.fromarray(rgb)
+
+
+@dataclass
+class ShapesScene:
+    """One drawn image: `objects` as (category id, [x, y, w, h], area) of the full shapes, `owner`
+    [H, W] the number of the shape each pixel shows (0 = background, k = objects[k - 1]) and the index
+    of the background's texture in STUFF_CLASSES."""
+
+    picture: PIL.Image.Image
+    objects: list[tuple[int, list[float], float]]
+    owner: np.ndarray
+    texture: int
 
 
 def draw_shapes_image(
     rng: np.random.Generator,
 ) -> tuple[PIL.Image.Image, list[tuple[int, list[float], float]]]:
     """One image and its objects as (category id, [x, y, w, h], area)."""
-    background = _background(rng)
+    scene = draw_shapes_scene(rng)
+    return scene.picture, scene.objects
+
+
+def draw_shapes_scene(rng: np.random.Generator) -> ShapesScene:
+    """One image with its objects and which of them each pixel shows (later shapes on top)."""
+    background, texture = _background(rng)
     canvas = PIL.Image.fromarray(background)
+    owner = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.int32)
     mean_colour = background.reshape(-1, 3).mean(0)
     boxes: list[list[float]] = []
     objects = []
@@ -137,7 +199,8 @@ def draw_shapes_image(
         canvas.paste(layer, (x0, y0), PIL.Image.fromarray((mask * 255).astype(np.uint8)))
         boxes.append(bbox)
         objects.append((class_index + 1, bbox, float(mask.sum())))
-    return canvas, objects
+        owner[y0 : y0 + size, x0 : x0 + size][mask > 0] = len(objects)
+    return ShapesScene(canvas, objects, owner, texture)
 
 
 def _shape_mask(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -160,7 +223,8 @@ def _shape_mask(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
 _GRID = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32) / IMAGE_SIZE  # (y, x) in [0, 1)
 
 
-def _background(rng: np.random.Generator) -> np.ndarray:
+def _background(rng: np.random.Generator) -> tuple[np.ndarray, int]:
+    """Pixels [H, W, 3] and the texture drawn (0 stripes, 1 checks, 2 blobs)."""
     size = IMAGE_SIZE
     base = rng.uniform(40, 215, 3)
     ys, xs = _GRID
@@ -189,7 +253,7 @@ def _background(rng: np.random.Generator) -> np.ndarray:
         )
         texture = (field / 255 - 0.5) * rng.uniform(20, 50)
     noise = rng.normal(0, 6, (size, size, 3))
-    return np.clip(base + gradient + texture + noise, 0, 255).astype(np.uint8)
+    return np.clip(base + gradient + texture + noise, 0, 255).astype(np.uint8), texture_kind
 
 
 def _contrasting_colour(rng: np.random.Generator, background_mean: np.ndarray) -> np.ndarray:
@@ -211,7 +275,11 @@ __all__ = [
     "CLASSES",
     "IMAGE_SIZE",
     "NAME",
+    "STUFF_CLASSES",
+    "ShapesScene",
     "builtin_dataset_folder",
     "draw_shapes_image",
+    "draw_shapes_scene",
+    "panoptic_categories",
     "write_shapes_coco",
 ]

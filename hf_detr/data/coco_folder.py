@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict, load_from_disk
@@ -33,13 +34,13 @@ def default_cache_dir() -> Path:
 
 
 def is_coco_folder(path: str | os.PathLike) -> bool:
-    return bool(list((Path(path) / "annotations").glob("instances_*.json")))
+    return bool(coco_splits(path))
 
 
-def coco_splits(root: str | os.PathLike) -> dict[str, Path]:
-    """Split name -> annotation file, from `annotations/instances_{split}.json`."""
-    files = sorted((Path(root) / "annotations").glob("instances_*.json"))
-    return {f.stem[len("instances_") :]: f for f in files}
+def coco_splits(root: str | os.PathLike, kind: str = "instances") -> dict[str, Path]:
+    """Split name -> annotation file, from `annotations/{kind}_{split}.json` (kind: instances, panoptic)."""
+    files = sorted((Path(root) / "annotations").glob(f"{kind}_*.json"))
+    return {f.stem[len(kind) + 1 :]: f for f in files}
 
 
 def image_folder(root: Path, split: str) -> Path:
@@ -54,27 +55,47 @@ def load_coco_folder(
     root: str | os.PathLike, split: str | None = None, cache_dir: str | os.PathLike | None = None
 ) -> DatasetDict:
     """All splits of a COCO folder (or only `split`) in the common schema."""
+    return load_annotated_folder(root, split, cache_dir, "instances", convert_coco_split)
+
+
+def load_annotated_folder(
+    root: str | os.PathLike,
+    split: str | None,
+    cache_dir: str | os.PathLike | None,
+    kind: str,
+    convert: Callable[[Path, str, Path], Dataset],
+) -> DatasetDict:
+    """The splits of `annotations/{kind}_{split}.json` (or only `split`), each `convert`ed once and cached."""
     root = Path(root)
-    splits = coco_splits(root)
+    splits = coco_splits(root, kind)
     if not splits:
-        raise FileNotFoundError(f"{root} has no annotations/instances_{{split}}.json: not a COCO folder.")
+        what = "a COCO panoptic folder" if kind == "panoptic" else "a COCO folder"
+        raise FileNotFoundError(f"{root} has no annotations/{kind}_{{split}}.json: not {what}.")
     if split is not None and split not in splits:
         raise ValueError(f"Unknown split {split!r} in {root}; it has {sorted(splits)}.")
     wanted = [split] if split is not None else sorted(splits)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "coco"
-    return DatasetDict({name: _cached_split(root, name, splits[name], cache_root) for name in wanted})
+    return DatasetDict({name: cached_split(root, name, splits[name], cache_root, convert) for name in wanted})
 
 
-def _cached_split(root: Path, split: str, annotation_file: Path, cache_root: Path) -> Dataset:
+def cached_split(
+    root: Path,
+    split: str,
+    annotation_file: Path,
+    cache_root: Path,
+    convert: Callable[[Path, str, Path], Dataset],
+) -> Dataset:
+    """`convert(root, split, annotation_file)`, saved under `cache_root` by the json's content hash and
+    read back from there while the json is unchanged."""
     digest = hashlib.sha256()
-    digest.update(f"v{CACHE_FORMAT_VERSION}:{root.resolve()}:{split}:".encode())
+    digest.update(f"v{CACHE_FORMAT_VERSION}:{convert.__name__}:{root.resolve()}:{split}:".encode())
     with open(annotation_file, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     target = cache_root / digest.hexdigest()[:24]
     if (target / "dataset_info.json").is_file():
         return load_from_disk(str(target))
-    dataset = convert_coco_split(root, split, annotation_file)
+    dataset = convert(root, split, annotation_file)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".incomplete-"))
     dataset.save_to_disk(str(staging))
@@ -135,4 +156,11 @@ def convert_coco_split(root: Path, split: str, annotation_file: Path) -> Dataset
     return set_category_ids(dataset, [c["id"] for c in categories], f"COCO folder {root}, split {split}")
 
 
-__all__ = ["coco_splits", "convert_coco_split", "default_cache_dir", "is_coco_folder", "load_coco_folder"]
+__all__ = [
+    "cached_split",
+    "coco_splits",
+    "convert_coco_split",
+    "default_cache_dir",
+    "is_coco_folder",
+    "load_coco_folder",
+]

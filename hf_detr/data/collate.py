@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import PIL.Image
 import torch
 from datasets import Dataset
@@ -23,7 +24,9 @@ from datasets import Image as ImageFeature
 from torchvision import tv_tensors
 from torchvision.ops import box_convert
 
+from ..evaluation.panoptic import id_map
 from ..image_processing_detr import HfDetrImageProcessor
+from .schema import PANOPTIC_MASK
 
 logger = logging.getLogger("hf_detr.data")
 
@@ -77,15 +80,23 @@ class DetectionDataset(torch.utils.data.Dataset):
         """Sample `source_index`, augmented as sample `index` (its seed), or None if undecodable."""
         record = self.split[source_index]
         try:
-            image = decode_as_stored(record["image"])
+            decoded = self._decode(record)
         except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:
             self.skipped += 1
             source = record["image"].get("path") or f"image_id {record['image_id']}"
             logger.warning(
-                "Skipped sample %d (%s): cannot decode the image (%s). %d sample(s) skipped so far in this process.",
-                source_index, source, error, self.skipped,
+                "Skipped sample %d (%s): cannot decode %s (%s). %d sample(s) skipped so far in this process.",
+                source_index, source, self.what_is_decoded, error, self.skipped,
             )  # fmt: skip
             return None
+        return self._sample(decoded, record, index)
+
+    what_is_decoded = "the image"  # what `_decode` reads, for the skip warning
+
+    def _decode(self, record: dict[str, Any]) -> Any:
+        return decode_as_stored(record["image"])
+
+    def _sample(self, image: PIL.Image.Image, record: dict[str, Any], index: int) -> dict[str, Any]:
         objects = record["objects"]
         if self.transforms is None:
             annotations = [
@@ -98,9 +109,24 @@ class DetectionDataset(torch.utils.data.Dataset):
                 "image": image,
                 "annotation": {"image_id": record["image_id"], "annotations": annotations},
             }
-        return self._augmented(image, record, index)
+        out = self._augment(image, record, index)
+        # augmented boxes carry their own area (as the official crop does); only COCO evaluation reads it
+        boxes = box_convert(out["boxes"].as_subclass(torch.Tensor), "xyxy", "xywh")
+        annotations = [
+            {"bbox": box.tolist(), "category_id": int(label), "area": float(box[2] * box[3]), "iscrowd": int(crowd),
+             "id": int(i)}
+            for box, label, crowd, i in zip(boxes, out["labels"], out["iscrowd"], out["ids"])
+        ]  # fmt: skip
+        return {
+            "image": out["image"],
+            "annotation": {"image_id": record["image_id"], "annotations": annotations},
+        }
 
-    def _augmented(self, image: PIL.Image.Image, record: dict[str, Any], index: int) -> dict[str, Any]:
+    def _augment(
+        self, image: PIL.Image.Image, record: dict[str, Any], index: int, **extra: Any
+    ) -> dict[str, Any]:
+        """The transforms applied to the image, its boxes and per-box fields (and `extra` entries such as
+        masks), seeded by (seed, epoch, index)."""
         objects = record["objects"]
         sample = {
             "image": image,
@@ -115,6 +141,7 @@ class DetectionDataset(torch.utils.data.Dataset):
             "labels": torch.tensor(objects["category"], dtype=torch.long),
             "iscrowd": torch.tensor(objects["iscrowd"], dtype=torch.long),
             "ids": torch.tensor(objects["id"], dtype=torch.long),
+            **extra,
         }
         # transforms.v2 draws from the global CPU generator: seed it for this sample and restore it
         # after. Only the CPU generator: `torch.manual_seed` would also reseed (or, before CUDA starts,
@@ -122,16 +149,71 @@ class DetectionDataset(torch.utils.data.Dataset):
         # not restore here.
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))
-            out = self.transforms(sample)
-        # augmented boxes carry their own area (as the official crop does); only COCO evaluation reads it
-        boxes = box_convert(out["boxes"].as_subclass(torch.Tensor), "xyxy", "xywh")
-        annotations = [
-            {"bbox": box.tolist(), "category_id": int(label), "area": float(box[2] * box[3]), "iscrowd": int(crowd),
-             "id": int(i)}
-            for box, label, crowd, i in zip(boxes, out["labels"], out["iscrowd"], out["ids"])
-        ]  # fmt: skip
-        image = out["image"]
-        return {"image": image, "annotation": {"image_id": record["image_id"], "annotations": annotations}}
+            return self.transforms(sample)
+
+
+class PanopticDataset(DetectionDataset):
+    """A panoptic split (hf_detr.data.schema) as samples whose `annotation` is COCO panoptic with the
+    decoded PNG: {"image_id", "segments_info": [{"id", "category_id", "iscrowd"}], "panoptic_image":
+    ids [H, W]} (category ids are the split's class ids), for `HfDetrImageProcessor(format="coco_panoptic")`.
+
+    The augmentation moves one mask per segment with the image (nearest resize, as torchvision does
+    masks); a segment whose pixels leave the picture is dropped with its box. Segments absent from the
+    PNG, and PNGs of another size than their image, are counted and skipped like undecodable images.
+    """
+
+    def __init__(
+        self, split: Dataset, transforms: Callable | None = None, seed: int = 0, on_error: str = "skip"
+    ) -> None:
+        super().__init__(split, transforms, seed, on_error)
+        self.split = self.split.cast_column(PANOPTIC_MASK, ImageFeature(decode=False))
+        self.dropped_segments = 0
+
+    what_is_decoded = "the image or its panoptic PNG"
+
+    def _decode(self, record: dict[str, Any]) -> tuple[PIL.Image.Image, np.ndarray]:
+        image = decode_as_stored(record["image"])
+        png = record[PANOPTIC_MASK]
+        with PIL.Image.open(io.BytesIO(png["bytes"]) if png.get("bytes") else png["path"]) as opened:
+            ids = id_map(opened, "panoptic PNG")  # [H, W]
+        if ids.shape != (image.height, image.width):
+            raise ValueError(
+                f"its panoptic PNG is {ids.shape[0]}x{ids.shape[1]} (HxW) but the image is {image.height}x{image.width}"
+            )
+        return image, ids
+
+    def _sample(self, decoded: tuple[PIL.Image.Image, np.ndarray], record: dict[str, Any], index: int):
+        image, ids = decoded
+        record = {**record, "objects": self._present_segments(record["objects"], ids, record["image_id"])}
+        objects = record["objects"]
+        if self.transforms is not None:
+            masks = (
+                torch.from_numpy(ids)[None] == torch.tensor(objects["id"], dtype=torch.long)[:, None, None]
+            )
+            out = self._augment(image, record, index, masks=tv_tensors.Mask(masks))  # masks [n, H, W]
+            kept = out["masks"].flatten(1).any(1)  # a crop may keep a box but none of a segment's pixels
+            segment_ids = out["ids"][kept]
+            image, labels, crowds = out["image"], out["labels"][kept], out["iscrowd"][kept]
+            ids = (out["masks"][kept].long() * segment_ids[:, None, None]).sum(0).numpy()  # [h, w]
+            objects = {"id": segment_ids.tolist(), "category": labels.tolist(), "iscrowd": crowds.tolist()}
+        segments = [
+            {"id": int(i), "category_id": int(c), "iscrowd": int(crowd)}
+            for i, c, crowd in zip(objects["id"], objects["category"], objects["iscrowd"])
+        ]
+        annotation = {"image_id": record["image_id"], "segments_info": segments, "panoptic_image": ids}
+        return {"image": image, "annotation": annotation}
+
+    def _present_segments(self, objects: dict[str, list], ids: np.ndarray, image_id: int) -> dict[str, list]:
+        """The objects whose segment id occurs in the PNG (the others are counted and dropped)."""
+        present = np.isin(np.asarray(objects["id"], dtype=np.int64), ids)
+        if present.all():
+            return objects
+        self.dropped_segments += int((~present).sum())
+        logger.warning(
+            "Image %s: dropped %d segment(s) whose id is not in its panoptic PNG (%d so far in this process).",
+            image_id, int((~present).sum()), self.dropped_segments,
+        )  # fmt: skip
+        return {key: [v for v, keep in zip(values, present) if keep] for key, values in objects.items()}
 
 
 def decode_as_stored(image: dict[str, Any]) -> PIL.Image.Image:
@@ -148,14 +230,21 @@ class DetectionCollator:
     Training samples were resized by the augmentation: `do_resize=False` keeps them as they are;
     validation samples are resized by the processor (`size`). Samples that are None (undecodable
     images) are dropped. Extra keyword arguments go to the processor (e.g. `num_threads=1` inside
-    DataLoader workers).
+    DataLoader workers, `format="coco_panoptic"` for `PanopticDataset` samples). With
+    `keep_annotations` the batch also carries the samples' annotations as they came (`annotations`), for
+    evaluation against the original resolution.
     """
 
     def __init__(
-        self, processor: HfDetrImageProcessor | None = None, do_resize: bool = True, **processor_kwargs: Any
+        self,
+        processor: HfDetrImageProcessor | None = None,
+        do_resize: bool = True,
+        keep_annotations: bool = False,
+        **processor_kwargs: Any,
     ) -> None:
         self.processor = processor or HfDetrImageProcessor()
         self.do_resize = do_resize
+        self.keep_annotations = keep_annotations
         self.processor_kwargs = processor_kwargs
 
     def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
@@ -168,7 +257,9 @@ class DetectionCollator:
             do_resize=self.do_resize,
             **self.processor_kwargs,
         )
+        if self.keep_annotations:
+            return {**batch, "annotations": [s["annotation"] for s in samples]}
         return dict(batch)
 
 
-__all__ = ["DetectionCollator", "DetectionDataset", "decode_as_stored", "sample_seed"]
+__all__ = ["DetectionCollator", "DetectionDataset", "PanopticDataset", "decode_as_stored", "sample_seed"]

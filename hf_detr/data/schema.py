@@ -5,6 +5,11 @@ Every split has `image` (Image), `image_id`, `width`, `height` and `objects` = {
 `iscrowd`}. The original COCO `category_id` of each class is kept in the split's `DatasetInfo`
 (`info.description` holds `{"hf_detr": {"coco_category_ids": [...]}}`), so evaluation can report in
 COCO ids; `category_ids(split)` reads it back.
+
+A panoptic split (COCO panoptic; paper section 4.4) has the same columns, one object per segment
+(`objects.id` = the segment id in the PNG, `bbox` the segment's box), plus `panoptic_mask` (Image: the
+PNG, id = R + 256 G + 256^2 B per pixel, 0 = unlabelled). Its metadata also records which classes are
+things (`isthing`; the others are stuff), read back by `is_thing(split)`.
 """
 
 from __future__ import annotations
@@ -42,22 +47,53 @@ def detection_features(class_names: Sequence[str]) -> Features:
     )
 
 
-def set_category_ids(split: Any, category_ids: Sequence[int], description: str = "") -> Any:
-    """Record the COCO category id of each contiguous class id in the split's `DatasetInfo`."""
-    payload = {
-        METADATA_KEY: {"coco_category_ids": [int(i) for i in category_ids], "description": description}
+PANOPTIC_MASK = "panoptic_mask"
+
+
+def panoptic_features(class_names: Sequence[str]) -> Features:
+    """The detection schema (one object per segment) plus the panoptic PNG."""
+    features = detection_features(class_names)
+    features[PANOPTIC_MASK] = Image()
+    return features
+
+
+def is_panoptic(split: Any) -> bool:
+    return split.features is not None and PANOPTIC_MASK in split.features
+
+
+def set_category_ids(
+    split: Any, category_ids: Sequence[int], description: str = "", isthing: Sequence[bool] | None = None
+) -> Any:
+    """Record the COCO category id of each contiguous class id in the split's `DatasetInfo` (and for
+    panoptic data whether each class is a thing)."""
+    metadata: dict[str, Any] = {
+        "coco_category_ids": [int(i) for i in category_ids],
+        "description": description,
     }
-    split.info.description = json.dumps(payload)
+    if isthing is not None:
+        metadata["isthing"] = [bool(v) for v in isthing]
+    split.info.description = json.dumps({METADATA_KEY: metadata})
     return split
+
+
+def _metadata(split: Any) -> dict[str, Any]:
+    try:
+        payload = json.loads(split.info.description or "{}")
+        return dict(payload[METADATA_KEY])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return {}
+
+
+def is_thing(split: Any) -> list[bool]:
+    """Per class of a panoptic split whether it is a thing (True) or stuff; all things when unrecorded."""
+    recorded = _metadata(split).get("isthing")
+    return [bool(v) for v in recorded] if recorded is not None else [True] * len(class_names(split))
 
 
 def category_ids(split: Any) -> list[int]:
     """COCO category id of each class of a split (contiguous ids when the source had none)."""
-    try:
-        payload = json.loads(split.info.description or "{}")
-        return [int(i) for i in payload[METADATA_KEY]["coco_category_ids"]]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return list(range(len(class_names(split))))
+    recorded = _metadata(split).get("coco_category_ids")
+    return [int(i) for i in recorded] if recorded is not None else list(range(len(class_names(split))))
 
 
 def class_names(split: Any) -> list[str]:
@@ -108,4 +144,14 @@ class ObjectChecker:
             )
 
 
-__all__ = ["ObjectChecker", "category_ids", "class_names", "detection_features", "set_category_ids"]
+__all__ = [
+    "PANOPTIC_MASK",
+    "ObjectChecker",
+    "category_ids",
+    "class_names",
+    "detection_features",
+    "is_panoptic",
+    "is_thing",
+    "panoptic_features",
+    "set_category_ids",
+]

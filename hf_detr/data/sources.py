@@ -105,7 +105,7 @@ def _select_split(raw: Mapping[str, Any], split: str | None, source: str) -> Map
 def _to_iterable(dataset: DatasetDict) -> IterableDatasetDict:
     iterable = IterableDatasetDict({name: ds.to_iterable_dataset() for name, ds in dataset.items()})
     for name, ds in iterable.items():
-        set_category_ids(ds, category_ids(dataset[name]))
+        ds.info.description = dataset[name].info.description  # category ids (and things) travel along
     return iterable
 
 
