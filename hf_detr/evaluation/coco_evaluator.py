@@ -136,15 +136,7 @@ class CocoEvaluator:
         self.ground_truth = coco_ground_truth(ground_truth)
         self.image_ids = {int(image["id"]) for image in self.ground_truth["images"]}
         self.category_ids = {int(c["id"]) for c in self.ground_truth["categories"]}
-        if label_to_category_id is None:
-            label_to_category_id = {cid: cid for cid in self.category_ids}
-        if not isinstance(label_to_category_id, Mapping):
-            label_to_category_id = dict(enumerate(label_to_category_id))
-        largest = max(label_to_category_id, default=0)
-        # -1 marks labels without a category (dropped)
-        self._category_of_label = np.full(largest + 1, -1, dtype=np.int64)
-        for label, category in label_to_category_id.items():
-            self._category_of_label[int(label)] = int(category)
+        self._category_of_label = category_table(label_to_category_id, self.category_ids)
         self._chunks: list[np.ndarray] = []  # [n, 7]: image_id, x, y, w, h, score, category_id
         self._evaluated: set[int] = set()
         self.stats: dict[str, float] | None = None
@@ -155,25 +147,9 @@ class CocoEvaluator:
     ) -> None:
         """Add the detections of some images: one `{"scores", "labels", "boxes"}` per image id, boxes
         absolute (x0, y0, x1, y1) in the original image. An image with no detection still counts."""
-        image_ids = [
-            int(i) for i in (image_ids.tolist() if isinstance(image_ids, torch.Tensor) else image_ids)
-        ]
-        if len(image_ids) != len(detections):
-            raise ValueError(f"Got {len(image_ids)} image ids but {len(detections)} detection dicts.")
-        unknown = sorted(set(image_ids) - self.image_ids)
-        if unknown:
-            raise ValueError(
-                f"Image id(s) {unknown[:10]} are not in the ground truth ({len(self.image_ids)} images); "
-                "the detections and the annotations do not belong together."
-            )
-        repeated = sorted(set(image_ids) & self._evaluated) or sorted(
-            i for i, n in Counter(image_ids).items() if n > 1
+        image_ids = checked_image_ids(
+            image_ids, len(detections), self.image_ids, self._evaluated, "detection"
         )
-        if repeated:
-            raise ValueError(
-                f"Image id(s) {repeated[:10]} were added twice; each image must be evaluated once (in "
-                "distributed evaluation, gather with accelerator.gather_for_metrics to drop sampler padding)."
-            )
         self._evaluated.update(image_ids)
         for image_id, detection in zip(image_ids, detections):
             boxes = _as_array(detection["boxes"], np.float64).reshape(-1, 4)
@@ -239,6 +215,49 @@ class CocoEvaluator:
         if self.stats is None:
             raise ValueError("compute() has not run yet.")
         return format_stats(self.stats)
+
+
+def category_table(
+    label_to_category_id: Mapping[int, int] | Sequence[int] | None, category_ids: Iterable[int]
+) -> np.ndarray:
+    """Model label id -> COCO category id as an array indexed by label, -1 for labels without a
+    category (their predictions are dropped); the identity on `category_ids` by default."""
+    if label_to_category_id is None:
+        label_to_category_id = {cid: cid for cid in category_ids}
+    if not isinstance(label_to_category_id, Mapping):
+        label_to_category_id = dict(enumerate(label_to_category_id))
+    largest = max(label_to_category_id, default=0)
+    table = np.full(largest + 1, -1, dtype=np.int64)
+    for label, category in label_to_category_id.items():
+        table[int(label)] = int(category)
+    return table
+
+
+def checked_image_ids(
+    image_ids: Sequence[int] | torch.Tensor,
+    num_items: int,
+    known: set[int],
+    evaluated: set[int],
+    kind: str = "prediction",
+) -> list[int]:
+    """`image_ids` as ints, checked: one per `kind` dict, all in the ground truth (`known`), none added
+    before (`evaluated`) or twice."""
+    image_ids = [int(i) for i in (image_ids.tolist() if isinstance(image_ids, torch.Tensor) else image_ids)]
+    if len(image_ids) != num_items:
+        raise ValueError(f"Got {len(image_ids)} image ids but {num_items} {kind} dicts.")
+    unknown = sorted(set(image_ids) - known)
+    if unknown:
+        raise ValueError(
+            f"Image id(s) {unknown[:10]} are not in the ground truth ({len(known)} images); "
+            f"the {kind}s and the annotations do not belong together."
+        )
+    repeated = sorted(set(image_ids) & evaluated) or sorted(i for i, n in Counter(image_ids).items() if n > 1)
+    if repeated:
+        raise ValueError(
+            f"Image id(s) {repeated[:10]} were added twice; each image must be evaluated once (in "
+            "distributed evaluation, gather with accelerator.gather_for_metrics to drop sampler padding)."
+        )
+    return image_ids
 
 
 def default_num_workers() -> int:
