@@ -72,7 +72,7 @@ class HfDetrConfig(PreTrainedConfig):
     `one_to_many_repeats` k > 1, groups 1.. are matched to the targets repeated k times instead
     (H-DETR's hybrid matching, Jia et al., CVPR 2023): each target gets up to k queries per group.
 
-    Segmentation arguments (paper section 5, [`HfDetrForSegmentation`]): `use_masks` makes the backbone
+    Segmentation arguments (paper section 4.4, [`HfDetrForSegmentation`]): `use_masks` makes the backbone
     return its stride-4, 8 and 16 feature maps for the mask head (the segmentation model sets it);
     `mask_loss_coefficient` (sigmoid focal loss) and `dice_loss_coefficient` (DICE loss) weight the mask
     losses of the matched queries. The mask head's GroupNorms need `d_model` a multiple of 16 whose
@@ -81,6 +81,12 @@ class HfDetrConfig(PreTrainedConfig):
 
     `coco_category_ids` optionally maps each label id to the dataset's original COCO category id
     (a list indexed by label id), so evaluation can report in COCO ids.
+
+    `stuff_label_ids` optionally lists the label ids of a panoptic model's stuff classes (amorphous
+    regions such as sky or road; the other labels are things). Pass it on as
+    `processor.post_process_panoptic_segmentation(outputs, label_ids_to_fuse=config.stuff_label_ids)`
+    so that the queries of one stuff class become one segment. Converted official panoptic checkpoints
+    record the 53 COCO panoptic stuff categories.
     """
 
     model_type = "hf_detr"
@@ -128,6 +134,7 @@ class HfDetrConfig(PreTrainedConfig):
     dice_loss_coefficient: float = 1.0
     # dataset bookkeeping
     coco_category_ids: list[int] | None = None
+    stuff_label_ids: list[int] | None = None
 
     def __post_init__(self, **kwargs) -> None:
         if self.id2label is None and kwargs.get("num_labels") is None:
@@ -214,7 +221,24 @@ class HfDetrConfig(PreTrainedConfig):
                 f"`coco_category_ids` must have one entry per label ({self.num_labels}), "
                 f"got {len(self.coco_category_ids)}."
             )
+        self.validate_stuff_label_ids()
         validate_backbone_name(self.backbone)
+
+    def validate_stuff_label_ids(self) -> None:
+        """Raise `ValueError` unless `stuff_label_ids` is None or distinct label ids (0..num_labels-1)."""
+        ids = self.stuff_label_ids
+        if ids is None:
+            return
+        integers = isinstance(ids, (list, tuple)) and all(
+            isinstance(i, int) and not isinstance(i, bool) for i in ids
+        )
+        if not integers:
+            raise ValueError(f"`stuff_label_ids` must be a list of label ids (integers), got {ids!r}.")
+        outside = sorted(i for i in ids if not 0 <= i < self.num_labels)
+        if outside or len(set(ids)) != len(ids):
+            problem = f"ids outside 0..{self.num_labels - 1}: {outside}" if outside else "repeated ids"
+            raise ValueError(f"`stuff_label_ids` has {problem}.")
+        self.stuff_label_ids = list(ids)
 
     def validate_segmentation_fields(self) -> None:
         """Raise `ValueError` naming the first segmentation field that cannot build the mask head."""
@@ -231,13 +255,10 @@ class HfDetrConfig(PreTrainedConfig):
                 f"`use_masks` (the segmentation model) supports `num_query_groups` = 1 only, got "
                 f"{self.num_query_groups}."
             )
-        channels = mask_head_channels(self.d_model, self.encoder_attention_heads)
-        if self.d_model % 16 or any(c >= 8 and c % 8 for c in channels):
+        if self.d_model % 16:
             raise ValueError(
-                f"With `use_masks`, `d_model` ({self.d_model}) and `encoder_attention_heads` "
-                f"({self.encoder_attention_heads}) give mask-head widths {list(channels)}; GroupNorm with 8 "
-                "groups needs each to be a multiple of 8 (or below 8) and d_model a multiple of 16, "
-                "e.g. d_model 128 or 256 with 8 heads."
+                f"With `use_masks`, `d_model` must be a multiple of 16 (the mask head narrows it to d/2, d/4, "
+                f"d/8 and d/16 channels), got {self.d_model}."
             )
 
 

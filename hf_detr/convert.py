@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .coco_panoptic_categories import COCO_PANOPTIC_NUM_LABELS, coco_panoptic_label_fields
 from .configuration_detr import COCO_DETECTION_LABELS, HfDetrConfig
 from .image_processing_detr import HfDetrImageProcessor
 from .modeling_detr import HfDetrForObjectDetection
@@ -283,11 +284,6 @@ def original_config(
         pattern = re.compile(rf"transformer\.{stack}\.layers\.(\d+)\.")
         return len({m.group(1) for k in state_dict if (m := pattern.match(k))})
 
-    labels = (
-        dict(enumerate(COCO_DETECTION_LABELS))
-        if classes_in_weights == len(COCO_DETECTION_LABELS)
-        else {i: f"LABEL_{i}" for i in range(classes_in_weights)}
-    )
     dropout = float(args.get("dropout", 0.1))
     masks = (
         dict(
@@ -320,10 +316,23 @@ def original_config(
         bbox_loss_coefficient=float(args.get("bbox_loss_coef", 5.0)),
         giou_loss_coefficient=float(args.get("giou_loss_coef", 2.0)),
         eos_coefficient=float(args.get("eos_coef", 0.1)),
-        id2label=labels,
-        label2id={name: i for i, name in labels.items()},
+        **official_label_fields(classes_in_weights),
         **masks,
     )
+
+
+def official_label_fields(num_classes: int) -> dict[str, Any]:
+    """`id2label`/`label2id` of an official class head, by its size: 91 classes are the COCO detection
+    category ids, 250 the official panoptic slots (COCO panoptic category ids, with `stuff_label_ids`),
+    anything else generic `LABEL_i` names."""
+    if num_classes == COCO_PANOPTIC_NUM_LABELS:
+        return coco_panoptic_label_fields(num_classes)
+    labels = (
+        dict(enumerate(COCO_DETECTION_LABELS))
+        if num_classes == len(COCO_DETECTION_LABELS)
+        else {i: f"LABEL_{i}" for i in range(num_classes)}
+    )
+    return {"id2label": labels, "label2id": {name: i for i, name in labels.items()}}
 
 
 def convert_original_checkpoint(
@@ -416,7 +425,10 @@ def transformers_config(
     `segmentation`: a `DetrForSegmentation`'s, with `use_masks` and the mask loss weights.
 
     transformers v5 writes no `id2label` for its default labels and loads such a checkpoint as
-    LABEL_0, LABEL_1, ...; here too, with `num_classes` (from the class head's shape) of them.
+    LABEL_0, LABEL_1, ...; here too, with `num_classes` (from the class head's shape) of them. A
+    segmentation checkpoint with 250 classes and only such generic names (transformers' conversions of
+    the official panoptic releases, e.g. facebook/detr-resnet-50-panoptic: transformers#12808) gets the
+    COCO panoptic names and `stuff_label_ids`, as the official checkpoints do.
     """
     backbone, dilation, _, channels = _transformers_backbone(config)
     if config.get("position_embedding_type", "sine") not in ("sine", "learned"):
@@ -452,14 +464,12 @@ def transformers_config(
             f"The transformers config.json names {len(id2label)} classes but the class head has "
             f"{num_classes} (+1 no-object) outputs."
         )
-    return HfDetrConfig(
-        backbone=backbone,
-        dilation=dilation,
-        num_channels=channels,
-        id2label=id2label,
-        label2id={name: i for i, name in id2label.items()},
-        **kwargs,
-    )
+    generic = all(name == f"LABEL_{i}" for i, name in id2label.items())
+    if segmentation and generic and len(id2label) == COCO_PANOPTIC_NUM_LABELS:
+        labels = coco_panoptic_label_fields(COCO_PANOPTIC_NUM_LABELS)
+    else:
+        labels = {"id2label": id2label, "label2id": {name: i for i, name in id2label.items()}}
+    return HfDetrConfig(backbone=backbone, dilation=dilation, num_channels=channels, **labels, **kwargs)
 
 
 def convert_transformers_state_dict(

@@ -195,3 +195,85 @@ def test_converted_segmentation_checkpoint_carries_its_code_and_mask_loss_weight
         "AutoModelForImageSegmentation": "modeling_detr_segmentation.HfDetrForSegmentation",
     }
     assert (tmp_path / "out" / "modeling_detr_segmentation.py").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------
+# COCO panoptic category names (cocodataset/panopticapi panoptic_coco_categories.json)
+# ---------------------------------------------------------------------------------------------------
+def test_coco_panoptic_table_has_80_things_and_53_stuff_with_known_names():
+    from hf_detr import COCO_DETECTION_LABELS
+    from hf_detr.coco_panoptic_categories import (
+        COCO_PANOPTIC_CATEGORIES,
+        COCO_PANOPTIC_STUFF_IDS,
+        COCO_PANOPTIC_THING_IDS,
+        coco_panoptic_categories,
+        coco_panoptic_id2label,
+    )
+
+    assert len(COCO_PANOPTIC_CATEGORIES) == 133
+    assert (len(COCO_PANOPTIC_THING_IDS), len(COCO_PANOPTIC_STUFF_IDS)) == (80, 53)
+    by_id = {c.id: c for c in COCO_PANOPTIC_CATEGORIES}
+    assert len(by_id) == 133 and max(by_id) == 200
+    assert (by_id[1].name, by_id[1].isthing) == ("person", True)
+    assert (by_id[199].name, by_id[199].isthing) == ("wall-other-merged", False)
+    assert (by_id[187].name, by_id[187].supercategory) == ("sky-other-merged", "sky")
+    # things are the COCO detection categories under the same ids (the official is_thing_map: id <= 90)
+    assert all(COCO_DETECTION_LABELS[i] == by_id[i].name for i in COCO_PANOPTIC_THING_IDS)
+    assert max(COCO_PANOPTIC_THING_IDS) <= 90 < min(COCO_PANOPTIC_STUFF_IDS)
+    id2label = coco_panoptic_id2label()
+    assert len(id2label) == 250 and sum(name != "N/A" for name in id2label.values()) == 133
+    assert id2label[0] == id2label[12] == id2label[201] == id2label[249] == "N/A"
+    assert coco_panoptic_categories()[-1] == {"id": 200, "name": "rug-merged", "supercategory": "textile",
+                                              "isthing": 0}  # fmt: skip
+    with pytest.raises(ValueError, match="largest COCO panoptic category id"):
+        coco_panoptic_id2label(200)
+
+
+def test_stuff_label_ids_must_be_label_ids():
+    from hf_detr import HfDetrConfig
+
+    assert HfDetrConfig(num_labels=3, stuff_label_ids=(2,)).stuff_label_ids == [2]
+    with pytest.raises(ValueError, match=r"stuff_label_ids.*outside 0\.\.2: \[3\]"):
+        HfDetrConfig(num_labels=3, stuff_label_ids=[1, 3])
+    with pytest.raises(ValueError, match="stuff_label_ids.*repeated"):
+        HfDetrConfig(num_labels=3, stuff_label_ids=[1, 1])
+    with pytest.raises(ValueError, match="stuff_label_ids.*integers"):
+        HfDetrConfig(num_labels=3, stuff_label_ids="12")
+
+
+def test_official_panoptic_checkpoint_gets_coco_panoptic_names_and_stuff_ids(
+    tmp_path, segmentation_reference
+):
+    """The official panoptic releases have 250 class slots (COCO panoptic category ids): here the tiny
+    reference's class head is widened to 250 classes; the converted config names them."""
+    from hf_detr import HfDetrForSegmentation
+    from hf_detr.coco_panoptic_categories import COCO_PANOPTIC_STUFF_IDS
+
+    official = official_panoptic_state_dict(segmentation_reference, tmp_path / "transformers")
+    width = official["detr.class_embed.weight"].shape[1]
+    official["detr.class_embed.weight"] = torch.randn(251, width)
+    official["detr.class_embed.bias"] = torch.randn(251)
+    path = tmp_path / "detr-panoptic.pth"
+    torch.save({"model": official, "args": argparse.Namespace(backbone="resnet18", nheads=8)}, path)
+    convert_checkpoint("original", path, tmp_path / "out")
+    config = HfDetrForSegmentation.from_pretrained(tmp_path / "out").config
+    assert config.num_labels == 250 and config.id2label[1] == "person" and config.id2label[91] == "N/A"
+    assert config.id2label[199] == "wall-other-merged" and config.label2id["sky-other-merged"] == 187
+    assert config.stuff_label_ids == list(COCO_PANOPTIC_STUFF_IDS)
+
+
+def test_transformers_panoptic_checkpoint_with_generic_labels_gets_coco_panoptic_names(
+    segmentation_reference,
+):
+    """transformers' conversions of the panoptic releases call their 250 classes LABEL_i (#12808)."""
+    from hf_detr.convert import transformers_config
+
+    config_dict = segmentation_reference.config.to_dict()
+    config_dict["id2label"] = {str(i): f"LABEL_{i}" for i in range(250)}
+    named = transformers_config(config_dict, 250, segmentation=True)
+    assert named.id2label[1] == "person" and len(named.stuff_label_ids) == 53
+    detector = transformers_config(config_dict, 250, segmentation=False)  # no reason to guess names
+    assert detector.id2label[1] == "LABEL_1" and detector.stuff_label_ids is None
+    config_dict["id2label"]["1"] = "my-class"  # names of the checkpoint's own are kept
+    kept = transformers_config(config_dict, 250, segmentation=True)
+    assert kept.id2label[1] == "my-class" and kept.id2label[2] == "LABEL_2" and kept.stuff_label_ids is None

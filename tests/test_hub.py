@@ -14,7 +14,13 @@ from detr_testing import MODEL_FILES
 from huggingface_hub import ModelCard
 
 from hf_detr import HfDetrConfig
-from hf_detr.hub import OFFICIAL_CHECKPOINTS, make_model_card, official_checkpoint_for, official_model_card
+from hf_detr.hub import (
+    OFFICIAL_CHECKPOINTS,
+    make_model_card,
+    official_checkpoint_for,
+    official_config,
+    official_model_card,
+)
 
 TESTS = REPO_ROOT / "tests"
 
@@ -56,23 +62,83 @@ def test_unknown_metric_names_are_refused():
 
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL_CHECKPOINTS))
-def test_official_cards_carry_the_paper_results_and_match_the_committed_files(name):
+def test_official_cards_carry_the_published_results_and_match_the_committed_files(name):
     card = official_model_card(name)
     checkpoint = OFFICIAL_CHECKPOINTS[name]
-    results = {r.metric_type: r.metric_value for r in ModelCard(str(card)).data.eval_results}
+    data = ModelCard(str(card)).data
+    results = {r.metric_type: r.metric_value for r in data.eval_results}
     assert results["ap"] == checkpoint.metrics["AP"]
-    assert checkpoint.file in card.text and "500 epochs" in card.text
+    assert checkpoint.file in card.text
+    if checkpoint.panoptic:
+        assert data.pipeline_tag == "image-segmentation" and results["pq"] == checkpoint.metrics["PQ"]
+        assert "25 epochs" in card.text and "detector frozen" in card.text
+        assert "80 things (person, " in card.text and "53 stuff (banner, " in card.text
+    else:
+        assert data.pipeline_tag == "object-detection" and "500 epochs" in card.text
     committed = (REPO_ROOT / "model_cards" / f"{name}.md").read_text()
     assert committed == str(card), "model_cards/ is stale: regenerate it (model_cards/README.md)"
-    config = HfDetrConfig(backbone=checkpoint.backbone, dilation=checkpoint.dilation)
-    assert official_checkpoint_for(config) == name
+    assert official_checkpoint_for(official_config(name)) == name
 
 
 def test_paper_numbers():
-    """REFERENCE.md: COCO val AP of the official models."""
+    """REFERENCE.md: COCO val box AP of the official models; PQ of the panoptic ones."""
     assert {n: c.metrics["AP"] for n, c in OFFICIAL_CHECKPOINTS.items()} == {
         "detr-resnet-50": 42.0, "detr-resnet-50-dc5": 43.3, "detr-resnet-101": 43.5, "detr-resnet-101-dc5": 44.9,
+        "detr-resnet-50-panoptic": 38.8, "detr-resnet-50-dc5-panoptic": 40.2, "detr-resnet-101-panoptic": 40.1,
     }  # fmt: skip
+    assert {n: c.metrics["PQ"] for n, c in OFFICIAL_CHECKPOINTS.items() if c.panoptic} == {
+        "detr-resnet-50-panoptic": 43.4, "detr-resnet-50-dc5-panoptic": 44.6, "detr-resnet-101-panoptic": 45.1,
+    }  # fmt: skip
+
+
+def test_official_panoptic_config_names_coco_panoptic_categories():
+    config = official_config("detr-resnet-101-panoptic")
+    assert config.use_masks and config.num_labels == 250 and config.backbone == "resnet101"
+    assert config.id2label[1] == "person" and config.id2label[187] == "sky-other-merged"
+    assert (
+        len(config.stuff_label_ids) == 53
+        and 187 in config.stuff_label_ids
+        and 1 not in config.stuff_label_ids
+    )
+    # a detector with the same backbone is the detection release, not the panoptic one
+    assert official_checkpoint_for(HfDetrConfig(backbone="resnet101")) == "detr-resnet-101"
+    assert official_checkpoint_for(HfDetrConfig(backbone="resnet101", use_masks=True)) is None  # 91 classes
+
+
+def test_official_panoptic_card_puts_pq_under_segmentation_and_box_ap_under_detection():
+    data = ModelCard(str(official_model_card("detr-resnet-50-panoptic"))).data
+    tasks = {r.metric_type: r.task_type for r in data.eval_results}
+    assert tasks == {"pq": "image-segmentation", "mask_ap": "image-segmentation", "ap": "object-detection"}
+    assert {r.dataset_name for r in data.eval_results} == {"COCO panoptic 2017"}
+    assert "github.com/facebookresearch/detr" in data.eval_results[0].source_url
+
+
+def test_segmentation_card_from_evaluation_metrics():
+    """A segmentation config (use_masks) gets an image-segmentation card; PQ/SQ/RQ become its model-index."""
+    config = HfDetrConfig(
+        backbone="resnet18", use_masks=True, id2label={0: "disc", 1: "box", 2: "grass"}, stuff_label_ids=[2]
+    )
+    metrics = {"PQ": 51.5, "SQ": 80.25, "RQ": 62.0, "PQ_th": 55.0, "PQ_st": 44.5, "AP": 30.0}
+    parsed = ModelCard(str(make_model_card(config, "me/shapes-panoptic", metrics, datasets=["me/shapes"])))
+    data = parsed.data
+    assert data.pipeline_tag == "image-segmentation" and "panoptic-segmentation" in data.tags
+    assert data.datasets == ["me/shapes"] and data.metrics == ["PQ", "AP"]
+    values = {r.metric_type: (r.task_type, r.metric_value) for r in data.eval_results}
+    assert values["pq"] == ("image-segmentation", 51.5) and values["pq_st"] == ("image-segmentation", 44.5)
+    assert values["ap"] == ("object-detection", 30.0)
+    body = parsed.text
+    for needle in ('pipeline("image-segmentation", model="me/shapes-panoptic")', "post_process_panoptic_segmentation",
+                   "label_ids_to_fuse=model.config.stuff_label_ids", "HfDetrForSegmentation.from_pretrained",
+                   "AutoModelForImageSegmentation", "| PQ | 51.5 |", "| SQ | 80.2 |", "| PQ (stuff) | 44.5 |",
+                   "| box AP@[.5:.95] | 30.0 |", "2 things (disc, box) and 1 stuff (grass)",
+                   f"At most {config.num_queries} segments per image"):  # fmt: skip
+        assert needle in body, needle
+    assert 'pipeline("object-detection"' not in body
+
+
+def test_panoptic_metrics_are_refused_for_a_detector():
+    with pytest.raises(ValueError, match="PQ.*segmentation models"):
+        make_model_card(HfDetrConfig(), "me/x", {"PQ": 40.0})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -100,6 +166,10 @@ _ONLINE = textwrap.dedent(
     push_to_hub(model, processor, "org/tiny-detr", card, token="hf_test")
     model.push_to_hub("org/plain-detr", token="hf_test")
     processor.push_to_hub("org/plain-detr", token="hf_test")
+    # a segmentation model without a card: push_to_hub writes an image-segmentation card
+    segmenter = hf_detr.HfDetrForSegmentation(tiny_hf_detr_config(
+        d_model=128, encoder_attention_heads=8, decoder_attention_heads=8, num_queries=4, use_masks=True))
+    push_to_hub(segmenter, processor, "org/tiny-panoptic", token="hf_test")
 
     loaded = AutoModelForObjectDetection.from_pretrained("org/tiny-detr")
     by_id = pipeline("object-detection", model="org/tiny-detr")(image, threshold=0.0)
@@ -157,6 +227,13 @@ def test_push_and_pull_through_a_local_hub_then_offline_from_the_cache(tmp_path,
     assert converted_card.data.library_name == "transformers" and "hf_detr" in converted_card.data.tags
     config = json.loads(repos["org/tiny-detr"]["config.json"])
     assert config["auto_map"]["AutoModelForObjectDetection"] == "modeling_detr.HfDetrForObjectDetection"
+    panoptic_card = ModelCard(repos["org/tiny-panoptic"]["README.md"].decode())
+    assert panoptic_card.data.pipeline_tag == "image-segmentation" and not panoptic_card.data.eval_results
+    assert 'pipeline("image-segmentation", model="org/tiny-panoptic")' in panoptic_card.text
+    panoptic_config = json.loads(repos["org/tiny-panoptic"]["config.json"])
+    assert panoptic_config["auto_map"]["AutoModelForImageSegmentation"] == (
+        "modeling_detr_segmentation.HfDetrForSegmentation"
+    )
 
     offline_env = {
         **os.environ,
