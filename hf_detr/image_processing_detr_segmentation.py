@@ -19,6 +19,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -341,6 +342,24 @@ def segmentation_outputs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
             f"N, got {list(logits.shape)} and {list(masks.shape)}."
         )
     return logits, masks
+
+
+def unpadded_segmentation_outputs(
+    outputs: Any, pixel_mask: torch.Tensor | None, index: int
+) -> SimpleNamespace:
+    """Image `index`'s `logits` [1, N, K+1] and `pred_masks` [1, N, h, w] cut to its unpadded part.
+
+    Post-processing resizes the whole mask map to the target size, so the padding that larger images
+    bring into a batch would stretch the masks; the official `PostProcessSegm` crops the same way.
+    """
+    masks = outputs.pred_masks[index : index + 1]  # [1, N, h, w] of the padded batch
+    if pixel_mask is not None:
+        padded_height, padded_width = pixel_mask.shape[-2:]
+        rows, columns = int(pixel_mask[index].any(1).sum()), int(pixel_mask[index].any(0).sum())
+        height = math.ceil(rows * masks.shape[-2] / padded_height)
+        width = math.ceil(columns * masks.shape[-1] / padded_width)
+        masks = masks[..., :height, :width]
+    return SimpleNamespace(logits=outputs.logits[index : index + 1], pred_masks=masks)
 
 
 def target_size_list(target_sizes: Any, batch_size: int) -> list[tuple[int, int] | None]:

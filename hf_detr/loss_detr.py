@@ -1,5 +1,5 @@
 """DETR's set-prediction loss (paper section 3.1): Hungarian matching, then CE + L1 + GIoU, and for the
-segmentation model (section 5) sigmoid focal + DICE losses of the matched queries' masks.
+segmentation model (section 4.4) sigmoid focal + DICE losses of the matched queries' masks.
 
 All decoder layers are matched and scored together: the costs of every layer and image are built as
 one [L, B, N, T] block (T = the batch's largest target count; padded targets are ignored), copied to
@@ -291,7 +291,7 @@ def mask_losses(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sigmoid focal loss (alpha 0.25, gamma 2; mean over pixels) and DICE loss (1 - (2|PT| + 1) /
     (|P| + |T| + 1)) of matched pairs, each summed over masks and divided by `num_boxes` (paper
-    section 5). mask_logits [M, h, w] are upsampled bilinearly (align_corners=False) to the targets'
+    section 4.4). mask_logits [M, h, w] are upsampled bilinearly (align_corners=False) to the targets'
     [M, H, W] size first, as the official `loss_masks`."""
     upsampled = F.interpolate(
         mask_logits[:, None], size=target_masks.shape[-2:], mode="bilinear", align_corners=False
@@ -329,7 +329,7 @@ class SetCriterion:
     With `one_to_many_repeats` k > 1 the groups after group 0 are matched to the targets repeated k
     times (H-DETR's hybrid matching) and their box losses divided by k times the number of boxes.
 
-    Given `pred_masks` (the segmentation model, paper section 5), the output layer's matched queries
+    Given `pred_masks` (the segmentation model, paper section 4.4), the output layer's matched queries
     also get loss_mask (sigmoid focal) and loss_dice against the labels' `masks`; the auxiliary layers
     get no mask losses, as in the official code. The matching does not change.
     """

@@ -1,4 +1,4 @@
-"""DETR for panoptic segmentation (Carion et al., ECCV 2020, section 5 and figure 8).
+"""DETR for panoptic segmentation (Carion et al., ECCV 2020, section 4.4 and figure 8).
 
 The detector runs unchanged; a multi-head attention map of each decoder output over the encoder memory
 (`bbox_attention`) and the input projection of the backbone's last map feed a small FPN-style
@@ -14,6 +14,7 @@ Part of the self-contained "model files": only relative imports of the other mod
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -91,8 +92,9 @@ class HfDetrAttentionMap(nn.Module):
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
-    """The official GroupNorm(8, C); C groups when C < 8 (as transformers), for narrow models."""
-    return nn.GroupNorm(min(8, channels), channels)
+    """The official GroupNorm(8, C); for widths that 8 does not divide (narrow models, e.g. d_model 128
+    with 4 heads: 132), the largest group count below 8 that divides C (C itself when C < 8)."""
+    return nn.GroupNorm(math.gcd(8, channels), channels)
 
 
 class HfDetrMaskHead(nn.Module):
@@ -144,7 +146,7 @@ class HfDetrMaskHead(nn.Module):
 
 
 class HfDetrForSegmentation(HfDetrPreTrainedModel):
-    """DETR with the panoptic mask head (paper section 5): `detr` (an [`HfDetrForObjectDetection`]),
+    """DETR with the panoptic mask head (paper section 4.4): `detr` (an [`HfDetrForObjectDetection`]),
     `bbox_attention` and `mask_head`; outputs `pred_masks` [B, N, H/4, W/4] beside the detector's.
 
     The config's `use_masks` must be on (it makes the backbone return its intermediate maps); a config

@@ -1,5 +1,5 @@
-"""Pictures of detections: boxes with class names and scores, and DETR's attention maps (paper
-section 4.2, figures 3 and 6).
+"""Pictures of detections: boxes with class names and scores, panoptic segments with class names
+(paper section 4.4, figure 9), and DETR's attention maps (paper section 4.2, figures 3 and 6).
 
 Boxes are drawn with `torchvision.utils.draw_bounding_boxes`; the labels are drawn with PIL in Pillow's
 built-in scalable font (`ImageFont.load_default(size)`), because `draw_bounding_boxes` ignores
@@ -61,20 +61,145 @@ def draw_detections(
     font = PIL.ImageFont.load_default(size=font_size(width, height))
     for box, label, score in zip(boxes.tolist(), labels, scores):
         text = f"{names.get(int(label), str(int(label)))} {float(score):.2f}"
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-        text_width, text_height = right - left, bottom - top
-        pad = max(1, text_height // 5)
-        x = min(max(0, box[0]), max(0, width - text_width - 2 * pad))
-        y = box[1] - text_height - 2 * pad if box[1] >= text_height + 2 * pad else box[1]
-        colour = class_colour(int(label))
-        draw.rectangle((x, y, x + text_width + 2 * pad, y + text_height + 2 * pad), fill=colour)
-        draw.text((x + pad - left, y + pad - top), text, fill=_text_colour(colour), font=font)
+        tag_width, tag_height = _tag_size(draw, text, font)
+        x = min(max(0, box[0]), max(0, width - tag_width))
+        y = box[1] - tag_height if box[1] >= tag_height else box[1]
+        _draw_tag(draw, (x, y), text, class_colour(int(label)), font)
     return canvas
 
 
 def _text_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:
     luminance = 0.299 * background[0] + 0.587 * background[1] + 0.114 * background[2]
     return (0, 0, 0) if luminance > 150 else (255, 255, 255)
+
+
+def _tag_padding(draw: PIL.ImageDraw.ImageDraw, text: str, font) -> tuple[tuple[int, int, int, int], int]:
+    """The text's bounding box at (0, 0) and the padding around it inside a tag."""
+    bbox = draw.textbbox((0, 0), text, font=font)
+    return bbox, max(1, (bbox[3] - bbox[1]) // 5)
+
+
+def _tag_size(draw: PIL.ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
+    """(width, height) of the tag `_draw_tag` draws for `text`."""
+    (left, top, right, bottom), pad = _tag_padding(draw, text, font)
+    return right - left + 2 * pad, bottom - top + 2 * pad
+
+
+def _draw_tag(
+    draw: PIL.ImageDraw.ImageDraw, corner: tuple[float, float], text: str, colour: tuple[int, int, int], font
+) -> None:
+    """A tag filled with `colour` whose top-left corner is `corner`, with `text` in black or white."""
+    (left, top, _, _), pad = _tag_padding(draw, text, font)
+    tag_width, tag_height = _tag_size(draw, text, font)
+    x, y = corner
+    draw.rectangle((x, y, x + tag_width, y + tag_height), fill=colour)
+    draw.text((x + pad - left, y + pad - top), text, fill=_text_colour(colour), font=font)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Panoptic segments (paper figure 9)
+# ---------------------------------------------------------------------------------------------------
+def segment_colour(label: int, instance: int = 0) -> tuple[int, int, int]:
+    """The colour of the `instance`-th segment (0, 1, ...) of class `label` in one picture: the class
+    colour, then alternately lighter and darker shades of it, so that segments differ and keep their
+    class's hue."""
+    base = class_colour(label)
+    if instance == 0:
+        return base
+    amount = min(0.75, 0.25 * ((instance + 1) // 2))
+    target = 255 if instance % 2 else 0
+    return tuple(round(c + (target - c) * amount) for c in base)
+
+
+def segment_labels(segments: Sequence[dict]) -> dict[int, int]:
+    """Segment id -> label id, in id order, from `segments_info` (where fused queries repeat an id)."""
+    labels: dict[int, int] = {}
+    for segment in segments:
+        labels.setdefault(int(segment["id"]), int(segment["label_id"]))
+    return dict(sorted(labels.items()))
+
+
+def label_point(mask: np.ndarray) -> tuple[float, float]:
+    """(x, y) where to write a segment's name: its centre of mass when that lies inside the mask
+    [H, W] bool, else the mask pixel farthest from the mask's border (a ring, a "C")."""
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        raise ValueError("`mask` has no pixel; a segment to label needs at least one.")
+    y, x = ys.mean(), xs.mean()
+    if mask[int(y), int(x)]:
+        return float(x) + 0.5, float(y) + 0.5
+    from scipy.ndimage import distance_transform_edt
+
+    row, column = np.unravel_index(np.argmax(distance_transform_edt(np.pad(mask, 1))), np.add(mask.shape, 2))
+    return float(column - 1) + 0.5, float(row - 1) + 0.5
+
+
+def _segment_edges(ids: np.ndarray, radius: int) -> np.ndarray:
+    """[H, W] bool: pixels within `radius` of a change of segment id (both sides of each boundary)."""
+    edges = np.zeros(ids.shape, dtype=bool)
+    horizontal = ids[:, 1:] != ids[:, :-1]  # [H, W-1]
+    vertical = ids[1:] != ids[:-1]  # [H-1, W]
+    edges[:, 1:] |= horizontal
+    edges[:, :-1] |= horizontal
+    edges[1:] |= vertical
+    edges[:-1] |= vertical
+    if radius > 0:
+        grown = F.max_pool2d(torch.from_numpy(edges)[None, None].float(), 2 * radius + 1, 1, radius)
+        edges = grown[0, 0].bool().numpy()
+    return edges
+
+
+def draw_panoptic(
+    image: PIL.Image.Image,
+    segmentation: torch.Tensor,
+    segments: Sequence[dict],
+    names: dict[int, str],
+    alpha: float = 0.5,
+) -> PIL.Image.Image:
+    """The image with each segment of `segmentation` ([H, W] segment ids of the image's size; ids not
+    in `segments`, such as 0 and -1, are left as they are) filled with its colour blended over the
+    image (`alpha`), outlined in it and tagged with its class name at `label_point` (paper figure 9).
+    `segments`: dicts with "id" and "label_id", as `post_process_panoptic_segmentation`'s
+    `segments_info`. A class keeps its hue (`class_colour`); its segments get shades of it."""
+    image = image.convert("RGB")
+    width, height = image.size
+    ids = segmentation.cpu().numpy()
+    if ids.shape != (height, width):
+        raise ValueError(
+            f"`segmentation` must be [H, W] = [{height}, {width}] (the image's size), got {list(ids.shape)}."
+        )
+    labels = segment_labels(segments)
+    instances: dict[int, int] = {}
+    colours = {}
+    for segment_id, label in labels.items():
+        colours[segment_id] = segment_colour(label, instances.get(label, 0))
+        instances[label] = instances.get(label, 0) + 1
+    inside = np.isin(ids, list(colours))  # [H, W]
+    known = np.where(inside, ids, 0)
+    table = np.zeros((max(colours, default=0) + 1, 3), dtype=np.float32)
+    for segment_id, colour in colours.items():
+        table[segment_id] = colour
+    fill = table[known]  # [H, W, 3]
+    pixels = np.asarray(image, dtype=np.float32)
+    blended = np.where(inside[..., None], pixels * (1 - alpha) + fill * alpha, pixels)
+    outline = _segment_edges(known, line_width(width, height) // 2 - 1) & inside
+    blended[outline] = fill[outline]
+    canvas = PIL.Image.fromarray(np.clip(blended.round(), 0, 255).astype(np.uint8))
+    draw = PIL.ImageDraw.Draw(canvas)
+    font = PIL.ImageFont.load_default(size=font_size(width, height))
+    for segment_id, label in labels.items():
+        mask = ids == segment_id  # [H, W]
+        if not mask.any():
+            continue
+        x, y = label_point(mask)
+        text = names.get(label, str(label))
+        tag_width, tag_height = _tag_size(draw, text, font)
+        corner = (
+            min(max(0.0, x - tag_width / 2), max(0, width - tag_width)),
+            min(max(0.0, y - tag_height / 2), max(0, height - tag_height)),
+        )
+        _draw_tag(draw, corner, text, colours[segment_id], font)
+    return canvas
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -157,9 +282,13 @@ __all__ = [
     "class_colour",
     "decoder_attention_map",
     "draw_detections",
+    "draw_panoptic",
     "encoder_attention_map",
     "feature_cell",
     "heat_overlay",
+    "label_point",
+    "segment_colour",
+    "segment_labels",
     "side_by_side",
     "upsample",
 ]

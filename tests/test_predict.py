@@ -151,3 +151,256 @@ def test_exif_rotation_is_applied_as_the_pipeline_does(tmp_path, known_checkpoin
         == 0
     )
     assert PIL.Image.open(tmp_path / "o" / "rotated.png").size == (100, 200)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Panoptic (paper figure 9)
+# ---------------------------------------------------------------------------------------------------
+SEGMENT_LABELS = {0: "cat", 1: "remote", 2: "bed", 3: "sky"}
+
+
+@pytest.fixture(scope="module")
+def segmentation_checkpoint(tmp_path_factory):
+    """A small random HfDetrForSegmentation whose queries name object classes (the no-object logit is
+    lowered), so that segments come out at the default mask thresholds."""
+    from detr_testing import randomize_for_parity, tiny_hf_detr_config
+
+    from hf_detr import HfDetrForSegmentation
+
+    torch.manual_seed(0)
+    config = tiny_hf_detr_config(
+        d_model=128, encoder_attention_heads=8, decoder_attention_heads=8, use_masks=True, num_queries=8,
+        num_labels=4, id2label=SEGMENT_LABELS, label2id={v: k for k, v in SEGMENT_LABELS.items()},
+    )  # fmt: skip
+    model = randomize_for_parity(HfDetrForSegmentation(config)).eval()
+    with torch.no_grad():
+        model.detr.class_labels_classifier.bias[-1] = -5.0
+    directory = tmp_path_factory.mktemp("panoptic")
+    model.save_pretrained(directory)
+    HfDetrImageProcessor(size={"shortest_edge": 96, "longest_edge": 128}).save_pretrained(directory)
+    return directory
+
+
+def _panoptic_of(checkpoint, image: PIL.Image.Image, threshold: float, fuse: set[int] | None = None) -> dict:
+    """The post-processing run directly on one image (a batch of one has no padding)."""
+    from hf_detr import HfDetrForSegmentation
+
+    model = HfDetrForSegmentation.from_pretrained(checkpoint).eval()
+    processor = HfDetrImageProcessor.from_pretrained(checkpoint)
+    with torch.no_grad():
+        outputs = model(**processor([image]))
+    return processor.post_process_panoptic_segmentation(
+        outputs, threshold=threshold, target_sizes=[(image.height, image.width)], label_ids_to_fuse=fuse
+    )[0]
+
+
+def test_panoptic_writes_segments_that_match_the_post_processing_and_draws_them(
+    tmp_path, segmentation_checkpoint, photos
+):
+    out = tmp_path / "out"
+    # no --task: a segmentation checkpoint runs panoptic
+    assert main(["--model", str(segmentation_checkpoint), str(photos), "--output-dir", str(out),
+                 "--threshold", "0.3"]) == 0  # fmt: skip
+    assert not (out / "detections.jsonl").exists() and not (out / "cats.png").exists()
+    records = [json.loads(line) for line in (out / "segments.jsonl").read_text().splitlines()]
+    image = PIL.Image.open(photos / "cats.png").convert("RGB")
+    expected = _panoptic_of(segmentation_checkpoint, image, 0.3)
+    segmentation = expected["segmentation"]
+    assert len(expected["segments_info"]) >= 1, "the test model must give at least one segment"
+    areas = torch.bincount(segmentation.flatten().clamp(min=0).long())
+    assert [(r["segment_id"], r["label_id"], r["label"], r["area"]) for r in records] == [
+        (s["id"], s["label_id"], SEGMENT_LABELS[s["label_id"]], int(areas[s["id"]]))
+        for s in expected["segments_info"]
+    ]
+    assert [r["score"] for r in records] == pytest.approx([s["score"] for s in expected["segments_info"]])
+    for record in records:
+        rows, columns = torch.nonzero(segmentation == record["segment_id"], as_tuple=True)
+        assert record["bbox"] == {"xmin": int(columns.min()), "ymin": int(rows.min()),
+                                  "xmax": int(columns.max()) + 1, "ymax": int(rows.max()) + 1}  # fmt: skip
+        assert record["image"] == str(photos / "cats.png") and record["fused"] is False
+    drawn = np.asarray(PIL.Image.open(out / "cats_panoptic.png").convert("RGB"), dtype=np.int16)
+    original = np.asarray(image, dtype=np.int16)
+    assert drawn.shape == original.shape == (480, 640, 3)
+    first = segmentation.numpy() == records[0]["segment_id"]
+    assert (np.abs(drawn - original).max(-1) > 0)[first].mean() > 0.95
+    blend = np.round((original + np.array(class_colour(records[0]["label_id"]))) / 2)  # alpha 0.5
+    assert (np.abs(drawn - blend).max(-1) <= 1)[first].mean() > 0.8  # all but outlines and the tag
+
+
+# queries 0-3 of the known segmentation outputs: (label, logit); the others predict no object
+KNOWN_SEGMENTS = ((3, 10.0), (0, 9.0), (0, 8.0), (1, 7.0))
+
+
+def _known_regions(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """[4, h, w] bool masks at image coordinates x, y in [0, 1] ([1, w], [h, 1]): sky over the top 40%,
+    below it a cat on each side and a remote (a disk) cut out of the right cat."""
+    top = y.expand(-1, x.shape[1]) < 0.4
+    disk = (x - 0.75) ** 2 + (y - 0.7) ** 2 < 0.15**2
+    return torch.stack([top, ~top & (x < 0.5), ~top & (x >= 0.5) & ~disk, ~top & disk])
+
+
+@pytest.fixture()
+def known_segments(monkeypatch):
+    """HfDetrForSegmentation outputs KNOWN_SEGMENTS with masks placed on each image's own (unpadded)
+    pixels, whatever else is in the batch; post-processing, drawing and records run as they are."""
+    from hf_detr import HfDetrForSegmentation
+
+    forward = HfDetrForSegmentation.forward
+
+    def known_forward(self, pixel_values, pixel_mask=None, **kwargs):
+        outputs = forward(self, pixel_values, pixel_mask=pixel_mask, **kwargs)
+        logits = torch.zeros_like(outputs.logits)  # [B, N, K+1]
+        logits[..., -1] = 10.0
+        for query, (label, logit) in enumerate(KNOWN_SEGMENTS):
+            logits[:, query, -1] = 0.0
+            logits[:, query, label] = logit
+        masks = torch.full_like(outputs.pred_masks, -10.0)  # [B, N, h, w]
+        stride_y = pixel_values.shape[-2] / masks.shape[-2]
+        stride_x = pixel_values.shape[-1] / masks.shape[-1]
+        for index, image_mask in enumerate(pixel_mask.bool()):
+            rows, columns = int(image_mask.any(1).sum()), int(image_mask.any(0).sum())
+            y = (torch.arange(masks.shape[-2]) + 0.5)[:, None] * stride_y / rows  # cell centres
+            x = (torch.arange(masks.shape[-1]) + 0.5)[None] * stride_x / columns
+            regions = _known_regions(x, y) & (x < 1) & (y < 1)
+            masks[index, : len(KNOWN_SEGMENTS)][regions] = 10.0
+        outputs.logits, outputs.pred_masks = logits, masks
+        return outputs
+
+    monkeypatch.setattr(HfDetrForSegmentation, "forward", known_forward)
+
+
+def _records(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_panoptic_names_and_colours_each_segment_and_fuses_named_classes(
+    tmp_path, segmentation_checkpoint, photos, known_segments
+):
+    arguments = ["--model", str(segmentation_checkpoint), str(photos / "cats.png"), "--task", "panoptic"]
+    assert main([*arguments, "--output-dir", str(tmp_path / "a")]) == 0
+    records = _records(tmp_path / "a" / "segments.jsonl")
+    assert [(r["segment_id"], r["label"]) for r in records] == [
+        (1, "sky"),
+        (2, "cat"),
+        (3, "cat"),
+        (4, "remote"),
+    ]
+    assert sum(r["area"] for r in records) == 640 * 480
+    sky = {"xmin": 0, "ymin": 0, "xmax": 640, "ymax": pytest.approx(0.4 * 480, abs=20)}  # a mask cell: 20 px
+    assert records[0]["bbox"] == sky
+    drawn = np.asarray(PIL.Image.open(tmp_path / "a" / "cats_panoptic.png").convert("RGB"), dtype=np.int16)
+    original = np.asarray(PIL.Image.open(photos / "cats.png").convert("RGB"), dtype=np.int16)
+    # the two cats: the class colour, then a lighter shade of it (at alpha 0.5 over the photo)
+    from hf_detr.visualization import segment_colour
+
+    for (x, y), colour in {(100, 400): class_colour(0), (600, 260): segment_colour(0, 1)}.items():
+        assert np.abs(drawn[y, x] - np.round((original[y, x] + np.array(colour)) / 2)).max() <= 1
+    # fused by name and by id: the two cats share one segment with the better score
+    assert main([*arguments, "--output-dir", str(tmp_path / "b"), "--fuse-labels", "cat, 3"]) == 0
+    fused = _records(tmp_path / "b" / "segments.jsonl")
+    assert [(r["label"], r["fused"]) for r in fused] == [("sky", True), ("cat", True), ("remote", False)]
+    assert fused[1]["area"] == records[1]["area"] + records[2]["area"]
+    assert (
+        fused[1]["score"] == pytest.approx(records[1]["score"]) and records[1]["score"] > records[2]["score"]
+    )
+
+
+def test_an_image_padded_in_a_batch_gets_the_segments_it_gets_alone(
+    tmp_path, segmentation_checkpoint, photos, known_segments
+):
+    """The mask map is cut to the image's unpadded part before post-processing resizes it, as the
+    official PostProcessSegm does; otherwise the padding a wider image brings would stretch it."""
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    wide = PIL.Image.open(photos / "cats.png").resize((320, 240))
+    wide.save(folder / "wide.png")
+    wide.rotate(90, expand=True).save(folder / "tall.png")
+    for batch_size in (1, 2):
+        assert main(["--model", str(segmentation_checkpoint), str(folder), "--output-dir",
+                     str(tmp_path / str(batch_size)), "--batch-size", str(batch_size)]) == 0  # fmt: skip
+    alone, together = _records(tmp_path / "1" / "segments.jsonl"), _records(tmp_path / "2" / "segments.jsonl")
+    assert [r["image"] for r in together].count(str(folder / "tall.png")) == 4
+    assert together == alone
+    for name in ("wide_panoptic.png", "tall_panoptic.png"):
+        assert np.array_equal(
+            np.asarray(PIL.Image.open(tmp_path / "1" / name)),
+            np.asarray(PIL.Image.open(tmp_path / "2" / name)),
+        )
+
+
+def test_unknown_fuse_labels_and_panoptic_with_a_detector_are_refused(
+    tmp_path, segmentation_checkpoint, known_checkpoint, photos, capsys
+):
+    with pytest.raises(SystemExit) as error:
+        main(["--model", str(segmentation_checkpoint), str(photos), "--output-dir", str(tmp_path),
+              "--fuse-labels", "sky,grass"])  # fmt: skip
+    assert (
+        error.value.code == 2 and "'grass' is neither a class name nor a label id" in capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit) as error:
+        main(
+            [
+                "--model",
+                str(known_checkpoint),
+                str(photos),
+                "--output-dir",
+                str(tmp_path),
+                "--task",
+                "panoptic",
+            ]
+        )
+    assert error.value.code == 2 and "needs a segmentation checkpoint" in capsys.readouterr().err
+
+
+def test_a_segmentation_checkpoint_also_detects(tmp_path, segmentation_checkpoint, photos):
+    out = tmp_path / "out"
+    assert main(["--model", str(segmentation_checkpoint), str(photos), "--output-dir", str(out),
+                 "--task", "detection", "--threshold", "0.3"]) == 0  # fmt: skip
+    records = _records(out / "detections.jsonl")
+    assert records and {r["label"] for r in records} <= set(SEGMENT_LABELS.values())
+    assert PIL.Image.open(out / "cats.png").size == (640, 480) and not (out / "segments.jsonl").exists()
+
+
+def test_panoptic_reports_unreadable_inputs_and_exits_with_1(
+    tmp_path, segmentation_checkpoint, photos, capsys
+):
+    (photos / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    code = main(["--model", str(segmentation_checkpoint), str(photos), str(tmp_path / "nothing*.png"),
+                 "--output-dir", str(out), "--threshold", "0.3"])  # fmt: skip
+    assert code == 1
+    errors = capsys.readouterr().err
+    assert "broken.jpg: cannot read the image" in errors and "nothing*.png: no such file" in errors
+    assert (out / "cats_panoptic.png").is_file() and not (out / "broken_panoptic.png").exists()
+    assert {r["image"] for r in _records(out / "segments.jsonl")} == {str(photos / "cats.png")}
+
+
+def test_draw_panoptic_colours_outlines_and_names_each_segment():
+    from hf_detr.visualization import draw_panoptic, label_point, segment_colour
+
+    image = PIL.Image.new("RGB", (160, 120), (100, 100, 100))
+    segmentation = torch.zeros(120, 160, dtype=torch.int32)
+    segmentation[10:110, 5:55] = 1  # cat
+    segmentation[10:110, 55:105] = 2  # a second cat, touching the first
+    segmentation[20:100, 115:155] = 3  # a "C" of bed: its centre of mass lies outside it
+    segmentation[40:80, 125:155] = 0
+    segments = [{"id": 1, "label_id": 0}, {"id": 2, "label_id": 0}, {"id": 3, "label_id": 2}]
+    segments.append({"id": 3, "label_id": 2})  # fused queries repeat their id
+    pixels = np.asarray(draw_panoptic(image, segmentation, segments, {0: "cat", 2: "bed"}), dtype=np.int16)
+    colours = {1: class_colour(0), 2: segment_colour(0, 1), 3: class_colour(2)}
+    assert colours[2] != colours[1]
+    for segment_id, (row, column) in {1: (15, 30), 2: (105, 80), 3: (95, 150)}.items():
+        blend = np.round((np.array([100, 100, 100]) + colours[segment_id]) / 2)
+        assert np.abs(pixels[row, column] - blend).max() <= 1, segment_id
+    assert (pixels[60, 54] == colours[1]).all() and (pixels[60, 55] == colours[2]).all()  # the outline
+    assert (pixels[5, 30] == 100).all() and (pixels[60, 140] == 100).all()  # no segment there
+    mask = (segmentation == 3).numpy()
+    x, y = label_point(mask)
+    assert mask[int(y), int(x)]
+    for segment_id, (row, column) in {1: (60, 30), 2: (60, 80), 3: (int(y), int(x))}.items():
+        around = pixels[row - 8 : row + 8, max(0, column - 20) : column + 20]
+        tag = (around == colours[segment_id]).all(-1)
+        text = ~tag & (np.abs(around - 100).max(-1) > 60)  # black or white letters on the tag
+        assert tag.sum() > 40 and text.sum() > 5, segment_id
+    with pytest.raises(ValueError, match=r"must be \[H, W\] = \[120, 160\]"):
+        draw_panoptic(image, segmentation[:60], segments, {})

@@ -1,4 +1,4 @@
-"""HfDetrForSegmentation (paper section 5): mask shapes, the focal + DICE mask losses, two-stage training
+"""HfDetrForSegmentation (paper section 4.4): mask shapes, the focal + DICE mask losses, two-stage training
 with a frozen detector, configuration checks, saving, Auto classes, the pipeline and remote code."""
 
 from __future__ import annotations
@@ -101,8 +101,7 @@ def test_a_detector_starts_a_segmentation_model_with_its_weights():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"d_model": 64, "encoder_attention_heads": 4}, r"mask-head widths \[68, 32, 16, 8, 4\]"),
-        ({"d_model": 96, "encoder_attention_heads": 8}, "multiple of 8"),
+        ({"d_model": 72, "encoder_attention_heads": 8}, "`d_model` must be a multiple of 16"),
         ({"num_query_groups": 2}, "num_query_groups` = 1 only"),
         ({"mask_loss_coefficient": -1.0}, "`mask_loss_coefficient` must be a number >= 0"),
         ({"dice_loss_coefficient": "high"}, "`dice_loss_coefficient` must be a number >= 0"),
@@ -111,6 +110,15 @@ def test_a_detector_starts_a_segmentation_model_with_its_weights():
 def test_configurations_that_cannot_build_the_mask_head_are_named(overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny_segmentation_config(**{"decoder_attention_heads": 8, **overrides})
+
+
+def test_group_norm_keeps_eight_groups_where_eight_divides_the_width():
+    """The official widths keep GroupNorm(8, C); a width 8 does not divide (d 64 + 4 heads = 68) takes
+    the largest group count that divides it."""
+    config = tiny_segmentation_config(d_model=64, encoder_attention_heads=4, decoder_attention_heads=4)
+    head = HfDetrForSegmentation(config).mask_head
+    assert [head.gn1.num_groups, head.gn2.num_groups, head.gn5.num_groups] == [4, 8, 4]
+    assert (head.gn1.num_channels, head.gn2.num_channels, head.gn5.num_channels) == (68, 32, 4)
 
 
 def test_a_config_without_use_masks_is_copied_with_it():
