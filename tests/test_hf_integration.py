@@ -15,7 +15,15 @@ import PIL.Image
 import pytest
 import torch
 from conftest import REPO_ROOT
-from detr_testing import KNOWN_BOX, MODEL_FILES, known_prediction_model, known_score, tiny_hf_detr_config
+from detr_testing import (
+    KNOWN_BOX,
+    LABELS,
+    MODEL_FILES,
+    known_prediction_model,
+    known_score,
+    tiny_hf_detr_config,
+)
+from safetensors.numpy import load_file as load_numpy_file
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoConfig,
@@ -29,7 +37,13 @@ from transformers import (
 )
 from transformers.models.detr.image_processing_detr import DetrImageProcessor
 
-from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor, HfDetrModel
+from hf_detr import (
+    HfDetrConfig,
+    HfDetrForObjectDetection,
+    HfDetrForSegmentation,
+    HfDetrImageProcessor,
+    HfDetrModel,
+)
 
 
 def test_auto_classes_resolve_to_hf_detr(known_checkpoint):
@@ -155,7 +169,8 @@ def test_a_loaded_model_trains_exactly_the_parameters_a_fresh_one_does(tmp_path,
     assert _trainable(AutoModel.from_pretrained(tmp_path)) == base
 
 
-_WITHOUT_PACKAGE = textwrap.dedent(
+# the start of every script `_run_without_hf_detr` runs: hf_detr cannot be imported after it
+_BLOCK_HF_DETR = textwrap.dedent(
     """
     import importlib.abc, json, sys
 
@@ -165,6 +180,31 @@ _WITHOUT_PACKAGE = textwrap.dedent(
                 raise ImportError("hf_detr is blocked in this process")
 
     sys.meta_path.insert(0, BlockHfDetr())
+    try:
+        import hf_detr  # noqa: F401
+        raise SystemExit("hf_detr was importable")
+    except ImportError:
+        pass
+    """
+)
+
+
+def _run_without_hf_detr(script: str, *arguments: str, cwd: Path) -> dict:
+    """Run `script` in a fresh interpreter where hf_detr cannot be imported (from `cwd`, not the
+    repository, so that the working directory does not provide it either); its last stdout line as JSON."""
+    result = subprocess.run(
+        [sys.executable, "-c", _BLOCK_HF_DETR + script, *arguments],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+_WITHOUT_PACKAGE = textwrap.dedent(
+    """
     from types import SimpleNamespace
 
     import torch
@@ -172,11 +212,6 @@ _WITHOUT_PACKAGE = textwrap.dedent(
     from transformers import AutoImageProcessor, AutoModelForObjectDetection, pipeline
 
     directory, image, processor_directory, case = sys.argv[1:5]
-    try:
-        import hf_detr  # noqa: F401
-        raise SystemExit("hf_detr was importable")
-    except ImportError:
-        pass
     model = AutoModelForObjectDetection.from_pretrained(directory, trust_remote_code=True)
     assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
     detector = pipeline("object-detection", model=directory, trust_remote_code=True)
@@ -237,15 +272,7 @@ def test_code_carrying_checkpoint_loads_without_the_package(tmp_path, coco_image
     annotation, outputs = _panoptic_case(tmp_path / "case")
     image = str(coco_image_dir / "000000039769.png")
     arguments = [str(tmp_path), image, str(tmp_path / "processor"), str(tmp_path / "case")]
-    result = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_PACKAGE, *arguments],
-        cwd=tmp_path,  # not the repository: hf_detr must not be importable from the working directory
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    remote = json.loads(result.stdout.strip().splitlines()[-1])
+    remote = _run_without_hf_detr(_WITHOUT_PACKAGE, *arguments, cwd=tmp_path)
     assert remote["class"] == "HfDetrForObjectDetection"
     assert remote["trainable"] == _trainable(model)  # the stem and layer1 stay frozen there too
     local = pipeline("object-detection", model=str(tmp_path))(image, threshold=0.0)
@@ -266,6 +293,181 @@ def test_code_carrying_checkpoint_loads_without_the_package(tmp_path, coco_image
     assert remote["segments_info"] == [result["segments_info"] for result in panoptic]
     for i, result in enumerate(panoptic):
         assert torch.equal(remote_tensors[f"segmentation_{i}"], result["segmentation"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# pipeline("image-segmentation")
+# ---------------------------------------------------------------------------------------------------
+SUBTASKS = ("panoptic", "instance", "semantic")
+# the classes queries 0..5 are made to predict on the test image (4 = no-object)
+QUERY_CLASSES = (0, 1, 2, 3, 4, 4)
+
+
+@torch.no_grad()
+def _segmenting_model(image: PIL.Image.Image, processor: HfDetrImageProcessor) -> HfDetrForSegmentation:
+    """A tiny random segmentation model that segments `image` at the pipeline's default thresholds
+    (0.9 / 0.5 / 0.5): its mask logits are sharpened and centred on the image, so that each query's mask
+    covers part of it, and its classifier is solved (least squares on this image's decoder outputs) so
+    that query i predicts QUERY_CLASSES[i] with probability ~0.999."""
+    torch.manual_seed(0)
+    config = tiny_hf_detr_config(
+        use_masks=True, encoder_attention_heads=8, decoder_attention_heads=8, num_queries=len(QUERY_CLASSES),
+        num_labels=4, id2label=LABELS, label2id={v: k for k, v in LABELS.items()},
+    )  # fmt: skip
+    model = HfDetrForSegmentation(config).eval()
+    inputs = processor(image, return_tensors="pt")
+    model.mask_head.out_lay.weight.mul_(10)
+    outputs = model(**inputs)
+    model.mask_head.out_lay.bias.sub_(outputs.pred_masks.mean())
+    queries = len(QUERY_CLASSES)
+    hidden = torch.cat([outputs.last_hidden_state[0], torch.ones(queries, 1)], 1)  # [N, d+1]
+    target = torch.zeros(queries, config.num_labels + 1)  # [N, K+1] logits: 8 for the query's class
+    target[torch.arange(queries), torch.tensor(QUERY_CLASSES)] = 8.0
+    solution = torch.linalg.pinv(hidden) @ target  # [d+1, K+1]
+    model.detr.class_labels_classifier.weight.copy_(solution[:-1].T)
+    model.detr.class_labels_classifier.bias.copy_(solution[-1])
+    return model
+
+
+@pytest.fixture(scope="module")
+def coco_rgb(coco_image_dir) -> PIL.Image.Image:
+    return PIL.Image.open(coco_image_dir / "000000039769.png").convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def segmentation_checkpoint(tmp_path_factory, coco_rgb) -> Path:
+    directory = tmp_path_factory.mktemp("segmentation")
+    processor = HfDetrImageProcessor(size={"shortest_edge": 96, "longest_edge": 128})
+    _segmenting_model(coco_rgb, processor).save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def segmenter(segmentation_checkpoint):
+    """The pipeline with the package imported, from the saved directory."""
+    return pipeline("image-segmentation", model=str(segmentation_checkpoint))
+
+
+def _as_arrays(segments: list[dict]) -> list[tuple[str, float | None, np.ndarray]]:
+    """The pipeline's segments as (label, score, boolean mask [H, W]), checking each PIL mask."""
+    arrays = []
+    for segment in segments:
+        assert set(segment) == {"score", "label", "mask"}
+        mask = np.asarray(segment["mask"])
+        assert segment["mask"].mode == "L" and set(np.unique(mask)) <= {0, 255}
+        arrays.append((segment["label"], segment["score"], mask == 255))
+    return arrays
+
+
+@torch.no_grad()
+def _processor_segments(
+    model: HfDetrForSegmentation, processor: HfDetrImageProcessor, image: PIL.Image.Image, subtask: str
+) -> list[tuple[str, float | None, np.ndarray]]:
+    """What the processor's post_process_<subtask>_segmentation gives on the model's outputs for
+    `image`, at the pipeline's default thresholds, as (label, score, boolean mask) per segment."""
+    outputs = model(**processor(image, return_tensors="pt"))
+    size = [(image.height, image.width)]
+    names = model.config.id2label
+    if subtask == "semantic":
+        classes = processor.post_process_semantic_segmentation(outputs, target_sizes=size)[0].numpy()
+        return [(names[int(label)], None, classes == label) for label in np.unique(classes)]
+    post_process = getattr(processor, f"post_process_{subtask}_segmentation")
+    result = post_process(
+        outputs, threshold=0.9, mask_threshold=0.5, overlap_mask_area_threshold=0.5, target_sizes=size
+    )[0]
+    segmentation = result["segmentation"].numpy()
+    return [
+        (names[info["label_id"]], info["score"], segmentation == info["id"])
+        for info in result["segments_info"]
+    ]
+
+
+def _assert_same_segments(got: list[tuple], expected: list[tuple]) -> None:
+    assert [label for label, _, _ in got] == [label for label, _, _ in expected]
+    assert [score for _, score, _ in got] == [score for _, score, _ in expected]
+    for (label, _, mask), (_, _, expected_mask) in zip(got, expected):
+        assert np.array_equal(mask, expected_mask), label
+
+
+@pytest.mark.parametrize("subtask", SUBTASKS)
+def test_segmentation_pipeline_gives_the_processors_segments(segmenter, coco_rgb, subtask):
+    assert type(segmenter.model) is HfDetrForSegmentation
+    assert type(segmenter.image_processor) is HfDetrImageProcessor
+    got = _as_arrays(segmenter(coco_rgb, subtask=subtask))
+    expected = _processor_segments(segmenter.model, segmenter.image_processor, coco_rgb, subtask)
+    assert len(got) >= 2  # the model is made to find several segments
+    _assert_same_segments(got, expected)
+    assert all(mask.shape == (480, 640) and mask.any() for _, _, mask in got)
+    assert {label for label, _, _ in got} <= set(LABELS.values())
+    if subtask == "semantic":  # one segment per class present, covering the image
+        assert all(score is None for _, score, _ in got)
+        assert len({label for label, _, _ in got}) == len(got)
+        assert np.array_equal(np.sum([mask for _, _, mask in got], 0), np.ones((480, 640)))
+    else:
+        assert all(0.9 < score <= 1 for _, score, _ in got)
+    if subtask == "panoptic":
+        assert np.sum([mask for _, _, mask in got], 0).max() == 1  # disjoint masks
+
+
+def test_segmentation_pipeline_passes_its_threshold_and_reads_paths(segmenter, coco_image_dir):
+    path = str(coco_image_dir / "000000039769.png")
+    panoptic = segmenter(path, subtask="panoptic")
+    assert panoptic and all(segment["mask"].size == (640, 480) for segment in panoptic)
+    above_all = max(segment["score"] for segment in panoptic) + 1e-4
+    assert segmenter(path, subtask="panoptic", threshold=above_all) == []
+    assert segmenter(path, subtask="instance", threshold=above_all) == []
+    # without a subtask the pipeline takes the first post-processing it finds: panoptic
+    _assert_same_segments(_as_arrays(segmenter(path)), _as_arrays(panoptic))
+
+
+_SEGMENT_WITHOUT_PACKAGE = textwrap.dedent(
+    """
+    import numpy as np
+    from safetensors.numpy import save_file
+    from transformers import pipeline
+
+    directory, image, masks_file = sys.argv[1:4]
+    segmenter = pipeline("image-segmentation", model=directory, trust_remote_code=True)
+    classes = [type(segmenter.model), type(segmenter.image_processor)]
+    assert all(c.__module__.startswith("transformers_modules") for c in classes), classes
+    report, masks = {"classes": [c.__name__ for c in classes]}, {}
+    for subtask in ("panoptic", "instance", "semantic"):
+        segments = segmenter(image, subtask=subtask)
+        assert all(s["mask"].mode == "L" for s in segments), subtask
+        report[subtask] = [{"label": s["label"], "score": s["score"]} for s in segments]
+        masks.update({f"{subtask}_{i}": np.asarray(s["mask"]) for i, s in enumerate(segments)})
+    save_file(masks, masks_file)
+    print(json.dumps(report))
+    """
+)
+
+
+def test_code_carrying_segmentation_checkpoint_segments_without_the_package(
+    tmp_path, segmentation_checkpoint, segmenter, coco_image_dir
+):
+    """In a process where hf_detr cannot be imported, `trust_remote_code` gives the package's segments
+    (same labels, scores and masks) for every subtask."""
+    config = json.loads((segmentation_checkpoint / "config.json").read_text())
+    assert (
+        config["auto_map"]["AutoModelForImageSegmentation"]
+        == "modeling_detr_segmentation.HfDetrForSegmentation"
+    )
+    image = str(coco_image_dir / "000000039769.png")
+    remote = _run_without_hf_detr(
+        _SEGMENT_WITHOUT_PACKAGE, str(segmentation_checkpoint), image, str(tmp_path / "masks.safetensors"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert remote["classes"] == ["HfDetrForSegmentation", "HfDetrImageProcessor"]
+    masks = load_numpy_file(tmp_path / "masks.safetensors")
+    for subtask in SUBTASKS:
+        local = _as_arrays(segmenter(image, subtask=subtask))
+        assert local
+        got = [
+            (segment["label"], segment["score"], masks[f"{subtask}_{i}"] == 255)
+            for i, segment in enumerate(remote[subtask])
+        ]
+        _assert_same_segments(got, local)
 
 
 # ---------------------------------------------------------------------------------------------------
