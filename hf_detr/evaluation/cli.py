@@ -1,7 +1,9 @@
-"""`hf-detr-evaluate` / `scripts/evaluate_coco.py`: COCO AP of a model on a detection dataset.
+"""`hf-detr-evaluate` / `scripts/evaluate_coco.py`: COCO AP of a model on a detection dataset, or
+panoptic quality of a segmentation model on a panoptic one (`--task panoptic`).
 
     python scripts/evaluate_coco.py --model DIR_OR_REPO --dataset NAME_OR_PATH --split val \\
         [--batch-size 8] [--output results.json]
+    python scripts/evaluate_coco.py --task panoptic --model DIR --dataset COCO_PANOPTIC_FOLDER --split val2017
     accelerate launch scripts/evaluate_coco.py ...   # every process evaluates its shard
 """
 
@@ -18,6 +20,16 @@ import torch
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-detr-evaluate", description="COCO box AP of an hf_detr model.")
     parser.add_argument("--model", required=True, help="a save_pretrained directory or a Hub repo id")
+    parser.add_argument(
+        "--task", choices=("detection", "panoptic"), default="detection",
+        help="detection (COCO box AP) or panoptic (PQ, SQ, RQ of a segmentation model)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--threshold", type=float, default=0.85, help="panoptic: score threshold of the segments (0.85)"
+    )
+    parser.add_argument(
+        "--stuff-categories", nargs="*", default=None, help="panoptic Hub/parquet data: its stuff classes"
+    )
     parser.add_argument(
         "--dataset", default=None, help="COCO folder, parquet/arrow path or Hub name (default: built-in)"
     )
@@ -38,56 +50,103 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from accelerate import Accelerator
-    from torch.utils.data import DataLoader
 
-    from ..data import DetectionCollator, DetectionDataset, load_detection_dataset
     from ..image_processing_detr import HfDetrImageProcessor
-    from ..modeling_detr import HfDetrForObjectDetection
-    from .coco_evaluator import CocoEvaluator, label_to_category_mapping, split_to_coco
-    from .loop import evaluate_model
 
     accelerator = Accelerator()
-    model = HfDetrForObjectDetection.from_pretrained(args.model)
     try:
         processor = HfDetrImageProcessor.from_pretrained(args.model)
     except OSError:
         processor = HfDetrImageProcessor()
+    if args.task == "panoptic":
+        stats, record, summary = _evaluate_panoptic(args, accelerator, processor)
+    else:
+        stats, record, summary = _evaluate_detection(args, accelerator, processor)
+    if accelerator.is_main_process:
+        print(
+            f"{args.model} on {args.dataset or 'the built-in dataset'} ({args.split}, {record['num_images']} images):"
+        )
+        print(summary)
+        if args.output is not None:
+            record = {"model": str(args.model), "task": args.task,
+                      "dataset": str(args.dataset) if args.dataset else "builtin", "split": args.split,
+                      "num_processes": accelerator.num_processes, **record, "stats": stats}  # fmt: skip
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(json.dumps(record, indent=2))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return 0
+
+
+def _loader(dataset, args, accelerator, collator):
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        dataset, batch_size=args.batch_size, num_workers=args.num_workers, collate_fn=collator
+    )
+    return accelerator.prepare(loader)  # shards the images between processes
+
+
+def _evaluate_detection(args, accelerator, processor):
+    from ..data import DetectionCollator, DetectionDataset, load_detection_dataset
+    from ..modeling_detr import HfDetrForObjectDetection
+    from .coco_evaluator import CocoEvaluator, label_to_category_mapping, split_to_coco
+    from .loop import evaluate_model
+
+    model = HfDetrForObjectDetection.from_pretrained(args.model).to(accelerator.device)  # no DDP needed
     split = load_detection_dataset(args.dataset, split=args.split, bbox_format=args.bbox_format)[args.split]
     ground_truth = split_to_coco(split)
     mapping = label_to_category_mapping(
         model.config.id2label, ground_truth["categories"], getattr(model.config, "coco_category_ids", None)
     )
     evaluator = CocoEvaluator(ground_truth, mapping, backend=args.backend)
-    loader = DataLoader(
-        DetectionDataset(split),
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        collate_fn=DetectionCollator(processor, num_threads=1 if args.num_workers else None),
-    )
-    model = model.to(accelerator.device)  # inference only: no DDP wrapper needed
-    loader = accelerator.prepare(loader)  # shards the images between processes
+    collator = DetectionCollator(processor, num_threads=1 if args.num_workers else None)
+    loader = _loader(DetectionDataset(split), args, accelerator, collator)
     stats = evaluate_model(model, loader, evaluator, accelerator, processor, args.top_k)
+    record = {"num_images": evaluator.num_images, "top_k": args.top_k, "backend": args.backend}
+    return stats, record, evaluator.summary() if accelerator.is_main_process else ""
+
+
+def _evaluate_panoptic(args, accelerator, processor):
+    from ..data import DetectionCollator, PanopticDataset, category_ids, load_panoptic_dataset
+    from ..modeling_detr_segmentation import HfDetrForSegmentation
+    from ..training.panoptic import panoptic_categories, stuff_label_ids
+    from .coco_evaluator import format_stats, label_to_category_mapping
+    from .loop import InstanceMasks, evaluate_panoptic_model
+    from .panoptic import PanopticEvaluator
+
+    model = HfDetrForSegmentation.from_pretrained(args.model).to(accelerator.device)
+    split = load_panoptic_dataset(args.dataset, split=args.split, stuff_categories=args.stuff_categories)[
+        args.split
+    ]
+    coco_ids = category_ids(split)
+    categories = panoptic_categories(split, coco_ids)
+    mapping = label_to_category_mapping(
+        model.config.id2label, categories, getattr(model.config, "coco_category_ids", None)
+    )
+    evaluator = PanopticEvaluator(categories, label_to_category_id=mapping)
+    collator = DetectionCollator(
+        processor, keep_annotations=True, format="coco_panoptic", num_threads=1 if args.num_workers else None
+    )
+    loader = _loader(PanopticDataset(split), args, accelerator, collator)
+    fuse = [
+        label
+        for label, category in mapping.items()
+        if category in {coco_ids[i] for i in stuff_label_ids(split)}
+    ]
+    mask_ap = InstanceMasks(categories, mapping) if any(c["isthing"] for c in categories) else None
+    stats = evaluate_panoptic_model(
+        model, loader, evaluator, accelerator, processor, args.threshold, fuse, coco_ids, mask_ap=mask_ap
+    )
+    record = {"num_images": evaluator.num_images, "threshold": args.threshold}
+    summary = ""
     if accelerator.is_main_process:
-        print(
-            f"{args.model} on {args.dataset or 'the built-in dataset'} ({args.split}, {evaluator.num_images} images):"
-        )
-        print(evaluator.summary())
-        if args.output is not None:
-            record = {
-                "model": str(args.model),
-                "dataset": str(args.dataset) if args.dataset else "builtin",
-                "split": args.split,
-                "num_images": evaluator.num_images,
-                "num_processes": accelerator.num_processes,
-                "top_k": args.top_k,
-                "backend": args.backend,
-                "stats": stats,
-            }
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            args.output.write_text(json.dumps(record, indent=2))
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return 0
+        summary = evaluator.summary()
+        if stats.get("mask_AP") is not None:
+            summary += "\nMask AP (instance view of the things, COCO segm):\n" + format_stats(
+                stats["mask_AP"]
+            )
+    return stats, record, summary
 
 
 if __name__ == "__main__":

@@ -23,11 +23,13 @@ from ..configuration_detr import HfDetrConfig
 class TrainingArguments:
     """Settings of `hf-detr-train`. Defaults follow the paper (section 4 and appendix A.4)."""
 
+    task: str = "detection"  # detection, or panoptic (HfDetrForSegmentation: masks, PQ; paper section 4.4)
     # data
     dataset: str | None = None  # COCO folder, parquet/arrow path or Hub name; None = the built-in set
     train_split: str = "train"
     eval_split: str | None = None  # default: the first of val, validation, val2017, test that exists
     bbox_format: str = "xywh"  # box format of a Hub/parquet dataset: xywh or xyxy
+    stuff_categories: list[str] = field(default_factory=list)  # panoptic Hub/parquet data: its stuff classes
     image_scale: float = 1.0  # multiplies every augmentation and evaluation size (small images)
     augmentation: str = "paper"  # paper (flip, multi-scale, crops) or flip (flip + evaluation resize)
     num_workers: int = 2  # DataLoader workers per process
@@ -50,6 +52,9 @@ class TrainingArguments:
     auxiliary_loss: bool = HfDetrConfig.auxiliary_loss
     eos_coefficient: float = HfDetrConfig.eos_coefficient
     class_loss_coefficient: float = HfDetrConfig.class_loss_coefficient
+    freeze_detector: bool = False  # panoptic: train the mask head alone (the paper's second stage)
+    mask_loss_coefficient: float = HfDetrConfig.mask_loss_coefficient  # panoptic: sigmoid focal loss
+    dice_loss_coefficient: float = HfDetrConfig.dice_loss_coefficient  # panoptic: DICE loss
     # optimisation
     epochs: int = 300
     max_steps: int | None = None  # schedule length in optimizer steps (overrides epochs)
@@ -57,6 +62,9 @@ class TrainingArguments:
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
     backbone_learning_rate: float = 1e-5
+    mask_head_learning_rate: float | None = (
+        None  # panoptic: the new mask head's rate (default: learning_rate)
+    )
     weight_decay: float = 1e-4
     max_grad_norm: float = 0.1
     lr_scheduler_type: str = "step"  # step (x0.1 after lr_drop, the paper) or cosine (to 0 at the end)
@@ -76,6 +84,7 @@ class TrainingArguments:
     eval_epochs: int | None = 1  # evaluate every N epochs (None: only every eval_steps and at the end)
     eval_steps: int | None = None  # also evaluate every N optimizer steps
     eval_top_k: int | None = None
+    panoptic_threshold: float = 0.85  # panoptic evaluation: the official PostProcessPanoptic's threshold
     logging_steps: int = 10
     report_to: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb, ...
     push_to_hub: str | None = None  # repo id to publish the final model to
@@ -112,6 +121,8 @@ MODEL_SETTINGS: dict[str, tuple[str, ...]] = {
     "auxiliary_loss": ("auxiliary_loss",),
     "eos_coefficient": ("eos_coefficient",),
     "class_loss_coefficient": ("class_loss_coefficient",),
+    "mask_loss_coefficient": ("mask_loss_coefficient",),
+    "dice_loss_coefficient": ("dice_loss_coefficient",),
 }
 
 # The built-in dataset's preset, chosen by measurement (benchmarks/RESULTS.md, "Main job"): a small
@@ -145,7 +156,24 @@ BUILTIN_PRESET: dict[str, Any] = {
     "num_workers": 0,  # on 2 cores a loader process slows the step more than decoding in line does
     "output_dir": "outputs/hf-detr-shapes",
 }
-PRESETS: dict[str, dict[str, Any]] = {"paper": {}, "builtin": BUILTIN_PRESET}
+# `--task panoptic` on the built-in set: the mask head trained on the main job's detector (its output
+# directory), the paper's second stage on the built-in panoptic annotations (benchmarks/RESULTS.md).
+BUILTIN_PANOPTIC_PRESET: dict[str, Any] = {
+    **BUILTIN_PRESET,
+    "task": "panoptic",
+    "init_from": BUILTIN_PRESET["output_dir"],
+    "num_query_groups": 1,  # the mask head trains on one group of queries
+    "one_to_many_repeats": 1,
+    "max_steps": 600,
+    "eval_steps": 300,
+    "output_dir": "outputs/hf-detr-shapes-panoptic",
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "builtin": BUILTIN_PRESET,
+    "builtin-panoptic": BUILTIN_PANOPTIC_PRESET,
+}
+TASKS = ("detection", "panoptic")
 
 
 def _field_type(annotation: Any) -> tuple[type, bool, bool]:
@@ -228,12 +256,13 @@ def resolve_arguments(cli: dict[str, Any], file_values: dict[str, Any] | None = 
         raise ValueError(f"Unknown setting(s) {unknown} in the config file; valid settings: {sorted(known)}.")
     explicit = {**file_values, **cli}
     dataset = explicit.get("dataset")
-    preset = explicit.get("preset") or ("builtin" if dataset is None else "paper")
+    builtin = "builtin-panoptic" if explicit.get("task") == "panoptic" else "builtin"
+    preset = explicit.get("preset") or (builtin if dataset is None else "paper")
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; expected one of {sorted(PRESETS)}.")
     merged = {**PRESETS[preset], **explicit, "preset": preset}
     for name in ("max_steps", "eval_split", "init_from", "resume_from_checkpoint", "stop_after_steps",
-                 "save_steps", "eval_steps", "eval_epochs", "eval_top_k", "push_to_hub", "time_limit_minutes", "dataset"):  # fmt: skip
+                 "save_steps", "eval_steps", "eval_epochs", "mask_head_learning_rate", "eval_top_k", "push_to_hub", "time_limit_minutes", "dataset"):  # fmt: skip
         if isinstance(merged.get(name), str) and merged[name].lower() in ("none", "null", ""):
             merged[name] = None
     arguments = TrainingArguments(**merged)
@@ -250,6 +279,12 @@ def parse_args(argv: list[str] | None = None) -> TrainingArguments:
 def validate(arguments: TrainingArguments) -> None:
     """Clear errors for settings that cannot work."""
     checks = [
+        (arguments.task in TASKS, f"task must be one of {', '.join(TASKS)}"),
+        (
+            not arguments.freeze_detector or arguments.task == "panoptic",
+            "freeze_detector needs --task panoptic",
+        ),
+        (0 <= arguments.panoptic_threshold <= 1, "panoptic_threshold must be in [0, 1]"),
         (arguments.bbox_format in ("xywh", "xyxy"), "bbox_format must be xywh or xyxy"),
         (arguments.augmentation in ("paper", "flip"), "augmentation must be paper or flip"),
         (arguments.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision must be no, fp16 or bf16"),
@@ -277,6 +312,7 @@ def validate(arguments: TrainingArguments) -> None:
 
 
 __all__ = [
+    "BUILTIN_PANOPTIC_PRESET",
     "BUILTIN_PRESET",
     "MODEL_SETTINGS",
     "PRESETS",

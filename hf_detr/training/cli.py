@@ -27,7 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     if result.stats is not None:
         from ..evaluation import format_stats
 
-        print(f"Final evaluation ({result.global_step} steps):\n{format_stats(result.stats)}")
+        text = (
+            "\n".join(f" {name:6s} = {value:0.3f}" for name, value in result.stats.items())
+            if args.task == "panoptic"
+            else format_stats(result.stats)
+        )
+        print(f"Final evaluation ({result.global_step} steps):\n{text}")
     if result.stop_reason in ("signal", "stop_after_steps"):
         print(
             f"Stopped ({result.stop_reason}) at step {result.global_step}; resume with --resume-from-checkpoint latest."

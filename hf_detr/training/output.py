@@ -25,10 +25,13 @@ def save_final_model(run: TrainingRun, stats: dict[str, float] | None) -> None:
     model = plain_batch_norm(run.unwrapped)
     model.save_pretrained(output_dir)
     run.processor.save_pretrained(output_dir)
-    metrics = {
-        k: 100 * stats[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl") if stats and stats[k] >= 0
-    }
-    dataset_name = args.dataset or "hf-detr built-in shapes"
+    panoptic = args.task == "panoptic"
+    names = ("PQ", "SQ", "RQ", "PQ_th", "PQ_st") if panoptic else ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    metrics = {k: 100 * stats[k] for k in names if stats and k in stats and stats[k] >= 0}
+    dataset_name = args.dataset or (
+        "hf-detr built-in shapes (panoptic)" if panoptic else "hf-detr built-in shapes"
+    )
+    what = "panoptic quality (PQ, SQ, RQ)" if panoptic else "COCO box metrics"
     card = make_model_card(
         model.config,
         args.push_to_hub or output_dir.name,
@@ -38,7 +41,7 @@ def save_final_model(run: TrainingRun, stats: dict[str, float] | None) -> None:
         dataset_name=dataset_name,
         dataset_split=run.eval_name or "validation",
         training_description=training_description(args, run.state.global_step),
-        evaluation_description=f"COCO box metrics on {dataset_name} ({run.eval_name}), computed by hf_detr at the end of training.",
+        evaluation_description=f"{what.capitalize()} on {dataset_name} ({run.eval_name}), computed by hf_detr at the end of training.",
     )
     card.save(output_dir / "README.md")
     if args.push_to_hub:
@@ -62,6 +65,8 @@ def plain_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
 def training_description(args: TrainingArguments, steps_trained: int) -> str:
     """The model card's "Training" paragraph."""
     start = f"fine-tuned from `{args.init_from}`" if args.init_from else "trained from scratch"
+    if args.task == "panoptic":
+        start += " as a panoptic model (mask head" + (", detector frozen)" if args.freeze_detector else ")")
     if args.lr_scheduler_type == "cosine":
         drop = "a cosine learning-rate decay to 0"
     elif args.lr_drop < 1:

@@ -22,11 +22,13 @@ from ..configuration_detr import HfDetrConfig
 from ..data import (
     DetectionCollator,
     DetectionDataset,
+    PanopticDataset,
     category_ids,
     class_names,
     detr_train_transforms,
     detr_val_size,
     load_detection_dataset,
+    load_panoptic_dataset,
 )
 from ..evaluation import CocoEvaluator, label_to_category_mapping, split_to_coco
 from ..image_processing_detr import HfDetrImageProcessor
@@ -34,6 +36,12 @@ from ..modeling_detr import HfDetrForObjectDetection
 from .arguments import TrainingArguments
 from .checkpoints import TrainingState, resolve_resume
 from .logs import JsonlLog, LogWindow
+from .panoptic import (
+    build_segmentation_model,
+    check_builtin_detector,
+    panoptic_evaluator_factory,
+    stuff_label_ids,
+)
 from .query_groups import set_query_groups
 
 logger = logging.getLogger("hf_detr.training")
@@ -75,15 +83,29 @@ def build_model(args: TrainingArguments, names: list[str], coco_ids: list[int]) 
 
 
 def parameter_groups(model: torch.nn.Module, args: TrainingArguments) -> list[dict[str, Any]]:
-    """The official two groups: the backbone at `backbone_learning_rate`, everything else at `learning_rate`."""
-    backbone, rest = [], []
+    """The official two groups: the backbone at `backbone_learning_rate`, everything else at
+    `learning_rate`; a segmentation model's new mask head (`bbox_attention`, `mask_head`) at
+    `mask_head_learning_rate` when it is set."""
+    backbone, mask_head, rest = [], [], []
+    mask_rate = args.mask_head_learning_rate
     for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            (backbone if ".backbone." in f".{name}" else rest).append(parameter)
+        if not parameter.requires_grad:
+            continue
+        if ".backbone." in f".{name}":
+            backbone.append(parameter)
+        elif mask_rate is not None and name.startswith(MASK_HEAD_PREFIXES):
+            mask_head.append(parameter)
+        else:
+            rest.append(parameter)
     groups = [{"params": rest, "lr": args.learning_rate}]
     if backbone and args.backbone_learning_rate > 0:
         groups.append({"params": backbone, "lr": args.backbone_learning_rate})
+    if mask_head:
+        groups.append({"params": mask_head, "lr": mask_rate})
     return groups
+
+
+MASK_HEAD_PREFIXES = ("bbox_attention.", "mask_head.")
 
 
 def lr_factor(
@@ -115,7 +137,7 @@ class TrainingRun:
     train_dataset: DetectionDataset
     train_loader: Any
     eval_loader: Any | None
-    make_evaluator: Callable[[], CocoEvaluator] | None
+    make_evaluator: Callable[[], Any] | None  # a CocoEvaluator, or a PanopticEvaluator (panoptic)
     processor: HfDetrImageProcessor
     data: Any  # the DatasetDict
     eval_name: str | None
@@ -126,6 +148,7 @@ class TrainingRun:
     window: LogWindow
     progress: Any  # tqdm
     start_time: float
+    label_ids_to_fuse: list[int] | None = None  # panoptic: the stuff classes
     update_is_bad: bool = False  # some batch of the update being accumulated had a non-finite loss
 
     @property
@@ -148,6 +171,7 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
     """Accelerator, data, model, loaders, optimizer and schedule, prepared and (when asked) resumed."""
     from accelerate.utils import set_seed
 
+    check_builtin_detector(args)
     output_dir = Path(args.output_dir)
     accelerator = _accelerator(args, output_dir)
     set_seed(args.seed)
@@ -155,16 +179,25 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
         output_dir.mkdir(parents=True, exist_ok=True)
         args.save(output_dir / "training_args.json")
 
-    data = load_detection_dataset(args.dataset, bbox_format=args.bbox_format)
+    panoptic = args.task == "panoptic"
+    if panoptic:
+        data = load_panoptic_dataset(args.dataset, stuff_categories=args.stuff_categories or None)
+    else:
+        data = load_detection_dataset(args.dataset, bbox_format=args.bbox_format)
     if args.train_split not in data:
         raise ValueError(f"Unknown train split {args.train_split!r}; the dataset has {sorted(data)}.")
     eval_name = _eval_split_name(list(data), args.eval_split, args.train_split)
     train_split = data[args.train_split]
     coco_ids = category_ids(train_split)
-    model = _synchronized_batch_norm(build_model(args, class_names(train_split), coco_ids), accelerator)
+    build = build_segmentation_model if panoptic else build_model
+    model = build(args, class_names(train_split), coco_ids)
+    if panoptic:  # fused into one segment per class at post-processing
+        model.config.stuff_label_ids = stuff_label_ids(train_split)
+    model = _synchronized_batch_norm(model, accelerator)
 
     processor = HfDetrImageProcessor(size=detr_val_size(args.image_scale))
-    train_dataset = DetectionDataset(
+    dataset_class = PanopticDataset if panoptic else DetectionDataset
+    train_dataset = dataset_class(
         train_split,
         transforms=detr_train_transforms(args.image_scale, args.augmentation),
         seed=args.seed,
@@ -172,7 +205,9 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
     )
     train_loader, eval_loader = _loaders(args, train_dataset, data, eval_name, processor)
     make_evaluator = None
-    if eval_name is not None:
+    if eval_name is not None and panoptic:
+        make_evaluator = panoptic_evaluator_factory(data[eval_name], coco_ids)
+    elif eval_name is not None:
         ground_truth = split_to_coco(data[eval_name])
         mapping = label_to_category_mapping(model.config.id2label, ground_truth["categories"], coco_ids)
         make_evaluator = lambda: CocoEvaluator(ground_truth, mapping)  # noqa: E731
@@ -220,6 +255,7 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
             desc="Training",
         ),
         start_time=time.monotonic(),
+        label_ids_to_fuse=model.config.stuff_label_ids if panoptic else None,
     )
 
 
@@ -263,21 +299,24 @@ def _loaders(
     processor: HfDetrImageProcessor,
 ) -> tuple[DataLoader, DataLoader | None]:
     threads = 1 if args.num_workers else None
+    panoptic = {"format": "coco_panoptic"} if args.task == "panoptic" else {}
     train_loader = DataLoader(
         train_dataset,
         batch_size=args.batch_size,
         shuffle=True,
         num_workers=args.num_workers,
-        collate_fn=DetectionCollator(processor, do_resize=False, num_threads=threads),
+        collate_fn=DetectionCollator(processor, do_resize=False, num_threads=threads, **panoptic),
         generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG untouched (exact resume)
     )
     if eval_name is None:
         return train_loader, None
     eval_loader = DataLoader(
-        DetectionDataset(data[eval_name]),
+        (PanopticDataset if panoptic else DetectionDataset)(data[eval_name]),
         batch_size=args.batch_size,
         num_workers=args.num_workers,
-        collate_fn=DetectionCollator(processor, num_threads=threads),
+        collate_fn=DetectionCollator(
+            processor, num_threads=threads, keep_annotations=bool(panoptic), **panoptic
+        ),
     )
     return train_loader, eval_loader
 

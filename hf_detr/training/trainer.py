@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..evaluation.loop import evaluate_model
+from ..evaluation.loop import evaluate_model, evaluate_panoptic_model
 from ..loss_detr import NonFiniteMatchingCostError
 from .arguments import TrainingArguments
 from .checkpoints import save_checkpoint
@@ -209,27 +209,43 @@ def save(run: TrainingRun) -> Path:
     return save_checkpoint(run.accelerator, run.checkpoints, run.state.global_step, run.args.save_total_limit)
 
 
-def run_evaluation(run: TrainingRun) -> dict[str, float] | None:
-    """COCO stats on the evaluation split (main process; None elsewhere or without one), logged."""
+def run_evaluation(run: TrainingRun) -> dict[str, Any] | None:
+    """COCO stats (or PQ for panoptic) on the evaluation split (main process; None elsewhere or without
+    one), logged."""
     if run.eval_loader is None:
         return None
-    stats = evaluate_model(
-        run.unwrapped,
-        run.eval_loader,
-        run.make_evaluator(),
-        run.accelerator,
-        run.processor,
-        run.args.eval_top_k,
-    )
+    if run.args.task == "panoptic":
+        stats = evaluate_panoptic_model(
+            run.unwrapped, run.eval_loader, run.make_evaluator(), run.accelerator, run.processor,
+            run.args.panoptic_threshold, run.label_ids_to_fuse, run.unwrapped.config.coco_category_ids,
+        )  # fmt: skip
+        stats = panoptic_summary(stats) if stats is not None else None
+        headline = ("PQ", "SQ")
+    else:
+        stats = evaluate_model(
+            run.unwrapped, run.eval_loader, run.make_evaluator(), run.accelerator, run.processor,
+            run.args.eval_top_k,
+        )  # fmt: skip
+        headline = ("AP", "AP50")
     state = run.state
     if run.is_main and stats is not None:
-        state.best_ap = max(state.best_ap, stats["AP"])
+        state.best_ap = max(state.best_ap, stats[headline[0]])
         minutes = (time.monotonic() - run.start_time) / 60
         run.log.write(
             {"event": "eval", "step": state.global_step, "epoch": state.epoch, "minutes": minutes, **stats}
         )
         run.accelerator.log({f"eval/{k}": v for k, v in stats.items()}, step=state.global_step)
-        logger.info("Step %d: AP %.4f AP50 %.4f", state.global_step, stats["AP"], stats["AP50"])
+        logger.info("Step %d: %s %.4f %s %.4f", state.global_step, headline[0], stats[headline[0]],
+                    headline[1], stats[headline[1]])  # fmt: skip
+    return stats
+
+
+def panoptic_summary(results: dict[str, Any]) -> dict[str, float]:
+    """PanopticEvaluator results as flat stats: PQ, SQ, RQ (all) and PQ_th, SQ_th, RQ_th, PQ_st, ..."""
+    stats = {}
+    for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
+        for name in ("pq", "sq", "rq"):
+            stats[name.upper() + suffix] = float(results[group][name])
     return stats
 
 

@@ -1,0 +1,139 @@
+"""What `--task panoptic` changes in a run (paper section 4.4): the model is an `HfDetrForSegmentation`
+built on a trained detector, the data are COCO panoptic segments with their masks, and evaluation is
+panoptic quality.
+
+The paper's recipe is two stages: a detector trained on the boxes of things and stuff, then the mask
+head trained with the detector frozen (`--init-from DETECTOR --freeze-detector`). A detector trained
+on other classes (the built-in main job knows the shapes, not the background textures) can start the
+second stage too: its class head is widened to the new label set (rows of classes it knows are kept,
+matched by name, and the no-object row), and with `--freeze-detector` that head trains beside the
+mask head while the rest of the detector stays frozen.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..configuration_detr import HfDetrConfig
+from ..data import class_names, is_thing
+from ..evaluation import PanopticEvaluator
+from ..modeling_detr import HfDetrForObjectDetection
+from ..modeling_detr_segmentation import HfDetrForSegmentation
+from .arguments import BUILTIN_PRESET, TrainingArguments
+
+logger = logging.getLogger("hf_detr.training")
+SEGMENTATION_ARCHITECTURE = HfDetrForSegmentation.__name__
+
+
+def build_segmentation_model(
+    args: TrainingArguments, names: list[str], coco_ids: list[int]
+) -> HfDetrForSegmentation:
+    """A segmentation model for the dataset's classes: from scratch, from a segmentation checkpoint, or a
+    new mask head on a detector checkpoint (`init_from`), frozen as `freeze_detector` says."""
+    labels = labels_config(names)
+    if not args.init_from:
+        config = HfDetrConfig(**args.model_config_kwargs(), **labels, coco_category_ids=list(coco_ids))
+        config.use_masks = True
+        model = HfDetrForSegmentation(config)
+        widened = True
+    else:
+        config = HfDetrConfig.from_pretrained(args.init_from)
+        if SEGMENTATION_ARCHITECTURE in (config.architectures or []):
+            model = HfDetrForSegmentation.from_pretrained(args.init_from)
+        else:
+            model = HfDetrForSegmentation.from_detection_model(
+                HfDetrForObjectDetection.from_pretrained(args.init_from)
+            )
+        widened = widen_class_head(model.detr, names)
+        model.config.id2label, model.config.label2id = model.detr.config.id2label, model.detr.config.label2id
+    config = model.config
+    config.coco_category_ids = list(coco_ids)
+    config.auxiliary_loss = args.auxiliary_loss
+    config.mask_loss_coefficient = args.mask_loss_coefficient
+    config.dice_loss_coefficient = args.dice_loss_coefficient
+    if args.freeze_detector:
+        model.freeze_detector()
+        if widened:  # classes the detector never saw: their rows must learn
+            model.detr.class_labels_classifier.requires_grad_(True)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        logger.info(
+            "Detector frozen: %d trainable parameters (mask head%s).",
+            trainable, " and the widened class head" if widened else "",
+        )  # fmt: skip
+    return model
+
+
+def check_builtin_detector(args: TrainingArguments) -> None:
+    """The built-in panoptic preset starts from the main job's output: a clear error when it is absent."""
+    expected = args.preset == "builtin-panoptic" and args.init_from == BUILTIN_PRESET["output_dir"]
+    if expected and not (Path(args.init_from) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"The built-in panoptic run trains a mask head on the main job's detector, expected in "
+            f"{args.init_from}/ (relative to this directory). Run `hf-detr-train` first, or pass "
+            "--init-from DIR (a detector or segmentation checkpoint, or none to train from scratch)."
+        )
+
+
+def labels_config(names: list[str]) -> dict[str, dict]:
+    id2label = dict(enumerate(names))
+    return {"id2label": id2label, "label2id": {name: index for index, name in id2label.items()}}
+
+
+@torch.no_grad()
+def widen_class_head(detector: HfDetrForObjectDetection, names: list[str]) -> bool:
+    """Give `detector` a class head over `names` (+ no-object). A class the detector already has (same
+    name) keeps its row, as does the no-object row; new classes start as a new `nn.Linear` initialises
+    them. Returns whether the label set changed."""
+    config = detector.config
+    old_names = [config.id2label[i] for i in range(config.num_labels)]
+    if old_names == list(names):
+        return False
+    old = detector.class_labels_classifier
+    new = nn.Linear(old.in_features, len(names) + 1).to(old.weight.device, old.weight.dtype)
+    kept = [(index, old_names.index(name)) for index, name in enumerate(names) if name in old_names]
+    kept.append((len(names), len(old_names)))  # no-object
+    for new_row, old_row in kept:
+        new.weight[new_row] = old.weight[old_row]
+        new.bias[new_row] = old.bias[old_row]
+    detector.class_labels_classifier = new
+    labels = labels_config(names)
+    for holder in {id(c): c for c in (config, detector.model.config)}.values():
+        holder.id2label, holder.label2id = labels["id2label"], labels["label2id"]
+    logger.info(
+        "Class head widened from %d to %d classes (%d kept by name: %s).",
+        len(old_names), len(names), len(kept) - 1, ", ".join(names[i] for i, _ in kept[:-1]) or "none",
+    )  # fmt: skip
+    return True
+
+
+def panoptic_categories(split: Any, coco_ids: list[int]) -> list[dict[str, Any]]:
+    """The split's categories as PQ needs them: [{"id" (category id), "name", "isthing"}]."""
+    return [
+        {"id": int(cid), "name": name, "isthing": int(thing)}
+        for cid, name, thing in zip(coco_ids, class_names(split), is_thing(split))
+    ]
+
+
+def stuff_label_ids(split: Any) -> list[int]:
+    """The class ids of the split's stuff categories: fused into one segment each at post-processing."""
+    return [label for label, thing in enumerate(is_thing(split)) if not thing]
+
+
+def panoptic_evaluator_factory(split: Any, coco_ids: list[int]):
+    categories = panoptic_categories(split, coco_ids)
+    return lambda: PanopticEvaluator(categories, label_to_category_id=list(coco_ids))
+
+
+__all__ = [
+    "build_segmentation_model",
+    "check_builtin_detector",
+    "panoptic_categories",
+    "panoptic_evaluator_factory",
+    "stuff_label_ids",
+    "widen_class_head",
+]
