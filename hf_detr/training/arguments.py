@@ -164,8 +164,10 @@ BUILTIN_PANOPTIC_PRESET: dict[str, Any] = {
     "init_from": BUILTIN_PRESET["output_dir"],
     "num_query_groups": 1,  # the mask head trains on one group of queries
     "one_to_many_repeats": 1,
-    "max_steps": 600,
-    "eval_steps": 300,
+    "freeze_detector": True,  # the paper's second stage; training the detector too kept every mask alike
+    "mask_head_learning_rate": 1e-3,  # the new head at 5x; its DICE loss starts to fall after ~300 updates
+    "max_steps": 1500,
+    "eval_steps": 500,
     "output_dir": "outputs/hf-detr-shapes-panoptic",
 }
 PRESETS: dict[str, dict[str, Any]] = {
