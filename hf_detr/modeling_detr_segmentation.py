@@ -185,10 +185,22 @@ class HfDetrForSegmentation(HfDetrPreTrainedModel):
         `freeze=False` the detector again (its frozen backbone stages stay frozen). Call it again after
         `from_pretrained`, which makes every loaded parameter trainable."""
         self.detr.requires_grad_(not freeze)
+        self.detector_frozen = freeze
+        self.train(self.training)  # a frozen detector's BatchNorm statistics stop updating too
         if not freeze:
             for module in self.detr.modules():
                 if isinstance(module, HfDetrBackbone):
                     module.freeze_stages()
+
+    def train(self, mode: bool = True) -> HfDetrForSegmentation:
+        """`nn.Module.train`; with the detector frozen its BatchNorm layers stay in evaluation mode,
+        so their running statistics are frozen with the weights."""
+        super().train(mode)
+        if mode and getattr(self, "detector_frozen", False):
+            for module in self.detr.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     def forward(
         self,
