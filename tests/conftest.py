@@ -43,6 +43,16 @@ def fresh_accelerator_state():
     GradientState._reset_state()
 
 
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    """8 training and 3 validation images of the built-in set (COCO and COCO panoptic annotations)."""
+    from hf_detr.data import write_shapes_coco
+
+    root = tmp_path_factory.mktemp("shapes")
+    write_shapes_coco(root, {"train": 8, "val": 3})
+    return root
+
+
 @pytest.fixture(scope="session")
 def coco_image_dir() -> Path:
     path = SHARED_DATA / "coco-val2017-39769"

@@ -24,17 +24,9 @@ from hf_detr.data import (
     detr_train_transforms,
     is_thing,
     load_panoptic_dataset,
-    write_shapes_coco,
 )
 from hf_detr.data.builtin import CLASSES, STUFF_CLASSES
 from hf_detr.evaluation.panoptic import id_map
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    write_shapes_coco(root, {"train": 6, "val": 3})
-    return root
 
 
 def png_ids(path: Path) -> np.ndarray:
@@ -183,3 +175,39 @@ def test_segments_missing_from_the_png_and_mismatched_pngs_are_counted(shapes, t
     assert "dropped 1 segment(s) whose id is not in its panoptic PNG" in caplog.text
     assert second is None and dataset.skipped == 1
     assert "cannot decode the image or its panoptic PNG" in caplog.text and "64x64" in caplog.text
+
+
+def test_folders_without_panoptic_files_are_clear_errors(shapes, tmp_path):
+    from hf_detr.data import load_coco_panoptic_folder
+
+    with pytest.raises(
+        FileNotFoundError, match="has no annotations/panoptic_{split}.json: not a COCO panoptic"
+    ):
+        load_coco_panoptic_folder(tmp_path)
+    root = tmp_path / "no-pngs"
+    shutil.copytree(shapes, root)
+    shutil.rmtree(root / "annotations" / "panoptic_val")
+    with pytest.raises(FileNotFoundError, match="no folder of panoptic PNGs for split 'val'"):
+        load_coco_panoptic_folder(root, split="val", cache_dir=tmp_path / "cache")
+
+
+def test_segments_without_an_integer_id_are_counted(shapes, tmp_path, caplog):
+    root = tmp_path / "ids"
+    shutil.copytree(shapes, root)
+    path = root / "annotations" / "panoptic_val.json"
+    coco = json.loads(path.read_text())
+    coco["annotations"][0]["segments_info"][0]["id"] = "4000"
+    path.write_text(json.dumps(coco))
+    with caplog.at_level(logging.WARNING, logger="hf_detr.data"):
+        val = load_panoptic_dataset(root, split="val", cache_dir=tmp_path / "cache")["val"]
+    assert len(val[0]["objects"]["id"]) == len(coco["annotations"][0]["segments_info"]) - 1
+    assert "skipped 1 invalid object(s) (1 missing or non-integer segment id)" in caplog.text
+
+
+def test_hub_segments_without_categories_are_a_clear_error(shapes, tmp_path):
+    path = tmp_path / "nocategory.parquet"
+    png = str(shapes / "annotations" / "panoptic_val" / "000001.png")
+    rows = {"image": [str(shapes / "val" / "000001.png")], "mask": [png], "segments_info": [[{"id": 4000}]]}
+    Dataset.from_dict(rows).cast_column("image", Image()).cast_column("mask", Image()).to_parquet(path)
+    with pytest.raises(ValueError, match="no segment has a 'category_id'"):
+        load_panoptic_dataset(path)

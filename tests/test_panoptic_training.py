@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -13,7 +12,6 @@ from test_training import TINY as DETECTION_TINY
 from test_training import events
 
 from hf_detr import HfDetrForSegmentation
-from hf_detr.data import write_shapes_coco
 from hf_detr.evaluation.cli import main as evaluate_main
 from hf_detr.training import resolve_arguments, train
 from hf_detr.training.setup import parameter_groups
@@ -22,14 +20,6 @@ from hf_detr.training.setup import parameter_groups
 TINY = {**DETECTION_TINY, "image_scale": 0.16, "dropout": 0.0, "eval_epochs": None, "augmentation": "flip"}
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    """8 training and 3 validation images of the built-in set, with their panoptic annotations."""
-    root = tmp_path_factory.mktemp("shapes")
-    write_shapes_coco(root, {"train": 8, "val": 3})
-    return root
 
 
 def test_two_stage_training_lowers_the_mask_loss_with_the_detector_frozen(tmp_path, shapes):
@@ -91,6 +81,8 @@ def test_two_stage_training_lowers_the_mask_loss_with_the_detector_frozen(tmp_pa
 def test_panoptic_flags_are_checked():
     with pytest.raises(ValueError, match="freeze_detector needs --task panoptic"):
         resolve_arguments({"dataset": "x", "freeze_detector": True})
+    with pytest.raises(ValueError, match=r"panoptic_threshold must be in \[0, 1\]"):
+        resolve_arguments({"dataset": "x", "task": "panoptic", "panoptic_threshold": 1.5})
     with pytest.raises(ValueError, match="task must be one of detection, panoptic"):
         resolve_arguments({"dataset": "x", "task": "instance"})
     builtin = resolve_arguments({"task": "panoptic"})

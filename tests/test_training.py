@@ -17,7 +17,6 @@ from conftest import REPO_ROOT
 from safetensors.torch import load_file
 
 from hf_detr import HfDetrForObjectDetection
-from hf_detr.data import write_shapes_coco
 from hf_detr.training import (
     TrainingArguments,
     TrainingStopped,
@@ -36,13 +35,6 @@ TINY = {
 }  # fmt: skip
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("shapes")
-    write_shapes_coco(root, {"train": 8, "val": 3})
-    return root
 
 
 def arguments(output_dir: Path, dataset: Path | str, **overrides) -> TrainingArguments:

@@ -14,8 +14,9 @@ import os
 import shutil
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from datasets import Dataset, DatasetDict, load_from_disk
 
@@ -106,15 +107,45 @@ def cached_split(
     return load_from_disk(str(target))
 
 
-def convert_coco_split(root: Path, split: str, annotation_file: Path) -> Dataset:
-    """One COCO json -> a Dataset in the common schema (images referenced by path)."""
+def read_coco_json(annotation_file: Path, kind: str) -> tuple[dict[str, Any], list[dict], ObjectChecker]:
+    """A COCO `kind` json (instances, panoptic), its categories sorted by id (class id = position) and
+    an `ObjectChecker` over them."""
     coco = json.loads(annotation_file.read_text())
     for key in ("images", "annotations", "categories"):
         if key not in coco:
-            raise ValueError(f"{annotation_file} is not a COCO instances file: it has no {key!r}.")
+            raise ValueError(f"{annotation_file} is not a COCO {kind} file: it has no {key!r}.")
     categories = sorted(coco["categories"], key=lambda c: c["id"])
-    class_of_category = {c["id"]: index for index, c in enumerate(categories)}
-    checker = ObjectChecker(class_of_category)
+    return coco, categories, ObjectChecker({c["id"]: index for index, c in enumerate(categories)})
+
+
+def valid_objects(
+    annotations: Iterable[Mapping[str, Any]],
+    checker: ObjectChecker,
+    width: float,
+    height: float,
+    require_id: bool = False,
+) -> dict[str, list]:
+    """One image's usable annotations (or panoptic segments, whose `id` is required) as the schema's
+    `objects`; the others are counted by `checker`."""  # fmt: skip
+    objects: dict[str, list] = {"id": [], "area": [], "bbox": [], "category": [], "iscrowd": []}
+    for annotation in annotations:
+        bbox, category = annotation.get("bbox"), annotation.get("category_id")
+        if require_id and not isinstance(annotation.get("id"), int):
+            checker.skipped["missing or non-integer segment id"] += 1
+            continue
+        if not checker.keep(bbox, category, width, height):
+            continue
+        objects["id"].append(int(annotation.get("id", len(objects["id"]))))
+        objects["area"].append(float(annotation.get("area", bbox[2] * bbox[3])))
+        objects["bbox"].append([float(v) for v in bbox])
+        objects["category"].append(checker.known_categories[category])
+        objects["iscrowd"].append(int(annotation.get("iscrowd", 0)))
+    return objects
+
+
+def convert_coco_split(root: Path, split: str, annotation_file: Path) -> Dataset:
+    """One COCO json -> a Dataset in the common schema (images referenced by path)."""
+    coco, categories, checker = read_coco_json(annotation_file, "instances")
     per_image = defaultdict(list)
     for annotation in coco["annotations"]:
         per_image[annotation.get("image_id")].append(annotation)
@@ -128,21 +159,11 @@ def convert_coco_split(root: Path, split: str, annotation_file: Path) -> Dataset
             missing_images += 1
             continue
         width, height = image["width"], image["height"]
-        objects = {"id": [], "area": [], "bbox": [], "category": [], "iscrowd": []}
-        for annotation in per_image.get(image["id"], []):
-            bbox, category = annotation.get("bbox"), annotation.get("category_id")
-            if not checker.keep(bbox, category, width, height):
-                continue
-            objects["id"].append(int(annotation.get("id", len(objects["id"]))))
-            objects["area"].append(float(annotation.get("area", bbox[2] * bbox[3])))
-            objects["bbox"].append([float(v) for v in bbox])
-            objects["category"].append(class_of_category[category])
-            objects["iscrowd"].append(int(annotation.get("iscrowd", 0)))
         columns["image"].append(str(path))
         columns["image_id"].append(int(image["id"]))
         columns["width"].append(int(width))
         columns["height"].append(int(height))
-        columns["objects"].append(objects)
+        columns["objects"].append(valid_objects(per_image.get(image["id"], []), checker, width, height))
     where = f"{annotation_file} ({split})"
     checker.report(where)
     if missing_images:

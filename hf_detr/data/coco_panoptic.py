@@ -9,14 +9,13 @@ whose picture or PNG is missing, are skipped, counted and reported, as for detec
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from datasets import Dataset, DatasetDict
 
-from .coco_folder import coco_splits, image_folder, load_annotated_folder
-from .schema import ObjectChecker, logger, panoptic_features, set_category_ids
+from .coco_folder import coco_splits, image_folder, load_annotated_folder, read_coco_json, valid_objects
+from .schema import logger, panoptic_features, set_category_ids
 
 
 def is_coco_panoptic_folder(path: str | os.PathLike) -> bool:
@@ -43,13 +42,7 @@ def load_coco_panoptic_folder(
 
 def convert_coco_panoptic_split(root: Path, split: str, annotation_file: Path) -> Dataset:
     """One COCO panoptic json -> a Dataset in the panoptic schema (images and PNGs referenced by path)."""
-    coco = json.loads(annotation_file.read_text())
-    for key in ("images", "annotations", "categories"):
-        if key not in coco:
-            raise ValueError(f"{annotation_file} is not a COCO panoptic file: it has no {key!r}.")
-    categories = sorted(coco["categories"], key=lambda c: c["id"])
-    class_of_category = {c["id"]: index for index, c in enumerate(categories)}
-    checker = ObjectChecker(class_of_category)
+    coco, categories, checker = read_coco_json(annotation_file, "panoptic")
     annotation_of = {a.get("image_id"): a for a in coco["annotations"]}
     pictures, pngs = image_folder(root, split), panoptic_png_folder(root, split)
     columns: dict[str, list] = {"image": [], "panoptic_mask": [], "image_id": [], "width": [], "height": [],
@@ -69,16 +62,9 @@ def convert_coco_panoptic_split(root: Path, split: str, annotation_file: Path) -
             missing[problem] += 1
             continue
         width, height = image["width"], image["height"]
-        objects = {"id": [], "area": [], "bbox": [], "category": [], "iscrowd": []}
-        for segment in annotation.get("segments_info") or []:
-            bbox, category = segment.get("bbox"), segment.get("category_id")
-            if not isinstance(segment.get("id"), int) or not checker.keep(bbox, category, width, height):
-                continue
-            objects["id"].append(int(segment["id"]))
-            objects["area"].append(float(segment.get("area", bbox[2] * bbox[3])))
-            objects["bbox"].append([float(v) for v in bbox])
-            objects["category"].append(class_of_category[category])
-            objects["iscrowd"].append(int(segment.get("iscrowd", 0)))
+        objects = valid_objects(
+            annotation.get("segments_info") or [], checker, width, height, require_id=True
+        )
         for column, value in (("image", str(picture)), ("panoptic_mask", str(png)), ("image_id", int(image["id"])),
                               ("width", int(width)), ("height", int(height)), ("objects", objects)):  # fmt: skip
             columns[column].append(value)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,14 +20,13 @@ from datasets import (
     DatasetDict,
     IterableDataset,
     IterableDatasetDict,
-    load_dataset,
-    load_from_disk,
 )
 
 from ..evaluation.panoptic import id_map
+from .coco_folder import valid_objects
 from .coco_panoptic import is_coco_panoptic_folder, load_coco_panoptic_folder
 from .schema import PANOPTIC_MASK, ObjectChecker, is_panoptic, logger, panoptic_features, set_category_ids
-from .sources import _is_saved_dataset, _load_files, _select_split, _to_iterable
+from .sources import load_source
 
 PNG_COLUMNS = (PANOPTIC_MASK, "mask", "label", "annotation", "segmentation")
 SEGMENT_KEYS = ("id", "category_id", "iscrowd", "area", "bbox")
@@ -53,31 +51,14 @@ def load_panoptic_dataset(
         cache_dir: where converted COCO folders are cached (default `$HF_HOME/hf_detr`).
         stuff_categories: names or category ids of the stuff classes of a Hub/parquet source.
     """
-    if source is None:
-        from .builtin import builtin_dataset_folder
 
-        source = builtin_dataset_folder()
-    path = Path(source) if isinstance(source, (str, os.PathLike)) else None
-    if path is not None and path.is_dir() and is_coco_panoptic_folder(path):
-        dataset = load_coco_panoptic_folder(path, split, cache_dir)
-        return _to_iterable(dataset) if streaming else dataset
-    if path is not None and path.is_dir() and _is_saved_dataset(path):
-        raw = load_from_disk(str(path))
-        raw = _select_split(
-            raw if isinstance(raw, DatasetDict) else DatasetDict({"train": raw}), split, str(path)
-        )
-        dataset = DatasetDict(
-            {name: ds if is_panoptic(ds) else normalize_panoptic_split(ds, name, stuff_categories)
-             for name, ds in raw.items()}
-        )  # fmt: skip
-        return _to_iterable(dataset) if streaming else dataset
-    if path is not None and path.exists():
-        raw = _load_files(path, streaming)
-    else:
-        raw = load_dataset(str(source), streaming=streaming, **load_kwargs)
-    raw = _select_split(raw, split, str(source))
-    normalized = {name: normalize_panoptic_split(ds, name, stuff_categories) for name, ds in raw.items()}
-    return IterableDatasetDict(normalized) if streaming else DatasetDict(normalized)
+    def normalize(dataset: Any, name: str) -> Any:
+        return dataset if is_panoptic(dataset) else normalize_panoptic_split(dataset, name, stuff_categories)
+
+    return load_source(
+        source, split, streaming, cache_dir, load_kwargs, is_coco_panoptic_folder, load_coco_panoptic_folder,
+        normalize,
+    )  # fmt: skip
 
 
 def normalize_panoptic_split(
@@ -120,7 +101,8 @@ def _categories(dataset: Any, name: str) -> tuple[list[int], list[str]]:
     found: set[int] = set()
     records = dataset.select_columns(["segments_info"]) if hasattr(dataset, "select_columns") else dataset
     for number, record in enumerate(records):
-        found.update(int(s["category_id"]) for s in _segments(record["segments_info"]))
+        segments = _segments(record["segments_info"])
+        found.update(int(s["category_id"]) for s in segments if s.get("category_id") is not None)
         if isinstance(dataset, IterableDataset) and number >= 1000:
             break  # a stream is sampled, not read to its end
     if not found:
@@ -144,29 +126,19 @@ class _PanopticRecordConverter:
     """One Hub-style panoptic record -> the common schema, unusable segments dropped and counted."""
 
     def __init__(self, label_of_category: Mapping[int, int], png_column: str) -> None:
-        self.label_of_category = label_of_category
         self.png_column = png_column
         self.checker = ObjectChecker(label_of_category)
 
     def __call__(self, record: Mapping[str, Any], index: int) -> dict[str, Any]:
         image = record["image"]
         width, height = (record.get("width") or image.width), (record.get("height") or image.height)
-        segments = _segments(record["segments_info"])
+        segments = [{k: v for k, v in s.items() if v is not None} for s in _segments(record["segments_info"])]
         ids = None
-        objects = {"id": [], "area": [], "bbox": [], "category": [], "iscrowd": []}
         for segment in segments:
-            bbox = segment.get("bbox")
-            if bbox is None:
+            if "bbox" not in segment:  # the box of its pixels
                 ids = id_map(record[self.png_column], self.png_column) if ids is None else ids
-                bbox = _box_of(ids == segment.get("id"))
-            category = segment.get("category_id")
-            if not isinstance(segment.get("id"), int) or not self.checker.keep(bbox, category, width, height):
-                continue
-            objects["id"].append(int(segment["id"]))
-            objects["area"].append(float(segment.get("area") or bbox[2] * bbox[3]))
-            objects["bbox"].append([float(v) for v in bbox])
-            objects["category"].append(self.label_of_category[category])
-            objects["iscrowd"].append(int(segment.get("iscrowd") or 0))
+                segment["bbox"] = _box_of(ids == segment.get("id"))
+        objects = valid_objects(segments, self.checker, width, height, require_id=True)
         image_id = record.get("image_id", record.get("id"))
         return {"image_id": int(image_id) if image_id is not None else index, "width": int(width),
                 "height": int(height), "objects": objects}  # fmt: skip

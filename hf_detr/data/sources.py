@@ -9,7 +9,7 @@ explicit and checked against the data.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
@@ -55,26 +55,45 @@ def load_detection_dataset(
     """
     if bbox_format not in ("xywh", "xyxy"):
         raise ValueError(f"`bbox_format` must be 'xywh' or 'xyxy', got {bbox_format!r}.")
+    return load_source(
+        source, split, streaming, cache_dir, load_kwargs, is_coco_folder, load_coco_folder,
+        lambda dataset, name: normalize_split(dataset, bbox_format, name),
+    )  # fmt: skip
+
+
+def load_source(
+    source: str | os.PathLike | None,
+    split: str | None,
+    streaming: bool,
+    cache_dir: str | os.PathLike | None,
+    load_kwargs: Mapping[str, Any],
+    is_folder: Callable[[Path], bool],
+    load_folder: Callable[[Path, str | None, Any], DatasetDict],
+    normalize: Callable[[Any, str], Any],
+) -> DatasetDict | IterableDatasetDict:
+    """The dispatch of every loader: the built-in set (None), a COCO-style folder (`is_folder`, read by
+    `load_folder(path, split, cache_dir)`), a `save_to_disk` folder, local parquet/arrow files or a Hub
+    name; all but the folder go through `normalize(split_dataset, split_name)`."""
     if source is None:
         from .builtin import builtin_dataset_folder
 
         source = builtin_dataset_folder()
     path = Path(source) if isinstance(source, (str, os.PathLike)) else None
-    if path is not None and path.is_dir() and is_coco_folder(path):
-        dataset = load_coco_folder(path, split, cache_dir)
+    if path is not None and path.is_dir() and is_folder(path):
+        dataset = load_folder(path, split, cache_dir)
         return _to_iterable(dataset) if streaming else dataset
     if path is not None and path.is_dir() and _is_saved_dataset(path):
         raw = load_from_disk(str(path))
         raw = raw if isinstance(raw, DatasetDict) else DatasetDict({"train": raw})
         raw = _select_split(raw, split, str(path))
-        dataset = DatasetDict({name: normalize_split(ds, bbox_format, name) for name, ds in raw.items()})
+        dataset = DatasetDict({name: normalize(ds, name) for name, ds in raw.items()})
         return _to_iterable(dataset) if streaming else dataset
     if path is not None and path.exists():
         raw = _load_files(path, streaming)
     else:
         raw = load_dataset(str(source), streaming=streaming, **load_kwargs)
     raw = _select_split(raw, split, str(source))
-    normalized = {name: normalize_split(ds, bbox_format, name) for name, ds in raw.items()}
+    normalized = {name: normalize(ds, name) for name, ds in raw.items()}
     return IterableDatasetDict(normalized) if streaming else DatasetDict(normalized)
 
 
@@ -282,4 +301,4 @@ class _RecordConverter:
             logger.warning("Split %r: skipped %d invalid object(s) so far.", self.split, total)
 
 
-__all__ = ["check_box_format", "load_detection_dataset", "normalize_split"]
+__all__ = ["check_box_format", "load_detection_dataset", "load_source", "normalize_split"]

@@ -126,14 +126,12 @@ def _evaluate_panoptic(args, accelerator, processor):
     )
     evaluator = PanopticEvaluator(categories, label_to_category_id=mapping)
     collator = DetectionCollator(
-        processor, keep_annotations=True, format="coco_panoptic", num_threads=1 if args.num_workers else None
-    )
+        processor, keep_annotations=True, format="coco_panoptic", return_segmentation_masks=False,
+        num_threads=1 if args.num_workers else None,
+    )  # fmt: skip
     loader = _loader(PanopticDataset(split), args, accelerator, collator)
-    fuse = [
-        label
-        for label, category in mapping.items()
-        if category in {coco_ids[i] for i in stuff_label_ids(split)}
-    ]
+    stuff = {coco_ids[i] for i in stuff_label_ids(split)}  # the dataset's stuff, as the model's labels
+    fuse = [label for label, category in mapping.items() if category in stuff]
     mask_ap = InstanceMasks(categories, mapping) if any(c["isthing"] for c in categories) else None
     stats = evaluate_panoptic_model(
         model, loader, evaluator, accelerator, processor, args.threshold, fuse, coco_ids, mask_ap=mask_ap

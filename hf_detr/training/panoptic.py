@@ -40,7 +40,7 @@ def build_segmentation_model(
         config = HfDetrConfig(**args.model_config_kwargs(), **labels, coco_category_ids=list(coco_ids))
         config.use_masks = True
         model = HfDetrForSegmentation(config)
-        widened = True
+        new_classes = True
     else:
         config = HfDetrConfig.from_pretrained(args.init_from)
         if SEGMENTATION_ARCHITECTURE in (config.architectures or []):
@@ -49,8 +49,8 @@ def build_segmentation_model(
             model = HfDetrForSegmentation.from_detection_model(
                 HfDetrForObjectDetection.from_pretrained(args.init_from)
             )
-        widened = widen_class_head(model.detr, names)
-        model.config.id2label, model.config.label2id = model.detr.config.id2label, model.detr.config.label2id
+        new_classes = widen_class_head(model.detr, names)
+        set_labels(model, names)
     config = model.config
     config.coco_category_ids = list(coco_ids)
     config.auxiliary_loss = args.auxiliary_loss
@@ -58,12 +58,12 @@ def build_segmentation_model(
     config.dice_loss_coefficient = args.dice_loss_coefficient
     if args.freeze_detector:
         model.freeze_detector()
-        if widened:  # classes the detector never saw: their rows must learn
+        if new_classes:  # classes the detector never saw: their rows must learn
             model.detr.class_labels_classifier.requires_grad_(True)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         logger.info(
             "Detector frozen: %d trainable parameters (mask head%s).",
-            trainable, " and the widened class head" if widened else "",
+            trainable, " and the widened class head" if new_classes else "",
         )  # fmt: skip
     return model
 
@@ -84,6 +84,19 @@ def labels_config(names: list[str]) -> dict[str, dict]:
     return {"id2label": id2label, "label2id": {name: index for index, name in id2label.items()}}
 
 
+def set_labels(model: nn.Module, names: list[str]) -> None:
+    """`id2label` / `label2id` of `names` on the config of every submodel (the segmentation model, its
+    detector and its base model may hold their own copies)."""
+    labels = labels_config(names)
+    configs = {
+        id(m.config): m.config
+        for m in model.modules()
+        if isinstance(getattr(m, "config", None), HfDetrConfig)
+    }
+    for config in configs.values():
+        config.id2label, config.label2id = labels["id2label"], labels["label2id"]
+
+
 @torch.no_grad()
 def widen_class_head(detector: HfDetrForObjectDetection, names: list[str]) -> bool:
     """Give `detector` a class head over `names` (+ no-object). A class the detector already has (same
@@ -101,9 +114,7 @@ def widen_class_head(detector: HfDetrForObjectDetection, names: list[str]) -> bo
         new.weight[new_row] = old.weight[old_row]
         new.bias[new_row] = old.bias[old_row]
     detector.class_labels_classifier = new
-    labels = labels_config(names)
-    for holder in {id(c): c for c in (config, detector.model.config)}.values():
-        holder.id2label, holder.label2id = labels["id2label"], labels["label2id"]
+    set_labels(detector, names)
     logger.info(
         "Class head widened from %d to %d classes (%d kept by name: %s).",
         len(old_names), len(names), len(kept) - 1, ", ".join(names[i] for i, _ in kept[:-1]) or "none",
@@ -134,6 +145,7 @@ __all__ = [
     "check_builtin_detector",
     "panoptic_categories",
     "panoptic_evaluator_factory",
+    "set_labels",
     "stuff_label_ids",
     "widen_class_head",
 ]

@@ -148,7 +148,6 @@ class TrainingRun:
     window: LogWindow
     progress: Any  # tqdm
     start_time: float
-    label_ids_to_fuse: list[int] | None = None  # panoptic: the stuff classes
     update_is_bad: bool = False  # some batch of the update being accumulated had a non-finite loss
 
     @property
@@ -255,7 +254,6 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
             desc="Training",
         ),
         start_time=time.monotonic(),
-        label_ids_to_fuse=model.config.stuff_label_ids if panoptic else None,
     )
 
 
@@ -310,13 +308,13 @@ def _loaders(
     )
     if eval_name is None:
         return train_loader, None
+    # PQ reads the annotations' PNG ids at the original size: the labels need no resized masks
+    scored_on_annotations = {"keep_annotations": True, "return_segmentation_masks": False} if panoptic else {}
     eval_loader = DataLoader(
         (PanopticDataset if panoptic else DetectionDataset)(data[eval_name]),
         batch_size=args.batch_size,
         num_workers=args.num_workers,
-        collate_fn=DetectionCollator(
-            processor, num_threads=threads, keep_annotations=bool(panoptic), **panoptic
-        ),
+        collate_fn=DetectionCollator(processor, num_threads=threads, **panoptic, **scored_on_annotations),
     )
     return train_loader, eval_loader
 

@@ -217,7 +217,8 @@ def run_evaluation(run: TrainingRun) -> dict[str, Any] | None:
     if run.args.task == "panoptic":
         stats = evaluate_panoptic_model(
             run.unwrapped, run.eval_loader, run.make_evaluator(), run.accelerator, run.processor,
-            run.args.panoptic_threshold, run.label_ids_to_fuse, run.unwrapped.config.coco_category_ids,
+            run.args.panoptic_threshold, run.unwrapped.config.stuff_label_ids,
+            run.unwrapped.config.coco_category_ids,
         )  # fmt: skip
         stats = panoptic_summary(stats) if stats is not None else None
         headline = ("PQ", "SQ")
