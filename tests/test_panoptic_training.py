@@ -106,3 +106,41 @@ def test_the_mask_head_can_learn_at_its_own_rate():
     assert len(mask_head["params"]) == len(expected) > 0
     default = parameter_groups(model, resolve_arguments({"dataset": "x", "task": "panoptic"}))
     assert len(default) == 1 and default[0]["lr"] == args.learning_rate
+
+
+def test_detector_steps_runs_the_papers_two_stages_and_a_rerun_keeps_the_first(tmp_path, shapes):
+    """`--detector-steps N`: the detector trains N updates on the panoptic boxes with the mask losses
+    off (in output_dir/detector-stage), then the mask head trains on it, frozen; run again, the
+    finished detector stage is kept, not retrained."""
+    from hf_detr.training.cli import main as train_main
+
+    settings = tmp_path / "tiny.json"
+    settings.write_text(json.dumps({**TINY, "dataset": str(shapes), "task": "panoptic"}))
+    output = tmp_path / "run"
+    argv = ["--config", str(settings), "--output-dir", str(output), "--detector-steps", "3", "--max-steps", "4",
+            "--learning-rate", "3e-3"]  # fmt: skip
+    assert train_main(argv) == 0
+    stage_dir = output / "detector-stage"
+    stage_args = json.loads((stage_dir / "training_args.json").read_text())
+    assert stage_args["max_steps"] == 3 and not stage_args["freeze_detector"]
+    assert stage_args["mask_loss_coefficient"] == stage_args["dice_loss_coefficient"] == 0.0
+    detector = load_file(stage_dir / "model.safetensors")
+    final = load_file(output / "model.safetensors")
+    trained_in_stage_1 = [k for k in detector if k.startswith("detr.")]
+    assert trained_in_stage_1 and all((final[k] == detector[k]).all() for k in trained_in_stage_1)
+    assert any((final[k] != detector[k]).any() for k in detector if k.startswith("mask_head."))
+    assert events(output, "finished")[-1]["step"] == 4
+    assert json.loads((output / "training_args.json").read_text())["init_from"] == str(stage_dir)
+
+    modified = (stage_dir / "model.safetensors").stat().st_mtime_ns
+    (output / "model.safetensors").unlink()
+    assert train_main(argv) == 0
+    assert (stage_dir / "model.safetensors").stat().st_mtime_ns == modified
+    assert (output / "model.safetensors").is_file()
+
+
+def test_detector_steps_needs_the_panoptic_task():
+    with pytest.raises(ValueError, match="detector_steps needs --task panoptic"):
+        resolve_arguments({"dataset": "x", "detector_steps": 10})
+    stages = resolve_arguments({"task": "panoptic"})
+    assert stages.detector_steps == 400 and stages.panoptic_threshold == 0.5

@@ -10,6 +10,7 @@ import logging
 import sys
 
 from .arguments import parse_args
+from .panoptic import stage_to_run, training_stages
 from .trainer import TrainingStopped, train
 
 
@@ -19,11 +20,22 @@ def main(argv: list[str] | None = None) -> int:
     # one "Saving current state to ..." line per checkpoint (accelerate.accelerator), not one per file
     logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)
     args = parse_args(argv)
-    try:
-        result = train(args)
-    except TrainingStopped as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    stages = training_stages(args)  # panoptic with detector_steps: the detector, then the mask head
+    for number, stage in enumerate(stages, start=1):
+        stage = stage_to_run(stage, is_last=number == len(stages))
+        if stage is None:
+            continue
+        if len(stages) > 1:
+            logging.getLogger("hf_detr.training").info(
+                "Stage %d of %d: %s.", number, len(stages), stage.output_dir
+            )
+        try:
+            result = train(stage)
+        except TrainingStopped as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        if result.stop_reason in ("signal", "stop_after_steps"):
+            break
     if result.stats is not None:
         from ..evaluation import format_stats
 

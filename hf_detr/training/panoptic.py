@@ -12,6 +12,7 @@ mask head while the rest of the detector stays frozen.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,11 @@ from ..evaluation import PanopticEvaluator
 from ..modeling_detr import HfDetrForObjectDetection
 from ..modeling_detr_segmentation import HfDetrForSegmentation
 from .arguments import BUILTIN_PRESET, TrainingArguments
+from .checkpoints import latest_checkpoint
 
 logger = logging.getLogger("hf_detr.training")
 SEGMENTATION_ARCHITECTURE = HfDetrForSegmentation.__name__
+DETECTOR_STAGE_DIR = "detector-stage"
 
 
 def build_segmentation_model(
@@ -66,6 +69,34 @@ def build_segmentation_model(
             trainable, " and the widened class head" if new_classes else "",
         )  # fmt: skip
     return model
+
+
+def training_stages(args: TrainingArguments) -> list[TrainingArguments]:
+    """The runs `args` asks for: itself, or with `detector_steps` the paper's two stages: the detector
+    (and its class head) trained on the panoptic boxes of things and stuff with the mask losses off, in
+    `output_dir/detector-stage`, then the mask head on that detector, frozen, in `output_dir`."""
+    if args.task != "panoptic" or not args.detector_steps:
+        return [args]
+    detector_dir = str(Path(args.output_dir) / DETECTOR_STAGE_DIR)
+    detector_stage = dataclasses.replace(
+        args, detector_steps=None, max_steps=args.detector_steps, freeze_detector=False,
+        mask_loss_coefficient=0.0, dice_loss_coefficient=0.0, mask_head_learning_rate=None,
+        output_dir=detector_dir, eval_steps=None, eval_epochs=None, push_to_hub=None,
+    )  # fmt: skip
+    mask_stage = dataclasses.replace(args, detector_steps=None, init_from=detector_dir, freeze_detector=True)
+    return [detector_stage, mask_stage]
+
+
+def stage_to_run(stage: TrainingArguments, is_last: bool) -> TrainingArguments | None:
+    """`stage` as it should run now: None when an earlier stage's model is already saved (a resumed
+    two-stage run), and without `resume_from_checkpoint latest` when the stage has no checkpoint yet."""
+    output = Path(stage.output_dir)
+    if not is_last and (output / "model.safetensors").is_file() and (output / "config.json").is_file():
+        logger.info("The detector stage is already trained (%s): going on with the mask stage.", output)
+        return None
+    if stage.resume_from_checkpoint == "latest" and latest_checkpoint(output / "checkpoints") is None:
+        return dataclasses.replace(stage, resume_from_checkpoint=None)
+    return stage
 
 
 def check_builtin_detector(args: TrainingArguments) -> None:
