@@ -1,9 +1,12 @@
-"""GPU inference: DETR-R50 at 800x1333 in bf16, hf_detr vs transformers on the same weights.
+"""GPU inference: DETR-R50 at 800x1333 in bf16, hf_detr eager / torch.compile / CUDA graphs vs
+transformers eager on the same weights.
 
-Latency at batch 1 (median of 50 after warm-up) and throughput at batch 16 (images/s), both models
-in `torch.autocast("cuda", dtype=torch.bfloat16)`. Finishes in well under 5 minutes on one GPU.
+Latency at batch 1 (median of 50 after warm-up) and throughput at batch 16 (images/s), every variant
+in `torch.autocast("cuda", dtype=torch.bfloat16)`; "compiled" is `torch.compile(fullgraph=True)`,
+"CUDA graphs" is `mode="reduce-overhead"` (batch 1 only: one graph per shape). Also the largest logits
+deviation of each from hf_detr's fp32 eager. Finishes in well under 5 minutes on one GPU.
 
-    python benchmarks/gpu_infer.py [--device cuda]
+    python benchmarks/gpu_infer.py [--device cuda] [--skip-compile]
 """
 
 from __future__ import annotations
@@ -15,31 +18,58 @@ from bench_forward import build_models  # run from benchmarks/ or with it on sys
 from timing import median_seconds
 
 
+def measure(
+    model, one: torch.Tensor, sixteen: torch.Tensor | None, device: torch.device
+) -> tuple[float, float | None]:
+    """(batch-1 latency in ms, batch-16 images/s or None) under bf16 autocast."""
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+        for _ in range(10):  # warm-up: cuDNN autotuning, compilation, graph capture
+            model(pixel_values=one)
+        latency = median_seconds(lambda: model(pixel_values=one), 50, 0, device)
+        throughput = None
+        if sixteen is not None:
+            for _ in range(3):
+                model(pixel_values=sixteen)
+            throughput = 16 / median_seconds(lambda: model(pixel_values=sixteen), 10, 0, device)
+    return latency * 1000, throughput
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1333)
+    parser.add_argument("--skip-compile", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True
     reference, ours = build_models(device)
+    one = torch.randn(1, 3, args.height, args.width, device=device)
+    sixteen = torch.randn(16, 3, args.height, args.width, device=device)
+    with torch.inference_mode():
+        fp32_logits = ours(pixel_values=one).logits.float()
+    variants = [("transformers eager", reference, True), ("hf_detr eager", ours, True)]
+    if not args.skip_compile:
+        variants.append(("hf_detr compiled", torch.compile(ours, fullgraph=True), True))
+        variants.append(
+            ("hf_detr CUDA graphs", torch.compile(ours, fullgraph=True, mode="reduce-overhead"), False)
+        )
     rows = []
-    for name, model in (("transformers", reference), ("hf_detr", ours)):
+    for name, model, batched in variants:
         model.eval()
+        latency, throughput = measure(model, one, sixteen if batched else None, device)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
-            one = torch.randn(1, 3, args.height, args.width, device=device)
-            sixteen = torch.randn(16, 3, args.height, args.width, device=device)
-            for _ in range(10):
-                model(pixel_values=one)
-            latency = median_seconds(lambda m=model, x=one: m(pixel_values=x), 50, 0, device)
-            model(pixel_values=sixteen)
-            throughput = 16 / median_seconds(lambda m=model, x=sixteen: m(pixel_values=x), 10, 0, device)
-        rows.append((name, latency * 1000, throughput))
+            deviation = float((model(pixel_values=one).logits.float() - fp32_logits).abs().max())
+        rows.append((name, latency, throughput, deviation))
     print(f"DETR-R50 inference, {args.height}x{args.width}, bf16, {torch.cuda.get_device_name(device)}")
-    print(f"{'implementation':>14} | batch 1 latency (ms) | batch 16 images/s")
-    for name, latency, throughput in rows:
-        print(f"{name:>14} | {latency:20.1f} | {throughput:17.1f}")
-    print(f"speed-up: latency {rows[0][1] / rows[1][1]:.2f}x, throughput {rows[1][2] / rows[0][2]:.2f}x")
+    print(f"{'variant':>20} | batch 1 latency (ms) | batch 16 images/s | max |Δlogits| vs fp32")
+    for name, latency, throughput, deviation in rows:
+        shown = f"{throughput:17.1f}" if throughput is not None else f"{'-':>17}"
+        print(f"{name:>20} | {latency:20.2f} | {shown} | {deviation:.2e}")
+    peer = rows[0]
+    for name, latency, throughput, _ in rows[1:]:
+        speedup = f", throughput {throughput / peer[2]:.2f}x" if throughput else ""
+        print(f"{name}: latency {peer[1] / latency:.2f}x{speedup} against transformers eager")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Optional dependency groups: `pip install hf-detr` runs models; `hf-detr[train]` trains and evaluates.
+"""Optional dependency groups: `pip install hf-detr` runs models; `hf-detr[train]` trains and evaluates;
+`hf-detr[export]` writes and runs ONNX files.
 
 The data, evaluation and training subpackages call [`require_extra`] when imported, so a missing
 extra is one clear error naming the command that installs it; the console scripts print it.
@@ -52,9 +53,14 @@ def train_command() -> int:
     return _run("hf_detr.training.cli")
 
 
+def export_command() -> int:
+    """`hf-detr-export`."""
+    return _run("hf_detr.export")
+
+
 def evaluate_command() -> int:
     """`hf-detr-evaluate`."""
     return _run("hf_detr.evaluation.cli")
 
 
-__all__ = ["MissingExtraError", "evaluate_command", "require_extra", "train_command"]
+__all__ = ["MissingExtraError", "evaluate_command", "export_command", "require_extra", "train_command"]

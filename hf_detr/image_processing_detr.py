@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -467,6 +468,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
         the image; without `target_sizes` they stay normalized in [0, 1]. With `top_k`, the best `top_k`
         (query, class) pairs over all queries and classes are taken first, then `threshold` applies.
         """
+        outputs, from_numpy = _tensor_outputs(outputs, ("logits", "pred_boxes"))
         logits, boxes = outputs.logits, outputs.pred_boxes  # [B, N, K+1], [B, N, 4]
         batch_size = logits.shape[0]
         probabilities = logits.float().softmax(-1)[..., :-1]  # [B, N, K]
@@ -496,6 +498,8 @@ class HfDetrImageProcessor(BaseImageProcessor):
             results.append(
                 {"scores": image_scores[keep], "labels": image_labels[keep], "boxes": image_boxes[keep]}
             )
+        if from_numpy:  # numpy in (an exported model's outputs), numpy out
+            results = [{key: value.numpy() for key, value in result.items()} for result in results]
         return results
 
     def post_process_semantic_segmentation(
@@ -582,6 +586,22 @@ class HfDetrImageProcessor(BaseImageProcessor):
 # ----------------------------------------------------------------------------------------------------
 # Input helpers
 # ----------------------------------------------------------------------------------------------------
+def _tensor_outputs(outputs: Any, names: tuple[str, ...]) -> tuple[Any, bool]:
+    """Model outputs with fields `names` -> an object with those fields as tensors, and whether they
+    were numpy arrays. Takes a model's output, any object with the fields, or a mapping such as
+    `dict(zip(output_names, onnx_session.run(...)))`."""
+    if isinstance(outputs, Mapping):
+        missing = [name for name in names if name not in outputs]
+        if missing:
+            raise KeyError(f"`outputs` has no {', '.join(missing)}; it has {sorted(outputs)}.")
+        values = {name: outputs[name] for name in names}
+    else:
+        values = {name: getattr(outputs, name, None) for name in names}
+    if all(isinstance(value, np.ndarray) for value in values.values()):
+        return SimpleNamespace(**{k: torch.from_numpy(np.asarray(v)) for k, v in values.items()}), True
+    return SimpleNamespace(**values), False
+
+
 def _as_list(images: Any) -> list[Any]:
     """A single image or a list of images (a 4-D array or tensor is a batch)."""
     if isinstance(images, (list, tuple)):

@@ -698,7 +698,10 @@ def _model_dtype_input(pixel_values: torch.Tensor, reference: torch.Tensor) -> t
 
 
 def _all_true_without_sync(mask: torch.Tensor) -> bool:
-    """`mask.all()` where reading it costs no device-to-host synchronisation (CPU tensors)."""
+    """`mask.all()` where reading it costs no device-to-host synchronisation (eager CPU tensors). While
+    torch.compile or torch.export traces, False: the graph keeps the masked path for every input."""
+    if torch.compiler.is_compiling():
+        return False
     return mask.device.type == "cpu" and bool(mask.all())
 
 
