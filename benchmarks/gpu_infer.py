@@ -1,5 +1,5 @@
 """GPU inference: DETR-R50 at 800x1333 in bf16, hf_detr eager / torch.compile / CUDA graphs vs
-transformers eager on the same weights.
+transformers eager on the same weights (`--dtype fp16` for fp16).
 
 Latency at batch 1 (median of 50 after warm-up) and throughput at batch 16 (images/s), every variant
 in `torch.autocast("cuda", dtype=torch.bfloat16)`; "compiled" is `torch.compile(fullgraph=True)`,
@@ -19,10 +19,10 @@ from timing import median_seconds
 
 
 def measure(
-    model, one: torch.Tensor, sixteen: torch.Tensor | None, device: torch.device
+    model, one: torch.Tensor, sixteen: torch.Tensor | None, device: torch.device, dtype: torch.dtype
 ) -> tuple[float, float | None]:
-    """(batch-1 latency in ms, batch-16 images/s or None) under bf16 autocast."""
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+    """(batch-1 latency in ms, batch-16 images/s or None) under autocast to `dtype`."""
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype):
         for _ in range(10):  # warm-up: cuDNN autotuning, compilation, graph capture
             model(pixel_values=one)
         latency = median_seconds(lambda: model(pixel_values=one), 50, 0, device)
@@ -40,9 +40,11 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1333)
     parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
     args = parser.parse_args()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     device = torch.device(args.device)
-    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = True  # the CPU smoke run: --device cpu --height 128 --width 160
     reference, ours = build_models(device)
     one = torch.randn(1, 3, args.height, args.width, device=device)
     sixteen = torch.randn(16, 3, args.height, args.width, device=device)
@@ -57,11 +59,12 @@ def main() -> None:
     rows = []
     for name, model, batched in variants:
         model.eval()
-        latency, throughput = measure(model, one, sixteen if batched else None, device)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+        latency, throughput = measure(model, one, sixteen if batched else None, device, dtype)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype):
             deviation = float((model(pixel_values=one).logits.float() - fp32_logits).abs().max())
         rows.append((name, latency, throughput, deviation))
-    print(f"DETR-R50 inference, {args.height}x{args.width}, bf16, {torch.cuda.get_device_name(device)}")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (a smoke run)"
+    print(f"DETR-R50 inference, {args.height}x{args.width}, {args.dtype}, {name}")
     print(f"{'variant':>20} | batch 1 latency (ms) | batch 16 images/s | max |Δlogits| vs fp32")
     for name, latency, throughput, deviation in rows:
         shown = f"{throughput:17.1f}" if throughput is not None else f"{'-':>17}"
