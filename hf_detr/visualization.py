@@ -68,7 +68,7 @@ def draw_detections(
     return canvas
 
 
-def _text_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:
+def text_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:
     luminance = 0.299 * background[0] + 0.587 * background[1] + 0.114 * background[2]
     return (0, 0, 0) if luminance > 150 else (255, 255, 255)
 
@@ -93,7 +93,7 @@ def _draw_tag(
     tag_width, tag_height = _tag_size(draw, text, font)
     x, y = corner
     draw.rectangle((x, y, x + tag_width, y + tag_height), fill=colour)
-    draw.text((x + pad - left, y + pad - top), text, fill=_text_colour(colour), font=font)
+    draw.text((x + pad - left, y + pad - top), text, fill=text_colour(colour), font=font)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -243,15 +243,20 @@ def upsample(attention: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     ]
 
 
+def heat_colours(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (any shape [...]) -> RGB float colours [..., 3] of the heat map."""
+    positions = np.clip(values, 0.0, 1.0) * (len(HEAT_STOPS) - 1)
+    lower = np.clip(np.floor(positions).astype(int), 0, len(HEAT_STOPS) - 2)
+    fraction = (positions - lower)[..., None]
+    return HEAT_STOPS[lower] * (1 - fraction) + HEAT_STOPS[lower + 1] * fraction
+
+
 def heat_overlay(image: PIL.Image.Image, attention: torch.Tensor, alpha: float = 0.55) -> PIL.Image.Image:
     """The image with an attention map (any [h, w]) as a heat map over it, normalised to its maximum."""
     image = image.convert("RGB")
     heat = upsample(attention, image.size)
     heat = (heat - heat.min()) / (heat.max() - heat.min() + 1e-12)
-    positions = heat.numpy() * (len(HEAT_STOPS) - 1)
-    lower = np.clip(np.floor(positions).astype(int), 0, len(HEAT_STOPS) - 2)
-    fraction = (positions - lower)[..., None]
-    colours = HEAT_STOPS[lower] * (1 - fraction) + HEAT_STOPS[lower + 1] * fraction  # [H, W, 3]
+    colours = heat_colours(heat.numpy())  # [H, W, 3]
     blended = np.asarray(image, np.float32) * (1 - alpha) + colours * alpha
     return PIL.Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
 
@@ -285,10 +290,12 @@ __all__ = [
     "draw_panoptic",
     "encoder_attention_map",
     "feature_cell",
+    "heat_colours",
     "heat_overlay",
     "label_point",
     "segment_colour",
     "segment_labels",
     "side_by_side",
+    "text_colour",
     "upsample",
 ]

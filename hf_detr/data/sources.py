@@ -1,7 +1,7 @@
 """`load_detection_dataset`: every source brought to the common schema.
 
-Sources: the built-in synthetic set (no argument), a local COCO folder, a `save_to_disk` folder, local
-parquet/arrow files, or a Hub dataset name. Hub detection datasets differ in their box format
+Sources: the built-in synthetic set (no argument), a local COCO, YOLO or Pascal VOC folder (the layout
+detected: hf_detr.data.formats), a `save_to_disk` folder, local parquet/arrow files, or a Hub dataset name. Hub detection datasets differ in their box format
 (`detection-datasets/coco` stores x0, y0, x1, y1; `cppe-5` COCO's x, y, w, h), so `bbox_format` is
 explicit and checked against the data.
 """
@@ -24,7 +24,7 @@ from datasets import (
     load_from_disk,
 )
 
-from .coco_folder import is_coco_folder, load_coco_folder
+from .formats import is_detection_folder, load_detection_folder
 from .schema import ObjectChecker, category_ids, detection_features, logger, set_category_ids
 
 BoxFormat = Literal["xywh", "xyxy"]
@@ -45,18 +45,20 @@ def load_detection_dataset(
     """Load a detection dataset in the common schema (see `hf_detr.data.schema`).
 
     Args:
-        source: None for the built-in synthetic shapes set; a local COCO folder
-            (`annotations/instances_{split}.json` + images); a `save_to_disk` folder; a parquet/arrow
-            file or folder; or a Hub dataset name (`load_dataset` arguments go in `load_kwargs`).
+        source: None for the built-in synthetic shapes set; a local COCO (`annotations/instances_{split}.json`
+            or Roboflow's `{split}/_annotations.coco.json` + images), YOLO (`images/` + `labels/` +
+            `data.yaml`) or Pascal VOC (`Annotations/` + `JPEGImages/`) folder; a `save_to_disk` folder;
+            a parquet/arrow file or folder; or a Hub dataset name (`load_dataset` arguments go in
+            `load_kwargs`).
         split: load only this split (the result still is a DatasetDict with that one split).
         bbox_format: the box format of a Hub/parquet source, "xywh" (COCO) or "xyxy"; checked.
         streaming: return an IterableDatasetDict that yields the same records.
-        cache_dir: where converted COCO folders are cached (default `$HF_HOME/hf_detr`).
+        cache_dir: where converted folders are cached (default `$HF_HOME/hf_detr`).
     """
     if bbox_format not in ("xywh", "xyxy"):
         raise ValueError(f"`bbox_format` must be 'xywh' or 'xyxy', got {bbox_format!r}.")
     return load_source(
-        source, split, streaming, cache_dir, load_kwargs, is_coco_folder, load_coco_folder,
+        source, split, streaming, cache_dir, load_kwargs, is_detection_folder, load_detection_folder,
         lambda dataset, name: normalize_split(dataset, bbox_format, name),
     )  # fmt: skip
 

@@ -1,8 +1,12 @@
 """`hf-detr-evaluate` / `scripts/evaluate_coco.py`: COCO AP of a model on a detection dataset, or
 panoptic quality of a segmentation model on a panoptic one (`--task panoptic`).
 
+Detection prints the 12 COCO stats and the per-class table (AP, AP50, AR100); `--output` writes both
+as JSON, and confusion_matrix.json / .png and pr_curve.png go to `--plots-dir` (default: beside
+`--output`; no pictures without either).
+
     python scripts/evaluate_coco.py --model DIR_OR_REPO --dataset NAME_OR_PATH --split val \\
-        [--batch-size 8] [--output results.json]
+        [--batch-size 8] [--output results.json] [--plots-dir DIR]
     python scripts/evaluate_coco.py --task panoptic --model DIR --dataset COCO_PANOPTIC_FOLDER --split val2017
     accelerate launch scripts/evaluate_coco.py ...   # every process evaluates its shard
 """
@@ -43,7 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--top-k", type=int, default=None, help="keep the best k (query, class) pairs per image"
     )
     parser.add_argument("--backend", choices=("faster_coco_eval", "pycocotools"), default="faster_coco_eval")
-    parser.add_argument("--output", type=Path, default=None, help="write the stats as JSON here")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="write the stats and the per-class table as JSON here"
+    )
+    parser.add_argument(
+        "--plots-dir", type=Path, default=None,
+        help="detection: write confusion_matrix.png/.json and pr_curve.png here (default: beside --output)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--confusion-score-threshold", type=float, default=0.5,
+        help="detection: detections scoring at least this enter the confusion matrix (0.5)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--confusion-iou-threshold", type=float, default=0.5,
+        help="detection: IoU at which a detection matches an object in the confusion matrix (0.5)",
+    )  # fmt: skip
     return parser
 
 
@@ -104,7 +122,21 @@ def _evaluate_detection(args, accelerator, processor):
     loader = _loader(DetectionDataset(split), args, accelerator, collator)
     stats = evaluate_model(model, loader, evaluator, accelerator, processor, args.top_k)
     record = {"num_images": evaluator.num_images, "top_k": args.top_k, "backend": args.backend}
-    return stats, record, evaluator.summary() if accelerator.is_main_process else ""
+    if not accelerator.is_main_process:
+        return stats, record, ""
+    record["per_class"] = evaluator.per_class
+    plots_dir = args.plots_dir or (args.output.parent if args.output is not None else None)
+    if plots_dir is not None:
+        from .report import write_metric_plots
+
+        plots = write_metric_plots(
+            evaluator, plots_dir, score_threshold=args.confusion_score_threshold,
+            iou_threshold=args.confusion_iou_threshold,
+        )  # fmt: skip
+        matrix = plots["confusion_matrix"]
+        record["confusion_matrix"] = {key: matrix[key] for key in ("score_threshold", "iou_threshold")}
+        record["plots"] = plots["files"]
+    return stats, record, evaluator.summary(per_class=True)
 
 
 def _evaluate_panoptic(args, accelerator, processor):

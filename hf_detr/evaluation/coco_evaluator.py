@@ -5,6 +5,10 @@ images, as `HfDetrImageProcessor.post_process_object_detection` returns them) pe
 model's label ids to the ground truth's COCO category ids, and computes AP@[.5:.95], AP50, AP75,
 APs/m/l and AR@1/10/100, ARs/m/l exactly as pycocotools does. As the paper evaluates: every query,
 its best class, no score threshold (a `top_k` over (query, class) pairs is available).
+
+The same evaluation's precision/recall arrays give the per-class AP / AP50 / AR@100 table
+(`per_class`, see `per_class.py`), the precision-recall curves, and, from the kept detections, a
+confusion matrix at a chosen score and IoU threshold (`confusion_matrix`, see `confusion.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from .per_class import IOU_THRESHOLDS, format_per_class, mean_valid, objects_per_category, per_class_stats
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 STAT_DESCRIPTIONS = (
@@ -140,6 +146,10 @@ class CocoEvaluator:
         self._chunks: list[np.ndarray] = []  # [n, 7]: image_id, x, y, w, h, score, category_id
         self._evaluated: set[int] = set()
         self.stats: dict[str, float] | None = None
+        # of the last compute(), categories in ascending id order
+        self.precision: np.ndarray | None = None  # [T, R, K, A, M]
+        self.recall: np.ndarray | None = None  # [T, K, A, M]
+        self.per_class: list[dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------------------------------------
     def update(
@@ -193,6 +203,23 @@ class CocoEvaluator:
     def num_images(self) -> int:
         return len(self._evaluated)
 
+    @property
+    def evaluated_image_ids(self) -> list[int]:
+        return sorted(self._evaluated)
+
+    @property
+    def detections(self) -> np.ndarray:
+        """Every added detection as rows [n, 7]: image_id, x, y, w, h (absolute), score, category_id."""
+        return np.concatenate(self._chunks) if self._chunks else np.zeros((0, 7))
+
+    @property
+    def sorted_category_ids(self) -> list[int]:
+        return sorted(self.category_ids)
+
+    def category_names(self) -> dict[int, str]:
+        """COCO category id -> name, from the ground truth."""
+        return {int(c["id"]): str(c.get("name", c["id"])) for c in self.ground_truth["categories"]}
+
     # ------------------------------------------------------------------------------------------------
     def compute(self) -> dict[str, float]:
         """The 12 COCO stats over the images added so far (each in [0, 1]; -1 where undefined)."""
@@ -200,21 +227,38 @@ class CocoEvaluator:
             raise ValueError(
                 "No detections were added: call update() with at least one image before compute()."
             )
-        results = np.concatenate(self._chunks) if self._chunks else np.zeros((0, 7))
+        results = self.detections
         ground_truth = self.ground_truth
-        image_ids = sorted(self._evaluated)
+        image_ids = self.evaluated_image_ids
         if self.backend == "faster_coco_eval":
-            stats = _evaluate_faster(ground_truth, results, image_ids, self.num_workers)
+            self.precision, self.recall = _evaluate_faster(ground_truth, results, image_ids, self.num_workers)
+            stats = summarize(self.precision, self.recall)
         else:
-            stats = _evaluate_pycocotools(ground_truth, results, image_ids)
+            stats, self.precision, self.recall = _evaluate_pycocotools(ground_truth, results, image_ids)
         self.stats = dict(zip(STAT_NAMES, (float(s) for s in stats[:12])))
+        self.per_class = per_class_stats(
+            self.precision, self.recall, self.sorted_category_ids, self.category_names(),
+            objects_per_category(ground_truth["annotations"], image_ids),
+        )  # fmt: skip
         return self.stats
 
-    def summary(self) -> str:
-        """The standard COCO table of the last `compute()`."""
+    def summary(self, per_class: bool = False) -> str:
+        """The standard COCO table of the last `compute()`, then (`per_class`) the per-class table."""
         if self.stats is None:
             raise ValueError("compute() has not run yet.")
-        return format_stats(self.stats)
+        text = format_stats(self.stats)
+        return text + "\n" + format_per_class(self.per_class) if per_class else text
+
+    def confusion_matrix(
+        self, score_threshold: float = 0.5, iou_threshold: float = 0.5, names: Mapping[int, str] | None = None
+    ) -> Any:
+        """The `ConfusionMatrix` of the detections added so far (see `confusion.confusion_matrix`)."""
+        from .confusion import confusion_matrix
+
+        return confusion_matrix(
+            self.ground_truth, self.detections, self.evaluated_image_ids, score_threshold, iou_threshold,
+            names=names,
+        )  # fmt: skip
 
 
 def category_table(
@@ -300,17 +344,17 @@ PARALLEL_MIN_DETECTIONS = 20_000
 
 def _evaluate_faster(
     ground_truth: dict, results: np.ndarray, image_ids: list[int], workers: int
-) -> np.ndarray:
-    """faster-coco-eval, optionally over category groups in forked processes.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Accumulated precision [T, R, K, A, M] and recall [T, K, A, M] (categories in ascending id
+    order) by faster-coco-eval, optionally over category groups in forked processes.
 
     COCO accumulates every category independently and the summary stats are means over
     (IoU, recall, category) entries, so evaluating disjoint category groups and joining their
-    precision/recall arrays gives the same stats as one evaluation.
+    precision/recall arrays gives the same arrays and stats as one evaluation.
     """
     categories = sorted(int(c["id"]) for c in ground_truth["categories"])
     if workers <= 1 or len(results) < PARALLEL_MIN_DETECTIONS or len(categories) < 2:
-        precision, recall = _faster_arrays(ground_truth, results, image_ids, categories)
-        return summarize(precision, recall)
+        return _faster_arrays(ground_truth, results, image_ids, categories)
     groups = _balanced_category_groups(results, categories, workers)
     global _SHARED_WORK
     _SHARED_WORK = (ground_truth, results, image_ids)
@@ -320,9 +364,10 @@ def _evaluate_faster(
             parts = list(pool.map(_faster_arrays_of_group, groups))
     finally:
         _SHARED_WORK = None
-    precision = np.concatenate([p for p, _ in parts], axis=2)  # [T, R, K, A, M]
-    recall = np.concatenate([r for _, r in parts], axis=1)  # [T, K, A, M]
-    return summarize(precision, recall)
+    order = np.argsort([category for group in groups for category in group])  # back to ascending ids
+    precision = np.concatenate([p for p, _ in parts], axis=2)[:, :, order]  # [T, R, K, A, M]
+    recall = np.concatenate([r for _, r in parts], axis=1)[:, order]  # [T, K, A, M]
+    return precision, recall
 
 
 def _balanced_category_groups(results: np.ndarray, categories: list[int], workers: int) -> list[list[int]]:
@@ -370,18 +415,13 @@ def _faster_arrays(
 def summarize(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
     """The 12 stats of pycocotools' `COCOeval.summarize` from accumulated precision and recall
     (IoU thresholds .50:.05:.95; areas all, small, medium, large; maxDets 1, 10, 100)."""
-    iou_thresholds = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
-
-    def mean(values: np.ndarray) -> float:
-        valid = values[values > -1]
-        return -1.0 if valid.size == 0 else float(np.mean(valid))
 
     def ap(area: int, iou: float | None = None) -> float:
         values = precision[..., area, 2]
-        return mean(values if iou is None else values[np.where(iou == iou_thresholds)[0]])
+        return mean_valid(values if iou is None else values[np.where(iou == IOU_THRESHOLDS)[0]])
 
     def ar(area: int, max_dets: int) -> float:
-        return mean(recall[:, :, area, max_dets])
+        return mean_valid(recall[:, :, area, max_dets])
 
     return np.array(
         [
@@ -401,7 +441,10 @@ def summarize(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
     )
 
 
-def _evaluate_pycocotools(ground_truth: dict, results: np.ndarray, image_ids: list[int]) -> np.ndarray:
+def _evaluate_pycocotools(
+    ground_truth: dict, results: np.ndarray, image_ids: list[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """pycocotools' 12 stats, precision [T, R, K, A, M] and recall [T, K, A, M] (ascending ids)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -415,7 +458,7 @@ def _evaluate_pycocotools(ground_truth: dict, results: np.ndarray, image_ids: li
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return np.asarray(evaluator.stats)
+    return np.asarray(evaluator.stats), evaluator.eval["precision"], evaluator.eval["recall"]
 
 
 def _empty_results(gt: Any) -> Any:

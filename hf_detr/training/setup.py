@@ -45,7 +45,7 @@ from .panoptic import (
 from .query_groups import set_query_groups
 
 logger = logging.getLogger("hf_detr.training")
-EVAL_SPLIT_NAMES = ("val", "validation", "val2017", "test")
+EVAL_SPLIT_NAMES = ("val", "validation", "valid", "val2017", "test")
 
 
 # ---------------------------------------------------------------------------------------------------
