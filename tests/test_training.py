@@ -81,6 +81,10 @@ def test_training_saves_a_pipeline_ready_model_with_its_settings_and_logs(tmp_pa
         train_lines[0]
     )
     assert events(out, "eval")[-1]["AP50"] == result.stats["AP50"]
+    report = json.loads((out / "eval" / "eval_results.json").read_text())  # the latest evaluation's
+    assert report["step"] == 3 and report["stats"]["AP50"] == pytest.approx(result.stats["AP50"], abs=1e-12)
+    assert [row["name"] for row in report["per_class"]] == ["circle", "square", "triangle"]
+    assert all((out / "eval" / name).stat().st_size > 0 for name in ("confusion_matrix.png", "pr_curve.png"))
     assert list((out / "hf_detr").rglob("events.out.tfevents*"))  # the tensorboard tracker wrote
     from transformers import pipeline
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..configuration_detr import HfDetrConfig
+from ..evaluation.coco_evaluator import STAT_NAMES
 
 
 @dataclass
@@ -83,6 +84,15 @@ class TrainingArguments:
     resume_from_checkpoint: str | None = None  # "latest" or a checkpoint directory
     stop_after_steps: int | None = None  # interrupt after N optimizer steps (with a checkpoint)
     max_consecutive_nonfinite: int = 10  # stop after this many skipped (NaN/inf) steps in a row
+    # the run they keep (names as transformers' Trainer has them)
+    ema: bool = False  # evaluate and save an exponential moving average of the weights (training/ema.py)
+    ema_decay: float = 0.9999  # RT-DETR / D-FINE / ultralytics ModelEMA (rf-detr fine-tuning: 0.993)
+    ema_tau: float = 2000.0  # decay ramp d_k = ema_decay * (1 - exp(-k / ema_tau)) (rf-detr: 100)
+    early_stopping_patience: int | None = None  # stop after N evaluations without improvement
+    early_stopping_threshold: float = 0.0  # an improvement must exceed this to reset the patience
+    metric_for_best_model: str | None = None  # default: AP (PQ with --task panoptic)
+    greater_is_better: bool = True
+    load_best_model_at_end: bool = True  # the final model is the best evaluation's (when there is one)
     # evaluation and logging
     eval_epochs: int | None = 1  # evaluate every N epochs (None: only every eval_steps and at the end)
     eval_steps: int | None = None  # also evaluate every N optimizer steps
@@ -273,7 +283,8 @@ def resolve_arguments(cli: dict[str, Any], file_values: dict[str, Any] | None = 
         raise ValueError(f"Unknown preset {preset!r}; expected one of {sorted(PRESETS)}.")
     merged = {**PRESETS[preset], **explicit, "preset": preset}
     for name in ("max_steps", "eval_split", "init_from", "resume_from_checkpoint", "stop_after_steps",
-                 "save_steps", "eval_steps", "eval_epochs", "detector_steps", "mask_head_learning_rate", "eval_top_k", "push_to_hub", "time_limit_minutes", "dataset"):  # fmt: skip
+                 "save_steps", "eval_steps", "eval_epochs", "detector_steps", "mask_head_learning_rate", "eval_top_k", "push_to_hub", "time_limit_minutes", "dataset",
+                 "early_stopping_patience", "metric_for_best_model"):  # fmt: skip
         if isinstance(merged.get(name), str) and merged[name].lower() in ("none", "null", ""):
             merged[name] = None
     arguments = TrainingArguments(**merged)
@@ -285,6 +296,20 @@ def parse_args(argv: list[str] | None = None) -> TrainingArguments:
     namespace = vars(build_parser().parse_args(argv))
     config_path = namespace.pop("config", None)
     return resolve_arguments(namespace, _load_config_file(config_path) if config_path else None)
+
+
+# The metrics an evaluation during training reports, by task (the first is the default best-model metric).
+COCO_METRICS = STAT_NAMES
+PANOPTIC_METRICS = tuple(name + part for part in ("", "_th", "_st") for name in ("PQ", "SQ", "RQ"))
+
+
+def best_metric_names(task: str) -> tuple[str, ...]:
+    return PANOPTIC_METRICS if task == "panoptic" else COCO_METRICS
+
+
+def best_metric(arguments: TrainingArguments) -> str:
+    """The metric that picks the best model and drives early stopping: AP, or PQ for panoptic runs."""
+    return arguments.metric_for_best_model or best_metric_names(arguments.task)[0]
 
 
 def validate(arguments: TrainingArguments) -> None:
@@ -318,6 +343,23 @@ def validate(arguments: TrainingArguments) -> None:
         (arguments.save_total_limit >= 1, "save_total_limit must be at least 1"),
         (arguments.max_consecutive_nonfinite >= 1, "max_consecutive_nonfinite must be at least 1"),
         (
+            0 <= arguments.ema_decay < 1 and arguments.ema_tau > 0,
+            "ema_decay must be in [0, 1) and ema_tau positive",
+        ),
+        (
+            arguments.early_stopping_patience is None or arguments.early_stopping_patience >= 1,
+            "early_stopping_patience must be at least 1 or none",
+        ),
+        (
+            arguments.early_stopping_patience is None or bool(arguments.eval_steps or arguments.eval_epochs),
+            "early_stopping_patience needs evaluations during training (--eval-steps or --eval-epochs)",
+        ),
+        (
+            arguments.metric_for_best_model in (None, *best_metric_names(arguments.task)),
+            f"metric_for_best_model must be one of {', '.join(best_metric_names(arguments.task))} for "
+            f"--task {arguments.task}, got {arguments.metric_for_best_model!r}",
+        ),
+        (
             arguments.learning_rate > 0 and arguments.backbone_learning_rate >= 0,
             "learning rates must be positive",
         ),
@@ -330,9 +372,12 @@ def validate(arguments: TrainingArguments) -> None:
 __all__ = [
     "BUILTIN_PANOPTIC_PRESET",
     "BUILTIN_PRESET",
+    "COCO_METRICS",
     "MODEL_SETTINGS",
+    "PANOPTIC_METRICS",
     "PRESETS",
     "TrainingArguments",
+    "best_metric",
     "build_parser",
     "parse_args",
     "resolve_arguments",

@@ -3,13 +3,15 @@
 A checkpoint is first written to `checkpoints/.incomplete-step-N` by every process, then renamed to
 `checkpoints/step-N` by the main process once all have finished: a save killed midway leaves only an
 `.incomplete-*` folder, never a damaged `step-*` one. Checkpoints are this run's own files (model
-weights in safetensors; optimizer and RNG states are read back with accelerate's loaders).
+weights in safetensors, the EMA weights with `--ema` in `ema.safetensors`; optimizer and RNG states
+are read back with accelerate's loaders). The best model's checkpoint is never pruned.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,12 @@ class TrainingState:
     global_step: int = 0
     nonfinite_total: int = 0
     nonfinite_consecutive: int = 0
-    best_ap: float = -1.0
+    # the best evaluation (`metric_for_best_model`) and early stopping, so that they survive a resume
+    best_metric: float | None = None
+    best_step: int | None = None  # its checkpoint is kept whatever save_total_limit says
+    best_stats: dict[str, float] | None = None
+    evals_without_improvement: int = 0
+    last_eval_step: int = -1
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,9 +69,22 @@ def resolve_resume(value: str, directory: Path) -> Path:
     return path
 
 
-def save_checkpoint(accelerator: Any, directory: Path, step: int, keep: int) -> Path:
-    """Save the full training state atomically as `directory/step-{step}` and keep the last `keep`."""
-    final = directory / f"step-{step:08d}"
+def checkpoint_path(directory: Path, step: int) -> Path:
+    return directory / f"step-{step:08d}"
+
+
+def save_checkpoint(
+    accelerator: Any,
+    directory: Path,
+    step: int,
+    keep: int,
+    write_extra: Callable[[Path], Any] | None = None,
+    protect: int | None = None,
+) -> Path:
+    """Save the full training state atomically as `directory/step-{step}` and keep the last `keep`
+    (and the checkpoint of step `protect`, the best model's). `write_extra(folder)` adds files on
+    the main process (the EMA weights)."""
+    final = checkpoint_path(directory, step)
     staging = directory / f".incomplete-step-{step:08d}"
     if accelerator.is_main_process:
         directory.mkdir(parents=True, exist_ok=True)
@@ -73,13 +93,29 @@ def save_checkpoint(accelerator: Any, directory: Path, step: int, keep: int) -> 
     accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if write_extra is not None:
+            write_extra(staging)
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
-        for _, old in checkpoint_steps(directory)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune_checkpoints(directory, keep, protect)
     accelerator.wait_for_everyone()
     return final
 
 
-__all__ = ["TrainingState", "checkpoint_steps", "latest_checkpoint", "resolve_resume", "save_checkpoint"]
+def prune_checkpoints(directory: Path, keep: int, protect: int | None = None) -> None:
+    """Delete all but the last `keep` checkpoints and the one of step `protect`."""
+    for step, old in checkpoint_steps(directory)[:-keep]:
+        if step != protect:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+__all__ = [
+    "TrainingState",
+    "checkpoint_path",
+    "checkpoint_steps",
+    "latest_checkpoint",
+    "prune_checkpoints",
+    "resolve_resume",
+    "save_checkpoint",
+]

@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.task == "panoptic"
             else format_stats(result.stats)
         )
-        print(f"Final evaluation ({result.global_step} steps):\n{text}")
+        best_kept = args.load_best_model_at_end and result.best_step not in (None, result.global_step)
+        label = f"the best model, step {result.best_step}" if best_kept else f"{result.global_step} steps"
+        print(f"Final evaluation ({label}):\n{text}")
     if result.stop_reason in ("signal", "stop_after_steps"):
         print(
             f"Stopped ({result.stop_reason}) at step {result.global_step}; resume with --resume-from-checkpoint latest."

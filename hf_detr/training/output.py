@@ -7,22 +7,24 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .arguments import TrainingArguments
+from .arguments import TrainingArguments, best_metric
 
 if TYPE_CHECKING:
     from .setup import TrainingRun
 
 
-def save_final_model(run: TrainingRun, stats: dict[str, float] | None) -> None:
-    """`save_pretrained` of the model and processor into the output directory, a model card, and
-    `push_to_hub` when asked (main process; the others wait)."""
+def save_final_model(
+    run: TrainingRun, stats: dict[str, float] | None, stop_reason: str = "completed"
+) -> None:
+    """`save_pretrained` of the evaluated weights (the EMA's with --ema) and the processor into the
+    output directory, a model card, and `push_to_hub` when asked (main process; the others wait)."""
     from ..hub import make_model_card, push_to_hub
 
     args, output_dir = run.args, run.output_dir
     run.accelerator.wait_for_everyone()
     if not run.is_main:
         return
-    model = plain_batch_norm(run.unwrapped)
+    model = plain_batch_norm(run.eval_model)
     model.save_pretrained(output_dir)
     run.processor.save_pretrained(output_dir)
     panoptic = args.task == "panoptic"
@@ -40,7 +42,8 @@ def save_final_model(run: TrainingRun, stats: dict[str, float] | None) -> None:
         datasets=[args.dataset] if args.dataset and not Path(args.dataset).exists() else [],
         dataset_name=dataset_name,
         dataset_split=run.eval_name or "validation",
-        training_description=training_description(args, run.state.global_step),
+        training_description=training_description(args, run.state.global_step)
+        + kept_weights_description(run, stop_reason),
         evaluation_description=f"{what.capitalize()} on {dataset_name} ({run.eval_name}), computed by hf_detr at the end of training.",
     )
     card.save(output_dir / "README.md")
@@ -88,4 +91,26 @@ def training_description(args: TrainingArguments, steps_trained: int) -> str:
     )
 
 
-__all__ = ["plain_batch_norm", "save_final_model", "training_description"]
+def kept_weights_description(run: TrainingRun, stop_reason: str) -> str:
+    """The model card's sentences on which weights were kept: the moving average, the best step."""
+    args, state = run.args, run.state
+    parts = []
+    if args.ema:
+        parts.append(
+            f"The weights are the exponential moving average of the trained ones (decay {args.ema_decay:g}, "
+            f"ramped up over tau {args.ema_tau:g} updates)."
+        )
+    if stop_reason == "early_stopping":
+        parts.append(
+            f"Training stopped early at step {state.global_step}: {best_metric(args)} had not improved for "
+            f"{args.early_stopping_patience} evaluations."
+        )
+    if args.load_best_model_at_end and state.best_step is not None:
+        parts.append(
+            f"The model is step {state.best_step}'s, the best {best_metric(args)} ({state.best_metric:.4f}) "
+            f"of the evaluations on {run.eval_name}."
+        )
+    return "".join(" " + part for part in parts)
+
+
+__all__ = ["kept_weights_description", "plain_batch_norm", "save_final_model", "training_description"]

@@ -35,6 +35,7 @@ from ..image_processing_detr import HfDetrImageProcessor
 from ..modeling_detr import HfDetrForObjectDetection
 from .arguments import TrainingArguments
 from .checkpoints import TrainingState, resolve_resume
+from .ema import EMA_FILE, ModelEma
 from .logs import JsonlLog, LogWindow
 from .panoptic import (
     build_segmentation_model,
@@ -149,10 +150,17 @@ class TrainingRun:
     progress: Any  # tqdm
     start_time: float
     update_is_bad: bool = False  # some batch of the update being accumulated had a non-finite loss
+    ema: ModelEma | None = None  # --ema: the moving average of the weights
+    last_stats: dict[str, Any] | None = None  # the latest evaluation's stats (every process)
 
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights evaluated and saved: the moving average with --ema, else the trained ones."""
+        return self.ema.module if self.ema is not None else self.unwrapped
 
     @property
     def checkpoints(self) -> Path:
@@ -214,6 +222,8 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
     optimizer = torch.optim.AdamW(
         parameter_groups(model, args), lr=args.learning_rate, weight_decay=args.weight_decay
     )
+    # before `prepare`: the copy must not share accelerate's mixed-precision forward with the model
+    ema = ModelEma(model, args.ema_decay, args.ema_tau, accelerator.device) if args.ema else None
     prepared = accelerator.prepare(model, optimizer, train_loader, *([eval_loader] if eval_loader else []))
     model, optimizer, train_loader = prepared[:3]
     eval_loader = prepared[3] if eval_loader else None
@@ -224,6 +234,9 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
         lambda step: lr_factor(step, total_steps, args.warmup_steps, args.lr_drop, args.lr_scheduler_type),
     )
     state = _registered_state(args, accelerator, scheduler, output_dir / "checkpoints")
+    if ema is not None and args.resume_from_checkpoint:
+        checkpoint = resolve_resume(args.resume_from_checkpoint, output_dir / "checkpoints")
+        _resume_ema(ema, accelerator.unwrap_model(model), checkpoint)
     if args.report_to:
         accelerator.init_trackers(
             "hf_detr", config={k: v for k, v in args.to_dict().items() if not isinstance(v, list)}
@@ -254,6 +267,7 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
             desc="Training",
         ),
         start_time=time.monotonic(),
+        ema=ema,
     )
 
 
@@ -330,6 +344,17 @@ def _registered_state(
         accelerator.load_state(str(path))
         logger.info("Resumed from %s at step %d (epoch %d).", path, state.global_step, state.epoch)
     return state
+
+
+def _resume_ema(ema: ModelEma, model: torch.nn.Module, checkpoint: Path) -> None:
+    """The checkpoint's moving average, or (a checkpoint of a run without --ema) a new one from its weights."""
+    if (checkpoint / EMA_FILE).is_file():
+        ema.load(checkpoint)
+    else:
+        logger.warning(
+            "%s has no %s (a run without --ema): the average starts from its weights.", checkpoint, EMA_FILE
+        )
+        ema.restart(model)
 
 
 __all__ = ["TrainingRun", "build_model", "lr_factor", "parameter_groups", "setup_run"]

@@ -5,11 +5,18 @@ is per update (optional linear warm-up, then x0.1 after `lr_drop` of the updates
 Every batch agrees across processes, in one small all-reduce, on whether its loss is finite and
 whether a stop was requested (SIGTERM, Ctrl-C), so all processes skip or stop at the same update and
 DDP never waits on a process that left.
+
+The run kept at the end: with `--ema` the moving average of the weights (updated after every update,
+evaluated and saved instead of them); every evaluation's `metric_for_best_model` is tracked, the best
+one's checkpoint is kept, its weights become the final model (`load_best_model_at_end`), and
+`early_stopping_patience` evaluations without improvement end the run. All of it lives in the
+checkpointed `TrainingState`, so a resumed run takes the same decisions as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import signal
 import time
@@ -20,26 +27,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_model
 
 from ..evaluation.loop import evaluate_model, evaluate_panoptic_model
+from ..evaluation.per_class import format_per_class
+from ..evaluation.report import write_evaluation_report
 from ..loss_detr import NonFiniteMatchingCostError
-from .arguments import TrainingArguments
-from .checkpoints import save_checkpoint
+from .arguments import TrainingArguments, best_metric
+from .checkpoints import checkpoint_path, save_checkpoint
 from .output import save_final_model
 from .setup import TrainingRun, setup_run
 
+EVAL_REPORT_DIR = "eval"  # OUTPUT_DIR/eval: the latest evaluation's eval_results.json and plots
 logger = logging.getLogger("hf_detr.training")
 STOP_SIGNALS = {signal.SIGTERM: 143, signal.SIGINT: 130}
+INTERRUPTIONS = ("signal", "stop_after_steps", "nonfinite")  # a checkpoint to resume from, no final model
 
 
 @dataclass
 class TrainingResult:
     output_dir: Path
     global_step: int
-    stats: dict[str, float] | None  # the final COCO evaluation
-    stop_reason: str  # "completed", "stop_after_steps", "time_limit", "signal", "nonfinite"
+    stats: dict[str, float] | None  # the evaluation of the saved model (the best one's by default)
+    # "completed", "early_stopping", "time_limit" (finished), "stop_after_steps", "signal", "nonfinite"
+    stop_reason: str
     exit_code: int = 0
     nonfinite_steps: int = 0
+    best_step: int | None = None  # the best evaluation's step (metric_for_best_model)
+    best_metric: float | None = None
 
 
 class TrainingStopped(RuntimeError):
@@ -76,8 +91,9 @@ class StopRequest:
 def train(args: TrainingArguments) -> TrainingResult:
     """Train, evaluate and save as `args` says; returns where the model is and its final COCO stats."""
     run = setup_run(args)
-    stop, stop_reason = StopRequest(), None
+    stop = StopRequest()
     with stop.installed():
+        stop_reason = resume_decisions(run)
         while run.state.global_step < run.total_steps and stop_reason is None:
             run.model.train()
             for batch in run.epoch_batches():
@@ -88,9 +104,11 @@ def train(args: TrainingArguments) -> TrainingResult:
                 stop_reason = stop_decision(run, flags, stop)
                 if stop_reason is not None or run.state.global_step >= run.total_steps:
                     break
-                evaluate_and_save_on_step(run)
+                stop_reason = evaluate_and_save_on_step(run)
+                if stop_reason is not None:
+                    break
             else:
-                end_epoch(run)
+                stop_reason = end_epoch(run)
     run.progress.close()
     return conclude(run, stop_reason or "completed", stop)
 
@@ -134,6 +152,8 @@ def train_batch(run: TrainingRun, batch: dict[str, Any], stop: StopRequest) -> l
 def finish_update(run: TrainingRun) -> None:
     """Advance the schedule and counters after an update (skipped ones count too), and log."""
     state = run.state
+    if run.ema is not None and not run.update_is_bad:  # a skipped update changed no weight
+        run.ema.update(run.unwrapped)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
         run.scheduler.step()
@@ -187,50 +207,169 @@ def is_eval_step(run: TrainingRun) -> bool:
     return bool(run.args.eval_steps) and run.state.global_step % run.args.eval_steps == 0
 
 
-def evaluate_and_save_on_step(run: TrainingRun) -> None:
-    """Evaluation every `eval_steps` and a checkpoint every `save_steps` updates."""
+def evaluate_and_save_on_step(run: TrainingRun) -> str | None:
+    """Evaluation every `eval_steps` and a checkpoint every `save_steps` updates and at a new best
+    model; "early_stopping" when the patience ran out (the run's end saves then)."""
+    state = run.state
     if is_eval_step(run):
-        run_evaluation(run)
-    if run.args.save_steps and run.state.global_step % run.args.save_steps == 0:
+        evaluate_and_track(run)
+        if (reason := early_stopping(run)) is not None:
+            return reason
+    if (run.args.save_steps and state.global_step % run.args.save_steps == 0) or is_new_best(run):
         save(run)
+    return None
 
 
-def end_epoch(run: TrainingRun) -> None:
-    """The epoch ended before the last update: evaluate every `eval_epochs` epochs, save."""
+def end_epoch(run: TrainingRun) -> str | None:
+    """The epoch ended before the last update: evaluate every `eval_epochs` epochs, save (or stop early)."""
     run.state.epoch += 1
     run.state.step_in_epoch = 0
     every = run.args.eval_epochs
     if every and run.state.epoch % every == 0 and not is_eval_step(run):  # else evaluated just now
-        run_evaluation(run)
+        evaluate_and_track(run)
+        if (reason := early_stopping(run)) is not None:
+            return reason
     save(run)
+    return None
+
+
+def resume_decisions(run: TrainingRun) -> str | None:
+    """A resumed run first takes the decisions its interruption skipped: the evaluation of the step it
+    stopped at (so the best model and the patience match an uninterrupted run), or it stays stopped
+    when it had stopped early."""
+    state = run.state
+    if state.global_step == 0:
+        return None
+    if is_eval_step(run) and state.last_eval_step < state.global_step < run.total_steps:
+        return evaluate_and_save_on_step(run)
+    return early_stopping(run)
 
 
 def save(run: TrainingRun) -> Path:
-    return save_checkpoint(run.accelerator, run.checkpoints, run.state.global_step, run.args.save_total_limit)
+    """A checkpoint of this step (with the EMA weights), pruned to the last K and the best model's."""
+    return save_checkpoint(
+        run.accelerator, run.checkpoints, run.state.global_step, run.args.save_total_limit,
+        run.ema.save if run.ema is not None else None, protect=run.state.best_step,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------
+# The run they keep: the best model and early stopping
+# ---------------------------------------------------------------------------------------------------
+def evaluate_and_track(run: TrainingRun) -> dict[str, Any] | None:
+    """Evaluate (the EMA weights with --ema), share the stats with every process, and update the best
+    model and the early-stopping count, the same on every process."""
+    stats = run_evaluation(run)
+    if run.eval_loader is not None and run.accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        stats = broadcast_object_list([stats])[0]  # computed on the main process only
+    run.last_stats = stats
+    run.state.last_eval_step = run.state.global_step
+    if stats is not None:
+        track_best(run, stats)
+    return stats
+
+
+def track_best(run: TrainingRun, stats: dict[str, Any]) -> None:
+    """A strictly better `metric_for_best_model` makes this step the best model; one better by more
+    than `early_stopping_threshold` resets the patience (transformers' EarlyStoppingCallback)."""
+    args, state = run.args, run.state
+    name = best_metric(args)
+    value = float(stats[name])
+    gain = math.inf if state.best_metric is None else value - state.best_metric
+    gain = gain if args.greater_is_better else -gain
+    if gain > 0:
+        state.best_metric, state.best_step = value, state.global_step
+        state.best_stats = {key: float(v) for key, v in stats.items() if isinstance(v, (int, float))}
+        if run.is_main:
+            logger.info("Step %d: new best %s %.4f.", state.global_step, name, value)
+    state.evals_without_improvement = (
+        0 if gain > args.early_stopping_threshold else state.evals_without_improvement + 1
+    )
+
+
+def is_new_best(run: TrainingRun) -> bool:
+    """This step was evaluated just now and is the best model so far (its checkpoint is kept)."""
+    state = run.state
+    return state.best_step == state.global_step == state.last_eval_step
+
+
+def early_stopping(run: TrainingRun) -> str | None:
+    """Stop ("early_stopping") once `early_stopping_patience` evaluations in a row did not improve."""
+    patience, state = run.args.early_stopping_patience, run.state
+    if patience is None or state.evals_without_improvement < patience:
+        return None
+    if run.is_main:
+        logger.warning(
+            "Stopped early at step %d: %s has not improved for %d evaluations (best %.4f at step %s).",
+            state.global_step, best_metric(run.args), state.evals_without_improvement, state.best_metric,
+            state.best_step,
+        )  # fmt: skip
+    return "early_stopping"
+
+
+def keep_best_model(run: TrainingRun, stats: dict[str, Any] | None) -> dict[str, Any] | None:
+    """With `load_best_model_at_end`, the best evaluation's weights (the EMA's with --ema) become the
+    final model's (main process, which saves it); returns the stats of the weights saved."""
+    state = run.state
+    if not run.args.load_best_model_at_end or state.best_step in (None, state.global_step):
+        return stats
+    checkpoint = checkpoint_path(run.checkpoints, state.best_step)
+    name = best_metric(run.args)
+    if not checkpoint.is_dir():  # checked on every process: none waits for one that failed
+        raise FileNotFoundError(
+            f"The best model's checkpoint {checkpoint} ({name} {state.best_metric:.4f}) is missing; "
+            "restore it or train with --load-best-model-at-end false."
+        )
+    if run.is_main:
+        if run.ema is not None:
+            run.ema.load(checkpoint)
+        else:
+            load_model(run.unwrapped, checkpoint / "model.safetensors")  # read on the CPU, copied in
+        logger.info(
+            "The final model is the best one: step %d, %s %.4f.", state.best_step, name, state.best_metric
+        )
+    run.log.write(
+        {"event": "best_model", "step": state.best_step, "metric": name, "value": state.best_metric,
+         "checkpoint": str(checkpoint)}
+    )  # fmt: skip
+    return state.best_stats
+
+
+def write_report(run: TrainingRun, evaluator: Any) -> None:
+    """OUTPUT_DIR/eval/: eval_results.json (the 12 stats and the per-class table), the confusion
+    matrix (JSON, PNG) and the precision-recall curves of the latest evaluation; the table is logged."""
+    extra = {"step": run.state.global_step, "epoch": run.state.epoch}
+    record = write_evaluation_report(evaluator, run.output_dir / EVAL_REPORT_DIR, extra=extra)
+    logger.info(
+        "Per-class results (step %d):\n%s", run.state.global_step, format_per_class(record["per_class"])
+    )
 
 
 def run_evaluation(run: TrainingRun) -> dict[str, Any] | None:
-    """COCO stats (or PQ for panoptic) on the evaluation split (main process; None elsewhere or without
-    one), logged."""
+    """COCO stats (or PQ for panoptic) of the evaluated weights (`run.eval_model`: the EMA's with --ema)
+    on the evaluation split (main process; None elsewhere or without one), logged."""
     if run.eval_loader is None:
         return None
     if run.args.task == "panoptic":
         stats = evaluate_panoptic_model(
-            run.unwrapped, run.eval_loader, run.make_evaluator(), run.accelerator, run.processor,
+            run.eval_model, run.eval_loader, run.make_evaluator(), run.accelerator, run.processor,
             run.args.panoptic_threshold, run.unwrapped.config.stuff_label_ids,
             run.unwrapped.config.coco_category_ids,
         )  # fmt: skip
         stats = panoptic_summary(stats) if stats is not None else None
         headline = ("PQ", "SQ")
     else:
+        evaluator = run.make_evaluator()
         stats = evaluate_model(
-            run.unwrapped, run.eval_loader, run.make_evaluator(), run.accelerator, run.processor,
-            run.args.eval_top_k,
-        )  # fmt: skip
+            run.eval_model, run.eval_loader, evaluator, run.accelerator, run.processor, run.args.eval_top_k
+        )
         headline = ("AP", "AP50")
     state = run.state
+    if run.is_main and stats is not None and run.args.task != "panoptic":
+        write_report(run, evaluator)
     if run.is_main and stats is not None:
-        state.best_ap = max(state.best_ap, stats[headline[0]])
         minutes = (time.monotonic() - run.start_time) / 60
         run.log.write(
             {"event": "eval", "step": state.global_step, "epoch": state.epoch, "minutes": minutes, **stats}
@@ -251,18 +390,25 @@ def panoptic_summary(results: dict[str, Any]) -> dict[str, float]:
 
 
 def conclude(run: TrainingRun, stop_reason: str, stop: StopRequest) -> TrainingResult:
-    """Interrupted: a checkpoint to resume from. Finished: a checkpoint, the final evaluation, the model."""
+    """Interrupted: a checkpoint to resume from. Finished: the final evaluation, a checkpoint, and the
+    model (the best evaluation's with `load_best_model_at_end`)."""
     state = run.state
-    path = save(run)
     stats = None
-    if stop_reason in ("signal", "stop_after_steps", "nonfinite"):
+    if stop_reason in INTERRUPTIONS:
+        path = save(run)
         run.log.write(
             {"event": "stopped", "reason": stop_reason, "step": state.global_step, "checkpoint": str(path)}
         )
     else:
-        stats = run_evaluation(run)
-        save_final_model(run, stats)
-        run.log.write({"event": "finished", "reason": stop_reason, "step": state.global_step, "stats": stats})
+        just_evaluated = state.last_eval_step == state.global_step and run.last_stats is not None
+        stats = run.last_stats if just_evaluated else evaluate_and_track(run)
+        path = save(run)
+        stats = keep_best_model(run, stats)
+        save_final_model(run, stats, stop_reason)
+        run.log.write(
+            {"event": "finished", "reason": stop_reason, "step": state.global_step, "stats": stats,
+             **best_record(run)}
+        )  # fmt: skip
     run.accelerator.end_training()
     if stop_reason == "nonfinite":
         raise TrainingStopped(
@@ -272,8 +418,19 @@ def conclude(run: TrainingRun, stop_reason: str, stop: StopRequest) -> TrainingR
         )
     exit_code = STOP_SIGNALS.get(stop.signal, 143) if stop_reason == "signal" else 0
     return TrainingResult(
-        run.output_dir, state.global_step, stats, stop_reason, exit_code, state.nonfinite_total
-    )
+        run.output_dir, state.global_step, stats, stop_reason, exit_code, state.nonfinite_total,
+        state.best_step, state.best_metric,
+    )  # fmt: skip
+
+
+def best_record(run: TrainingRun) -> dict[str, Any]:
+    """The best evaluation and the step whose weights the final model has, for log.jsonl."""
+    state = run.state
+    if state.best_step is None:
+        return {}
+    kept = state.best_step if run.args.load_best_model_at_end else state.global_step
+    best = {"step": state.best_step, "metric": best_metric(run.args), "value": state.best_metric}
+    return {"best": best, "model_step": kept, "ema": run.ema is not None}
 
 
 __all__ = ["TrainingResult", "TrainingStopped", "train"]
