@@ -196,3 +196,16 @@ def test_compile_fullgraph_has_no_graph_breaks_and_equals_eager():
             outputs = compiled(pixel_values, pixel_mask=pixel_mask)
         torch.testing.assert_close(outputs.logits, expected[0], atol=1e-4, rtol=0)
         torch.testing.assert_close(outputs.pred_boxes, expected[1], atol=1e-4, rtol=0)
+
+
+def test_files_not_written_by_us_and_int8_of_a_pt2_are_clear_errors(tmp_path, exported, capsys):
+    _, paths = exported
+    bare = onnx.load(str(paths["onnx"]))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    with pytest.raises(ValueError, match="has no config, preprocessor_config.*not written by hf-detr-export"):
+        read_export_metadata(tmp_path / "bare.onnx")
+    model_dir = tmp_path / "model"
+    small_model().save_pretrained(model_dir)
+    assert main([str(model_dir), str(tmp_path / "m.pt2"), "--quantize", "int8"]) == 1
+    assert "--quantize int8 needs an ONNX output" in capsys.readouterr().err
