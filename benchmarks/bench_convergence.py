@@ -1,4 +1,4 @@
-"""Convergence curves: AP50 against updates for the built-in preset with and without each option.
+"""Convergence curves: AP50 (or --metric) against updates for a built-in preset with and without each option.
 
 Each variant is one `hf-detr-train` run of the built-in preset (same seed, same data order) for a
 fixed number of updates, evaluated every `--eval-steps` on the built-in validation split, one after
@@ -9,7 +9,13 @@ and writes it, with a PNG of the curves (needs matplotlib), under `--output`.
         --variant paper-queries= --variant groups-4=num_query_groups=4 --output docs/convergence
 
 A variant is NAME=SETTINGS, SETTINGS being comma-separated `flag=value` pairs of `hf-detr-train`
-(underscores or dashes); an empty SETTINGS is the preset as it is.
+(underscores or dashes); an empty SETTINGS is the preset as it is. The fine-tuning recipe's curves
+(benchmarks/RESULTS.md, "Fine-tuning"), from the main job's output in outputs/hf-detr-shapes:
+
+    python benchmarks/bench_convergence.py --max-steps 300 --eval-steps 50 --metric AP --target none \\
+        --variant preset=preset=builtin-finetune --variant scratch=preset=builtin-finetune,init_from=none \\
+        --variant frozen=preset=builtin-finetune,trainable_backbone_layers=0,freeze_backbone_batch_norm=true \\
+        --output docs/finetune
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ def run_variant(name: str, flags: list[str], args: argparse.Namespace) -> dict:
     records = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
     if args.reuse:
         minutes = max(r.get("minutes", 0.0) for r in records)  # the run's own clock, not this call's
-    curve = {r["step"]: r["AP50"] for r in records if r["event"] == "eval"}
+    curve = {r["step"]: r[args.metric] for r in records if r["event"] == "eval"}
     trained = [r for r in records if r["event"] == "train"]
     batch_size = json.loads((output_dir / "training_args.json").read_text())["batch_size"]
     rate = sum(r["images_per_second"] for r in trained) / max(len(trained), 1) / batch_size
@@ -81,7 +87,7 @@ def markdown(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[dict], path: Path, targets: list[tuple[int, float]]) -> None:
+def plot(results: list[dict], path: Path, targets: list[tuple[int, float]], ylabel: str) -> None:
     try:
         import matplotlib
     except ImportError:
@@ -98,7 +104,7 @@ def plot(results: list[dict], path: Path, targets: list[tuple[int, float]]) -> N
         axis.plot([step], [value], marker="*", color="black", markersize=10, linestyle="none")
     axis.set_ylim(0, 1)
     axis.set_xlabel("optimizer updates (batch 16)")
-    axis.set_ylabel("AP50, built-in val split")
+    axis.set_ylabel(ylabel)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
@@ -112,9 +118,15 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=600)
     parser.add_argument("--eval-steps", type=int, default=100)
     parser.add_argument("--work-dir", type=Path, default=Path("outputs/convergence"))
+    parser.add_argument("--metric", default="AP50", help="the evaluation's stat to tabulate (AP50, AP, ...)")
+    parser.add_argument(
+        "--target", default="600,0.5", help="STEPS,VALUE drawn as a star on the plot (none: no star)"
+    )
     parser.add_argument("--output", type=Path, default=None, help="OUTPUT.md and OUTPUT.png")
     parser.add_argument(
-        "--reuse", action="store_true", help="read a variant's finished run in --work-dir if its settings match"
+        "--reuse",
+        action="store_true",
+        help="read a variant's finished run in --work-dir if its settings match",
     )
     args = parser.parse_args()
     results = []
@@ -127,7 +139,8 @@ def main() -> None:
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.with_suffix(".md").write_text(table + "\n")
-        plot(results, args.output.with_suffix(".png"), [(600, 0.5)])
+        targets = [] if args.target == "none" else [tuple(float(v) for v in args.target.split(","))]
+        plot(results, args.output.with_suffix(".png"), targets, f"{args.metric}, val split")
 
 
 if __name__ == "__main__":

@@ -597,7 +597,12 @@ class HfDetrPreTrainedModel(PreTrainedModel):
         model, loading_info = super().from_pretrained(
             pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
         )
-        missing = sorted(k for k in loading_info["missing_keys"] if not k.startswith(DETECTION_HEAD_PREFIXES))
+        missing = sorted(
+            k
+            for k in loading_info["missing_keys"]
+            if not k.startswith(DETECTION_HEAD_PREFIXES)
+            and not k.endswith("num_batches_tracked")  # frozen BatchNorm made trainable has none
+        )
         if missing:
             shown = ", ".join(missing[:10]) + (
                 f", ... ({len(missing) - 10} more)" if len(missing) > 10 else ""

@@ -390,6 +390,29 @@ def test_builtin_set_is_deterministic_and_documented(tmp_path):
     assert split[0]["image"].size == (builtin.IMAGE_SIZE, builtin.IMAGE_SIZE)
 
 
+def test_the_fine_tuning_set_draws_three_other_shapes_and_loads_by_name():
+    from hf_detr.data import builtin
+
+    data = load_detection_dataset("builtin:shapes-new-v1")
+    assert {name: len(split) for name, split in data.items()} == {"train": 200, "val": 200}
+    train = data["train"]
+    assert class_names(train) == ["star", "cross", "ring"] and category_ids(train) == [1, 2, 3]
+    # each shape fills its box as its geometry says: cross 5/9, ring 3/4 of a disc, star well under half
+    fill = {1: [], 2: [], 3: []}
+    for record in train.select(range(40)):
+        for category, area, (_, _, w, h) in zip(
+            record["objects"]["category"], record["objects"]["area"], record["objects"]["bbox"]
+        ):
+            fill[category_ids(train)[category]].append(area / (w * h))
+    assert all(0.2 < f < 0.45 for f in fill[1]), fill[1]
+    assert all(abs(f - 5 / 9) < 0.06 for f in fill[2]), fill[2]
+    assert all(abs(f - 0.75 * np.pi / 4) < 0.06 for f in fill[3]), fill[3]
+    main_set = load_detection_dataset()["val"]  # the main job's set is still its own
+    assert class_names(main_set) == list(builtin.CLASSES) and len(main_set) == 200
+    with pytest.raises(ValueError, match=r"Unknown built-in dataset 'shapes-v9'.*shapes-new-v1"):
+        load_detection_dataset("builtin:shapes-v9")
+
+
 def test_training_datasets_replace_undecodable_images(tmp_path):
     root = make_coco_folder(tmp_path / "coco")
     (root / "train" / "1.png").write_bytes(b"broken")

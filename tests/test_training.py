@@ -143,6 +143,44 @@ def test_fine_tuning_with_new_classes_reinitialises_only_the_class_head(tmp_path
     assert f"base_model: {tmp_path / 'source'}" in card
 
 
+def test_fine_tuning_to_other_names_gives_a_new_class_head_and_takes_the_runs_training_settings(
+    tmp_path, shapes
+):
+    names = ["circle", "square", "triangle"]
+    source = HfDetrForObjectDetection(resolve_arguments_config(num_labels=3, id2label=dict(enumerate(names))))
+    source.save_pretrained(tmp_path / "source")
+    settings = {"trainable_backbone_layers": 0, "freeze_backbone_batch_norm": True, "dropout": 0.0}
+    args = arguments(tmp_path / "ft", shapes, init_from=str(tmp_path / "source"), **settings)
+    model = build_model(args, ["star", "cross", "ring"], [1, 2, 3])
+    head = "class_labels_classifier.weight"
+    assert not torch.equal(model.state_dict()[head], source.state_dict()[head])  # same shape, new classes
+    reference = source.state_dict()
+    for name, value in model.state_dict().items():
+        if name in reference and not name.startswith("class_labels_classifier."):
+            assert torch.equal(value, reference[name]), name
+    assert model.config.dropout == model.config.attention_dropout == 0.0
+    assert not any(p.requires_grad for n, p in model.named_parameters() if ".backbone." in f".{n}")
+    backbone_buffers = {n: b.clone() for n, b in model.named_buffers() if ".backbone." in f".{n}"}
+    model.train()(torch.rand(2, 3, 64, 64), labels=[
+        {"class_labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}] * 2)  # fmt: skip
+    assert all(torch.equal(b, backbone_buffers[n]) for n, b in model.named_buffers() if n in backbone_buffers)
+    same = build_model(
+        arguments(tmp_path / "same", shapes, init_from=str(tmp_path / "source")), names, [1, 2, 3]
+    )
+    assert torch.equal(same.state_dict()[head], source.state_dict()[head])  # the same classes: kept
+
+
+def test_the_builtin_fine_tuning_preset_starts_from_the_main_job_and_says_so_when_it_is_missing(
+    tmp_path, monkeypatch
+):
+    args = resolve_arguments({"preset": "builtin-finetune"})
+    assert args.dataset == "builtin:shapes-new-v1" and args.init_from == "outputs/hf-detr-shapes"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="builtin-finetune preset fine-tunes the main job's detector"):
+        train(args)
+    assert not (tmp_path / "outputs").exists()  # nothing written before the check
+
+
 def test_a_resumed_run_with_query_groups_ends_as_an_uninterrupted_one_and_saves_plain_detr(tmp_path, shapes):
     common = {"epochs": 1, "num_query_groups": 3}
     full = train(arguments(tmp_path / "full", shapes, **common))
@@ -170,12 +208,12 @@ def test_fine_tuning_with_query_groups_keeps_the_checkpoints_queries_as_group_0(
     assert torch.equal(queries[:5], source.model.query_position_embeddings.weight)
 
 
-def resolve_arguments_config(num_labels: int):
+def resolve_arguments_config(num_labels: int, **kwargs):
     from hf_detr import HfDetrConfig
 
     return HfDetrConfig(backbone="resnet18", d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2,
                         decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_queries=5,
-                        num_labels=num_labels, freeze_backbone_batch_norm=False, trainable_backbone_layers=5)  # fmt: skip
+                        num_labels=num_labels, freeze_backbone_batch_norm=False, trainable_backbone_layers=5, **kwargs)  # fmt: skip
 
 
 def test_non_finite_losses_skip_the_update_and_too_many_stop_the_run(tmp_path, shapes, monkeypatch):

@@ -1,6 +1,6 @@
 """The built-in dataset: synthetic shapes written as a real COCO folder, then loaded like COCO.
 
-"hf-detr shapes v1" (fixed; a new difficulty would be a new version):
+"hf-detr shapes v1" (fixed; a new difficulty would be a new version), the main job's set:
 
 | property | value |
 |---|---|
@@ -21,6 +21,10 @@ in `annotations/panoptic_{split}/`, COCO panoptic's layout) give every pixel to 
 over it or to the one background segment, whose class is its texture: stripes, checks or blobs. The
 folder is written once under `$HF_HOME/hf_detr/builtin/` and then read through the COCO-folder
 loaders, so the default exercises the code a COCO user runs.
+
+"hf-detr shapes-new v1" (`--dataset builtin:shapes-new-v1`) is the fine-tuning set: three other
+shapes (star, cross, ring; ids 1-3) drawn the same way on the same kind of backgrounds, with 200 train
+and 200 val images from seed 1, the "new classes" of a small dataset of one's own.
 """
 
 from __future__ import annotations
@@ -51,26 +55,47 @@ SPLIT_SIZES = {"train": 2000, "val": 200}
 SEED = 0
 
 
+@dataclass(frozen=True)
+class BuiltinSet:
+    """One built-in set: its shapes (COCO category ids 1..), split sizes and seed."""
+
+    name: str
+    classes: tuple[str, ...]
+    split_sizes: dict[str, int]
+    seed: int
+
+
+BUILTIN_SETS = {
+    NAME: BuiltinSet(NAME, CLASSES, SPLIT_SIZES, SEED),
+    "shapes-new-v1": BuiltinSet("shapes-new-v1", ("star", "cross", "ring"), {"train": 200, "val": 200}, 1),
+}
+
+
 def builtin_dataset_folder(
-    root: str | os.PathLike | None = None, split_sizes: dict[str, int] | None = None
+    root: str | os.PathLike | None = None,
+    split_sizes: dict[str, int] | None = None,
+    name: str = NAME,
 ) -> Path:
-    """The COCO folder of the built-in set, written on first use (atomically) and re-used after."""
-    split_sizes = split_sizes or SPLIT_SIZES
+    """The COCO folder of the built-in set `name`, written on first use (atomically) and re-used after."""
+    if name not in BUILTIN_SETS:
+        raise ValueError(f"Unknown built-in dataset {name!r}; expected one of {sorted(BUILTIN_SETS)}.")
+    spec = BUILTIN_SETS[name]
+    split_sizes = split_sizes or spec.split_sizes
     suffix = (
         ""
-        if split_sizes == SPLIT_SIZES
+        if split_sizes == spec.split_sizes
         else "-" + "-".join(f"{k}{v}" for k, v in sorted(split_sizes.items()))
     )
     folder = (
         Path(root)
         if root is not None
-        else default_cache_dir() / "builtin" / f"{NAME}-seed{SEED}{suffix}-with-panoptic"
+        else default_cache_dir() / "builtin" / f"{name}-seed{spec.seed}{suffix}-with-panoptic"
     )
     if (folder / "annotations").is_dir():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".incomplete-"))
-    write_shapes_coco(staging, split_sizes)
+    write_shapes_coco(staging, split_sizes, spec.seed, spec.classes)
     try:
         staging.rename(folder)
     except OSError:  # written concurrently by another process
@@ -79,12 +104,15 @@ def builtin_dataset_folder(
 
 
 def write_shapes_coco(
-    folder: str | os.PathLike, split_sizes: dict[str, int] | None = None, seed: int = SEED
+    folder: str | os.PathLike,
+    split_sizes: dict[str, int] | None = None,
+    seed: int = SEED,
+    classes: tuple[str, ...] = CLASSES,
 ) -> None:
     """Write images, `annotations/instances_{split}.json` and the COCO panoptic annotations of each split."""
     folder = Path(folder)
     (folder / "annotations").mkdir(parents=True, exist_ok=True)
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CLASSES)]
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(classes)]
     annotation_id = 1
     for split_index, (split, count) in enumerate(sorted((split_sizes or SPLIT_SIZES).items())):
         rng = np.random.default_rng([seed, split_index])
@@ -93,7 +121,7 @@ def write_shapes_coco(
         images, annotations, panoptic = [], [], []
         for index in range(count):
             image_id = index + 1
-            scene = draw_shapes_scene(rng)
+            scene = draw_shapes_scene(rng, classes)
             file_name = f"{image_id:06d}.png"
             scene.picture.save(folder / split / file_name, compress_level=1)
             images.append({"id": image_id, "file_name": file_name, "width": IMAGE_SIZE, "height": IMAGE_SIZE})
@@ -106,18 +134,18 @@ def write_shapes_coco(
             segments, png = _panoptic_segments(scene)
             png.save(folder / "annotations" / f"panoptic_{split}" / file_name, compress_level=1)
             panoptic.append({"image_id": image_id, "file_name": file_name, "segments_info": segments})
-        description = f"hf-detr built-in synthetic shapes ({NAME}, seed {seed}), split {split}"
+        description = f"hf-detr built-in synthetic shapes ({', '.join(classes)}; seed {seed}), split {split}"
         instances = {"info": {"description": description}, "images": images, "annotations": annotations,
                      "categories": categories}  # fmt: skip
         (folder / "annotations" / f"instances_{split}.json").write_text(json.dumps(instances))
         panoptic_json = {"info": {"description": description}, "images": images, "annotations": panoptic,
-                         "categories": panoptic_categories()}  # fmt: skip
+                         "categories": panoptic_categories(classes)}  # fmt: skip
         (folder / "annotations" / f"panoptic_{split}.json").write_text(json.dumps(panoptic_json))
 
 
-def panoptic_categories() -> list[dict]:
+def panoptic_categories(classes: tuple[str, ...] = CLASSES) -> list[dict]:
     """The built-in set's panoptic categories: the shapes (things) and the background textures (stuff)."""
-    names = [(name, 1, "shape") for name in CLASSES] + [(name, 0, "background") for name in STUFF_CLASSES]
+    names = [(name, 1, "shape") for name in classes] + [(name, 0, "background") for name in STUFF_CLASSES]
     return [
         {"id": i + 1, "name": name, "supercategory": group, "isthing": isthing,
          "color": [int(c) for c in np.random.default_rng(i).integers(0, 256, 3)]}
@@ -131,7 +159,7 @@ def _panoptic_segments(scene: ShapesScene) -> tuple[list[dict], PIL.Image.Image]
     owner = scene.owner  # [H, W]: 0 background, k = the k-th shape
     ids = np.zeros_like(owner, dtype=np.int64)
     segments = []
-    parts = [(0, len(CLASSES) + 1 + scene.texture)] + [
+    parts = [(0, scene.num_classes + 1 + scene.texture)] + [
         (k + 1, category_id) for k, (category_id, _, _) in enumerate(scene.objects)
     ]
     for number, category_id in parts:
@@ -152,12 +180,13 @@ def _panoptic_segments(scene: ShapesScene) -> tuple[list[dict], PIL.Image.Image]
 class ShapesScene:
     """One drawn image: `objects` as (category id, [x, y, w, h], area) of the full shapes, `owner`
     [H, W] the number of the shape each pixel shows (0 = background, k = objects[k - 1]) and the index
-    of the background's texture in STUFF_CLASSES."""
+    of the background's texture in STUFF_CLASSES (whose category ids follow the `num_classes` shapes')."""
 
     picture: PIL.Image.Image
     objects: list[tuple[int, list[float], float]]
     owner: np.ndarray
     texture: int
+    num_classes: int = len(CLASSES)
 
 
 def draw_shapes_image(
@@ -168,7 +197,7 @@ def draw_shapes_image(
     return scene.picture, scene.objects
 
 
-def draw_shapes_scene(rng: np.random.Generator) -> ShapesScene:
+def draw_shapes_scene(rng: np.random.Generator, classes: tuple[str, ...] = CLASSES) -> ShapesScene:
     """One image with its objects and which of them each pixel shows (later shapes on top)."""
     background, texture = _background(rng)
     canvas = PIL.Image.fromarray(background)
@@ -180,11 +209,11 @@ def draw_shapes_scene(rng: np.random.Generator) -> ShapesScene:
     for _ in range(50 * wanted):  # rejection sampling of overlaps
         if len(objects) == wanted:
             break
-        class_index = int(rng.integers(len(CLASSES)))
+        class_index = int(rng.integers(len(classes)))
         size = int(rng.integers(OBJECT_SIZE[0], OBJECT_SIZE[1] + 1))
         x0 = int(rng.integers(0, IMAGE_SIZE - size + 1))
         y0 = int(rng.integers(0, IMAGE_SIZE - size + 1))
-        mask = _shape_mask(CLASSES[class_index], size, rng)
+        mask = _shape_mask(classes[class_index], size, rng)
         ys, xs = np.nonzero(mask)
         bbox = [
             float(x0 + xs.min()),
@@ -200,23 +229,41 @@ def draw_shapes_scene(rng: np.random.Generator) -> ShapesScene:
         boxes.append(bbox)
         objects.append((class_index + 1, bbox, float(mask.sum())))
         owner[y0 : y0 + size, x0 : x0 + size][mask > 0] = len(objects)
-    return ShapesScene(canvas, objects, owner, texture)
+    return ShapesScene(canvas, objects, owner, texture, len(classes))
 
 
 def _shape_mask(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """The [size, size] 0/1 mask of one shape filling its square."""
     image = PIL.Image.new("L", (size, size), 0)
     draw = PIL.ImageDraw.Draw(image)
+    last = size - 1
     if name == "circle":
-        draw.ellipse((0, 0, size - 1, size - 1), fill=1)
+        draw.ellipse((0, 0, last, last), fill=1)
     elif name == "square":
-        draw.rectangle((0, 0, size - 1, size - 1), fill=1)
-    else:  # a triangle pointing up, down, left or right
-        corners = [(0, size - 1), (size - 1, size - 1), ((size - 1) / 2, 0)]
+        draw.rectangle((0, 0, last, last), fill=1)
+    elif name == "triangle":  # pointing up, down, left or right
+        corners = [(0, last), (last, last), (last / 2, 0)]
         turns = int(rng.integers(4))
-        centre = (size - 1) / 2
+        centre = last / 2
         for _ in range(turns):
             corners = [(centre - (y - centre), x) for x, y in corners]
         draw.polygon(corners, fill=1)
+    elif name == "star":  # five points, turned at random
+        turn = rng.uniform(0, 2 * math.pi / 5)
+        radii = [last / 2 if k % 2 == 0 else last / 5 for k in range(10)]
+        angles = [turn + k * math.pi / 5 for k in range(10)]
+        draw.polygon(
+            [(last / 2 + r * math.sin(a), last / 2 - r * math.cos(a)) for r, a in zip(radii, angles)], fill=1
+        )
+    elif name == "cross":  # a plus sign, arms a third of the side wide
+        third = size / 3
+        draw.rectangle((third, 0, last - third, last), fill=1)
+        draw.rectangle((0, third, last, last - third), fill=1)
+    elif name == "ring":  # a disc with a hole half its diameter
+        draw.ellipse((0, 0, last, last), fill=1)
+        draw.ellipse((size / 4, size / 4, last - size / 4, last - size / 4), fill=0)
+    else:
+        raise ValueError(f"Unknown built-in shape {name!r}.")
     return np.asarray(image, dtype=np.uint8)
 
 
@@ -272,10 +319,12 @@ def _iou(a: list[float], b: list[float]) -> float:
 
 
 __all__ = [
+    "BUILTIN_SETS",
     "CLASSES",
     "IMAGE_SIZE",
     "NAME",
     "STUFF_CLASSES",
+    "BuiltinSet",
     "ShapesScene",
     "builtin_dataset_folder",
     "draw_shapes_image",

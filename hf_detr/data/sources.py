@@ -1,6 +1,7 @@
 """`load_detection_dataset`: every source brought to the common schema.
 
-Sources: the built-in synthetic set (no argument), a local COCO, YOLO or Pascal VOC folder (the layout
+Sources: the built-in synthetic set (no argument, or "builtin:shapes-new-v1" for the fine-tuning
+set), a local COCO, YOLO or Pascal VOC folder (the layout
 detected: hf_detr.data.formats), a `save_to_disk` folder, local parquet/arrow files, or a Hub dataset name. Hub detection datasets differ in their box format
 (`detection-datasets/coco` stores x0, y0, x1, y1; `cppe-5` COCO's x, y, w, h), so `bbox_format` is
 explicit and checked against the data.
@@ -45,9 +46,9 @@ def load_detection_dataset(
     """Load a detection dataset in the common schema (see `hf_detr.data.schema`).
 
     Args:
-        source: None for the built-in synthetic shapes set; a local COCO (`annotations/instances_{split}.json`
-            or Roboflow's `{split}/_annotations.coco.json` + images), YOLO (`images/` + `labels/` +
-            `data.yaml`) or Pascal VOC (`Annotations/` + `JPEGImages/`) folder; a `save_to_disk` folder;
+        source: None for the built-in synthetic shapes set ("builtin:NAME" for another built-in set);
+            a local COCO (`annotations/instances_{split}.json` or Roboflow's
+            `{split}/_annotations.coco.json` + images), YOLO (`images/` + `labels/` + `data.yaml`) or Pascal VOC (`Annotations/` + `JPEGImages/`) folder; a `save_to_disk` folder;
             a parquet/arrow file or folder; or a Hub dataset name (`load_dataset` arguments go in
             `load_kwargs`).
         split: load only this split (the result still is a DatasetDict with that one split).
@@ -63,6 +64,9 @@ def load_detection_dataset(
     )  # fmt: skip
 
 
+BUILTIN_PREFIX = "builtin:"  # "builtin:NAME" names a built-in set (hf_detr.data.builtin.BUILTIN_SETS)
+
+
 def load_source(
     source: str | os.PathLike | None,
     split: str | None,
@@ -73,13 +77,13 @@ def load_source(
     load_folder: Callable[[Path, str | None, Any], DatasetDict],
     normalize: Callable[[Any, str], Any],
 ) -> DatasetDict | IterableDatasetDict:
-    """The dispatch of every loader: the built-in set (None), a COCO-style folder (`is_folder`, read by
+    """The dispatch of every loader: the built-in set (None, or "builtin:NAME"), a COCO-style folder (`is_folder`, read by
     `load_folder(path, split, cache_dir)`), a `save_to_disk` folder, local parquet/arrow files or a Hub
     name; all but the folder go through `normalize(split_dataset, split_name)`."""
-    if source is None:
-        from .builtin import builtin_dataset_folder
+    if source is None or (isinstance(source, str) and source.startswith(BUILTIN_PREFIX)):
+        from .builtin import NAME, builtin_dataset_folder
 
-        source = builtin_dataset_folder()
+        source = builtin_dataset_folder(name=source[len(BUILTIN_PREFIX) :] if source else NAME)
     path = Path(source) if isinstance(source, (str, os.PathLike)) else None
     if path is not None and path.is_dir() and is_folder(path):
         dataset = load_folder(path, split, cache_dir)

@@ -25,7 +25,7 @@ from ..data import class_names, is_thing
 from ..evaluation import PanopticEvaluator
 from ..modeling_detr import HfDetrForObjectDetection
 from ..modeling_detr_segmentation import HfDetrForSegmentation
-from .arguments import BUILTIN_PRESET, TrainingArguments
+from .arguments import TrainingArguments
 from .checkpoints import latest_checkpoint
 
 logger = logging.getLogger("hf_detr.training")
@@ -99,17 +99,6 @@ def stage_to_run(stage: TrainingArguments, is_last: bool) -> TrainingArguments |
     return stage
 
 
-def check_builtin_detector(args: TrainingArguments) -> None:
-    """The built-in panoptic preset starts from the main job's output: a clear error when it is absent."""
-    expected = args.preset == "builtin-panoptic" and args.init_from == BUILTIN_PRESET["output_dir"]
-    if expected and not (Path(args.init_from) / "config.json").is_file():
-        raise FileNotFoundError(
-            f"The built-in panoptic run trains a mask head on the main job's detector, expected in "
-            f"{args.init_from}/ (relative to this directory). Run `hf-detr-train` first, or pass "
-            "--init-from DIR (a detector or segmentation checkpoint, or none to train from scratch)."
-        )
-
-
 def labels_config(names: list[str]) -> dict[str, dict]:
     id2label = dict(enumerate(names))
     return {"id2label": id2label, "label2id": {name: index for index, name in id2label.items()}}
@@ -173,7 +162,6 @@ def panoptic_evaluator_factory(split: Any, coco_ids: list[int]):
 
 __all__ = [
     "build_segmentation_model",
-    "check_builtin_detector",
     "panoptic_categories",
     "panoptic_evaluator_factory",
     "set_labels",

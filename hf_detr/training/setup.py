@@ -33,13 +33,12 @@ from ..data import (
 from ..evaluation import CocoEvaluator, label_to_category_mapping, split_to_coco
 from ..image_processing_detr import HfDetrImageProcessor
 from ..modeling_detr import HfDetrForObjectDetection
-from .arguments import TrainingArguments
+from .arguments import BUILTIN_PRESET, MODEL_SETTINGS, TrainingArguments
 from .checkpoints import TrainingState, resolve_resume
 from .ema import EMA_FILE, ModelEma
 from .logs import JsonlLog, LogWindow
 from .panoptic import (
     build_segmentation_model,
-    check_builtin_detector,
     panoptic_evaluator_factory,
     stuff_label_ids,
 )
@@ -53,24 +52,13 @@ EVAL_SPLIT_NAMES = ("val", "validation", "valid", "val2017", "test")
 # Model, optimizer, schedule
 # ---------------------------------------------------------------------------------------------------
 def build_model(args: TrainingArguments, names: list[str], coco_ids: list[int]) -> HfDetrForObjectDetection:
-    """A model for the dataset's classes: from scratch, or fine-tuned from `init_from` with its class
-    head re-initialised when the classes differ (everything else is kept)."""
+    """A model for the dataset's classes: from scratch, or fine-tuned from `init_from`: its architecture
+    and weights, with the run's training settings (FINE_TUNING_SETTINGS, query groups) and the class
+    head re-initialised when the class names differ."""
     id2label = dict(enumerate(names))
     labels = {"id2label": id2label, "label2id": {name: index for index, name in id2label.items()}}
     if args.init_from:
-        same_classes = HfDetrConfig.from_pretrained(args.init_from).num_labels == len(names)
-        model = HfDetrForObjectDetection.from_pretrained(
-            args.init_from, **labels, ignore_mismatched_sizes=not same_classes
-        )
-        if not same_classes:
-            logger.info(
-                "Fine-tuning %s: the class head was re-initialised for %d classes.",
-                args.init_from,
-                len(names),
-            )
-        model.config.coco_category_ids = list(coco_ids)
-        model.config.auxiliary_loss = args.auxiliary_loss
-        return set_query_groups(model, args.num_query_groups)
+        return fine_tuning_model(args, labels, coco_ids)
     config = HfDetrConfig(**args.model_config_kwargs(), **labels, coco_category_ids=list(coco_ids))
     try:
         return HfDetrForObjectDetection(config)
@@ -81,6 +69,54 @@ def build_model(args: TrainingArguments, names: list[str], coco_ids: list[int]) 
             f"Could not get the pretrained {config.backbone} backbone weights from the Hugging Face Hub ({error}). "
             "Make the Hub reachable (and HF_HUB_OFFLINE unset), or train from scratch without --pretrained-backbone."
         ) from error
+
+
+# The model settings a fine-tuning run takes from its arguments rather than from the checkpoint: they
+# change what trains and how, not the weights' shapes (the official code builds the model from args too)
+FINE_TUNING_SETTINGS = (
+    "dropout",
+    "freeze_backbone_batch_norm",
+    "trainable_backbone_layers",
+    "auxiliary_loss",
+    "eos_coefficient",
+    "class_loss_coefficient",
+)
+
+
+def fine_tuning_model(
+    args: TrainingArguments, labels: dict[str, dict], coco_ids: list[int]
+) -> HfDetrForObjectDetection:
+    """`init_from`'s model with the run's training settings; a new class head for other classes."""
+    names = list(labels["id2label"].values())
+    old_names = list(HfDetrConfig.from_pretrained(args.init_from).id2label.values())
+    settings = {key: getattr(args, name) for name in FINE_TUNING_SETTINGS for key in MODEL_SETTINGS[name]}
+    model = HfDetrForObjectDetection.from_pretrained(
+        args.init_from, **labels, **settings, ignore_mismatched_sizes=len(old_names) != len(names)
+    )
+    if old_names != names:
+        model.class_labels_classifier.reset_parameters()  # the official (PyTorch default) initialisation
+        logger.info(
+            "Fine-tuning %s: a new class head for %d classes (%s) in place of %s.",
+            args.init_from, len(names), ", ".join(names), ", ".join(old_names),
+        )  # fmt: skip
+    model.config.coco_category_ids = list(coco_ids)
+    set_query_groups(model, args.num_query_groups)
+    model.config.one_to_many_repeats = args.one_to_many_repeats
+    model.config.validate_detr_fields()
+    return model
+
+
+def check_builtin_detector(args: TrainingArguments) -> None:
+    """The built-in panoptic and fine-tuning presets start from the main job's output: a clear error
+    when it is absent."""
+    starts = {"builtin-panoptic": "trains a mask head on", "builtin-finetune": "fine-tunes"}
+    expected = args.preset in starts and args.init_from == BUILTIN_PRESET["output_dir"]
+    if expected and not (Path(args.init_from) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"The {args.preset} preset {starts[args.preset]} the main job's detector, expected in "
+            f"{args.init_from}/ (relative to this directory). Run `hf-detr-train` first, or pass "
+            "--init-from DIR (another checkpoint, or none to train from scratch)."
+        )
 
 
 def parameter_groups(model: torch.nn.Module, args: TrainingArguments) -> list[dict[str, Any]]:
