@@ -218,7 +218,9 @@ class PanopticDataset(DetectionDataset):
 
 def decode_as_stored(image: dict[str, Any]) -> PIL.Image.Image:
     """Decode a `datasets` image ({"bytes", "path"}) without applying its EXIF orientation."""
-    source = io.BytesIO(image["bytes"]) if image.get("bytes") else image["path"]
+    # stored bytes, even empty ones (a broken file): never the bare path, which would be resolved in
+    # the current directory and could load another file of that name
+    source = io.BytesIO(image["bytes"]) if image.get("bytes") is not None else image["path"]
     decoded = PIL.Image.open(source)
     decoded.load()
     return decoded if decoded.mode == "RGB" else decoded.convert("RGB")

@@ -1,14 +1,26 @@
 """Training checkpoints: `accelerator.save_state` written atomically, the last K kept, resumable.
 
-A checkpoint is first written to `checkpoints/.incomplete-step-N` by every process, then renamed to
-`checkpoints/step-N` by the main process once all have finished: a save killed midway leaves only an
-`.incomplete-*` folder, never a damaged `step-*` one. Checkpoints are this run's own files (model
-weights in safetensors, the EMA weights with `--ema` in `ema.safetensors`; optimizer and RNG states
-are read back with accelerate's loaders). The best model's checkpoint is never pruned.
+A save never damages the last good checkpoint, whenever it is killed:
+
+1. every process writes `checkpoints/.incomplete-step-N`; the main process adds the EMA weights and,
+   last, `checkpoint.json`, the manifest of every file and its size;
+2. a re-save of step N first renames the existing `step-N` to `.replaced-step-N`, then renames the
+   new one to `step-N`, then deletes `.replaced-step-N`;
+3. pruning renames an old checkpoint to `.deleting-step-M` before deleting it.
+
+`recover_checkpoints` (run before resuming) finishes or undoes whatever a killed save left: a complete
+staged or replaced checkpoint goes back to `step-N`, leftovers are deleted. A checkpoint is complete
+when its manifest's files are all there with their sizes; `latest_checkpoint` returns the newest
+complete one and names any newer broken one it passes over. Checkpoints are this run's own files
+(model weights in safetensors, the EMA weights with `--ema` in `ema.safetensors`; optimizer and RNG
+states are read back with accelerate's loaders). The best model's checkpoint is never pruned.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -17,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 CHECKPOINT_PATTERN = re.compile(r"step-(\d+)")
+LEFTOVER_PATTERN = re.compile(r"\.(incomplete|replaced|deleting)-step-(\d+)")
+MANIFEST = "checkpoint.json"
+logger = logging.getLogger("hf_detr.training")
 
 
 @dataclass
@@ -44,33 +59,93 @@ class TrainingState:
 
 
 def checkpoint_steps(directory: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints in `directory`, oldest first."""
+    """The `step-N` folders in `directory` (complete or not), oldest first."""
     if not directory.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := CHECKPOINT_PATTERN.fullmatch(p.name))]
     return sorted(found)
 
 
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` is not a complete checkpoint (None: it is): its manifest or a file it lists is
+    missing or has another size."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no readable {MANIFEST} (a save that did not finish, or one written before checkpoints had manifests)"
+    for name, size in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes instead of {size}"
+    return None
+
+
 def latest_checkpoint(directory: Path) -> Path | None:
-    found = checkpoint_steps(directory)
-    return found[-1][1] if found else None
+    """The newest complete checkpoint; a warning names each newer one that is broken."""
+    broken = []
+    for _, path in reversed(checkpoint_steps(directory)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            for bad, why in broken:
+                logger.warning("Checkpoint %s is damaged (%s): resuming from %s instead.", bad, why, path)
+            return path
+        broken.append((path, problem))
+    for bad, why in broken:
+        logger.warning("Checkpoint %s is damaged (%s) and there is no older complete one.", bad, why)
+    return None
 
 
-def resolve_resume(value: str, directory: Path) -> Path:
-    """`latest` or a path -> a checkpoint directory, with a clear error when there is none."""
+def resolve_resume(value: str, directory: Path) -> Path | None:
+    """`latest` or a path -> a checkpoint directory; None (start from the beginning) when the run's
+    first save was killed; a clear error when there is no checkpoint folder at all."""
     if value == "latest":
+        if not directory.is_dir():
+            raise ValueError(f"--resume-from-checkpoint latest: no checkpoint in {directory}.")
         path = latest_checkpoint(directory)
         if path is None:
-            raise ValueError(f"--resume-from-checkpoint latest: no checkpoint in {directory}.")
+            logger.warning(
+                "--resume-from-checkpoint latest: %s holds no complete checkpoint (the first save was "
+                "interrupted); starting from the beginning.",
+                directory,
+            )
         return path
     path = Path(value)
     if not path.is_dir():
         raise ValueError(f"--resume-from-checkpoint {value}: no such checkpoint directory.")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        logger.warning("--resume-from-checkpoint %s: %s; loading it anyway, as asked.", value, problem)
     return path
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
     return directory / f"step-{step:08d}"
+
+
+def recover_checkpoints(directory: Path) -> None:
+    """Finish or undo what a killed save left in `directory` (main process only, before resuming):
+    a complete `.incomplete-` or `.replaced-` copy of a step whose `step-N` is missing or broken
+    takes its place (the staged copy first: it is the newer); every other leftover is deleted."""
+    if not directory.is_dir():
+        return
+    leftovers = sorted(
+        (m.group(1), int(m.group(2)), p)
+        for p in directory.iterdir()
+        if (m := LEFTOVER_PATTERN.fullmatch(p.name))
+    )  # "deleting" < "incomplete" < "replaced": a staged copy is tried before the one it replaced
+    for kind, step, path in leftovers:
+        final = checkpoint_path(directory, step)
+        usable = kind != "deleting" and checkpoint_problem(path) is None
+        if usable and (not final.exists() or checkpoint_problem(final) is not None):
+            if final.exists():
+                _delete(final, directory)
+            os.replace(path, final)
+            logger.warning("Recovered checkpoint %s from an interrupted save (%s).", final, path.name)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def save_checkpoint(
@@ -95,27 +170,56 @@ def save_checkpoint(
     if accelerator.is_main_process:
         if write_extra is not None:
             write_extra(staging)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
+        write_manifest(staging)
+        replaced = directory / f".replaced-step-{step:08d}"
+        if final.exists():  # a re-save of this step: the old copy stays whole until the new one is in place
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(final, replaced)
+        os.replace(staging, final)
+        shutil.rmtree(replaced, ignore_errors=True)
         prune_checkpoints(directory, keep, protect)
     accelerator.wait_for_everyone()
     return final
+
+
+def write_manifest(folder: Path) -> None:
+    """`folder/checkpoint.json`: every file of the checkpoint and its size, written last and atomically."""
+    files = {
+        str(path.relative_to(folder)): path.stat().st_size
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+    partial = folder / f"{MANIFEST}.partial"
+    with open(partial, "w") as handle:
+        json.dump({"files": files}, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, folder / MANIFEST)
 
 
 def prune_checkpoints(directory: Path, keep: int, protect: int | None = None) -> None:
     """Delete all but the last `keep` checkpoints and the one of step `protect`."""
     for step, old in checkpoint_steps(directory)[:-keep]:
         if step != protect:
-            shutil.rmtree(old, ignore_errors=True)
+            _delete(old, directory)
+
+
+def _delete(folder: Path, directory: Path) -> None:
+    """Rename, then delete: a killed deletion leaves a `.deleting-` folder, never a partial `step-N`."""
+    doomed = directory / f".deleting-{folder.name}"
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(folder, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 __all__ = [
     "TrainingState",
     "checkpoint_path",
+    "checkpoint_problem",
     "checkpoint_steps",
     "latest_checkpoint",
     "prune_checkpoints",
+    "recover_checkpoints",
     "resolve_resume",
     "save_checkpoint",
 ]

@@ -34,7 +34,8 @@ from ..evaluation import CocoEvaluator, label_to_category_mapping, split_to_coco
 from ..image_processing_detr import HfDetrImageProcessor
 from ..modeling_detr import HfDetrForObjectDetection
 from .arguments import BUILTIN_PRESET, MODEL_SETTINGS, TrainingArguments
-from .checkpoints import TrainingState, resolve_resume
+from .batch_norm import BatchNormStatistics
+from .checkpoints import TrainingState, recover_checkpoints, resolve_resume
 from .ema import EMA_FILE, ModelEma
 from .logs import JsonlLog, LogWindow
 from .panoptic import (
@@ -187,6 +188,7 @@ class TrainingRun:
     start_time: float
     update_is_bad: bool = False  # some batch of the update being accumulated had a non-finite loss
     ema: ModelEma | None = None  # --ema: the moving average of the weights
+    batch_norm: BatchNormStatistics | None = None  # trainable BatchNorm's statistics (restored when bad)
     last_stats: dict[str, Any] | None = None  # the latest evaluation's stats (every process)
 
     @property
@@ -269,10 +271,10 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
         optimizer,
         lambda step: lr_factor(step, total_steps, args.warmup_steps, args.lr_drop, args.lr_scheduler_type),
     )
-    state = _registered_state(args, accelerator, scheduler, output_dir / "checkpoints")
-    if ema is not None and args.resume_from_checkpoint:
-        checkpoint = resolve_resume(args.resume_from_checkpoint, output_dir / "checkpoints")
-        _resume_ema(ema, accelerator.unwrap_model(model), checkpoint)
+    resume_path = _resume_path(args, accelerator, output_dir / "checkpoints")
+    state = _registered_state(accelerator, scheduler, resume_path)
+    if ema is not None and resume_path is not None:
+        _resume_ema(ema, accelerator.unwrap_model(model), resume_path)
     if args.report_to:
         accelerator.init_trackers(
             "hf_detr", config={k: v for k, v in args.to_dict().items() if not isinstance(v, list)}
@@ -304,6 +306,7 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
         ),
         start_time=time.monotonic(),
         ema=ema,
+        batch_norm=BatchNormStatistics(accelerator.unwrap_model(model)),
     )
 
 
@@ -369,16 +372,23 @@ def _loaders(
     return train_loader, eval_loader
 
 
-def _registered_state(
-    args: TrainingArguments, accelerator: Any, scheduler: Any, checkpoints: Path
-) -> TrainingState:
-    """The progress counters, checkpointed with the run, loaded from a checkpoint when resuming."""
+def _resume_path(args: TrainingArguments, accelerator: Any, checkpoints: Path) -> Path | None:
+    """The checkpoint to resume from (None: a new run), after repairing what a killed save left."""
+    if not args.resume_from_checkpoint:
+        return None
+    if accelerator.is_main_process:
+        recover_checkpoints(checkpoints)
+    accelerator.wait_for_everyone()
+    return resolve_resume(args.resume_from_checkpoint, checkpoints)
+
+
+def _registered_state(accelerator: Any, scheduler: Any, resume_path: Path | None) -> TrainingState:
+    """The progress counters, checkpointed with the run, loaded from `resume_path` when resuming."""
     state = TrainingState()
     accelerator.register_for_checkpointing(scheduler, state)
-    if args.resume_from_checkpoint:
-        path = resolve_resume(args.resume_from_checkpoint, checkpoints)
-        accelerator.load_state(str(path))
-        logger.info("Resumed from %s at step %d (epoch %d).", path, state.global_step, state.epoch)
+    if resume_path is not None:
+        accelerator.load_state(str(resume_path))
+        logger.info("Resumed from %s at step %d (epoch %d).", resume_path, state.global_step, state.epoch)
     return state
 
 

@@ -121,6 +121,8 @@ def train_batch(run: TrainingRun, batch: dict[str, Any], stop: StopRequest) -> l
     """
     args, accelerator = run.args, run.accelerator
     with accelerator.accumulate(run.model):
+        if run.batch_norm:
+            run.batch_norm.snapshot()
         outputs = run.model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])
         try:
             loss, loss_dict = run.unwrapped.loss_from_outputs(outputs, batch["labels"])
@@ -138,6 +140,8 @@ def train_batch(run: TrainingRun, batch: dict[str, Any], stop: StopRequest) -> l
         flags = accelerator.reduce(torch.cat([local_bad.reshape(1), host_flags]), reduction="sum").tolist()
         run.update_is_bad |= flags[0] > 0
         accelerator.backward(loss)
+        if flags[0] > 0 and run.batch_norm:  # after the backward, which checks they were not changed
+            run.batch_norm.restore()  # the statistics this forward changed (perhaps to NaN)
         if accelerator.sync_gradients and not run.update_is_bad:
             grad_norm = accelerator.clip_grad_norm_(run.model.parameters(), args.max_grad_norm)
             run.update_is_bad = not bool(torch.isfinite(torch.as_tensor(grad_norm)))
