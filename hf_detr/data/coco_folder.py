@@ -9,9 +9,14 @@ uses it, missing `area` (the box's), `iscrowd` (0) or image sizes (read from the
 `default` (`instances_default.json`): train on it with `--train-split default`.
 
 Each split's json is converted once into the common schema (hf_detr.data.schema) and saved with
-`save_to_disk` under a cache folder keyed by the json's content hash, so it is re-used while the json
-is unchanged. Images stay files on disk: the arrow table stores their paths. Objects that cannot be
-used (see `ObjectChecker`) and images whose file is missing are skipped, counted and reported.
+`save_to_disk` under a cache folder keyed by the json's content hash and the listing of the split's
+image folder (names, sizes, times), so it is re-used while neither changes. Images stay files on disk: the arrow table stores their paths. Objects that cannot be
+used (see `ObjectChecker`) and images whose file is missing are skipped, counted and reported; so are
+images whose id repeats (with their annotations: whose boxes are whose cannot be told), whose json
+width/height disagree with the file's header (not rescaled), and whose `file_name` points outside the
+folder (absolute, `..`). A `file_name` is read relative to the folder only when nothing of that name is
+in the split's image folder: a broken file there is never replaced by another. Annotations of no image
+and repeated annotation ids are reported (the objects are kept; evaluation numbers its ground truth).
 """
 
 from __future__ import annotations
@@ -28,10 +33,18 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict, load_from_disk
 
-from .folder_common import image_size
-from .schema import ObjectChecker, detection_features, logger, set_category_ids
+from .folder_common import (
+    SplitColumns,
+    as_id,
+    examples,
+    folder_listing,
+    image_header,
+    relative_name,
+    repeated,
+)
+from .schema import ObjectChecker, logger
 
-CACHE_FORMAT_VERSION = 2
+CACHE_FORMAT_VERSION = 3  # 3: duplicate ids, sizes and file names checked
 
 
 def default_cache_dir() -> Path:
@@ -103,9 +116,11 @@ def cached_split(
     convert: Callable[[Path, str, Path], Dataset],
 ) -> Dataset:
     """`convert(root, split, annotation_file)`, saved under `cache_root` by the json's content hash and
-    read back from there while the json is unchanged."""
+    the listing of the split's image folder (the conversion reads the files' headers), and read back
+    from there while both are unchanged."""
     digest = hashlib.sha256()
     digest.update(f"v{CACHE_FORMAT_VERSION}:{convert.__name__}:{root.resolve()}:{split}:".encode())
+    digest.update(folder_listing(image_folder(root, split), cache_root).encode())
     with open(annotation_file, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
@@ -179,7 +194,8 @@ def valid_objects(
             continue
         if not checker.keep(bbox, category, width, height):
             continue
-        objects["id"].append(int(annotation.get("id", len(objects["id"]))))
+        object_id = as_id(annotation.get("id"))
+        objects["id"].append(object_id if object_id is not None else len(objects["id"]))
         area = annotation.get("area")  # missing, null or 0 in some exports: the box's
         objects["area"].append(float(area) if area else float(bbox[2]) * float(bbox[3]))
         objects["bbox"].append([float(v) for v in bbox])
@@ -188,42 +204,112 @@ def valid_objects(
     return objects
 
 
+def annotations_by_image(annotations: list[dict], image_ids: set[int], where: str) -> dict[int, list[dict]]:
+    """The annotations of each image id; those of no image of the json are left out, and repeated
+    annotation ids reported (the objects are kept: evaluation numbers its ground truth itself)."""
+    per_image: dict[int, list[dict]] = defaultdict(list)
+    unknown = []
+    for annotation in annotations:
+        image_id = as_id(annotation.get("image_id"))
+        if image_id not in image_ids:
+            unknown.append(annotation.get("image_id"))
+            continue
+        per_image[image_id].append(annotation)
+    if unknown:
+        logger.warning(
+            "%s: ignored %d annotation(s) whose image_id is not an image of the json (image_id %s).",
+            where, len(unknown), examples(sorted(set(map(str, unknown)))),
+        )  # fmt: skip
+    twice = repeated(as_id(a.get("id")) for a in annotations)
+    if twice:
+        logger.warning(
+            "%s: %d annotation id(s) are used more than once (%s); the objects are kept.",
+            where, len(twice), examples(sorted(twice)),
+        )  # fmt: skip
+    return per_image
+
+
+def coco_image_file(root: Path, folder: Path, file_name: Any) -> Path | str:
+    """The file of an image's `file_name`: in the split's image folder; under `root` (a name relative to
+    the folder, as some exports write) only when nothing of that name is in the image folder, so a
+    broken file there is never replaced by another. A reason string when the name is unusable."""
+    name = relative_name(file_name)
+    if isinstance(name, str):
+        return name
+    path = folder / name
+    if not os.path.lexists(path) and (root / name).is_file():
+        return root / name
+    return path
+
+
+def json_size(image: Mapping[str, Any]) -> tuple[int, int] | None:
+    """The image's (width, height) as the json writes it, None when missing or not positive numbers."""
+    size = image.get("width"), image.get("height")
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in size):
+        return round(size[0]), round(size[1])
+    return None
+
+
+def checked_coco_image(
+    image: Mapping[str, Any], root: Path, folder: Path, repeated_ids: set[int], columns: SplitColumns
+) -> tuple[Path, int, int] | str | None:
+    """(file, width, height) of a json image; "missing" for a missing file; None when it is skipped for
+    another reason (counted in `columns`). The file's header is read (not the pixels) to check the
+    json's size: an unreadable file the json gives a size for is kept (the data loaders skip it, counted)."""
+    image_id, file_name = as_id(image.get("id")), image.get("file_name")
+    if image_id is None:
+        columns.skip("without an integer id", file_name)
+        return None
+    if image_id in repeated_ids:
+        columns.skip("with a repeated image id (their boxes cannot be told apart)", f"id {image_id}")
+        return None
+    path = coco_image_file(root, folder, file_name)
+    if isinstance(path, str):
+        columns.skip(path, f"{file_name!r} (id {image_id})")
+        return None
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size == 0:  # never decodable (and stored as no bytes: read as its path)
+        columns.skip("whose file is empty", file_name)
+        return None
+    header, size = image_header(path), json_size(image)
+    if header is None and size is None:
+        columns.skip("unreadable, with no size in the json", file_name)
+        return None
+    if header is not None and size is not None and size != header[:2]:
+        columns.skip(
+            "whose json width/height disagree with the file (skipped, not rescaled)",
+            f"{file_name} (json {size[0]}x{size[1]}, file {header[0]}x{header[1]})",
+        )
+        return None
+    columns.rotated += bool(header and header[2])
+    columns.unreadable += header is None
+    width, height = size or header[:2]
+    return path, width, height
+
+
 def convert_coco_split(root: Path, split: str, annotation_file: Path) -> Dataset:
     """One COCO json -> a Dataset in the common schema (images referenced by path)."""
     coco, categories, checker = read_coco_json(annotation_file, "instances", drop_group_categories=True)
-    per_image = defaultdict(list)
-    for annotation in coco["annotations"]:
-        per_image[annotation.get("image_id")].append(annotation)
-
-    folder = image_folder(root, split)
-    columns: dict[str, list] = {"image": [], "image_id": [], "width": [], "height": [], "objects": []}
-    missing_images = 0
-    for image in coco["images"]:
-        path = folder / image["file_name"]
-        if not path.is_file() and (root / image["file_name"]).is_file():
-            path = root / image["file_name"]  # a file_name relative to the folder
-        size = (image.get("width"), image.get("height"))
-        size = size if all(size) else image_size(path)
-        if not path.is_file() or size is None:
-            missing_images += 1
-            continue
-        width, height = size
-        columns["image"].append(str(path))
-        columns["image_id"].append(int(image["id"]))
-        columns["width"].append(int(width))
-        columns["height"].append(int(height))
-        columns["objects"].append(valid_objects(per_image.get(image["id"], []), checker, width, height))
     where = f"{annotation_file} ({split})"
+    image_ids = [as_id(image.get("id")) for image in coco["images"]]
+    per_image = annotations_by_image(coco["annotations"], {i for i in image_ids if i is not None}, where)
+    folder = image_folder(root, split)
+    columns, repeated_ids, missing_images = SplitColumns(where), repeated(image_ids), 0
+    for image in coco["images"]:
+        checked = checked_coco_image(image, root, folder, repeated_ids, columns)
+        missing_images += checked == "missing"
+        if isinstance(checked, tuple):
+            path, width, height = checked
+            objects = valid_objects(per_image.get(as_id(image["id"]), []), checker, width, height)
+            columns.add(path, as_id(image["id"]), width, height, objects)
     checker.report(where)
     if missing_images:
         logger.warning(
             "%s: skipped %d image(s) whose file is missing under %s.", where, missing_images, folder
         )
-    if not columns["image"]:
-        raise ValueError(f"{where}: no usable image (the split is empty or every image file is missing).")
-    features = detection_features([c["name"] for c in categories])
-    dataset = Dataset.from_dict(columns, features=features)
-    return set_category_ids(dataset, [c["id"] for c in categories], f"COCO folder {root}, split {split}")
+    names, ids = [c["name"] for c in categories], [c["id"] for c in categories]
+    return columns.dataset(names, ids, f"COCO folder {root}, split {split}")
 
 
 __all__ = [

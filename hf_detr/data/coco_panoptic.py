@@ -10,12 +10,22 @@ whose picture or PNG is missing, are skipped, counted and reported, as for detec
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from datasets import Dataset, DatasetDict
 
-from .coco_folder import coco_splits, image_folder, load_annotated_folder, read_coco_json, valid_objects
-from .schema import logger, panoptic_features, set_category_ids
+from .coco_folder import (
+    coco_splits,
+    image_folder,
+    json_size,
+    load_annotated_folder,
+    read_coco_json,
+    valid_objects,
+)
+from .folder_common import SplitColumns, as_id, examples, image_header, relative_name, repeated
+from .schema import PANOPTIC_MASK, logger, panoptic_features
 
 
 def is_coco_panoptic_folder(path: str | os.PathLike) -> bool:
@@ -40,46 +50,99 @@ def load_coco_panoptic_folder(
     return load_annotated_folder(root, split, cache_dir, "panoptic", convert_coco_panoptic_split)
 
 
+def annotation_per_image(coco: dict, where: str) -> tuple[dict[int, dict], set[int], set[int]]:
+    """Image id -> its panoptic annotation; the image ids that repeat among the images and among the
+    annotations (both unusable: which segments belong to which picture cannot be told). Annotations of
+    no image of the json are reported and left out."""
+    image_ids = [as_id(image.get("id")) for image in coco["images"]]
+    known = {i for i in image_ids if i is not None}
+    annotated = [as_id(a.get("image_id")) for a in coco["annotations"]]
+    unknown = [a.get("image_id") for a, i in zip(coco["annotations"], annotated) if i not in known]
+    if unknown:
+        logger.warning(
+            "%s: ignored %d annotation(s) whose image_id is not an image of the json (image_id %s).",
+            where, len(unknown), examples(sorted(set(map(str, unknown)))),
+        )  # fmt: skip
+    annotation_of = {i: a for a, i in zip(coco["annotations"], annotated) if i in known}
+    return annotation_of, repeated(image_ids), repeated(i for i in annotated if i in known)
+
+
+def checked_panoptic_image(
+    image: Mapping[str, Any],
+    annotation_of: Mapping[int, dict],
+    repeats: tuple[set[int], set[int]],
+    folders: tuple[Path, Path],
+    columns: SplitColumns,
+) -> tuple[Path, Path, int, int] | str | None:
+    """(picture, PNG, width, height) of a json image; "image", "PNG" or "annotation" when that is
+    missing; None when skipped for another reason (counted in `columns`)."""
+    image_id, file_name = as_id(image.get("id")), image.get("file_name")
+    if image_id is None:
+        columns.skip("without an integer id", file_name)
+        return None
+    if image_id in repeats[0] or image_id in repeats[1]:
+        where = "images" if image_id in repeats[0] else "annotations"
+        columns.skip(f"with an image id repeated among the {where}", f"id {image_id}")
+        return None
+    annotation = annotation_of.get(image_id)
+    if annotation is None:
+        return "annotation"
+    names = relative_name(file_name), relative_name(annotation.get("file_name"))
+    bad = next((n for n in names if isinstance(n, str)), None)
+    if bad is not None:
+        columns.skip(bad, f"id {image_id}")
+        return None
+    picture, png = folders[0] / names[0], folders[1] / names[1]
+    if not picture.is_file() or not png.is_file():
+        return "image" if not picture.is_file() else "PNG"
+    if picture.stat().st_size == 0 or png.stat().st_size == 0:  # never decodable
+        columns.skip("whose picture or PNG is empty", f"id {image_id}")
+        return None
+    header, size = image_header(picture), json_size(image)
+    if header is None and size is None:
+        columns.skip("unreadable, with no size in the json", file_name)
+        return None
+    if header is not None and size is not None and size != header[:2]:
+        columns.skip(
+            "whose json width/height disagree with the file (skipped, not rescaled)",
+            f"{file_name} (json {size[0]}x{size[1]}, file {header[0]}x{header[1]})",
+        )
+        return None
+    columns.unreadable += header is None
+    return picture, png, *(size or header[:2])
+
+
 def convert_coco_panoptic_split(root: Path, split: str, annotation_file: Path) -> Dataset:
     """One COCO panoptic json -> a Dataset in the panoptic schema (images and PNGs referenced by path)."""
     coco, categories, checker = read_coco_json(annotation_file, "panoptic")
-    annotation_of = {a.get("image_id"): a for a in coco["annotations"]}
-    pictures, pngs = image_folder(root, split), panoptic_png_folder(root, split)
-    columns: dict[str, list] = {"image": [], "panoptic_mask": [], "image_id": [], "width": [], "height": [],
-                                "objects": []}  # fmt: skip
+    where = f"{annotation_file} ({split})"
+    annotation_of, *repeats = annotation_per_image(coco, where)
+    folders = image_folder(root, split), panoptic_png_folder(root, split)
+    columns, masks = SplitColumns(where), []
     missing = {"image": 0, "PNG": 0, "annotation": 0}
     for image in coco["images"]:
-        annotation = annotation_of.get(image["id"])
-        picture = pictures / image["file_name"]
-        png = (
-            pngs / annotation["file_name"]
-            if annotation and isinstance(annotation.get("file_name"), str)
-            else None
-        )
-        problem = ("annotation" if annotation is None else "image" if not picture.is_file()
-                   else "PNG" if png is None or not png.is_file() else None)  # fmt: skip
-        if problem is not None:
-            missing[problem] += 1
+        checked = checked_panoptic_image(image, annotation_of, tuple(repeats), folders, columns)
+        if isinstance(checked, str):
+            missing[checked] += 1
+        if not isinstance(checked, tuple):
             continue
-        width, height = image["width"], image["height"]
-        objects = valid_objects(
-            annotation.get("segments_info") or [], checker, width, height, require_id=True
+        picture, png, width, height = checked
+        image_id = as_id(image["id"])
+        segments = annotation_of[image_id].get("segments_info") or []
+        columns.add(
+            picture, image_id, width, height, valid_objects(segments, checker, width, height, require_id=True)
         )
-        for column, value in (("image", str(picture)), ("panoptic_mask", str(png)), ("image_id", int(image["id"])),
-                              ("width", int(width)), ("height", int(height)), ("objects", objects)):  # fmt: skip
-            columns[column].append(value)
-    where = f"{annotation_file} ({split})"
+        masks.append(str(png))
     checker.report(where)
     for what, count in missing.items():
         if count:
             logger.warning("%s: skipped %d image(s) whose %s is missing.", where, count, what)
-    if not columns["image"]:
-        raise ValueError(f"{where}: no usable image (the split is empty or every image or PNG is missing).")
-    dataset = Dataset.from_dict(columns, features=panoptic_features([c["name"] for c in categories]))
-    return set_category_ids(
-        dataset,
+    columns.columns[PANOPTIC_MASK] = masks
+    return columns.dataset(
+        [c["name"] for c in categories],
         [c["id"] for c in categories],
         f"COCO panoptic folder {root}, split {split}",
+        features=panoptic_features([c["name"] for c in categories]),
         isthing=[bool(c.get("isthing", 1)) for c in categories],
     )
 

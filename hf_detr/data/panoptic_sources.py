@@ -5,7 +5,9 @@ local parquet/arrow files or a Hub dataset. Hub/parquet panoptic datasets store 
 (`image`), the PNG (`panoptic_mask`, `mask`, `label`, `annotation` or `segmentation`) and COCO's
 `segments_info` (a list of {"id", "category_id", "iscrowd", "area", "bbox"}, or a dict of lists); a
 segment without `bbox` gets the box of its pixels. Which categories are stuff cannot be read from
-such data: name them (`stuff_categories`), else every category counts as a thing.
+such data: name them (`stuff_categories`), else every category counts as a thing. Records whose
+image id repeats (a stream: not checked) or whose `width`/`height` disagree with the picture are left
+out, counted, as for detection.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..evaluation.panoptic import id_map
 from .coco_folder import valid_objects
 from .coco_panoptic import is_coco_panoptic_folder, load_coco_panoptic_folder
 from .schema import PANOPTIC_MASK, ObjectChecker, is_panoptic, logger, panoptic_features, set_category_ids
-from .sources import load_source
+from .sources import PROBLEM, drop_unusable_records, load_source, size_problem
 
 PNG_COLUMNS = (PANOPTIC_MASK, "mask", "label", "annotation", "segmentation")
 SEGMENT_KEYS = ("id", "category_id", "iscrowd", "area", "bbox")
@@ -82,6 +84,10 @@ def normalize_panoptic_split(
     drop = [c for c in columns if c not in features and c != png_column]
     kwargs = {} if isinstance(dataset, IterableDataset) else {"desc": f"Normalizing {name}"}
     converted = dataset.map(convert, with_indices=True, remove_columns=drop, **kwargs)
+    if isinstance(dataset, IterableDataset):
+        converted = converted.filter(lambda record: not record[PROBLEM]).remove_columns(PROBLEM)
+    else:
+        converted = drop_unusable_records(converted, f"Split {name!r}")
     if png_column != PANOPTIC_MASK:
         converted = converted.rename_column(png_column, PANOPTIC_MASK)
     converted = converted.cast(features)
@@ -131,17 +137,19 @@ class _PanopticRecordConverter:
 
     def __call__(self, record: Mapping[str, Any], index: int) -> dict[str, Any]:
         image = record["image"]
-        width, height = (record.get("width") or image.width), (record.get("height") or image.height)
+        stored = (record["width"], record["height"]) if record.get("width") and record.get("height") else None
+        problem = size_problem(stored, (image.width, image.height))
+        width, height = stored or (image.width, image.height)
         segments = [{k: v for k, v in s.items() if v is not None} for s in _segments(record["segments_info"])]
         ids = None
         for segment in segments:
             if "bbox" not in segment:  # the box of its pixels
                 ids = id_map(record[self.png_column], self.png_column) if ids is None else ids
                 segment["bbox"] = _box_of(ids == segment.get("id"))
-        objects = valid_objects(segments, self.checker, width, height, require_id=True)
+        objects = valid_objects(segments if not problem else [], self.checker, width, height, require_id=True)
         image_id = record.get("image_id", record.get("id"))
         return {"image_id": int(image_id) if image_id is not None else index, "width": int(width),
-                "height": int(height), "objects": objects}  # fmt: skip
+                "height": int(height), "objects": objects, PROBLEM: problem}  # fmt: skip
 
 
 def _box_of(pixels: np.ndarray) -> list[float] | None:

@@ -4,27 +4,35 @@ Sources: the built-in synthetic set (no argument, or "builtin:shapes-new-v1" for
 set), a local COCO, YOLO or Pascal VOC folder (the layout
 detected: hf_detr.data.formats), a `save_to_disk` folder, local parquet/arrow files, or a Hub dataset name. Hub detection datasets differ in their box format
 (`detection-datasets/coco` stores x0, y0, x1, y1; `cppe-5` COCO's x, y, w, h), so `bbox_format` is
-explicit and checked against the data.
+explicit and checked against the data. Records with a repeated image id or a size that disagrees with
+the image are left out with a counted warning (`normalize_split`).
 """
 
 from __future__ import annotations
 
+import io
 import os
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
+import PIL.Image
 from datasets import (
     ClassLabel,
     Dataset,
     DatasetDict,
+    Features,
+    Image,
     IterableDataset,
     IterableDatasetDict,
+    Value,
     load_dataset,
     load_from_disk,
 )
 
+from .folder_common import log_skipped_images, repeated
 from .formats import is_detection_folder, load_detection_folder
 from .schema import ObjectChecker, category_ids, detection_features, logger, set_category_ids
 
@@ -138,7 +146,13 @@ def _to_iterable(dataset: DatasetDict) -> IterableDatasetDict:
 # Hub / parquet records -> the common schema
 # ---------------------------------------------------------------------------------------------------
 def normalize_split(dataset: Dataset | IterableDataset, bbox_format: BoxFormat, name: str):
-    """Bring one split of a Hub-style detection dataset to the common schema, checking its boxes."""
+    """Bring one split of a Hub-style detection dataset to the common schema, checking its boxes.
+
+    Records are left out, counted and reported (one warning naming the first image ids) when their
+    `image_id` repeats (every record of that id: whose boxes are whose cannot be told; a stream is not
+    checked, as it has no end to count to), or when their `width`/`height` disagree with the image's
+    header (read from the stored bytes, not decoded; not rescaled), or neither gives a size. An error
+    when no record is left."""
     features = dataset.features
     if features is None or "objects" not in features or "image" not in features:
         found = sorted(features) if features is not None else "unknown columns"
@@ -159,28 +173,66 @@ def normalize_split(dataset: Dataset | IterableDataset, bbox_format: BoxFormat, 
         names = list(category_feature.names)
     else:
         names = _integer_class_names(dataset, category_key)
+    dataset = _undecoded_images(dataset)  # the checks read image headers, never the pixels
     check_box_format(dataset, bbox_format, name)
     target_features = detection_features(names)
     ids = category_ids(dataset) if _has_category_ids(dataset) else list(range(len(names)))
     convert = _RecordConverter(bbox_format, category_key, len(names), name)
     columns = [c for c in (dataset.column_names or []) if c not in target_features]
+    with_problem = Features({**target_features, PROBLEM: Value("string")})
     if isinstance(dataset, IterableDataset):
         convert.report_as_it_goes = True  # a stream has no end to count to
-        converted = dataset.map(convert, with_indices=True, remove_columns=columns, features=target_features)
+        converted = dataset.map(convert, with_indices=True, remove_columns=columns, features=with_problem)
+        converted = converted.filter(lambda record: not record[PROBLEM]).remove_columns(PROBLEM)
     else:
         # count on the light columns (no image decoding): the map below may come from datasets' cache
         counter = _RecordConverter(bbox_format, category_key, len(names), name)
         for record in _objects_only(dataset):
-            counter.objects(record)
+            counter.objects(record, _size(record))
         counter.checker.report(f"Split {name!r}")
         converted = dataset.map(
             convert,
             with_indices=True,
             remove_columns=columns,
-            features=target_features,
+            features=with_problem,
             desc=f"Normalizing {name}",
         )
+        converted = drop_unusable_records(converted, f"Split {name!r}")
     return set_category_ids(converted, ids)
+
+
+PROBLEM = "_hf_detr_problem"  # why a record is left out ("" when it is kept), a column of the map only
+REPEATED_ID = "with a repeated image id (their boxes cannot be told apart)"
+
+
+def drop_unusable_records(converted: Dataset, where: str) -> Dataset:
+    """`converted` less its `PROBLEM` column and the records it names, and less every record whose
+    image id repeats; the records left out counted and reported; an error when none is left."""
+    problems, image_ids = list(converted[PROBLEM]), list(converted["image_id"])
+    twice = repeated(image_ids)
+    counts: Counter[str] = Counter()
+    named: dict[str, list[str]] = defaultdict(list)
+    keep = []
+    for index, (problem, image_id) in enumerate(zip(problems, image_ids)):
+        why = problem or (REPEATED_ID if image_id in twice else "")
+        if not why:
+            keep.append(index)
+            continue
+        counts[why] += 1
+        if f"image_id {image_id}" not in named[why] and len(named[why]) <= 5:
+            named[why].append(f"image_id {image_id}" if len(named[why]) < 5 else "...")
+    log_skipped_images(where, counts, named)
+    if not keep:
+        raise ValueError(f"{where}: no usable image (the split is empty or every record was skipped).")
+    converted = converted.remove_columns(PROBLEM)
+    return converted.select(keep) if len(keep) < len(converted) else converted
+
+
+def _undecoded_images(dataset: Dataset | IterableDataset) -> Dataset | IterableDataset:
+    """The split with its `image` column left undecoded ({"bytes", "path"}), when it is an Image."""
+    if isinstance(dataset.features["image"], Image) and dataset.features["image"].decode:
+        return dataset.cast_column("image", Image(decode=False))
+    return dataset
 
 
 def _objects_only(dataset: Dataset) -> Dataset:
@@ -214,11 +266,43 @@ def _records_objects(record: Mapping) -> dict[str, list]:
     return objects
 
 
-def _size(record: Mapping) -> tuple[float, float]:
+def _stored_size(record: Mapping) -> tuple[int, int] | None:
+    """The record's `width` and `height` columns, None when it has none."""
     if record.get("width") and record.get("height"):
-        return float(record["width"]), float(record["height"])
-    image = record["image"]
-    return float(image.width), float(image.height)
+        return int(record["width"]), int(record["height"])
+    return None
+
+
+def _image_header(image: Any) -> tuple[int, int] | None:
+    """(width, height) of a record's image from its header (an undecoded {"bytes", "path"}, a path or
+    a decoded image); None when it cannot be read."""
+    if hasattr(image, "width") and hasattr(image, "height"):
+        return int(image.width), int(image.height)
+    if isinstance(image, Mapping) and image.get("bytes"):
+        source = io.BytesIO(image["bytes"])
+    else:
+        source = image.get("path") if isinstance(image, Mapping) else image
+    if not isinstance(source, (str, os.PathLike, io.BytesIO)):
+        return None
+    try:
+        with PIL.Image.open(source) as opened:
+            return opened.width, opened.height
+    except (OSError, ValueError, PIL.Image.DecompressionBombError):
+        return None
+
+
+def _size(record: Mapping) -> tuple[int, int] | None:
+    """The record's stored size, else its image's; None when neither is known."""
+    return _stored_size(record) or _image_header(record["image"])
+
+
+def size_problem(stored: tuple[int, int] | None, header: tuple[int, int] | None) -> str:
+    """Why a record's size is unusable ("" when it is not)."""
+    if stored is None and header is None:
+        return "unreadable, with no width/height columns"
+    if stored is not None and header is not None and stored != header:
+        return "whose width/height disagree with the image (skipped, not rescaled)"
+    return ""
 
 
 def _to_xywh(bbox, bbox_format: str):
@@ -237,7 +321,10 @@ def check_box_format(dataset, bbox_format: BoxFormat, name: str) -> None:
     checked = outside = 0
     records = _objects_only(dataset) if isinstance(dataset, Dataset) else dataset
     for record in islice(iter(records), FORMAT_CHECK_RECORDS):
-        width, height = _size(record)
+        size = _size(record)
+        if size is None:
+            continue
+        width, height = size
         for bbox in _records_objects(record)["bbox"]:
             if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
                 continue
@@ -266,12 +353,15 @@ class _RecordConverter:
         self.split = split
         self.report_as_it_goes = False
 
-    def objects(self, record: Mapping) -> dict[str, list]:
-        """The valid objects of a record, in the common schema (counting the invalid ones)."""
-        width, height = _size(record)
+    def objects(self, record: Mapping, size: tuple[int, int] | None = None) -> dict[str, list]:
+        """The valid objects of a record, in the common schema (counting the invalid ones); none when
+        the image's size is unknown (the record is left out)."""
+        objects = {"id": [], "area": [], "bbox": [], "category": [], "iscrowd": []}
+        if size is None:  # a record left out: its objects are not counted
+            return objects
+        width, height = size
         source = _records_objects(record)
         count = len(source["bbox"])
-        objects = {"id": [], "area": [], "bbox": [], "category": [], "iscrowd": []}
         ids = source.get("id") or source.get("bbox_id") or [None] * count
         areas = source.get("area") or [None] * count
         crowds = source.get("iscrowd") or [0] * count
@@ -291,14 +381,21 @@ class _RecordConverter:
         return objects
 
     def __call__(self, record: Mapping, index: int) -> dict:
-        """`datasets.map(with_indices=True)`: the image column is left as it is."""
-        width, height = _size(record)
+        """`datasets.map(with_indices=True)`: the image column is left as it is; `PROBLEM` says why the
+        record is to be left out (its size unknown, or disagreeing with its image's)."""
+        stored, header = _stored_size(record), _image_header(record["image"])
+        problem = size_problem(stored, header)
+        width, height = stored or header or (0, 0)
         image_id = record.get("image_id", record.get("id"))
+        image_id = int(image_id) if image_id is not None else index
+        if problem and self.report_as_it_goes:
+            logger.warning("Split %r: skipped image_id %d (%s).", self.split, image_id, problem)
         return {
-            "image_id": int(image_id) if image_id is not None else index,
+            "image_id": image_id,
             "width": int(width),
             "height": int(height),
-            "objects": self.objects(record),
+            "objects": self.objects(record, None if problem else (width, height)),
+            PROBLEM: problem,
         }
 
     def _maybe_report(self) -> None:
@@ -307,4 +404,12 @@ class _RecordConverter:
             logger.warning("Split %r: skipped %d invalid object(s) so far.", self.split, total)
 
 
-__all__ = ["check_box_format", "load_detection_dataset", "load_source", "normalize_split"]
+__all__ = [
+    "PROBLEM",
+    "check_box_format",
+    "drop_unusable_records",
+    "load_detection_dataset",
+    "load_source",
+    "normalize_split",
+    "size_problem",
+]

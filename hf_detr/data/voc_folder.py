@@ -14,8 +14,10 @@ otherwise stick out by a pixel). torchvision's `VOCDetection` returns the XML's 
 Classes: the objects' names over every xml of the folder, sorted (so every split has the same ones);
 their category ids are their positions. `difficult=1` objects are kept as ignore regions
 (`iscrowd=1`): the processor drops crowds for training and COCO evaluation ignores them, as VOC's does
-with difficult objects. Objects with a malformed box or none of the image, unreadable xml files and
-missing images are skipped, counted and reported, like the COCO loader's.
+with difficult objects. Objects with a malformed box or none of the image, unreadable xml files,
+missing images, a `filename` that points outside the folder (absolute, `..`) and xml files that name
+the same image as another are skipped, counted and reported, like the COCO loader's; an id listed twice
+in a split's list is read once.
 """
 
 from __future__ import annotations
@@ -29,10 +31,20 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 
 from .coco_folder import cached_dataset, default_cache_dir, valid_objects
-from .folder_common import IMAGE_SUFFIXES, SplitColumns, corners_to_box, files_key, image_size, is_image_file
-from .schema import ObjectChecker
+from .folder_common import (
+    IMAGE_SUFFIXES,
+    SplitColumns,
+    corners_to_box,
+    examples,
+    files_key,
+    image_size,
+    is_image_file,
+    relative_name,
+    repeated,
+)
+from .schema import ObjectChecker, logger
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: file names outside the folder and shared images skipped
 CORNERS = ("xmin", "ymin", "xmax", "ymax")
 SUFFIXES = (*IMAGE_SUFFIXES, *(s.upper() for s in IMAGE_SUFFIXES))  # an image named after its xml
 
@@ -80,7 +92,14 @@ def voc_splits(root: Path) -> tuple[dict[str, list[Path]], list[Path]]:
     for split_file in sorted(lists.glob("*.txt")) if lists.is_dir() else []:
         ids = [line.split() for line in split_file.read_text().splitlines() if line.strip()]
         if ids and all(len(fields) == 1 for fields in ids):  # not a per-class list ("000005 -1")
-            splits[split_file.stem] = [root / "Annotations" / f"{fields[0]}.xml" for fields in ids]
+            unique = list(dict.fromkeys(fields[0] for fields in ids))
+            if len(unique) < len(ids):  # one image twice would be evaluated twice
+                twice = sorted(repeated(fields[0] for fields in ids))
+                logger.warning(
+                    "%s: %d id(s) are listed more than once (%s); each is read once.",
+                    split_file, len(twice), examples(twice),
+                )  # fmt: skip
+            splits[split_file.stem] = [root / "Annotations" / f"{name}.xml" for name in unique]
     return splits or {"train": everything}, everything
 
 
@@ -154,15 +173,42 @@ def voc_classes(everything: list[Path], records: dict[Path, VocRecord | None]) -
     return sorted({o["name"] for r in records.values() if r is not None for o in r.objects if o["name"]})
 
 
-def image_path(xml_file: Path, record: VocRecord, root: Path) -> Path | None:
+def image_path(xml_file: Path, record: VocRecord, root: Path) -> Path | str | None:
     """The image of an xml: its `filename` in JPEGImages/ or beside the xml, else the xml's stem with an
-    image suffix."""
+    image suffix; None when there is none; a reason string when `filename` points outside the folder."""
     folders = (
         [root / "JPEGImages", xml_file.parent] if xml_file.parent.name == "Annotations" else [xml_file.parent]
     )
-    names = [record.filename] if record.filename else []
+    filename = relative_name(record.filename) if record.filename else None
+    if isinstance(filename, str):
+        return filename
+    names = [filename] if filename else []
     names += [xml_file.stem + s for s in SUFFIXES]
     return next((f / n for f in folders for n in names if is_image_file(f / n)), None)
+
+
+def split_records(
+    xml_files: list[Path], records: dict[Path, VocRecord | None], root: Path, columns: SplitColumns
+) -> list[tuple[Path, VocRecord, Path]]:
+    """(xml, record, image) of each usable xml of a split; the others counted in `columns`, and every
+    xml whose image another xml names too (whose boxes are the image's cannot be told)."""
+    found = []
+    for xml_file in xml_files:
+        record = records.get(xml_file) if xml_file in records else parse_voc_xml(xml_file)
+        path = image_path(xml_file, record, root) if record is not None else None
+        if record is None:
+            columns.skipped_images["missing or unreadable xml"] += 1
+        elif isinstance(path, str):
+            columns.skip(path, f"{xml_file.name} ({record.filename})")
+        elif path is None:
+            columns.skipped_images["missing or unreadable image"] += 1
+        else:
+            found.append((xml_file, record, path))
+    shared = repeated(path for _, _, path in found)
+    for xml_file, _, path in found:
+        if path in shared:
+            columns.skip("whose image another xml names too", f"{xml_file.name} ({path.name})")
+    return [item for item in found if item[2] not in shared]
 
 
 def convert_voc_split(
@@ -179,15 +225,10 @@ def convert_voc_split(
     image_ids = {path: index for index, path in enumerate(everything, start=1)}
     columns = SplitColumns(f"VOC folder {root} ({split})")
     next_id = 0
-    for xml_file in xml_files:
-        record = records.get(xml_file) if xml_file in records else parse_voc_xml(xml_file)
-        if record is None:
-            columns.skipped_images["missing or unreadable xml"] += 1
-            continue
-        path = image_path(xml_file, record, root)
+    for xml_file, record, path in split_records(xml_files, records, root, columns):
         size = (record.width, record.height) if record.width > 0 and record.height > 0 else None
-        size = size or (image_size(path) if path is not None else None)
-        if path is None or size is None:
+        size = size or image_size(path)
+        if size is None:
             columns.skipped_images["missing or unreadable image"] += 1
             continue
         annotations = []

@@ -16,7 +16,9 @@ folder of the path replaced by `labels` (an image without one has no objects). A
 x = (cx - w / 2) W, y = (cy - h / 2) H, w W, h H (clipped to the image), the class id is the YOLO id's
 position among the names (the YOLO ids are the split's category ids). Lines with a wrong field count,
 non-numbers, a class out of range, coordinates outside [0, 1] or no size are skipped, counted and
-reported, like the COCO loader's invalid objects; so are images that cannot be read. Sizes are the
+reported, like the COCO loader's invalid objects; so are images that cannot be read and images that
+share one label file (`a.jpg` and `a.png`); label files that no image reads are reported. Images may
+be listed anywhere (absolute paths in .txt lists, as Ultralytics allows). Sizes are the
 stored pixels' (an EXIF orientation is not applied, as for COCO folders; such images are counted).
 """
 
@@ -30,10 +32,19 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 
 from .coco_folder import cached_dataset, default_cache_dir, valid_objects
-from .folder_common import SplitColumns, corners_to_box, files_key, image_files, image_header, is_image_file
+from .folder_common import (
+    SplitColumns,
+    corners_to_box,
+    examples,
+    files_key,
+    image_files,
+    image_header,
+    is_image_file,
+    repeated,
+)
 from .schema import ObjectChecker, logger
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: images that share a label file skipped
 YAML_NAMES = ("data.yaml", "data.yml", "dataset.yaml", "dataset.yml")
 SPLIT_KEYS = ("train", "val", "test")
 CLASSES_FILE = "classes.txt"
@@ -169,9 +180,13 @@ def load_yolo_folder(
     if split is not None and split not in splits:
         raise ValueError(f"Unknown split {split!r} in {root}; it has {sorted(splits)}.")
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "yolo"
+    images_of = {name: split_images(folders) for name, folders in splits.items()}
+    lists = {source for folders in splits.values() for source in folders if source.is_file()}
+    used = [label_file(image, root) for images in images_of.values() for image in images]
+    report_unused_labels(root, used, lists)
     result = {}
     for name in [split] if split is not None else list(splits):
-        images = split_images(splits[name])
+        images = images_of[name]
         labels = [label_file(image, root) for image in images]
         tag = f"yolo:v{CACHE_FORMAT_VERSION}:{root.resolve()}:{name}:{names}:{ids}"
         key = files_key(tag, [*sources, *images, *labels])
@@ -195,6 +210,22 @@ def split_images(sources: list[Path]) -> list[Path]:
             if line.strip():
                 images.append(entry if entry.is_absolute() else source.parent / entry)
     return list(dict.fromkeys(images))
+
+
+def report_unused_labels(root: Path, labels: list[Path], lists: set[Path]) -> None:
+    """Warn about the label files (in the folders of `labels`) that no image of any split reads (the
+    splits' image `lists` are not label files)."""
+    used = set(labels) | lists
+    folders = {label.parent for label in labels}
+    unused = sorted(
+        p for folder in folders if folder.is_dir() for p in folder.glob("*.txt")
+        if p not in used and p.name != CLASSES_FILE
+    )  # fmt: skip
+    if unused:
+        logger.warning(
+            "YOLO folder %s: %d label file(s) have no image and are ignored (%s).",
+            root, len(unused), examples(p.name for p in unused),
+        )  # fmt: skip
 
 
 def label_file(image: Path, root: Path) -> Path:
@@ -254,7 +285,11 @@ def convert_yolo_split(
     checker = ObjectChecker({yolo_id: index for index, yolo_id in enumerate(ids)})
     columns = SplitColumns(f"YOLO folder {root} ({split})")
     unlabelled = next_id = 0
+    shared = repeated(labels)  # a.jpg and a.png: whose boxes the label file holds cannot be told
     for image_id, (image, label) in enumerate(zip(images, labels), start=1):
+        if label in shared:
+            columns.skip("whose label file another image reads too", f"{image.name} ({label.name})")
+            continue
         header = image_header(image) if is_image_file(image) else None
         if header is None:
             columns.skipped_images["missing or unreadable image"] += 1
