@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -282,7 +283,18 @@ def _load_config_file(path: Path) -> dict[str, Any]:
         raise ValueError(f"--config must be a .yaml, .yml or .json file, got {path}.")
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of setting names to values.")
-    return {key.replace("-", "_"): value for key, value in values.items()}
+    return {key.replace("-", "_"): _yaml_float(key.replace("-", "_"), value) for key, value in values.items()}
+
+
+def _yaml_float(name: str, value: Any) -> Any:
+    """YAML 1.1 reads `1e-4` (no dot) as text: a float setting takes it as the number it means."""
+    types_by_name = {spec.name: _field_type(spec.type)[0] for spec in fields(TrainingArguments)}
+    if isinstance(value, str) and types_by_name.get(name) is float:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def resolve_arguments(cli: dict[str, Any], file_values: dict[str, Any] | None = None) -> TrainingArguments:
@@ -330,60 +342,155 @@ def best_metric(arguments: TrainingArguments) -> str:
 
 
 def validate(arguments: TrainingArguments) -> None:
-    """Clear errors for settings that cannot work."""
+    """Clear errors for settings that cannot work: wrong types (a config file's "2" for an integer),
+    NaN, infinite or out-of-range numbers, combinations that cannot run, model settings HfDetrConfig
+    rejects. Each error names the setting."""
+    _check_setting_types(arguments)
+    a = arguments
     checks = [
-        (arguments.task in TASKS, f"task must be one of {', '.join(TASKS)}"),
+        (a.task in TASKS, f"task must be one of {', '.join(TASKS)}, got {a.task!r}"),
+        (not a.freeze_detector or a.task == "panoptic", "freeze_detector needs --task panoptic"),
         (
-            not arguments.freeze_detector or arguments.task == "panoptic",
-            "freeze_detector needs --task panoptic",
-        ),
-        (0 <= arguments.panoptic_threshold <= 1, "panoptic_threshold must be in [0, 1]"),
-        (
-            arguments.detector_steps is None
-            or (arguments.task == "panoptic" and arguments.detector_steps > 0),
-            "detector_steps needs --task panoptic and a positive number of updates",
-        ),
-        (arguments.bbox_format in ("xywh", "xyxy"), "bbox_format must be xywh or xyxy"),
-        (arguments.augmentation in ("paper", "flip"), "augmentation must be paper or flip"),
-        (arguments.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision must be no, fp16 or bf16"),
-        (arguments.batch_size >= 1, "batch_size must be at least 1"),
-        (arguments.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be at least 1"),
-        (arguments.epochs >= 1, "epochs must be at least 1"),
-        (arguments.max_steps is None or arguments.max_steps >= 1, "max_steps must be at least 1"),
-        (
-            arguments.eval_epochs is None or arguments.eval_epochs >= 1,
-            "eval_epochs must be at least 1 or none",
-        ),
-        (0 < arguments.lr_drop <= 1, "lr_drop must be in (0, 1]"),
-        (arguments.lr_scheduler_type in ("step", "cosine"), "lr_scheduler_type must be step or cosine"),
-        (arguments.image_scale > 0, "image_scale must be positive"),
-        (arguments.save_total_limit >= 1, "save_total_limit must be at least 1"),
-        (arguments.max_consecutive_nonfinite >= 1, "max_consecutive_nonfinite must be at least 1"),
-        (
-            0 <= arguments.ema_decay < 1 and arguments.ema_tau > 0,
-            "ema_decay must be in [0, 1) and ema_tau positive",
+            0 <= a.panoptic_threshold <= 1,
+            f"panoptic_threshold must be in [0, 1], got {a.panoptic_threshold!r}",
         ),
         (
-            arguments.early_stopping_patience is None or arguments.early_stopping_patience >= 1,
-            "early_stopping_patience must be at least 1 or none",
+            a.detector_steps is None or (a.task == "panoptic" and a.detector_steps > 0),
+            f"detector_steps needs --task panoptic and a positive number of updates, got {a.detector_steps!r}",
+        ),
+        (a.bbox_format in ("xywh", "xyxy"), f"bbox_format must be xywh or xyxy, got {a.bbox_format!r}"),
+        (a.augmentation in ("paper", "flip"), f"augmentation must be paper or flip, got {a.augmentation!r}"),
+        (
+            a.mixed_precision in ("no", "fp16", "bf16"),
+            f"mixed_precision must be no, fp16 or bf16, got {a.mixed_precision!r}",
+        ),
+        (a.batch_size >= 1, f"batch_size must be at least 1, got {a.batch_size!r}"),
+        (
+            a.gradient_accumulation_steps >= 1,
+            f"gradient_accumulation_steps must be at least 1, got {a.gradient_accumulation_steps!r}",
+        ),
+        (a.epochs >= 1, f"epochs must be at least 1, got {a.epochs!r}"),
+        (a.max_steps is None or a.max_steps >= 1, f"max_steps must be at least 1, got {a.max_steps!r}"),
+        (
+            a.eval_epochs is None or a.eval_epochs >= 1,
+            f"eval_epochs must be at least 1 or none, got {a.eval_epochs!r}",
+        ),
+        (0 < a.lr_drop <= 1, f"lr_drop must be in (0, 1], got {a.lr_drop!r}"),
+        (
+            a.lr_scheduler_type in ("step", "cosine"),
+            f"lr_scheduler_type must be step or cosine, got {a.lr_scheduler_type!r}",
+        ),
+        (a.save_total_limit >= 1, f"save_total_limit must be at least 1, got {a.save_total_limit!r}"),
+        (
+            a.max_consecutive_nonfinite >= 1,
+            f"max_consecutive_nonfinite must be at least 1, got {a.max_consecutive_nonfinite!r}",
+        ),
+        (0 <= a.ema_decay < 1, f"ema_decay must be in [0, 1), got {a.ema_decay!r}"),
+        (
+            a.early_stopping_patience is None or a.early_stopping_patience >= 1,
+            f"early_stopping_patience must be at least 1 or none, got {a.early_stopping_patience!r}",
         ),
         (
-            arguments.early_stopping_patience is None or bool(arguments.eval_steps or arguments.eval_epochs),
+            a.early_stopping_patience is None or bool(a.eval_steps or a.eval_epochs),
             "early_stopping_patience needs evaluations during training (--eval-steps or --eval-epochs)",
         ),
         (
-            arguments.metric_for_best_model in (None, *best_metric_names(arguments.task)),
-            f"metric_for_best_model must be one of {', '.join(best_metric_names(arguments.task))} for "
-            f"--task {arguments.task}, got {arguments.metric_for_best_model!r}",
+            a.metric_for_best_model in (None, *best_metric_names(a.task)),
+            f"metric_for_best_model must be one of {', '.join(best_metric_names(a.task))} for "
+            f"--task {a.task}, got {a.metric_for_best_model!r}",
         ),
-        (
-            arguments.learning_rate > 0 and arguments.backbone_learning_rate >= 0,
-            "learning rates must be positive",
-        ),
+        *_range_checks(arguments),
     ]
     for ok, message in checks:
         if not ok:
             raise ValueError(f"Invalid training setting: {message}.")
+    _check_model_settings(arguments)
+
+
+def _check_setting_types(arguments: TrainingArguments) -> None:
+    """`ValueError` naming the first setting whose value is not of its annotated type (bools are not
+    integers; an integer is a valid float)."""
+    for spec in fields(TrainingArguments):
+        value = getattr(arguments, spec.name)
+        base, optional, is_list = _field_type(spec.type)
+        if value is None and optional:
+            continue
+        if is_list:
+            valid = isinstance(value, list) and all(_is_of_type(item, base) for item in value)
+        else:
+            valid = _is_of_type(value, base)
+        if valid:
+            continue
+        expected = f"a list of {base.__name__}" if is_list else TYPE_NAMES.get(base, base.__name__)
+        hint = " (YAML reads 1e-4 as text: write 1.0e-4)" if base is float and isinstance(value, str) else ""
+        raise ValueError(
+            f"Invalid training setting: {spec.name} must be {expected}{' or none' if optional else ''}, "
+            f"got {value!r} ({type(value).__name__}){hint}."
+        )
+
+
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _is_of_type(value: Any, base: type) -> bool:
+    if base is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, base)
+
+
+def _finite(value: float | None, low: float, strict: bool = False) -> bool:
+    """None, or a finite number above `low` (strictly when `strict`); NaN and inf fail."""
+    return value is None or (math.isfinite(value) and (value > low if strict else value >= low))
+
+
+# Numeric settings and their ranges: (name, lowest value, lowest excluded); None is allowed where the
+# setting is optional. NaN and inf are always out of range.
+NUMBER_RANGES: tuple[tuple[str, float, bool], ...] = (
+    ("learning_rate", 0, True),
+    ("backbone_learning_rate", 0, False),
+    ("mask_head_learning_rate", 0, True),
+    ("weight_decay", 0, False),
+    ("max_grad_norm", 0, True),  # clip_grad_norm_ with 0 zeroes the gradients, below 0 flips them
+    ("image_scale", 0, True),
+    ("ema_tau", 0, True),
+    ("time_limit_minutes", 0, True),
+    ("early_stopping_threshold", 0, False),
+    ("warmup_steps", 0, False),
+    ("num_workers", 0, False),
+    ("logging_steps", 1, False),
+    ("save_steps", 1, False),
+    ("eval_steps", 1, False),
+    ("stop_after_steps", 1, False),
+    ("eval_top_k", 1, False),
+    ("seed", 0, False),
+)
+
+
+def _range_checks(arguments: TrainingArguments) -> list[tuple[bool, str]]:
+    """The checks of NUMBER_RANGES, each message naming the setting and its value."""
+    types = {spec.name: _field_type(spec.type) for spec in fields(TrainingArguments)}
+    checks = []
+    for name, low, strict in NUMBER_RANGES:
+        value = getattr(arguments, name)
+        base, optional, _ = types[name]
+        kind = f"at least {low}" if base is int else f"a finite number {'>' if strict else '>='} {low}"
+        message = f"{name} must be {kind}{' or none' if optional else ''}, got {value!r}"
+        checks.append((_finite(value, low, strict), message))
+    checks.append((arguments.seed < 2**32, f"seed must be below 2**32 (numpy's limit), got {arguments.seed}"))
+    return checks
+
+
+def _check_model_settings(arguments: TrainingArguments) -> None:
+    """Build the run's HfDetrConfig once now (no model), so that a bad model setting fails before any
+    data loads, named by its setting as well as by the config field it sets."""
+    try:
+        HfDetrConfig(**arguments.model_config_kwargs())
+    except ValueError as error:
+        named = [s for s, keys in MODEL_SETTINGS.items() if any(f"`{key}`" in str(error) for key in keys)]
+        setting = f" (setting {', '.join(named)})" if named else ""
+        raise ValueError(f"Invalid training setting{setting}: {error}") from error
 
 
 __all__ = [
