@@ -17,6 +17,7 @@ Both are part of the self-contained "model files": relative imports of each othe
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,10 @@ from transformers.image_utils import (
 )
 
 from .image_processing_detr_segmentation import (
+    check_finite_outputs,
+    check_threshold,
+    check_top_k,
+    checked_target_sizes,
     convert_annotation,
     run_length_encoding,
     segmentation_outputs,
@@ -59,6 +64,14 @@ SIZE_FORMS = (
     {"shortest_edge"},
     {"height", "width"},
     {"max_height", "max_width"},
+)
+FLAG_SETTINGS = (
+    "do_convert_rgb",
+    "do_resize",
+    "do_rescale",
+    "do_normalize",
+    "do_pad",
+    "do_convert_annotations",
 )
 SIXTEEN_BIT_PIL_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 ANNOTATION_FORMATS = ("coco_detection", "coco_panoptic")
@@ -79,45 +92,91 @@ class _SourceImage:
     width: int
     channels: int
     exif_transpose: bool = False  # a file whose EXIF rotation is applied when it is decoded
+    path: str | None = None  # the file it is decoded from (in a worker thread), for error messages
 
 
 def get_size_with_aspect_ratio(height: int, width: int, size: int, max_size: int | None) -> tuple[int, int]:
-    """The official DETR rule: shorter side `size`, unless the longer side would exceed `max_size`."""
+    """The official DETR rule: shorter side `size`, unless the longer side would exceed `max_size`.
+
+    For extreme aspect ratios, where the rule's rounding would give a shorter side of 0 pixels or a
+    longer side beyond `max_size` (the official code and transformers fail or overshoot there), the
+    shorter side is at least 1 pixel and the longer at most `max_size`."""
     if max_size is not None:
         min_original, max_original = float(min(height, width)), float(max(height, width))
         if max_original / min_original * size > max_size:
-            size = round(max_size * min_original / max_original)
+            size = max(1, round(max_size * min_original / max_original))
     if (width <= height and width == size) or (height <= width and height == size):
-        return height, width
-    if width < height:
-        return int(size * height / width), size
-    return size, int(size * width / height)
+        new_height, new_width = height, width
+    elif width < height:
+        new_height, new_width = int(size * height / width), size
+    else:
+        new_height, new_width = size, int(size * width / height)
+    if max_size is not None:
+        new_height, new_width = min(new_height, max_size), min(new_width, max_size)
+    return max(1, new_height), max(1, new_width)
 
 
 def resized_size(height: int, width: int, size: Mapping[str, int]) -> tuple[int, int]:
-    """Output (height, width) of an image resized with a `size` dict."""
+    """Output (height, width) of an image resized with a `size` dict; no side is ever under 1 pixel."""
     if "shortest_edge" in size:
         return get_size_with_aspect_ratio(height, width, size["shortest_edge"], size.get("longest_edge"))
     if "max_height" in size:
         scale = min(size["max_height"] / height, size["max_width"] / width)
-        return int(height * scale), int(width * scale)
+        return max(1, int(height * scale)), max(1, int(width * scale))
     return size["height"], size["width"]
 
 
 def normalize_size(size: Any, param_name: str = "size") -> dict[str, int]:
     """Accept the transformers size forms (and an int shorter side); reject anything else by name."""
-    if isinstance(size, int) and not isinstance(size, bool):
-        return {"shortest_edge": size}
+    if _is_integer(size) and size > 0:
+        return {"shortest_edge": int(size)}
     if isinstance(size, Mapping):
         size = {k: v for k, v in size.items() if v is not None}
         if "max_size" in size:  # the legacy spelling of longest_edge
             size["longest_edge"] = size.pop("max_size")
-        if set(size) in SIZE_FORMS and all(isinstance(v, int) and v > 0 for v in size.values()):
-            return dict(size)
+        if set(size) in SIZE_FORMS and all(_is_integer(v) and v > 0 for v in size.values()):
+            return {key: int(value) for key, value in size.items()}
     raise ValueError(
-        f"`{param_name}` must be a dict with keys {{'shortest_edge', 'longest_edge'}}, {{'height', 'width'}} "
-        f"or {{'max_height', 'max_width'}} and positive integer values, got {size!r}."
+        f"`{param_name}` must be a positive int (the shorter side) or a dict with keys {{'shortest_edge', "
+        f"'longest_edge'}}, {{'height', 'width'}} or {{'max_height', 'max_width'}} and positive integer "
+        f"values, got {size!r}."
     )
+
+
+def _is_integer(value: Any) -> bool:
+    """An int or numpy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value: Any) -> bool:
+    """A real number (int, float or numpy scalar), not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+def _finite_number(name: str, value: Any, positive: bool = False) -> float:
+    """`value` as a float, or a ValueError naming `name` unless it is a finite (positive) real number."""
+    if not _is_real(value) or not math.isfinite(value) or (positive and value <= 0):
+        kind = "a finite positive number" if positive else "a finite number"
+        raise ValueError(f"`{name}` must be {kind}, got {value!r}.")
+    return float(value)
+
+
+def channel_values(name: str, value: Any, positive: bool = False) -> np.ndarray:
+    """`image_mean` / `image_std`: one finite number, or one per channel (float64 array)."""
+    values = value.tolist() if isinstance(value, (np.ndarray, torch.Tensor)) else value
+    values = list(values) if isinstance(values, (list, tuple)) else [values]
+    if not values or not all(_is_real(v) and math.isfinite(v) and (v > 0 or not positive) for v in values):
+        kind = "positive finite numbers" if positive else "finite numbers"
+        raise ValueError(f"`{name}` must be a number or a list of {kind} (one per channel), got {value!r}.")
+    return np.asarray(values, dtype=np.float64)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
+    return bool(value)
 
 
 class HfDetrImageProcessor(BaseImageProcessor):
@@ -177,7 +236,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
         self.do_convert_rgb = do_convert_rgb
         self.do_resize = do_resize
         self.size = normalize_size(DEFAULT_SIZE if size is None else size)
-        self.resample = int(resample)
+        self.resample = _resample(resample)
         self.do_rescale = do_rescale
         self.rescale_factor = rescale_factor
         self.do_normalize = do_normalize
@@ -194,6 +253,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
         self.do_convert_annotations = do_convert_annotations
         self.num_threads = num_threads
         self.format = _annotation_format(format)
+        self._settings({})  # every argument checked now, by name, rather than at the first call
 
     # ------------------------------------------------------------------------------------------------
     # Preprocessing
@@ -262,6 +322,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
             targets = [torch.empty(channels, h, w, device=device) for h, w in output_sizes]
 
         def work(index: int) -> None:
+            _decode_file(sources[index], index)
             self._resize_into(sources[index], targets[index], settings, scale, shift)
             if pixel_mask is not None:
                 height, width = output_sizes[index]
@@ -270,6 +331,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
                 pixel_mask[index, :height, :width] = True
 
         self._run(work, len(sources), settings["num_threads"])
+        _check_finite_pixels(sources, targets)
 
         if not settings["do_pad"]:
             same_size = len(set(output_sizes)) == 1
@@ -303,12 +365,24 @@ class HfDetrImageProcessor(BaseImageProcessor):
             raise TypeError(
                 f"HfDetrImageProcessor got unexpected argument(s) {sorted(unknown)}; valid: {list(names)}."
             )
-        settings = {name: overrides.get(name, getattr(self, name)) for name in names}
+        # as transformers: an override of None means the processor's own value
+        settings = {
+            name: getattr(self, name) if overrides.get(name) is None else overrides[name] for name in names
+        }
+        for name in FLAG_SETTINGS:
+            settings[name] = _flag(name, settings[name])
         settings["size"] = normalize_size(settings["size"])
         if settings["pad_size"] is not None:
             settings["pad_size"] = normalize_size(settings["pad_size"], "pad_size")
-        settings["image_mean"] = np.atleast_1d(settings["image_mean"]).astype(np.float64)
-        settings["image_std"] = np.atleast_1d(settings["image_std"]).astype(np.float64)
+        settings["resample"] = _resample(settings["resample"])
+        settings["rescale_factor"] = _finite_number(
+            "rescale_factor", settings["rescale_factor"], positive=True
+        )
+        settings["image_mean"] = channel_values("image_mean", settings["image_mean"])
+        settings["image_std"] = channel_values("image_std", settings["image_std"], positive=True)
+        threads = settings["num_threads"]
+        if threads is not None and not (_is_integer(threads) and threads > 0):
+            raise ValueError(f"`num_threads` must be a positive int or None, got {threads!r}.")
         settings["format"] = _annotation_format(settings["format"])
         return settings
 
@@ -317,11 +391,19 @@ class HfDetrImageProcessor(BaseImageProcessor):
         if isinstance(image, (str, os.PathLike)):
             path = os.fspath(image)
             if os.path.isfile(path):
-                opened = PIL.Image.open(path)  # lazy: only the header is read here
+                try:
+                    opened = PIL.Image.open(path)  # lazy: only the header is read here
+                    orientation = opened.getexif().get(0x0112, 1)
+                except (OSError, SyntaxError, ValueError) as error:
+                    raise ValueError(
+                        f"images[{index}]: cannot read {path!r} as an image ({error})."
+                    ) from error
                 width, height = opened.size
-                if opened.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotations by 90 degrees
+                _check_size(index, height, width)
+                if orientation in (5, 6, 7, 8):  # EXIF rotations by 90 degrees
                     width, height = height, width
-                return _SourceImage(opened, None, height, width, len(opened.getbands()), exif_transpose=True)
+                channels = len(opened.getbands())
+                return _SourceImage(opened, None, height, width, channels, exif_transpose=True, path=path)
             try:
                 image = load_image(path)  # URLs and base64, EXIF rotation applied
             except Exception as error:
@@ -340,14 +422,15 @@ class HfDetrImageProcessor(BaseImageProcessor):
         return self._wrap_tensor(image, index, input_data_format)
 
     def _wrap_tensor(self, image: torch.Tensor, index: int, input_data_format: str | None) -> _SourceImage:
-        if image.ndim == 2:
+        grayscale = image.ndim == 2  # [H, W]: no channel dimension, whatever input_data_format says
+        if grayscale:
             image = image[None]
         if image.ndim != 3:
             raise ValueError(
                 f"images[{index}] has shape {list(image.shape)}; expected [H, W], [C, H, W] or [H, W, C] "
                 "(a 4-D input is a batch: pass it as a list or a 4-D array)."
             )
-        if _channels_last(image.shape, input_data_format, index):
+        if not grayscale and _channels_last(image.shape, input_data_format, index):
             image = image.permute(2, 0, 1)
         channels, height, width = image.shape
         _check_size(index, height, width)
@@ -386,6 +469,12 @@ class HfDetrImageProcessor(BaseImageProcessor):
             mean = np.broadcast_to(settings["image_mean"], (channels,))
             std = np.broadcast_to(settings["image_std"], (channels,))
             scale, shift = scale / std, -mean / std
+        largest = 255.0 * np.abs(scale) + np.abs(shift)  # of an 8-bit image; float images are checked after
+        if not (np.isfinite(largest).all() and largest.max() < np.finfo(np.float32).max):
+            raise ValueError(
+                f"`rescale_factor` ({settings['rescale_factor']!r}), `image_mean` and `image_std` "
+                f"({settings['image_std'].tolist()}) scale pixels beyond the float32 range."
+            )
         return scale, shift
 
     def _padded_size(self, sizes: list[tuple[int, int]], settings: Mapping[str, Any]) -> tuple[int, int]:
@@ -469,19 +558,16 @@ class HfDetrImageProcessor(BaseImageProcessor):
         (query, class) pairs over all queries and classes are taken first, then `threshold` applies.
         """
         outputs, from_numpy = _tensor_outputs(outputs, ("logits", "pred_boxes"))
-        logits, boxes = outputs.logits, outputs.pred_boxes  # [B, N, K+1], [B, N, 4]
+        logits, boxes = _detection_outputs(outputs)  # [B, N, K+1], [B, N, 4]
+        threshold, top_k = check_threshold("threshold", threshold), check_top_k(top_k)
         batch_size = logits.shape[0]
         probabilities = logits.float().softmax(-1)[..., :-1]  # [B, N, K]
         corners = box_convert(boxes.float(), "cxcywh", "xyxy")
         if target_sizes is None:
             sizes = torch.ones(batch_size, 2, device=boxes.device)
         else:
-            sizes = torch.as_tensor(target_sizes, dtype=torch.float32).to(boxes.device)
-            if sizes.shape != (batch_size, 2):
-                raise ValueError(
-                    f"`target_sizes` must hold one (height, width) per image ({batch_size}), got shape "
-                    f"{list(sizes.shape)}."
-                )
+            checked = checked_target_sizes(target_sizes, batch_size, integer=False)
+            sizes = torch.tensor(checked, dtype=torch.float32).reshape(batch_size, 2).to(boxes.device)
         scale = sizes.flip(-1).repeat(1, 2)[:, None, :]  # [B, 1, 4] = (w, h, w, h)
         corners = torch.minimum(corners.clamp(min=0) * scale, scale)
         if top_k is not None:
@@ -577,7 +663,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
         `label_id`, `was_fused`, `score` (rounded to 6 decimals). Unlike transformers, a segment after a
         fused one never reuses an id already taken.
         """
-        fuse = set() if label_ids_to_fuse is None else {int(label) for label in label_ids_to_fuse}
+        fuse = _label_ids(label_ids_to_fuse)
         return segments_per_image(
             outputs, threshold, mask_threshold, overlap_mask_area_threshold, fuse, target_sizes
         )
@@ -602,6 +688,35 @@ def _tensor_outputs(outputs: Any, names: tuple[str, ...]) -> tuple[Any, bool]:
     return SimpleNamespace(**values), False
 
 
+def _detection_outputs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """`outputs.logits` [B, N, K+1] and `outputs.pred_boxes` [B, N, 4], checked (finite included)."""
+    logits, boxes = outputs.logits, outputs.pred_boxes
+    if not isinstance(logits, torch.Tensor) or not isinstance(boxes, torch.Tensor):
+        raise TypeError(
+            "`outputs` must have tensors (or numpy arrays) `logits` [B, N, K+1] and `pred_boxes` [B, N, 4], got "
+            f"logits={type(logits).__name__}, pred_boxes={type(boxes).__name__}."
+        )
+    if logits.ndim != 3 or logits.shape[-1] < 2 or tuple(boxes.shape) != (*logits.shape[:2], 4):
+        raise ValueError(
+            f"`outputs.logits` must be [B, N, K+1] (K >= 1) and `outputs.pred_boxes` [B, N, 4] with the same B "
+            f"and N, got {list(logits.shape)} and {list(boxes.shape)}."
+        )
+    check_finite_outputs({"logits": logits, "pred_boxes": boxes})
+    return logits, boxes
+
+
+def _label_ids(label_ids_to_fuse: Any) -> set[int]:
+    """`label_ids_to_fuse`: None or a collection of integer class ids."""
+    if label_ids_to_fuse is None:
+        return set()
+    labels = list(label_ids_to_fuse) if isinstance(label_ids_to_fuse, (set, frozenset, list, tuple)) else None
+    if labels is None or not all(_is_integer(label) for label in labels):
+        raise ValueError(
+            f"`label_ids_to_fuse` must be a set or list of int class ids, got {label_ids_to_fuse!r}."
+        )
+    return {int(label) for label in labels}
+
+
 def _as_list(images: Any) -> list[Any]:
     """A single image or a list of images (a 4-D array or tensor is a batch)."""
     if isinstance(images, (list, tuple)):
@@ -612,6 +727,49 @@ def _as_list(images: Any) -> list[Any]:
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
         return list(images)
     return [images]
+
+
+def _decode_file(source: _SourceImage, index: int) -> None:
+    """Decode a lazily opened image (a file path, or a PIL image from `PIL.Image.open`) now, so that a
+    truncated or corrupt file is an error naming it."""
+    if source.pil is None:
+        return
+    try:
+        source.pil.load()  # a no-op for decoded images
+    except (OSError, SyntaxError, ValueError) as error:
+        what = repr(source.path) if source.path is not None else "the PIL image"
+        raise ValueError(f"images[{index}]: cannot decode {what} ({error}).") from error
+
+
+def _check_finite_pixels(sources: list[_SourceImage], targets: list[torch.Tensor]) -> None:
+    """Float inputs must give finite pixel values (8-bit ones do, with the checked rescale and
+    normalization): NaN or inf, or values beyond float32, are an error naming the image. One
+    device-to-host copy for the whole batch."""
+    floating = [i for i, s in enumerate(sources) if s.tensor is not None and s.tensor.is_floating_point()]
+    if not floating:
+        return
+    finite = torch.stack([torch.isfinite(targets[i]).all() for i in floating]).cpu()
+    for index, ok in zip(floating, finite.tolist()):
+        if not ok:
+            source = sources[index].tensor
+            problem = (
+                "contains NaN or inf"
+                if not torch.isfinite(source).all()
+                else "has values beyond float32 range"
+            )
+            raise ValueError(
+                f"images[{index}] {problem} (dtype {source.dtype}): images must hold finite pixel values."
+            )
+
+
+def _resample(value: Any) -> int:
+    """`resample` as an int, one of PIL's filters (PILImageResampling)."""
+    valid = [int(member) for member in PILImageResampling]
+    if not _is_integer(value) or int(value) not in valid:
+        raise ValueError(
+            f"`resample` must be one of PIL's filters {valid} (PILImageResampling), got {value!r}."
+        )
+    return int(value)
 
 
 def _fill_padding(image: torch.Tensor, height: int, width: int, value: float) -> None:

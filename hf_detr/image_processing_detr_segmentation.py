@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from torchvision.ops import box_convert, masks_to_boxes
 
 PANOPTIC_IMAGE_KEY = "panoptic_image"  # a decoded panoptic PNG carried in the annotation itself
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -79,16 +80,62 @@ def _validated_objects(annotation: Any, index: int) -> list[Mapping[str, Any]]:
         if (
             not isinstance(bbox, (list, tuple, np.ndarray))
             or len(bbox) != 4
-            or not all(isinstance(v, (int, float, np.number)) and math.isfinite(v) for v in bbox)
+            or not all(_is_finite_real(v) for v in bbox)
         ):
             raise ValueError(f"{where}: 'bbox' must be 4 finite numbers (x, y, w, h), got {bbox!r}.")
-        if isinstance(obj["category_id"], bool) or not isinstance(obj["category_id"], (int, np.integer)):
-            raise ValueError(f"{where}: 'category_id' must be an integer, got {obj['category_id']!r}.")
-        if "area" in obj and not (
-            isinstance(obj["area"], (int, float, np.number)) and math.isfinite(obj["area"])
-        ):
-            raise ValueError(f"{where}: 'area' must be a finite number, got {obj['area']!r}.")
+        if bbox[2] < 0 or bbox[3] < 0:
+            raise ValueError(
+                f"{where}: 'bbox' {list(bbox)!r} has a negative width or height; COCO boxes are "
+                "(x, y, width, height)."
+            )
+        _check_object_fields(obj, where)
     return list(annotation["annotations"])
+
+
+def _is_finite_real(value: Any) -> bool:
+    """A finite int, float or numpy number, not a bool."""
+    return (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, (bool, np.bool_))
+        and math.isfinite(value)
+    )
+
+
+def _is_int64(value: Any) -> bool:
+    """An int or numpy integer (not a bool) that fits in int64."""
+    return (
+        isinstance(value, (int, np.integer))
+        and not isinstance(value, (bool, np.bool_))
+        and INT64_MIN <= int(value) <= INT64_MAX
+    )
+
+
+def _check_object_fields(obj: Mapping[str, Any], where: str) -> None:
+    """`category_id` a non-negative int64, `area` a non-negative finite number, `iscrowd` 0 or 1."""
+    category = obj.get("category_id")
+    if not (_is_int64(category) and category >= 0):
+        raise ValueError(f"{where}: 'category_id' must be an integer >= 0, got {category!r}.")
+    if "area" in obj and not (_is_finite_real(obj["area"]) and obj["area"] >= 0):
+        raise ValueError(f"{where}: 'area' must be a finite number >= 0, got {obj['area']!r}.")
+    crowd = obj.get("iscrowd", 0)
+    if not (isinstance(crowd, (bool, np.bool_)) or (_is_int64(crowd) and crowd in (0, 1))):
+        raise ValueError(f"{where}: 'iscrowd' must be 0 or 1, got {crowd!r}.")
+
+
+def image_id_of(annotation: Mapping[str, Any], index: int, default: int) -> int:
+    """The annotation's `image_id`: an integer within int64 (an integer-valued float, or a one-element
+    integer array or tensor, is taken as that integer); `default` when absent."""
+    value = annotation.get("image_id", default)
+    if isinstance(value, (np.ndarray, torch.Tensor)) and tuple(value.shape) in ((), (1,)):
+        value = value.reshape(-1)[0].item()  # e.g. the `image_id` tensor of a processed label
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        value = int(value)
+    if not _is_int64(value):
+        raise ValueError(
+            f"annotations[{index}]: 'image_id' must be an integer within int64 (COCO image ids are ints), "
+            f"got {value!r}."
+        )
+    return int(value)
 
 
 def _detection_target(
@@ -107,7 +154,7 @@ def _detection_target(
         dtype=np.float32,
     )
     target = {
-        "image_id": int(annotation.get("image_id", index)),
+        "image_id": image_id_of(annotation, index, index),
         "class_labels": np.asarray([obj["category_id"] for obj in objects], dtype=np.int64)[keep],
         "boxes": boxes[keep],
         "area": area[keep],
@@ -190,7 +237,7 @@ def _panoptic_target(
         )
     area = [segment.get("area", float(mask.sum())) for segment, mask in zip(segments, masks)]
     return {
-        "image_id": int(annotation.get("image_id", annotation.get("id", index))),
+        "image_id": image_id_of(annotation, index, annotation.get("id", index)),
         "class_labels": np.asarray([s["category_id"] for s in segments], dtype=np.int64),
         "boxes": masks_to_boxes(masks).numpy().astype(np.float32).reshape(-1, 4),
         "area": np.asarray(area, dtype=np.float32),
@@ -211,14 +258,9 @@ def _validated_segments(annotation: Any, index: int) -> list[Mapping[str, Any]]:
         where = f"annotations[{index}] segments_info[{number}]"
         if not isinstance(segment, Mapping):
             raise ValueError(f"{where} must be a dict, got {type(segment).__name__}.")
-        for field in ("id", "category_id"):
-            value = segment.get(field)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise ValueError(f"{where}: '{field}' must be an integer, got {value!r}.")
-        if "area" in segment and not (
-            isinstance(segment["area"], (int, float, np.number)) and math.isfinite(segment["area"])
-        ):
-            raise ValueError(f"{where}: 'area' must be a finite number, got {segment['area']!r}.")
+        if not _is_int64(segment.get("id")):
+            raise ValueError(f"{where}: 'id' must be an integer, got {segment.get('id')!r}.")
+        _check_object_fields(segment, where)
     return list(annotation["segments_info"])
 
 
@@ -336,12 +378,64 @@ def segmentation_outputs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
             f"of a DETR segmentation model), got logits={type(logits).__name__}, "
             f"pred_masks={type(masks).__name__}."
         )
-    if logits.ndim != 3 or masks.ndim != 4 or masks.shape[:2] != logits.shape[:2]:
+    if logits.ndim != 3 or masks.ndim != 4 or masks.shape[:2] != logits.shape[:2] or logits.shape[-1] < 2:
         raise ValueError(
             f"`outputs.logits` must be [B, N, K+1] and `outputs.pred_masks` [B, N, h, w] with the same B and "
             f"N, got {list(logits.shape)} and {list(masks.shape)}."
         )
+    check_finite_outputs({"logits": logits, "pred_masks": masks})
     return logits, masks
+
+
+def check_finite_outputs(outputs: Mapping[str, torch.Tensor]) -> None:
+    """Model outputs must be real and finite: NaN or inf (a diverged model, usually) is an error naming
+    the output and the image instead of silently empty results."""
+    for name, tensor in outputs.items():
+        if not (tensor.is_floating_point() and tensor.ndim >= 1):
+            raise TypeError(f"`outputs.{name}` must be a floating tensor, got {tensor.dtype}.")
+        finite = torch.isfinite(tensor).flatten(1).all(1).tolist() if tensor.numel() else []
+        if not all(finite):
+            raise ValueError(
+                f"`outputs.{name}` of image {finite.index(False)} contains NaN or inf: the model's outputs "
+                "are not finite (a diverged model, or inputs the model could not take)."
+            )
+
+
+def check_threshold(name: str, value: Any) -> float:
+    """A threshold: a finite number (scores lie in [0, 1]: one above 1 keeps nothing, as in transformers,
+    where a pipeline passes such thresholds to ask for no detections)."""
+    if not _is_finite_real(value):
+        raise ValueError(f"`{name}` must be a finite number (scores lie in [0, 1]), got {value!r}.")
+    return float(value)
+
+
+def check_top_k(top_k: Any) -> int | None:
+    """`top_k`: None or a positive int."""
+    if top_k is not None and not (_is_int64(top_k) and top_k > 0):
+        raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}.")
+    return None if top_k is None else int(top_k)
+
+
+def checked_target_sizes(target_sizes: Any, batch_size: int, integer: bool) -> list[tuple[float, float]]:
+    """`target_sizes` (a [B, 2] tensor or array, or a list of (height, width)) as a list of positive
+    finite (height, width) pairs, one per image; with `integer`, whole numbers of pixels (as ints)."""
+    sizes = target_sizes.tolist() if isinstance(target_sizes, (torch.Tensor, np.ndarray)) else target_sizes
+    kind = "whole numbers of pixels" if integer else "finite numbers"
+    message = (
+        f"`target_sizes` must hold one positive (height, width) per image ({batch_size}), as {kind}; "
+        f"got {target_sizes!r:.200}."
+    )
+    if not isinstance(sizes, (list, tuple)) or len(sizes) != batch_size:
+        raise ValueError(message)
+    checked = []
+    for size in sizes:
+        size = size.tolist() if isinstance(size, (torch.Tensor, np.ndarray)) else size
+        if not isinstance(size, (list, tuple)) or len(size) != 2:
+            raise ValueError(message)
+        if not all(_is_finite_real(v) and v > 0 and (not integer or float(v).is_integer()) for v in size):
+            raise ValueError(message)
+        checked.append(tuple(int(v) if integer else float(v) for v in size))
+    return checked
 
 
 def unpadded_segmentation_outputs(
@@ -366,12 +460,7 @@ def target_size_list(target_sizes: Any, batch_size: int) -> list[tuple[int, int]
     """`target_sizes` as one (height, width) per image, or None per image when not given."""
     if target_sizes is None:
         return [None] * batch_size
-    sizes = [tuple(int(v) for v in size) for size in target_sizes]
-    if len(sizes) != batch_size or any(len(size) != 2 or min(size) <= 0 for size in sizes):
-        raise ValueError(
-            f"`target_sizes` must hold one positive (height, width) per image ({batch_size}), got {sizes}."
-        )
-    return sizes
+    return checked_target_sizes(target_sizes, batch_size, integer=True)
 
 
 def segments_per_image(
@@ -385,6 +474,9 @@ def segments_per_image(
     """Per image `{"segmentation", "segments_info"}` from the queries whose best class is an object
     scoring above `threshold` (see `HfDetrImageProcessor.post_process_panoptic_segmentation`)."""
     logits, mask_logits = segmentation_outputs(outputs)
+    threshold = check_threshold("threshold", threshold)
+    mask_threshold = check_threshold("mask_threshold", mask_threshold)
+    overlap_mask_area_threshold = check_threshold("overlap_mask_area_threshold", overlap_mask_area_threshold)
     probabilities = mask_logits.float().sigmoid()  # [B, N, h, w]
     scores, labels = logits.float().softmax(-1).max(-1)  # [B, N]
     keep = labels.ne(logits.shape[-1] - 1) & (scores > threshold)  # [B, N]

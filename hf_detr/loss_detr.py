@@ -90,6 +90,19 @@ class Matches:
         return result
 
 
+def _label_tensor(value: object, index: int, field: str) -> torch.Tensor:
+    """A label field as a tensor, or a ValueError naming it (strings, ragged lists, None)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        return torch.as_tensor(np.asarray(value) if isinstance(value, (list, tuple)) else value)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+        raise ValueError(
+            f"labels[{index}]['{field}'] must be a tensor or a list of numbers, got {type(value).__name__} "
+            f"({error})."
+        ) from error
+
+
 def pad_targets(labels: Labels, batch_size: int, num_queries: int, device: torch.device) -> PaddedTargets:
     """Check the structure of `labels` (host-side metadata only) and pad them into tensors on `device`."""
     if not isinstance(labels, Sequence) or isinstance(labels, (str, bytes)) or len(labels) != batch_size:
@@ -100,8 +113,11 @@ def pad_targets(labels: Labels, batch_size: int, num_queries: int, device: torch
         if not isinstance(target, Mapping) or "class_labels" not in target or "boxes" not in target:
             raise ValueError(f"labels[{index}] must be a dict with 'class_labels' and 'boxes'.")
         # non-blocking copies: a blocking host-to-device copy would wait for the queued forward pass
-        ids = torch.as_tensor(target["class_labels"]).to(device, non_blocking=True)
-        box = torch.as_tensor(target["boxes"]).to(device, torch.float32, non_blocking=True)
+        ids = _label_tensor(target["class_labels"], index, "class_labels").to(device, non_blocking=True)
+        box = _label_tensor(target["boxes"], index, "boxes")
+        if box.is_complex() or box.dtype == torch.bool:
+            raise ValueError(f"labels[{index}]['boxes'] must hold real numbers, got {box.dtype}.")
+        box = box.to(device, torch.float32, non_blocking=True)
         if ids.ndim != 1:
             raise ValueError(f"labels[{index}]['class_labels'] must be 1-D, got shape {list(ids.shape)}.")
         if box.ndim == 1 and box.numel() == 0:
@@ -216,10 +232,14 @@ class HungarianMatcher:
         return Matches(flat[0], flat[1], flat[2], flat[3], num_layers, tuple(layer_starts))
 
 
+BOX_TOLERANCE = 1e-3  # rounding of normalized coordinates: 1.0000001 is still inside the image
+
+
 def validate_targets_on_host(
     raw_ids: np.ndarray, boxes: np.ndarray, counts: list[int], num_labels: int
 ) -> None:
-    """Class ids must be integers in [0, num_labels); boxes finite with non-negative width and height."""
+    """Class ids must be integers in [0, num_labels); boxes finite normalized (cx, cy, w, h) in [0, 1]
+    (boxes in pixels are the usual mistake: reported here, not as a diverged training)."""
     for image, count in enumerate(counts):
         ids = raw_ids[image, :count]
         bad = ids[(ids != np.round(ids)) | (ids < 0) | (ids >= num_labels)]
@@ -235,6 +255,14 @@ def validate_targets_on_host(
             raise ValueError(
                 f"labels[{image}]['boxes'] has a negative width or height; boxes must be normalized "
                 "(cx, cy, w, h)."
+            )
+        outside = ((image_boxes < -BOX_TOLERANCE) | (image_boxes > 1 + BOX_TOLERANCE)).any(1)
+        if outside.any():
+            number = int(np.flatnonzero(outside)[0])
+            raise ValueError(
+                f"labels[{image}]['boxes'][{number}] = {image_boxes[number].tolist()} is not a normalized "
+                "(cx, cy, w, h) box: every value must lie in [0, 1] (divide pixel boxes by the image's width "
+                "and height, as HfDetrImageProcessor does)."
             )
 
 

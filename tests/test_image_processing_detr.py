@@ -396,3 +396,33 @@ def test_processor_output_feeds_the_model_and_post_processing(coco):
         outputs = model(**inputs)
     results = processor.post_process_object_detection(outputs, 0.0, [(480, 640), (640, 480)])
     assert [len(r["scores"]) for r in results] == [model.config.num_queries] * 2
+
+
+def test_extreme_aspect_ratios_keep_every_side_between_1_and_the_longest_edge():
+    processor = HfDetrImageProcessor(size={"shortest_edge": 800, "longest_edge": 1333})
+    for shape in [(1, 5000, 3), (5000, 2, 3)]:
+        image = np.zeros(shape, np.uint8)
+        height, width = processor(image, input_data_format="channels_last")["pixel_values"].shape[-2:]
+        assert (min(height, width), max(height, width)) == (1, 1333)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rescale_factor": float("nan")}, "`rescale_factor` must be a finite positive number"),
+        ({"image_mean": "abc"}, "`image_mean` must be a number or a list"),
+        ({"size": -3}, "`size` must be a positive int"),
+    ],
+)
+def test_bad_arguments_are_errors_naming_them(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        HfDetrImageProcessor()(_small_image(), **kwargs)
+
+
+def test_non_finite_float_images_and_fractional_image_ids_are_errors_naming_them():
+    image = np.random.default_rng(0).random((20, 30, 3)).astype(np.float32)
+    image[2, 2, 0] = np.inf
+    with pytest.raises(ValueError, match=r"images\[1\] contains NaN or inf"):
+        HfDetrImageProcessor()([_small_image(), image])
+    with pytest.raises(ValueError, match="'image_id' must be an integer within int64"):
+        HfDetrImageProcessor()(_small_image(), annotations={"image_id": 5.7, "annotations": []})

@@ -276,3 +276,12 @@ def test_transfer_counter_sees_transformers_per_layer_synchronisations():
     with HostTransferCounter() as counter:
         reference_loss_dict(logits, boxes, random_labels([3, 5, 2]))
     assert counter.calls.count("cpu") >= LAYERS
+
+
+@pytest.mark.parametrize("scale", [100.0, 1e20], ids=["pixels", "huge"])
+def test_boxes_outside_0_1_are_an_error_naming_the_image_and_box_not_divergence(scale):
+    logits, boxes = random_predictions()
+    labels = random_labels([3, 5, 2])
+    labels[1]["boxes"] = labels[1]["boxes"] * scale
+    with pytest.raises(ValueError, match=r"labels\[1\]\['boxes'\]\[0\] = .* is not a normalized"):
+        criterion()(logits, boxes, labels)

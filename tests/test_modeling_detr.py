@@ -300,3 +300,30 @@ def test_backbone_built_from_scratch_has_live_residual_branches():
         for block in getattr(model.model.backbone.body, stage)
     ]
     assert all(weight.abs().min() > 0 for weight in last_norms)
+
+
+def test_non_finite_pixels_are_an_error_naming_the_image_and_leave_batch_norm_untouched():
+    model = tiny_model(freeze_backbone_batch_norm=False, trainable_backbone_layers=5).train()
+    before = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    pixel_values, pixel_mask = padded_batch([(64, 64), (64, 48)])
+    pixel_values[1, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="`pixel_values` of image 1 contains NaN or inf"):
+        model(pixel_values, pixel_mask)
+    assert all(torch.equal(before[name], buffer) for name, buffer in model.named_buffers())
+
+
+def test_a_training_batch_of_one_tiny_image_with_trainable_batch_norm_is_an_error_giving_the_minimum():
+    model = tiny_model(freeze_backbone_batch_norm=False, trainable_backbone_layers=5).train()
+    with pytest.raises(ValueError, match=r"1x1 feature map \(stride 32\).*at least 33"):
+        model(torch.randn(1, 3, 31, 31))
+    assert model(torch.randn(2, 3, 31, 31)).logits.isfinite().all()  # two images: fine
+
+
+def test_pixel_mask_must_be_a_tensor_with_a_real_pixel_in_every_image():
+    model = tiny_model()
+    pixel_values, pixel_mask = padded_batch([(64, 64), (64, 48)])
+    with pytest.raises(TypeError, match="`pixel_mask` must be a torch tensor"):
+        model(pixel_values, pixel_mask.numpy())
+    pixel_mask[1] = 0
+    with pytest.raises(ValueError, match="`pixel_mask` of image 1 has no real pixel"):
+        model(pixel_values, pixel_mask, output_attentions=True)
