@@ -154,17 +154,26 @@ def assert_same_final_weights(a: Path, b: Path) -> None:
     assert worst <= 1e-6, f"weights differ by {worst}"
 
 
-def test_a_training_run_killed_inside_its_saves_resumes_to_the_uninterrupted_weights(
-    tmp_path, shapes, monkeypatch
-):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, shapes) -> tuple[Path, list[str]]:
+    """The run without a kill: its output folder and the list of its checkpoint operations."""
+    output_dir = tmp_path_factory.mktemp("uninterrupted") / "full"
     fresh_state()
-    counting = FaultInjector(monkeypatch, tmp_path / "full")
-    counting.write_accelerate_files_one_by_one(monkeypatch)
-    train(arguments(tmp_path / "full", shapes, **COMMON))
-    operations = counting.operations
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        counting = FaultInjector(monkeypatch, output_dir)
+        counting.write_accelerate_files_one_by_one(monkeypatch)
+        train(arguments(output_dir, shapes, **COMMON))
+    fresh_state()
+    return output_dir, counting.operations
+
+
+def test_a_training_run_killed_inside_its_saves_resumes_to_the_uninterrupted_weights(
+    tmp_path, shapes, monkeypatch, uninterrupted
+):
+    full, operations = uninterrupted
     resave = operations.index("rename step-00000004 -> .replaced-step-00000004")  # the epoch-end re-save
-    # a file of the re-save, the old copy moved aside, the new one in place, the next save's pruning
-    kill_points = [resave - 3, resave + 1, resave + 2, operations.index("delete .deleting-step-00000004") + 1]
+    # the old copy moved aside, the new one in place (the old not yet deleted), the next pruning halfway
+    kill_points = [resave + 1, resave + 2, operations.index("delete .deleting-step-00000004") + 1]
     for kill_at in kill_points:
         output_dir = tmp_path / f"kill-{kill_at}"
         monkeypatch.undo()
@@ -177,15 +186,13 @@ def test_a_training_run_killed_inside_its_saves_resumes_to_the_uninterrupted_wei
         fresh_state()
         resumed = train(arguments(output_dir, shapes, resume_from_checkpoint="latest", **COMMON))
         assert resumed.global_step == 8, operations[kill_at - 1]
-        assert_same_final_weights(output_dir, tmp_path / "full")
+        assert_same_final_weights(output_dir, full)
 
 
 def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one_with_a_warning(
-    tmp_path, shapes, caplog
+    tmp_path, shapes, caplog, uninterrupted
 ):
-    settings = {**COMMON, "save_total_limit": 2}
-    fresh_state()
-    train(arguments(tmp_path / "full", shapes, **settings))
+    settings = {**COMMON, "save_total_limit": 2}  # the number kept changes no weight
     fresh_state()
     train(arguments(tmp_path / "run", shapes, stop_after_steps=6, **settings))
     newest, previous = (checkpoint_path(tmp_path / "run" / "checkpoints", s) for s in (6, 4))
@@ -199,7 +206,7 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one_with_a_war
         str(newest) in message and str(previous) in message and "model.safetensors has 100 bytes" in message
     )
     assert resumed.global_step == 8
-    assert_same_final_weights(tmp_path / "run", tmp_path / "full")
+    assert_same_final_weights(tmp_path / "run", uninterrupted[0])
 
 
 def test_a_nonfinite_forward_leaves_trainable_batch_norm_as_it_was(tmp_path, shapes, monkeypatch):

@@ -42,7 +42,7 @@ def test_a_shortened_default_run_beats_the_untrained_model_and_fine_tunes_better
     card = (tmp_path / "run" / "README.md").read_text()  # the model card describes this run's schedule
     assert "150 optimizer steps" in card and "x0.1 after 80%" in card and "horizontal flips" in card
     fine_tuned = resolve_arguments(
-        {"preset": "builtin-finetune", "init_from": str(tmp_path / "run"), "max_steps": 40,
+        {"preset": "builtin-finetune", "init_from": str(tmp_path / "run"), "max_steps": 30,
          "eval_steps": None, "output_dir": str(tmp_path / "fine-tuned")}
     )  # fmt: skip
     scratch = dataclasses.replace(fine_tuned, init_from=None, output_dir=str(tmp_path / "scratch"))
