@@ -239,3 +239,23 @@ def test_a_nonfinite_forward_leaves_trainable_batch_norm_as_it_was(tmp_path, sha
     assert running and running.keys() == before.keys()
     assert all(torch.equal(running[name], before[name]) for name in running)  # as before the NaN forward
     assert all(torch.isfinite(value).all() for value in final.values())
+
+
+def test_resume_latest_without_a_complete_checkpoint_starts_over_and_without_a_folder_is_an_error(
+    tmp_path, caplog
+):
+    from hf_detr.training.checkpoints import resolve_resume
+
+    with pytest.raises(ValueError, match="no checkpoint in"):
+        resolve_resume("latest", tmp_path / "none")
+    partial = tmp_path / "checkpoints" / "step-00000002"  # a first save killed before its manifest
+    partial.mkdir(parents=True)
+    (partial / "model.safetensors").write_bytes(b"x")
+    with caplog.at_level(logging.WARNING, logger="hf_detr.training"):
+        assert resolve_resume("latest", tmp_path / "checkpoints") is None
+        assert resolve_resume(str(partial), tmp_path / "checkpoints") == partial  # asked for: loaded
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("no complete checkpoint" in m and "starting from the beginning" in m for m in messages)
+    assert any(
+        f"--resume-from-checkpoint {partial}" in m and "no readable checkpoint.json" in m for m in messages
+    )

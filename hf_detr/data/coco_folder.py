@@ -272,6 +272,20 @@ def checked_coco_image(
     if path.stat().st_size == 0:  # never decodable (and stored as no bytes: read as its path)
         columns.skip("whose file is empty", file_name)
         return None
+    checked = checked_size(path, image, file_name, columns)
+    if checked is None:
+        return None
+    width, height, header = checked
+    columns.rotated += bool(header and header[2])
+    return path, width, height
+
+
+def checked_size(
+    path: Path, image: Mapping[str, Any], file_name: Any, columns: SplitColumns
+) -> tuple[int, int, tuple | None] | None:
+    """(width, height, the file's header) of a json image whose file exists: the json's size checked
+    against the header (not the pixels); None, counted in `columns`, when they disagree or neither is
+    known. An unreadable file the json gives a size for is kept (the data loaders skip it, counted)."""
     header, size = image_header(path), json_size(image)
     if header is None and size is None:
         columns.skip("unreadable, with no size in the json", file_name)
@@ -282,10 +296,8 @@ def checked_coco_image(
             f"{file_name} (json {size[0]}x{size[1]}, file {header[0]}x{header[1]})",
         )
         return None
-    columns.rotated += bool(header and header[2])
     columns.unreadable += header is None
-    width, height = size or header[:2]
-    return path, width, height
+    return (*(size or header[:2]), header)
 
 
 def convert_coco_split(root: Path, split: str, annotation_file: Path) -> Dataset:

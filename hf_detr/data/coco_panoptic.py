@@ -17,14 +17,14 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 
 from .coco_folder import (
+    checked_size,
     coco_splits,
     image_folder,
-    json_size,
     load_annotated_folder,
     read_coco_json,
     valid_objects,
 )
-from .folder_common import SplitColumns, as_id, examples, image_header, relative_name, repeated
+from .folder_common import SplitColumns, as_id, examples, relative_name, repeated
 from .schema import PANOPTIC_MASK, logger, panoptic_features
 
 
@@ -98,18 +98,8 @@ def checked_panoptic_image(
     if picture.stat().st_size == 0 or png.stat().st_size == 0:  # never decodable
         columns.skip("whose picture or PNG is empty", f"id {image_id}")
         return None
-    header, size = image_header(picture), json_size(image)
-    if header is None and size is None:
-        columns.skip("unreadable, with no size in the json", file_name)
-        return None
-    if header is not None and size is not None and size != header[:2]:
-        columns.skip(
-            "whose json width/height disagree with the file (skipped, not rescaled)",
-            f"{file_name} (json {size[0]}x{size[1]}, file {header[0]}x{header[1]})",
-        )
-        return None
-    columns.unreadable += header is None
-    return picture, png, *(size or header[:2])
+    checked = checked_size(picture, image, file_name, columns)
+    return None if checked is None else (picture, png, *checked[:2])
 
 
 def convert_coco_panoptic_split(root: Path, split: str, annotation_file: Path) -> Dataset:

@@ -283,13 +283,16 @@ def _load_config_file(path: Path) -> dict[str, Any]:
         raise ValueError(f"--config must be a .yaml, .yml or .json file, got {path}.")
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of setting names to values.")
-    return {key.replace("-", "_"): _yaml_float(key.replace("-", "_"), value) for key, value in values.items()}
+    floats = {spec.name for spec in fields(TrainingArguments) if _field_type(spec.type)[0] is float}
+    return {
+        key.replace("-", "_"): _yaml_float(value) if key.replace("-", "_") in floats else value
+        for key, value in values.items()
+    }
 
 
-def _yaml_float(name: str, value: Any) -> Any:
+def _yaml_float(value: Any) -> Any:
     """YAML 1.1 reads `1e-4` (no dot) as text: a float setting takes it as the number it means."""
-    types_by_name = {spec.name: _field_type(spec.type)[0] for spec in fields(TrainingArguments)}
-    if isinstance(value, str) and types_by_name.get(name) is float:
+    if isinstance(value, str):
         try:
             return float(value)
         except ValueError:
