@@ -1,4 +1,5 @@
-"""A dead DDP worker: the other ends soon after (no hang in a collective) and the run resumes."""
+"""Two CPU processes (DDP through `accelerate launch`) train, evaluate and save; a dead worker ends the
+other soon after (no hang in a collective) and the run resumes. One launch covers both."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from conftest import REPO_ROOT
 from test_training import TINY, arguments, events
 
+from hf_detr import HfDetrForObjectDetection
 from hf_detr.training import train
 from hf_detr.training.checkpoints import latest_checkpoint
 
@@ -50,16 +52,18 @@ def _descends_from(pid: int, ancestor: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads worker processes from /proc (Linux)")
-def test_a_killed_ddp_worker_ends_the_run_within_seconds_and_it_resumes(tmp_path, shapes):
+def test_two_cpu_processes_train_evaluate_and_save_and_a_killed_worker_ends_the_run_which_resumes(
+    tmp_path, shapes
+):
     out = tmp_path / "ddp"
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                str(REPO_ROOT / "scripts" / "train.py"), *flags, "--dataset", str(shapes),
-               "--output-dir", str(out), "--epochs", "1000", "--save-steps", "2"]  # fmt: skip
+               "--output-dir", str(out), "--epochs", "1000", "--save-steps", "2", "--eval-steps", "2"]  # fmt: skip
     launcher = subprocess.Popen(
-        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and latest_checkpoint(out / "checkpoints") is None:
@@ -68,10 +72,18 @@ def test_a_killed_ddp_worker_ends_the_run_within_seconds_and_it_resumes(tmp_path
     assert launcher.poll() is None and sorted(workers) == [0, 1], launcher.communicate()[1][-3000:]
     os.kill(workers[1], signal.SIGKILL)
     killed = time.monotonic()
-    launcher.communicate(timeout=120)
+    _, stderr = launcher.communicate(timeout=120)
     seconds = time.monotonic() - killed
     print(f"launcher exited {seconds:.1f} s after the worker's SIGKILL (code {launcher.returncode})")
     assert launcher.returncode != 0 and seconds < 30
+    # before the kill, both processes trained, evaluated at step 2 and saved their part of the checkpoint
+    assert "Saving current state to" in stderr  # one line per checkpoint...
+    assert "accelerate.checkpointing" not in stderr  # ...not one per file written
+    first = out / "checkpoints" / "step-00000002"
+    assert (first / "random_states_0.pkl").is_file() and (first / "random_states_1.pkl").is_file()
+    assert [record["step"] for record in events(out, "eval")][:1] == [2]
+    assert events(out, "train")[0]["images_per_second"] > 0
     step = int(latest_checkpoint(out / "checkpoints").name[5:])
     resumed = train(arguments(out, shapes, epochs=1000, max_steps=step + 2, resume_from_checkpoint="latest"))
     assert resumed.global_step == step + 2 and events(out, "finished")
+    HfDetrForObjectDetection.from_pretrained(out)  # the final model is pipeline-ready

@@ -183,12 +183,10 @@ def test_unknown_format_and_wrong_model_are_clear_errors(tmp_path):
 def test_compile_fullgraph_has_no_graph_breaks_and_equals_eager():
     """torch.compile(fullgraph=True, dynamic=True) traces the whole inference forward as one graph."""
     model = small_model()
-    pixel_values, pixel_mask = padded_batch([(96, 128), (80, 100)])
-    explanation = torch._dynamo.explain(model)(pixel_values, pixel_mask=pixel_mask)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
-    assert explanation.graph_count == 1
+    # fullgraph=True raises at the first graph break; the "eager" backend runs dynamo's captured graph
+    # as it is, so the comparison checks the capture, not a code generator
     torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend="aot_eager")
+    compiled = torch.compile(model, fullgraph=True, dynamic=True, backend="eager")
     for sizes in ([(96, 128), (80, 100)], [(64, 200)], [(128, 96), (100, 64), (90, 128)]):
         pixel_values, pixel_mask = padded_batch(sizes, seed=len(sizes))
         expected = eager_outputs(model, pixel_values, pixel_mask)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -105,25 +104,6 @@ def test_a_step_that_ends_an_epoch_and_is_an_eval_step_is_evaluated_once(tmp_pat
     # eval_epochs none: only the eval steps and the end (epochs end at steps 4, 8 and 12)
     train(arguments(tmp_path / "steps", shapes, max_steps=10, eval_steps=6, eval_epochs=None))
     assert [record["step"] for record in events(tmp_path / "steps", "eval")] == [6, 10]
-
-
-def test_two_cpu_processes_train_evaluate_and_save(tmp_path, shapes):
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(REPO_ROOT / "scripts" / "train.py"), *flags, "--dataset", str(shapes),
-               "--output-dir", str(tmp_path / "ddp"), "--max-steps", "3", "--eval-steps", "2"]  # fmt: skip
-    result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert "Saving current state to" in result.stderr  # one line per checkpoint...
-    assert "accelerate.checkpointing" not in result.stderr  # ...not one per file written
-    out = tmp_path / "ddp"
-    assert (out / "model.safetensors").is_file() and (out / "checkpoints" / "step-00000003").is_dir()
-    assert len(events(out, "eval")) == 2  # at step 2 and at the end
-    assert events(out, "train")[0]["images_per_second"] > 0
-    assert (out / "checkpoints" / "step-00000003" / "random_states_1.pkl").is_file()  # both processes saved
-    HfDetrForObjectDetection.from_pretrained(out)  # SyncBatchNorm was turned back into BatchNorm2d
 
 
 def test_fine_tuning_with_new_classes_reinitialises_only_the_class_head(tmp_path, shapes):
