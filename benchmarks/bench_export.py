@@ -2,7 +2,7 @@
 eager fp32 on the same weights and inputs; with the agreement of each with fp32.
 
 1. Speed: DETR-R50 at 800x1066, batch 1 and 4 (median of --runs after a warm-up), and each variant's
-   largest logits deviation from our fp32 on the shared real COCO photo.
+   largest logits deviation from our fp32 on the real COCO photo in tests/data.
 2. Parity of the exported graphs (ONNX under onnxruntime, the .pt2 ExportedProgram) with eager, for
    R50 and DC5, on padded batches of sizes and aspect ratios the export never saw.
 3. A trained model (the main job's, --trained; skipped when absent) on the built-in validation
@@ -30,9 +30,7 @@ from torchvision.ops import box_iou
 from hf_detr import HfDetrConfig, HfDetrForObjectDetection, HfDetrImageProcessor
 from hf_detr.export import export_model, quantize_onnx, run_exported
 
-SHARED_PHOTO = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-val2017-39769" / "000000039769.png"
-)
+COCO_PHOTO = Path(__file__).resolve().parents[1] / "tests" / "data" / "coco-val2017-39769" / "000000039769.png"
 
 
 class OnnxModel(torch.nn.Module):
@@ -109,7 +107,7 @@ def speed(args: argparse.Namespace) -> None:
 
 
 def real_photo_inputs() -> dict[str, torch.Tensor]:
-    image = PIL.Image.open(SHARED_PHOTO).convert("RGB")
+    image = PIL.Image.open(COCO_PHOTO).convert("RGB")
     return dict(HfDetrImageProcessor()(images=image, return_tensors="pt"))
 
 

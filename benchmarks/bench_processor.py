@@ -1,7 +1,7 @@
 """Preprocessing speed: HfDetrImageProcessor vs transformers' DETR processors (PIL and torchvision backends).
 
 A batch of 8 photos of mixed sizes (crops and rescales of the real COCO val2017 image in
-../shared/data, saved as JPEG), COCO settings (shorter side 800, longer at most 1333, ImageNet
+tests/data, saved as JPEG), COCO settings (shorter side 800, longer at most 1333, ImageNet
 normalization, padding), `return_tensors="pt"`, CPU. Reported twice: decode excluded (decoded PIL
 images in) and decode included (file paths in; transformers' processors get `load_image(path)`, as
 the pipeline does). Also prints the largest deviation of each output from transformers' PIL backend.
@@ -24,7 +24,7 @@ from transformers.models.detr.image_processing_pil_detr import DetrImageProcesso
 
 from hf_detr import HfDetrImageProcessor
 
-SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco-val2017-39769" / "000000039769.png"
+SOURCE = Path(__file__).resolve().parents[1] / "tests" / "data" / "coco-val2017-39769" / "000000039769.png"
 # (crop box in the 640x480 source, output size): eight photos of different sizes and aspect ratios
 PHOTOS = [
     ((0, 0, 640, 480), (640, 480)),

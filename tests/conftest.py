@@ -22,7 +22,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+TEST_DATA = REPO_ROOT / "tests" / "data"  # see tests/data/README.md for where each file comes from
 
 
 @pytest.fixture(autouse=True)
@@ -55,15 +55,16 @@ def shapes(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def coco_image_dir() -> Path:
-    path = SHARED_DATA / "coco-val2017-39769"
+    """The COCO val2017 image 000000039769 (PNG) and `instances.json` with its annotations."""
+    path = TEST_DATA / "coco-val2017-39769"
     if not path.is_dir():
-        raise FileNotFoundError(f"The shared test data is missing: {path}")
+        raise FileNotFoundError(f"The test data is missing from the checkout: {path}")
     return path
 
 
 @pytest.fixture(scope="module")
 def coco(coco_image_dir: Path) -> tuple:
-    """The shared COCO val2017 image (decoded) and its annotations in the processor's format."""
+    """The COCO val2017 test image (decoded) and its annotations in the processor's format."""
     image = PIL.Image.open(coco_image_dir / "000000039769.png")
     image.load()
     instances = json.loads((coco_image_dir / "instances.json").read_text())
@@ -84,7 +85,7 @@ def known_checkpoint(tmp_path_factory) -> Path:
 
 
 def real_coco_folder(root: Path, coco_image_dir: Path, split: str) -> Path:
-    """The shared COCO val2017 image and its annotations laid out as a COCO folder with one split."""
+    """The COCO val2017 test image and its annotations laid out as a COCO folder with one split."""
     (root / "annotations").mkdir(parents=True)
     (root / split).mkdir()
     shutil.copy(coco_image_dir / "000000039769.png", root / split)

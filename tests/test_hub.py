@@ -81,7 +81,7 @@ def test_official_cards_carry_the_published_results_and_match_the_committed_file
 
 
 def test_paper_numbers():
-    """REFERENCE.md: COCO val box AP of the official models; PQ of the panoptic ones."""
+    """COCO val box AP of the official models and PQ of the panoptic ones, as the official release reports."""
     assert {n: c.metrics["AP"] for n, c in OFFICIAL_CHECKPOINTS.items()} == {
         "detr-resnet-50": 42.0, "detr-resnet-50-dc5": 43.3, "detr-resnet-101": 43.5, "detr-resnet-101-dc5": 44.9,
         "detr-resnet-50-panoptic": 38.8, "detr-resnet-50-dc5-panoptic": 40.2, "detr-resnet-101-panoptic": 40.1,

@@ -32,7 +32,7 @@ def test_pixels_match_transformers_pil_backend_within_1e4(coco, processor):
 
 
 def test_labels_equal_the_reference_values(coco, processor):
-    """REFERENCE.md: values of transformers' DetrImageProcessor on this image."""
+    """The values transformers' own test_image_processing_detr.py expects of DetrImageProcessor on this image."""
     image, annotation = coco
     outputs = processor(image, annotations=annotation)
     labels = outputs["labels"][0]

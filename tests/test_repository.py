@@ -1,0 +1,59 @@
+"""The repository stands alone: its docs link only to its own files, and nothing reads from beside it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from conftest import REPO_ROOT
+
+# A Markdown link or image: [text](target) / ![alt](target); the target up to a space, ")" or "#".
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s#>]*)")
+
+
+def tracked_files() -> list[Path]:
+    listing = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True, check=True, text=True
+    ).stdout
+    return [REPO_ROOT / name for name in listing.split("\0") if name]
+
+
+def local_link_targets(markdown: Path) -> list[str]:
+    """The link targets of a Markdown file that are not web addresses or in-page anchors."""
+    targets = LINK.findall(markdown.read_text(encoding="utf-8"))
+    return [t for t in targets if t and not re.match(r"^[a-z][a-z0-9+.-]*:", t)]
+
+
+def test_every_readme_link_resolves_to_a_file_of_the_repository():
+    tracked = set(tracked_files())
+    markdown_files = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    broken = [
+        f"{markdown.relative_to(REPO_ROOT)} -> {target}"
+        for markdown in markdown_files
+        for target in local_link_targets(markdown)
+        if (markdown.parent / target).resolve() not in tracked
+        and not (markdown.parent / target).resolve().is_dir()
+    ]
+    assert local_link_targets(REPO_ROOT / "README.md"), "the link pattern found no link in the README"
+    assert not broken, f"links to files the repository does not have: {broken}"
+
+
+def test_no_file_of_the_repository_refers_to_a_folder_beside_the_checkout():
+    pattern = re.compile(r"\.\./shared|parents\[2\]\s*/\s*\"shared\"|parent\s*/\s*\"shared\"")
+    offenders = [
+        str(path.relative_to(REPO_ROOT))
+        for path in tracked_files()
+        if path.suffix in {".py", ".md", ".toml", ".yaml", ".yml", ".txt", ".cfg", ""}
+        and path.is_file()
+        and pattern.search(path.read_text(encoding="utf-8", errors="ignore"))
+        and path != Path(__file__).resolve()
+    ]
+    assert not offenders, f"these files read from outside the repository: {offenders}"
+
+
+def test_the_test_data_carries_its_attribution():
+    notes = (REPO_ROOT / "tests" / "data" / "README.md").read_text(encoding="utf-8")
+    for fact in ("COCO 2017 validation", "cocodataset.org", "CC BY 4.0", "Flickr"):
+        assert fact in notes
+    assert (REPO_ROOT / "tests" / "data" / "coco-val2017-39769" / "000000039769.png").is_file()
