@@ -3,6 +3,7 @@
 import inspect
 
 from .configuration_detr import COCO_DETECTION_LABELS, HfDetrConfig
+from .foreign_checkpoints import register_checkpoint_conversion
 from .image_processing_detr import HfDetrImageProcessor
 from .modeling_detr import (
     HfDetrForObjectDetection,
@@ -64,6 +65,7 @@ def _register_with_transformers() -> None:
 
 
 _register_with_transformers()
+register_checkpoint_conversion()  # from_pretrained converts transformers' and official checkpoints
 
 __all__ = [
     "COCO_DETECTION_LABELS",

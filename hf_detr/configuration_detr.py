@@ -9,9 +9,16 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from transformers import PreTrainedConfig
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+# (from_pretrained's name or path, its keyword arguments) -> the name or path and keyword arguments to load
+CheckpointResolver = Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]]
 
 # COCO detection names indexed by COCO category id (0..90); ids COCO does not use are "N/A".
 # The official DETR checkpoints predict these 91 classes (+ no-object).
@@ -134,6 +141,11 @@ class HfDetrConfig(PreTrainedConfig):
         "num_attention_heads": "encoder_attention_heads",
         "num_hidden_layers": "encoder_layers",
     }
+    # A hook for checkpoints of other formats, which `from_pretrained` (of this config and of the models,
+    # which go through their config class) consults: (name or path, keyword arguments) -> the name or
+    # path and keyword arguments to load instead. None here; the hf_detr package, when installed, sets
+    # one that converts transformers' DETR checkpoints and the official .pth files on load.
+    checkpoint_resolver: ClassVar[CheckpointResolver | None] = None
 
     # backbone
     backbone: str = "resnet50"
@@ -185,6 +197,14 @@ class HfDetrConfig(PreTrainedConfig):
         self.validate_detr_fields()
 
     @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs
+    ) -> HfDetrConfig:
+        """transformers' `from_pretrained`, after `checkpoint_resolver` (when set) has had its say."""
+        name_or_path, kwargs = resolve_checkpoint(cls, pretrained_model_name_or_path, kwargs)
+        return super().from_pretrained(name_or_path, *args, **kwargs)
+
+    @classmethod
     def from_dict(cls, config_dict: dict, **kwargs) -> HfDetrConfig:
         """As transformers, but a config of another model type is an error, not a warning: loading a
         `detr` (transformers) checkpoint as hf_detr would leave every weight randomly initialised."""
@@ -196,8 +216,8 @@ class HfDetrConfig(PreTrainedConfig):
         model_type = config_dict.get("model_type", cls.model_type)
         if model_type != cls.model_type:
             hint = (
-                " Convert it first with the hf_detr package: hf-detr-convert --source transformers "
-                "--checkpoint DIR --output-dir NEW_DIR."
+                " Load it with the hf_detr package installed (its from_pretrained converts it), or convert "
+                "it first: hf-detr-convert --source transformers --checkpoint DIR --output-dir NEW_DIR."
                 if model_type == "detr"
                 else ""
             )
@@ -208,8 +228,32 @@ class HfDetrConfig(PreTrainedConfig):
         loaded = super().from_dict(config_dict, **kwargs)
         # transformers sets the keyword overrides (`from_pretrained(path, encoder_layers=...)`) after
         # __post_init__: check them too
-        (loaded[0] if isinstance(loaded, tuple) else loaded).validate_detr_fields()
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        config.drop_fields_of_replaced_labels(config_dict.get("id2label"), kwargs)
+        config.validate_detr_fields()
         return loaded
+
+    def drop_fields_of_replaced_labels(self, saved_id2label: Any, overrides: dict[str, Any]) -> None:
+        """`from_pretrained(path, id2label=...)` with other classes (fine-tuning to new classes, as in
+        transformers' object-detection guide): the saved per-label fields (`coco_category_ids`,
+        `stuff_label_ids`) describe the old classes, so they are dropped, with one info line, unless the
+        call gives them too. `hf-detr-train` fills them again from its dataset."""
+        if "id2label" not in overrides and "num_labels" not in overrides:
+            return
+        if isinstance(saved_id2label, dict) and _int_keys(saved_id2label) == _int_keys(self.id2label):
+            return
+        dropped = [
+            name
+            for name in ("coco_category_ids", "stuff_label_ids")
+            if name not in overrides and getattr(self, name) is not None
+        ]
+        for name in dropped:
+            setattr(self, name, None)
+        if dropped:
+            logger.info(
+                "New labels (%d classes) replace the checkpoint's: its %s described the old classes and "
+                "are dropped.", self.num_labels, " and ".join(f"`{name}`" for name in dropped),
+            )  # fmt: skip
 
     @classmethod
     def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict:
@@ -313,10 +357,26 @@ class HfDetrConfig(PreTrainedConfig):
             )
 
 
+def resolve_checkpoint(
+    config_class: type[HfDetrConfig], name_or_path: Any, kwargs: dict[str, Any]
+) -> tuple[Any, dict[str, Any]]:
+    """`from_pretrained`'s (name or path, keyword arguments) after `config_class.checkpoint_resolver`."""
+    resolver = config_class.checkpoint_resolver
+    return (name_or_path, kwargs) if resolver is None else resolver(name_or_path, kwargs)
+
+
 def mask_head_channels(d_model: int, num_heads: int) -> tuple[int, ...]:
     """Widths of the mask head's five convolutions (official `MaskHeadSmallConv`): d + heads, d/2, d/4,
     d/8, d/16."""
     return (d_model + num_heads, d_model // 2, d_model // 4, d_model // 8, d_model // 16)
+
+
+def _int_keys(mapping: dict) -> dict[int, Any]:
+    """A json-read id2label (string keys) comparable with a live one (integer keys)."""
+    try:
+        return {int(key): value for key, value in mapping.items()}
+    except (TypeError, ValueError):
+        return dict(mapping)
 
 
 def _short_repr(value: Any, limit: int = 80) -> str:

@@ -10,9 +10,15 @@ Weights are read without unpickling arbitrary objects: safetensors, or `torch.lo
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
+import os
 import re
-from collections.abc import Callable, Mapping
+import tempfile
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -372,19 +378,25 @@ def load_transformers_checkpoint(directory: str | Path) -> tuple[StateDict, dict
     return _read_weights(directory), config
 
 
+# the weight files of a transformers checkpoint, in the order they are looked for; each may be sharded
+# (`<name>.index.json` and the shards its weight_map names)
+TRANSFORMERS_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
 def _read_weights(directory: Path) -> StateDict:
     from safetensors.torch import load_file
 
-    candidates: list[tuple[str, Callable[[Path], StateDict]]] = [
-        ("model.safetensors", lambda p: load_file(p)),
-        ("pytorch_model.bin", lambda p: torch.load(p, map_location="cpu", weights_only=True)),
-    ]
-    for name, read in candidates:
+    readers: dict[str, Callable[[Path], StateDict]] = {
+        "model.safetensors": lambda p: load_file(p),
+        "pytorch_model.bin": lambda p: torch.load(p, map_location="cpu", weights_only=True),
+    }
+    for name in TRANSFORMERS_WEIGHT_FILES:
+        read = readers[name]
         if (directory / name).is_file():
             return dict(read(directory / name))
         index = directory / f"{name}.index.json"
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            shards = shard_names(index)
             state_dict: StateDict = {}
             for shard in shards:
                 state_dict.update(read(directory / shard))
@@ -392,6 +404,23 @@ def _read_weights(directory: Path) -> StateDict:
     raise CheckpointConversionError(
         f"{directory} holds no weights (model.safetensors or pytorch_model.bin, possibly sharded)."
     )
+
+
+def shard_names(index: str | Path) -> list[str]:
+    """The shard files a sharded checkpoint's `*.index.json` names; each must be a plain file name."""
+    try:
+        weight_map = json.loads(Path(index).read_text())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointConversionError(
+            f"{index} is not a checkpoint index (a 'weight_map'): {error}"
+        ) from error
+    unsafe = [shard for shard in shards if not isinstance(shard, str) or Path(shard).name != shard]
+    if unsafe:
+        raise CheckpointConversionError(
+            f"{index} names shards outside its folder: {_preview([repr(shard) for shard in unsafe])}"
+        )
+    return shards
 
 
 def _transformers_backbone(config: Mapping[str, Any]) -> tuple[str, bool, bool, int]:
@@ -515,6 +544,118 @@ def convert_transformers_checkpoint(
 
 
 # ---------------------------------------------------------------------------------------------------
+# Checkpoints on the Hub and behind URLs
+# ---------------------------------------------------------------------------------------------------
+# `from_pretrained`'s keyword arguments that say where and how to get a Hub repository's files
+HUB_ARGUMENTS = (
+    "cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder",
+)  # fmt: skip
+# the SHA-256 prefix in an official release's file name (detr-r50-e632da11.pth), as torch.hub reads it
+_SHA256_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.pth$")
+
+
+def fetch_transformers_checkpoint(name_or_path: str | os.PathLike, **hub_arguments: Any) -> list[Path] | None:
+    """The files of the transformers DETR checkpoint in a folder or Hub repository, config.json first,
+    then preprocessor_config.json where there is one and the weights (the first format of
+    TRANSFORMERS_WEIGHT_FILES found); a repository's are downloaded to the Hub cache. None when there is
+    no such checkpoint (no config.json, or one of another model type, or the Hub unreachable), for the
+    caller to report in its own words. `hub_arguments`: any of HUB_ARGUMENTS."""
+    from transformers.utils import cached_file
+
+    def fetch(filename: str, missing_ok: bool = True, unreachable_ok: bool = False) -> Path | None:
+        path = cached_file(
+            name_or_path,
+            filename,
+            **hub_arguments,
+            _raise_exceptions_for_missing_entries=not missing_ok,
+            _raise_exceptions_for_connection_errors=not unreachable_ok,
+        )
+        return None if path is None else Path(path)
+
+    try:
+        config_file = fetch("config.json", unreachable_ok=True)
+    except (OSError, ValueError):  # neither a folder nor an existing repository, or an invalid repo id
+        return None
+    if config_file is None or _model_type(config_file) != "detr":
+        return None
+    processor_file = fetch("preprocessor_config.json")
+    for weights in TRANSFORMERS_WEIGHT_FILES:
+        if (single := fetch(weights)) is not None:
+            return [config_file, *filter(None, [processor_file]), single]
+        if (index := fetch(f"{weights}.index.json")) is not None:
+            shards = [fetch(shard, missing_ok=False) for shard in shard_names(index)]
+            return [config_file, *filter(None, [processor_file]), index, *shards]
+    raise CheckpointConversionError(
+        f"{name_or_path} is a transformers DETR checkpoint ('detr' model, not 'hf_detr') without weights "
+        f"({' or '.join(TRANSFORMERS_WEIGHT_FILES)}, possibly sharded): there is nothing to convert, on "
+        "load or with hf-detr-convert --source transformers."
+    )
+
+
+def _model_type(config_file: Path) -> str | None:
+    try:
+        config = json.loads(config_file.read_text())
+    except ValueError:  # not JSON (or not text): not a DETR checkpoint; from_pretrained says what it is
+        return None
+    return config.get("model_type") if isinstance(config, dict) else None
+
+
+def transformers_checkpoint_folder(checkpoint: str | Path) -> Path:
+    """A local folder as it is; a Hub repository id: the folder its files are downloaded to."""
+    if Path(checkpoint).is_dir():
+        return Path(checkpoint)
+    files = fetch_transformers_checkpoint(checkpoint)
+    if files is None:
+        raise CheckpointConversionError(
+            f"{checkpoint} is neither a folder nor a Hub repository holding a transformers DETR checkpoint "
+            "(a config.json with model_type 'detr'), or the Hub is unreachable (network, HF_HUB_OFFLINE)."
+        )
+    return files[0].parent
+
+
+def is_checkpoint_url(name: str | os.PathLike) -> bool:
+    """An http(s) URL of a `.pth` file, e.g. https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth."""
+    parsed = urllib.parse.urlparse(os.fspath(name))
+    return parsed.scheme in ("http", "https") and parsed.path.endswith(".pth")
+
+
+def download_checkpoint(url: str, directory: Path, timeout: float = 60.0) -> Path:
+    """Download `url` into `directory` under its file name; a name that carries a SHA-256 prefix (the
+    official releases': `-<hex>.pth`) must match the content. Refused in offline mode (HF_HUB_OFFLINE)."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        raise OSError(f"Cannot download {url}: offline mode (HF_HUB_OFFLINE) is on.")
+    destination = directory / Path(urllib.parse.urlparse(url).path).name
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, destination.open("wb") as out:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
+    except OSError as error:  # urllib.error.URLError is an OSError
+        raise OSError(f"Could not download {url}: {error}") from error
+    expected = _SHA256_IN_NAME.search(destination.name)
+    if expected and not digest.hexdigest().startswith(expected.group(1)):
+        raise OSError(
+            f"{url} has SHA-256 {digest.hexdigest()}, but its name says it starts with {expected.group(1)}: "
+            "the download is corrupt or not the file the name promises."
+        )
+    return destination
+
+
+@contextlib.contextmanager
+def official_checkpoint_file(checkpoint: str | Path) -> Iterator[Path]:
+    """`checkpoint` as a local file: a path as it is, a URL downloaded into a temporary folder that is
+    removed afterwards."""
+    if not is_checkpoint_url(checkpoint):
+        yield Path(checkpoint)
+        return
+    with tempfile.TemporaryDirectory(prefix="hf_detr_download_") as directory:
+        yield download_checkpoint(str(checkpoint), Path(directory))
+
+
+# ---------------------------------------------------------------------------------------------------
 # Loading into hf_detr
 # ---------------------------------------------------------------------------------------------------
 def build_model(
@@ -559,15 +700,18 @@ def convert_checkpoint(
     num_labels: int | None = None,
 ) -> HfDetrForObjectDetection | HfDetrForSegmentation:
     """Convert and `save_pretrained` into `output_dir` (config.json, model.safetensors and
-    preprocessor_config.json); panoptic checkpoints give a segmentation model."""
+    preprocessor_config.json); panoptic checkpoints give a segmentation model. `checkpoint`: an official
+    `.pth` file or http(s) URL, or a transformers checkpoint folder or Hub repository id."""
     if source == "original":
-        model = convert_original_checkpoint(checkpoint, backbone, dilation, num_labels)
+        with official_checkpoint_file(checkpoint) as path:
+            model = convert_original_checkpoint(path, backbone, dilation, num_labels)
     elif source == "transformers":
         if backbone is not None or dilation is not None or num_labels is not None:
             raise CheckpointConversionError(
                 "--backbone, --dilation and --num-labels describe an official .pth; a transformers "
                 "checkpoint takes its architecture and labels from its config.json."
             )
+        checkpoint = transformers_checkpoint_folder(checkpoint)
         model = convert_transformers_checkpoint(checkpoint)
     else:
         raise CheckpointConversionError(f"--source must be 'original' or 'transformers', got {source!r}.")
@@ -600,30 +744,53 @@ def image_processor_for(
     return HfDetrImageProcessor(**settings)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-detr-convert",
         description="Convert an official DETR .pth or a transformers DETR directory to hf_detr "
         "(panoptic checkpoints become segmentation models).",
     )
-    parser.add_argument("--source", required=True, choices=("original", "transformers"))
-    parser.add_argument("--checkpoint", required=True, help="official .pth file or transformers directory")
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--backbone", default=None, help="official .pth only, e.g. resnet50 or resnet101")
-    parser.add_argument("--dilation", action="store_true", default=None, help="official .pth only: DC5 model")
     parser.add_argument(
-        "--num-labels", type=int, default=None, help="official .pth only (91 for COCO, 250 for panoptic)"
+        "--source", required=True, choices=("original", "transformers"),
+        help="the checkpoint's kind: original (official facebookresearch/detr .pth) or transformers",
+    )  # fmt: skip
+    parser.add_argument(
+        "--checkpoint", required=True,
+        help="the official .pth file or http(s) URL, or the transformers DETR directory or Hub repository id",
+    )  # fmt: skip
+    parser.add_argument(
+        "--output-dir", required=True, help="directory to save the hf_detr model and image processor to"
     )
     parser.add_argument(
-        "--push-to-hub", metavar="REPO_ID", default=None, help="also upload it, with a model card"
+        "--backbone", default=None,
+        help="official .pth only: resnet50, resnet101, ... (default: the checkpoint's, checked on its weights)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dilation", action="store_true", default=None,
+        help="official .pth only: a DC5 model, last backbone stage dilated (default: the checkpoint's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--num-labels", type=int, default=None,
+        help="official .pth only: classes, 91 for COCO, 250 for panoptic (default: the class head's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--push-to-hub", metavar="REPO_ID", default=None,
+        help="also upload the converted model to this Hub repo id, with a model card",
+    )  # fmt: skip
+    parser.add_argument(
+        "--private", action="store_true", help="--push-to-hub: create the Hub repository as private"
     )
-    parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         model = convert_checkpoint(
             args.source, args.checkpoint, args.output_dir, args.backbone, args.dilation, args.num_labels
         )
-    except (CheckpointConversionError, FileNotFoundError) as error:
+    except (CheckpointConversionError, OSError) as error:
         parser.exit(2, f"error: {error}\n")
     print(f"Saved hf_detr checkpoint to {args.output_dir}")
     if args.push_to_hub:
@@ -643,6 +810,7 @@ def main(argv: list[str] | None = None) -> int:
 
 __all__ = [
     "CheckpointConversionError",
+    "build_parser",
     "convert_checkpoint",
     "convert_original_checkpoint",
     "convert_original_panoptic_state_dict",
@@ -650,5 +818,7 @@ __all__ = [
     "convert_transformers_checkpoint",
     "convert_transformers_segmentation_state_dict",
     "convert_transformers_state_dict",
+    "download_checkpoint",
+    "fetch_transformers_checkpoint",
     "main",
 ]

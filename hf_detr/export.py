@@ -332,17 +332,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", help="a saved model directory or a Hub model id")
     parser.add_argument("output", help="the file to write: model.onnx or model.pt2")
     parser.add_argument(
-        "--format", choices=EXPORT_FORMATS, default=None, help="default: from the output's suffix"
-    )
+        "--format", choices=EXPORT_FORMATS, default=None,
+        help="onnx or pt2 (a torch.export ExportedProgram) (default: from the output's suffix)",
+    )  # fmt: skip
     parser.add_argument(
-        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})"
+        "--opset",
+        type=int,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset version to target (default: {DEFAULT_OPSET})",
     )
     parser.add_argument(
         "--no-pixel-mask", action="store_true", help="a graph with pixel_values only (all pixels real)"
     )
     parser.add_argument(
-        "--quantize", choices=("int8",), default=None, help="also write <output>.int8.onnx (dynamic int8)"
-    )
+        "--quantize", choices=("int8",), default=None,
+        help="ONNX only: also write <output>.int8.onnx with dynamic int8 weights (default: none)",
+    )  # fmt: skip
     parser.add_argument("--no-verify", action="store_true", help="skip the comparison with the eager model")
     return parser
 

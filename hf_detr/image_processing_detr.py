@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import Any
+from types import FrameType, SimpleNamespace
+from typing import Any, ClassVar
 
 import numpy as np
 import PIL.Image
@@ -207,6 +208,20 @@ class HfDetrImageProcessor(BaseImageProcessor):
     """
 
     model_input_names = ["pixel_values", "pixel_mask"]
+    # A hook for checkpoints of other formats, as `HfDetrConfig.checkpoint_resolver` (this file imports no
+    # model file, so that a processor's checkpoint carries only the processor's code): None here; the
+    # hf_detr package, when installed, sets the one that converts transformers' and the official checkpoints.
+    checkpoint_resolver: ClassVar[Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]] | None] = None
+
+    @classmethod
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs
+    ) -> HfDetrImageProcessor:
+        """transformers' `from_pretrained`, after `checkpoint_resolver` (when set) has had its say."""
+        name_or_path = pretrained_model_name_or_path
+        if cls.checkpoint_resolver is not None:
+            name_or_path, kwargs = cls.checkpoint_resolver(name_or_path, kwargs)
+        return super().from_pretrained(name_or_path, *args, **kwargs)
 
     def __init__(
         self,
@@ -259,7 +274,22 @@ class HfDetrImageProcessor(BaseImageProcessor):
     # Preprocessing
     # ------------------------------------------------------------------------------------------------
     def __call__(self, images: Any, annotations: Any = None, **kwargs) -> BatchFeature:
+        if annotations is None and called_by_pipeline(self, sys._getframe(1)):
+            return self._pipeline_features(images, **kwargs)
         return self.preprocess(images, annotations=annotations, **kwargs)
+
+    def _pipeline_features(self, images: Any, **kwargs) -> BatchFeature:
+        """`preprocess` for a transformers pipeline: `pixel_values` as a list of [C, H, W] tensors at each
+        image's own size, without `pixel_mask`, which the pipeline's collate keeps per image and the model
+        batches by size; unless a fixed `pad_size` makes every image one size anyway (as
+        `preprocess`, which the collate concatenates)."""
+        if kwargs.get("do_pad", self.do_pad) and kwargs.get("pad_size", self.pad_size) is not None:
+            return self.preprocess(images, **kwargs)
+        features = self.preprocess(images, **{**kwargs, "do_pad": False})
+        pixel_values = features["pixel_values"]  # [B, C, H, W] or a list of [C, H, W]
+        if isinstance(pixel_values, torch.Tensor):
+            features["pixel_values"] = list(pixel_values)  # views, one [C, H, W] per image
+        return features
 
     def preprocess(
         self,
@@ -280,7 +310,10 @@ class HfDetrImageProcessor(BaseImageProcessor):
         `iscrowd`, `orig_size`, `size`, `image_id`, and with masks (panoptic by default, detection with
         `return_segmentation_masks=True`) `masks` [n, H, W] bool, resized and padded with the image.
         `masks_path` is the folder of the panoptic PNGs. Any constructor argument can be overridden for
-        this call. Without padding, images of different sizes come back as a list.
+        this call. Without padding, images of different sizes come back as a list (which the models take
+        too, batching images by size). Called as `processor(...)` by transformers' object-detection or
+        image-segmentation pipeline, it returns each image unpadded in a list (`_pipeline_features`), so
+        that the pipeline batches images of any size and each gets what it gets alone.
         """
         settings = self._settings(overrides)
         if return_tensors not in ("pt", "np", None):
@@ -335,7 +368,10 @@ class HfDetrImageProcessor(BaseImageProcessor):
 
         if not settings["do_pad"]:
             same_size = len(set(output_sizes)) == 1
-            pixel_values = torch.stack(targets) if same_size else targets
+            if len(targets) == 1:
+                pixel_values = targets[0][None]  # [1, C, H, W] without a copy
+            else:
+                pixel_values = torch.stack(targets) if same_size else targets
         data = {"pixel_values": pixel_values}
         if pixel_mask is not None:
             data["pixel_mask"] = pixel_mask
@@ -727,6 +763,39 @@ def _as_list(images: Any) -> list[Any]:
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
         return list(images)
     return [images]
+
+
+# transformers pipelines (module, class) whose `preprocess` calls the processor on one image and whose
+# batching (DataLoader collate) concatenates `pixel_values` tensors but keeps other values per image
+PIPELINES = (
+    ("transformers.pipelines.object_detection", "ObjectDetectionPipeline"),
+    ("transformers.pipelines.image_segmentation", "ImageSegmentationPipeline"),
+)
+
+
+def called_by_pipeline(processor: Any, frame: FrameType | None) -> bool:
+    """Whether `frame` (the caller of `processor`) is the `preprocess` of one of transformers' PIPELINES
+    that holds `processor` and a model whose `forward` takes per-image lists (`accepts_image_lists`).
+
+    transformers offers no hook for this: batching these pipelines concatenates each image's
+    `pixel_values` tensor (no padding: images of different sizes fail) and keeps values of other types,
+    such as lists, per image. A pipeline class not imported yet cannot be the caller (`sys.modules` is
+    read, nothing is imported)."""
+    if frame is None:
+        return False
+    codes = []
+    for module_name, class_name in PIPELINES:
+        pipeline_class = getattr(sys.modules.get(module_name), class_name, None)
+        preprocess = getattr(pipeline_class, "preprocess", None)
+        codes.append(getattr(preprocess, "__code__", None))
+    if frame.f_code not in codes:
+        return False
+    pipeline = frame.f_locals.get("self")
+    model = getattr(pipeline, "model", None)
+    return (
+        getattr(pipeline, "image_processor", None) is processor
+        and getattr(model, "accepts_image_lists", False) is True
+    )
 
 
 def _decode_file(source: _SourceImage, index: int) -> None:

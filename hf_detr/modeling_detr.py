@@ -14,10 +14,14 @@ computation follows the official implementation.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 import math
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +31,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_detr import HfDetrConfig
+from .configuration_detr import HfDetrConfig, resolve_checkpoint
 from .loss_detr import SetCriterion
 
 # Stages of a torchvision/timm ResNet from the top down; `trainable_backbone_layers=k` trains the first k.
@@ -53,6 +57,8 @@ class HfDetrModelOutput(ModelOutput):
     feature_mask: [B, H, W] bool, True where the feature map covers real (unpadded) pixels; gives the
         feature map size for reshaping attention maps.
     *_hidden_states / *_attentions: per-layer tuples when requested.
+    With `pixel_values` a list of images of different sizes (`per_image_inputs`), the fields whose shape
+    depends on the image size are lists of per-image tensors without the batch dimension.
     backbone_features / projected_features: with `config.use_masks` only (the segmentation model's mask
         head): the backbone's layer1, layer2, layer3 maps (strides 4, 8, 16), and [B, H*W, d] the input
         projection of its last map (the encoder input).
@@ -582,6 +588,9 @@ class HfDetrPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     _no_split_modules = ["HfDetrBackbone", "HfDetrEncoderLayer", "HfDetrDecoderLayer"]
     _supports_sdpa = True
+    # `forward` takes `pixel_values` as a list of per-image tensors too (`per_image_inputs`); the image
+    # processor reads this to give a transformers pipeline such lists, which its collate keeps per image
+    accepts_image_lists = True
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -590,8 +599,13 @@ class HfDetrPreTrainedModel(PreTrainedModel):
         Weights are read from safetensors only (nothing is unpickled) unless `use_safetensors=False` is
         passed; weights missing from the checkpoint are an error instead of a random initialisation,
         except the detection heads when a detector is built from a base-model checkpoint. Wrong shapes
-        are an error unless `ignore_mismatched_sizes=True` (e.g. a new number of classes).
+        are an error unless `ignore_mismatched_sizes=True` (e.g. a new number of classes). Checkpoints of
+        other formats load too where the config class's `checkpoint_resolver` converts them (the hf_detr
+        package installs one for transformers' DETR checkpoints and the official .pth files).
         """
+        pretrained_model_name_or_path, kwargs = resolve_checkpoint(
+            cls.config_class, pretrained_model_name_or_path, kwargs
+        )
         kwargs.setdefault("use_safetensors", True)
         output_loading_info = kwargs.pop("output_loading_info", False)
         model, loading_info = super().from_pretrained(
@@ -750,7 +764,8 @@ def _check_input_types(
     if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
         shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
         raise ValueError(
-            f"`pixel_values` must be a tensor of shape [batch, channels, height, width], got {shape}."
+            f"`pixel_values` must be a tensor of shape [batch, channels, height, width] (or a list of "
+            f"[channels, height, width] tensors, one per image), got {shape}."
         )
     if pixel_values.shape[1] != num_channels:
         raise ValueError(
@@ -841,6 +856,112 @@ def _check_input_values(
 
 
 # --------------------------------------------------------------------------------------------------
+# Per-image inputs: images of different sizes, unpadded
+# --------------------------------------------------------------------------------------------------
+# output fields whose batch dimension is not the first ([L, B, N, d])
+OUTPUT_BATCH_DIMS = {"intermediate_hidden_states": 1}
+
+
+def per_image_inputs(forward: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorator of the models' `forward`: `pixel_values` may also be a list of per-image [C, H, W]
+    tensors (what HfDetrImageProcessor returns without padding, and for a transformers pipeline).
+
+    Images of one size run as one batch, without padding or mask; the outputs come back in input order,
+    so each image gets what it gets alone (padding would change the backbone's features near the pad
+    edge). Output fields whose shape depends on the image size (`pred_masks`, the encoder's states and
+    attentions, `feature_mask`, ...) are then lists of per-image tensors, without the batch dimension."""
+    signature = inspect.signature(forward)
+
+    @functools.wraps(forward)
+    def wrapper(self: HfDetrPreTrainedModel, pixel_values: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(pixel_values, (list, tuple)):
+            return forward(self, pixel_values, *args, **kwargs)
+        arguments = signature.bind(self, pixel_values, *args, **kwargs).arguments
+        del arguments["self"]
+        arguments.update(arguments.pop("kwargs", {}))  # the forward's own **kwargs
+        return _forward_by_size(forward, self, _image_list(arguments.pop("pixel_values")), arguments)
+
+    return wrapper
+
+
+def _image_list(pixel_values: list | tuple) -> list[torch.Tensor]:
+    """A (nested) list of [C, H, W] or [B, C, H, W] tensors -> a flat list of [C, H, W] tensors. (A
+    transformers pipeline collates each image's one-tensor list into a list of such lists.)"""
+    images = []
+    for item in pixel_values:
+        if isinstance(item, (list, tuple)):
+            images += _image_list(item)
+        elif isinstance(item, torch.Tensor) and item.ndim in (3, 4):
+            images += list(item.unbind(0)) if item.ndim == 4 else [item]
+        else:
+            shape = list(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
+            raise ValueError(
+                f"`pixel_values` given as a list must hold one [channels, height, width] tensor per image, "
+                f"got an item {shape}."
+            )
+    if not images:
+        raise ValueError("`pixel_values` is an empty list: pass at least one image.")
+    return images
+
+
+def _forward_by_size(
+    forward: Callable[..., Any],
+    model: HfDetrPreTrainedModel,
+    images: list[torch.Tensor],
+    arguments: dict[str, Any],
+) -> ModelOutput | tuple:
+    """`forward` once per group of equal-size images (a [G, C, H, W] batch each), merged in input order."""
+    for name in ("pixel_mask", "labels"):
+        if arguments.get(name) is not None:
+            raise ValueError(
+                f"`{name}` cannot go with `pixel_values` as a list of per-image tensors (each image is used "
+                "whole, at its own size): pad the images into one tensor (HfDetrImageProcessor with "
+                "do_pad=True) to pass it."
+            )
+    return_dict = arguments.get("return_dict")
+    return_dict = model.config.return_dict if return_dict is None else return_dict
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, image in enumerate(images):
+        groups.setdefault(tuple(image.shape), []).append(index)
+    outputs = []
+    for indices in groups.values():
+        batch = images[indices[0]][None] if len(indices) == 1 else torch.stack([images[i] for i in indices])
+        outputs.append(forward(model, batch, **{**arguments, "return_dict": True}))  # batch: [G, C, H, W]
+    order = [index for indices in groups.values() for index in indices]
+    merged = outputs[0] if len(outputs) == 1 else _merge_outputs(outputs, order)
+    return merged if return_dict else merged.to_tuple()
+
+
+def _merge_outputs(outputs: list[ModelOutput], order: list[int]) -> ModelOutput:
+    """The outputs of image groups -> one output of all images in input order (`order[i]`: the input
+    index of the i-th image of the concatenated groups)."""
+    position = [0] * len(order)  # position[input index] = place in the concatenated groups
+    for place, index in enumerate(order):
+        position[index] = place
+    merged = {
+        name: _merge_field([output[name] for output in outputs], position, OUTPUT_BATCH_DIMS.get(name, 0))
+        for name in outputs[0]  # the fields that are not None
+    }
+    return type(outputs[0])(**merged)
+
+
+def _merge_field(values: list[Any], position: list[int], batch_dim: int = 0) -> Any:
+    """One output field of every group -> the field of all images: a tensor where every image's part
+    has one shape, else a list of per-image tensors; per-layer tuples and lists, and dicts, field-wise."""
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        parts = [part for value in values for part in value.unbind(batch_dim)]  # one per image
+        if len({part.shape for part in parts}) == 1:
+            return torch.stack([parts[p] for p in position], batch_dim)
+        return [parts[p] for p in position]
+    if isinstance(first, (list, tuple)):
+        return type(first)(_merge_field(list(layer), position, batch_dim) for layer in zip(*values))
+    if isinstance(first, Mapping):
+        return {key: _merge_field([value[key] for value in values], position, batch_dim) for key in first}
+    raise TypeError(f"Cannot merge an output field of type {type(first).__name__} over image groups.")
+
+
+# --------------------------------------------------------------------------------------------------
 # Models
 # --------------------------------------------------------------------------------------------------
 class HfDetrModel(HfDetrPreTrainedModel):
@@ -859,9 +980,10 @@ class HfDetrModel(HfDetrPreTrainedModel):
         self.decoder = HfDetrDecoder(config)
         self.post_init()
 
+    @per_image_inputs
     def forward(
         self,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | list[torch.Tensor],
         pixel_mask: torch.Tensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -869,7 +991,8 @@ class HfDetrModel(HfDetrPreTrainedModel):
         return_intermediate: bool | None = None,
         **kwargs,
     ) -> HfDetrModelOutput | tuple:
-        """pixel_values: [B, C, H, W] normalized images; pixel_mask: [B, H, W], 1 = real pixel, 0 = padding."""
+        """pixel_values: [B, C, H, W] normalized images; pixel_mask: [B, H, W], 1 = real pixel, 0 = padding.
+        `pixel_values` may also be a list of [C, H, W] tensors, batched by size (`per_image_inputs`)."""
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
@@ -940,9 +1063,10 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         self.bbox_predictor = HfDetrMLPPredictionHead(config.d_model, config.d_model, 4, num_layers=3)
         self.post_init()
 
+    @per_image_inputs
     def forward(
         self,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | list[torch.Tensor],
         pixel_mask: torch.Tensor | None = None,
         labels: list[dict[str, torch.Tensor]] | None = None,
         output_attentions: bool | None = None,
@@ -951,7 +1075,8 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         output_auxiliary_outputs: bool | None = None,
         **kwargs,
     ) -> HfDetrObjectDetectionOutput | tuple:
-        """pixel_values: [B, C, H, W]; pixel_mask: [B, H, W] (1 = real pixel); labels: one dict per image
+        """pixel_values: [B, C, H, W], or a list of [C, H, W] tensors batched by size (`per_image_inputs`,
+        without `pixel_mask` and `labels`); pixel_mask: [B, H, W] (1 = real pixel); labels: one dict per image
         with `class_labels` [n] and `boxes` [n, 4] in (cx, cy, w, h) normalized by the unpadded image
         size. With labels, `loss` and `loss_dict` hold the set-prediction loss of every decoder layer
         (only the last one when `config.auxiliary_loss` is off).

@@ -30,6 +30,7 @@ from .modeling_detr import (
     HfDetrForObjectDetection,
     HfDetrObjectDetectionOutput,
     HfDetrPreTrainedModel,
+    per_image_inputs,
 )
 
 # the auto_map entries of a detector checkpoint, which a segmentation checkpoint's weights do not fit
@@ -43,7 +44,8 @@ class HfDetrSegmentationOutput(ModelOutput):
     loss / loss_dict: as the detector's, plus `loss_mask` (sigmoid focal) and `loss_dice` of the last
         decoder layer's matched queries (when `labels` with `masks` are given).
     logits: [B, N, K+1]; pred_boxes: [B, N, 4] normalized (cx, cy, w, h), as the detector's.
-    pred_masks: [B, N, H/4, W/4] mask logits of every query (stride 4 of the padded input).
+    pred_masks: [B, N, H/4, W/4] mask logits of every query (stride 4 of the padded input); for
+        `pixel_values` given as a list of images of different sizes, a list of [N, H_i/4, W_i/4].
     auxiliary_outputs: the other decoder layers' `{"logits", "pred_boxes"}` (no masks), when requested
         or training with `config.auxiliary_loss`.
     """
@@ -202,9 +204,10 @@ class HfDetrForSegmentation(HfDetrPreTrainedModel):
                     module.eval()
         return self
 
+    @per_image_inputs
     def forward(
         self,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | list[torch.Tensor],
         pixel_mask: torch.Tensor | None = None,
         labels: list[dict[str, torch.Tensor]] | None = None,
         output_attentions: bool | None = None,

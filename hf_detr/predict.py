@@ -50,23 +50,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", required=True, help="a save_pretrained directory or a Hub repo id")
     parser.add_argument("images", nargs="+", help="image files, directories or glob patterns")
-    parser.add_argument("--output-dir", type=Path, required=True)
+    parser.add_argument(
+        "--output-dir", type=Path, required=True,
+        help="directory for the drawn images and detections.jsonl (segments.jsonl when panoptic)",
+    )  # fmt: skip
     parser.add_argument(
         "--task",
         choices=TASKS,
         default=None,
-        help="default: panoptic for a segmentation checkpoint (HfDetrForSegmentation), else detection",
+        help="detection or panoptic (default: panoptic for an HfDetrForSegmentation checkpoint, else detection)",
     )
-    parser.add_argument("--threshold", type=float, default=0.7, help="minimum score (default 0.7)")
     parser.add_argument(
-        "--top-k", type=int, default=None, help="keep the best k (query, class) pairs per image (detection)"
-    )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--attention", action="store_true", help="also save attention maps (detection)")
+        "--threshold", type=float, default=0.7,
+        help="minimum score, 0-1, of a kept detection or panoptic segment (default: 0.7)",
+    )  # fmt: skip
     parser.add_argument(
-        "--attention-pixel", default=None, help="X,Y of the pixel whose encoder attention to show"
+        "--top-k", type=int, default=None,
+        help="detection: keep the best k (query, class) pairs per image above --threshold (default: all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--device", default="cpu", help="torch device to run on: cpu, cuda, cuda:1, ... (default: cpu)"
     )
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
+    parser.add_argument("--attention", action="store_true", help="detection: also save attention maps")
+    parser.add_argument(
+        "--attention-pixel", default=None,
+        help="X,Y in image pixels whose encoder attention to show (default: the best detection's centre)",
+    )  # fmt: skip
     parser.add_argument(
         "--fuse-labels",
         default=None,

@@ -236,6 +236,34 @@ def test_keyword_overrides_of_from_pretrained_are_checked_too(tmp_path):
         HfDetrConfig.from_pretrained(tmp_path, encoder_layers=1_000_000)
 
 
+def test_the_guides_new_classes_call_drops_the_old_per_label_fields_and_says_so(tmp_path, caplog):
+    """transformers' object-detection guide: from_pretrained(trained, id2label=new, ...,
+    ignore_mismatched_sizes=True) on a model trained with hf-detr-train (it has coco_category_ids)."""
+    from detr_testing import tiny_hf_detr_config
+    from transformers import AutoModelForObjectDetection
+
+    names = {0: "circle", 1: "square", 2: "triangle"}
+    trained = tiny_hf_detr_config(
+        num_labels=3, id2label=names, label2id={v: k for k, v in names.items()}, coco_category_ids=[1, 2, 3],
+        stuff_label_ids=[2],
+    )  # fmt: skip
+    HfDetrForObjectDetection(trained).save_pretrained(tmp_path)
+    new = {0: "cat", 1: "dog"}
+    with caplog.at_level("INFO", logger="hf_detr"):
+        model = AutoModelForObjectDetection.from_pretrained(
+            tmp_path, id2label=new, label2id={"cat": 0, "dog": 1}, ignore_mismatched_sizes=True
+        )
+    assert isinstance(model, HfDetrForObjectDetection) and model.config.id2label == new
+    assert model.class_labels_classifier.out_features == 3  # 2 classes + no-object
+    assert model.config.coco_category_ids is None and model.config.stuff_label_ids is None
+    assert len([r for r in caplog.records if "New labels (2 classes)" in r.getMessage()]) == 1
+    # the same labels, or no labels given: the saved fields stay
+    same = HfDetrConfig.from_pretrained(tmp_path, id2label=names, label2id={v: k for k, v in names.items()})
+    assert same.coco_category_ids == [1, 2, 3] and HfDetrConfig.from_pretrained(tmp_path).stuff_label_ids == [2]
+    given = HfDetrConfig.from_pretrained(tmp_path, id2label=new, coco_category_ids=[7, 9])
+    assert given.coco_category_ids == [7, 9]
+
+
 @pytest.mark.parametrize(("text", "kind"), [("[1, 2]", "array"), ("3", "number"), ('"config"', "string")])
 def test_a_config_json_that_is_not_an_object_is_a_value_error_naming_the_file(tmp_path, text, kind):
     (tmp_path / "config.json").write_text(text)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from conftest import REPO_ROOT, real_coco_folder
@@ -109,22 +110,37 @@ def test_empty_and_mismatched_inputs_are_clear_errors(synthetic):
         CocoEvaluator(ground_truth, backend="detectron")
 
 
-def test_label_mapping_by_coco_ids_by_name_and_by_position():
+def test_label_mapping_by_name_first_then_coco_ids_then_position(caplog):
     categories = [{"id": 17, "name": "cat"}, {"id": 18, "name": "dog"}]
     assert label_to_category_mapping({0: "cat", 1: "dog"}, categories, coco_category_ids=[17, 18]) == {
         0: 17,
         1: 18,
     }
     official = {0: "N/A", 17: "cat", 18: "dog", 19: "horse"}  # a 91-class checkpoint, abridged
-    assert label_to_category_mapping(official, categories) == {17: 17, 18: 18}
+    with caplog.at_level("INFO", logger="hf_detr"):
+        assert label_to_category_mapping(official, categories) == {17: 17, 18: 18}
+    assert "Evaluating 2 of the model's 4 classes" in caplog.text and "2 other classes" in caplog.text
     assert label_to_category_mapping({0: "LABEL_0", 1: "LABEL_1"}, categories) == {0: 17, 1: 18}
-    with pytest.raises(ValueError, match="Cannot map"):
+    generic = {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
+    assert label_to_category_mapping(generic, categories, coco_category_ids=[18, 5, 17]) == {0: 18, 2: 17}
+    with pytest.raises(ValueError, match="Cannot match the model's 3 classes"):
         label_to_category_mapping({0: "a", 1: "b", 2: "c"}, categories)
     far = {"id": 1, "image_id": 1, "category_id": 17, "bbox": [6, 6, 3, 3], "area": 9, "iscrowd": 0}
     evaluator = CocoEvaluator({"images": [{"id": 1, "width": 10, "height": 10}], "annotations": [far], "categories": categories},
                               label_to_category_id={0: 17})  # fmt: skip
     evaluator.update([1], [{"boxes": [[1, 1, 5, 5], [1, 1, 4, 4]], "scores": [0.5, 0.4], "labels": [0, 0]}])
     assert evaluator.compute()["AP"] == 0.0  # both detections land in category 17, away from its object
+
+
+def test_names_win_over_stale_coco_ids_and_unannotated_dataset_classes_are_ignored():
+    """A Hub-layout dataset (0-based ClassLabel ids, one unused name) and a model trained on a COCO
+    folder (coco_category_ids 1..3): matching by the ids scored AP 0 in silence."""
+    model = {0: "circle", 1: "square", 2: "triangle"}
+    categories = [{"id": i, "name": n} for i, n in enumerate(["circle", "square", "triangle", "unused"])]
+    mapping = label_to_category_mapping(model, categories, [1, 2, 3], annotated_category_ids=[0, 1, 2])
+    assert mapping == {0: 0, 1: 1, 2: 2}
+    with pytest.raises(ValueError, match=r"classes the model does not predict: \[unused\]"):
+        label_to_category_mapping(model, categories, [1, 2, 3], annotated_category_ids=[0, 3])
 
 
 def test_ground_truth_from_a_dataset_split(tmp_path, coco_image_dir):
@@ -188,8 +204,6 @@ def write_known_model(directory: Path) -> None:
 
 def write_val_folder(root: Path, count: int = 7) -> Path:
     """Images whose single object is (or, every third image, is not) where the known model looks."""
-    import PIL.Image
-
     (root / "annotations").mkdir(parents=True)
     (root / "val").mkdir()
     images, annotations = [], []
@@ -248,3 +262,51 @@ def test_command_line_on_one_and_two_processes_gives_the_same_stats(tmp_path):
     two = json.loads(double.read_text())
     assert two["num_processes"] == 2 and two["num_images"] == 7  # 8 sampler slots, the padding dropped
     assert two["stats"] == pytest.approx(one["stats"], abs=1e-12)
+
+
+def write_hub_layout_split(root: Path, names: list[str], labels: list[int], count: int = 4) -> Path:
+    """`count` images in the cppe-5 layout (`image` + `objects` {bbox xywh, 0-based ClassLabel
+    `category`, area, id}) saved with `save_to_disk`, each object where write_known_model's query looks."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Value
+
+    features = Features({
+        "image_id": Value("int64"), "image": Image(), "width": Value("int32"), "height": Value("int32"),
+        "objects": {"id": List(Value("int64")), "area": List(Value("float32")),
+                    "bbox": List(List(Value("float32"), length=4)), "category": List(ClassLabel(names=names))},
+    })  # fmt: skip
+    rows = {"image_id": [], "image": [], "width": [], "height": [], "objects": []}
+    for index in range(1, count + 1):
+        width, height = 60 + 8 * index, 50
+        cx, cy, w, h = KNOWN_BOX
+        box = [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
+        label = labels[index % len(labels)]
+        rows["image_id"].append(index)
+        rows["image"].append(PIL.Image.new("RGB", (width, height), (30 * index, 90, 160)))
+        rows["width"].append(width)
+        rows["height"].append(height)
+        rows["objects"].append({"id": [index], "area": [box[2] * box[3]], "bbox": [box], "category": [label]})
+    DatasetDict({"val": Dataset.from_dict(rows, features=features)}).save_to_disk(str(root))
+    return root
+
+
+def test_evaluate_matches_a_hub_layout_dataset_to_the_model_by_class_name(tmp_path, capsys):
+    """The model was trained on a COCO folder (coco_category_ids 1, 2); the Hub-layout dataset numbers
+    its classes from 0 and has one more name without annotations. Matching by the ids gave AP 0."""
+    from transformers import AutoConfig
+
+    from hf_detr.evaluation.cli import main
+
+    write_known_model(tmp_path / "model")  # predicts LABEL_0 (label 0) at KNOWN_BOX
+    config = AutoConfig.from_pretrained(tmp_path / "model")
+    config.id2label, config.label2id = {0: "apple", 1: "pear"}, {"apple": 0, "pear": 1}
+    config.coco_category_ids = [1, 2]
+    config.save_pretrained(tmp_path / "model")
+    dataset = write_hub_layout_split(tmp_path / "hub", ["apple", "pear", "unused"], labels=[0])
+    output = tmp_path / "results.json"
+    assert main(["--model", str(tmp_path / "model"), "--dataset", str(dataset), "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["stats"]["AP50"] == 1.0
+
+    missing = write_hub_layout_split(tmp_path / "hub-missing", ["apple", "plum"], labels=[0, 1])
+    with pytest.raises(ValueError, match=r"classes the model does not predict: \[plum\]") as error:
+        main(["--model", str(tmp_path / "model"), "--dataset", str(missing)])
+    assert "[apple, pear]" in str(error.value)

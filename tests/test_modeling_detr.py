@@ -146,6 +146,54 @@ def test_bad_inputs_raise_clear_errors(make_inputs, message):
         tiny_model()(pixel_values=pixel_values, pixel_mask=pixel_mask)
 
 
+def test_a_list_of_images_runs_by_size_and_gives_each_image_its_own_outputs_in_order():
+    """Per-image inputs (the processor's unpadded list; a pipeline batch nests one list per image): each
+    size runs as one unpadded batch; fields of size-dependent shape become per-image lists."""
+    model = tiny_model(auxiliary_loss=True)
+    generator = torch.Generator().manual_seed(0)
+    sizes = [(96, 128), (64, 64), (96, 128), (128, 64)]
+    images = [torch.randn(3, h, w, generator=generator) for h, w in sizes]
+    batch_sizes = []
+    model.model.backbone.register_forward_hook(lambda module, args, output: batch_sizes.append(len(args[0])))
+    with torch.no_grad():
+        outputs = model([[images[0]], [images[1]], images[2:]], output_auxiliary_outputs=True)
+        assert sorted(batch_sizes) == [1, 1, 2]
+        logits, boxes = model(images, return_dict=False)[:2]
+        base = model.model(images, output_hidden_states=True)  # intermediate states [L, B, N, d]
+        alone = [model(image[None], output_auxiliary_outputs=True) for image in images]
+        base_alone = [model.model(image[None], output_hidden_states=True) for image in images]
+    assert outputs.logits.shape == (4, *alone[0].logits.shape[1:]) and torch.equal(logits, outputs.logits)
+    assert base.intermediate_hidden_states.shape[:2] == (model.config.decoder_layers, 4)
+    assert isinstance(outputs.feature_mask, list) and isinstance(outputs.encoder_last_hidden_state, list)
+    for index, (single, single_base) in enumerate(zip(alone, base_alone)):
+        for got, expected in [
+            (outputs.logits[index], single.logits[0]),
+            (boxes[index], single.pred_boxes[0]),
+            (outputs.auxiliary_outputs[0]["logits"][index], single.auxiliary_outputs[0]["logits"][0]),
+            (outputs.encoder_last_hidden_state[index], single.encoder_last_hidden_state[0]),  # [h*w, d]
+            (base.intermediate_hidden_states[:, index], single_base.intermediate_hidden_states[:, 0]),
+            (base.decoder_hidden_states[-1][index], single_base.decoder_hidden_states[-1][0]),
+        ]:
+            assert max_abs_diff(got, expected) < 1e-5
+        assert torch.equal(outputs.feature_mask[index], single.feature_mask[0])
+
+
+@pytest.mark.parametrize(
+    ("pixel_values", "arguments", "message"),
+    [
+        ([torch.zeros(3, 64, 64)], {"pixel_mask": torch.ones(1, 64, 64)}, "`pixel_mask` cannot go with"),
+        ([torch.zeros(3, 64, 64)], {"labels": [{}]}, "`labels` cannot go with"),
+        ([torch.zeros(64, 64)], {}, r"one \[channels, height, width\] tensor per image, got .*\[64, 64\]"),
+        ([], {}, "empty list"),
+        ([torch.zeros(1, 64, 64)], {}, "num_channels=3"),
+    ],
+    ids=["pixel_mask", "labels", "2-d item", "empty", "channels"],
+)
+def test_bad_image_lists_raise_clear_errors(pixel_values, arguments, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model()(pixel_values, **arguments)
+
+
 def test_learned_positions_refuse_feature_maps_beyond_their_table():
     model = tiny_model(position_embedding_type="learned")
     with pytest.raises(ValueError, match="50x50"):

@@ -24,7 +24,7 @@ from hf_detr.training import (
     resolve_arguments,
     train,
 )
-from hf_detr.training.setup import lr_factor, parameter_groups
+from hf_detr.training.setup import lr_factor, parameter_groups, training_processor
 
 TINY = {
     "backbone": "resnet18", "d_model": 32, "encoder_layers": 1, "decoder_layers": 2, "attention_heads": 2,
@@ -286,7 +286,9 @@ def test_defaults_are_the_paper_recipe_for_user_data():
         0.1,
     )
     assert (args.batch_size, args.lr_drop, args.auxiliary_loss, args.epochs) == (2, 2 / 3, True, 300)
-    assert args.freeze_backbone_batch_norm and args.trainable_backbone_layers == 3 and args.image_scale == 1.0
+    assert args.freeze_backbone_batch_norm and args.trainable_backbone_layers == 3
+    scale, processor = training_processor(args)  # image_scale none: 1, the paper's 800/1333 px
+    assert scale == 1.0 and processor.size == {"shortest_edge": 800, "longest_edge": 1333}
     assert resolve_arguments({}).preset == "builtin"
 
 
@@ -344,3 +346,58 @@ def test_unreachable_pretrained_backbone_is_a_clear_error(tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match="pretrained resnet18 backbone.*without --pretrained-backbone"):
         build_model(args, ["a"], [1])
     assert time.monotonic() - start < 60
+
+
+def coco_2017_layout(root: Path, shapes: Path) -> Path:
+    """The standard COCO layout: train2017/, val2017/, test2017/ (no annotations: as COCO's test-dev)
+    and annotations/instances_{train,val}2017.json, plus an annotated split a run must not touch."""
+    import shutil
+
+    (root / "annotations").mkdir(parents=True)
+    for ours, theirs in (("train", "train2017"), ("val", "val2017"), ("val", "unlabeled2017")):
+        shutil.copytree(shapes / ours, root / theirs)
+        shutil.copy(shapes / "annotations" / f"instances_{ours}.json", root / "annotations" / f"instances_{theirs}.json")
+    (root / "test2017").mkdir()
+    return root
+
+
+def test_the_standard_coco_layout_trains_on_train2017_and_evaluates_on_val2017(tmp_path, shapes, monkeypatch, caplog):
+    from hf_detr.data import coco_folder
+
+    dataset = coco_2017_layout(tmp_path / "coco", shapes)
+    converted = []
+    convert = coco_folder.convert_coco_split
+    monkeypatch.setattr(coco_folder, "convert_coco_split", lambda r, s, f: converted.append(s) or convert(r, s, f))
+    with pytest.raises(ValueError, match=r"Unknown train split 'train'; the dataset has \['train2017', 'unlabeled2017', 'val2017'\]"):
+        train(arguments(tmp_path / "wrong", dataset, train_split="train", max_steps=1))
+    assert converted == []  # the names are checked before any split is converted
+    with caplog.at_level("INFO", logger="hf_detr"):
+        result = train(arguments(tmp_path / "run", dataset, max_steps=1, eval_steps=1))
+    assert "Training on split 'train2017', evaluating on split 'val2017'" in caplog.text
+    assert sorted(converted) == ["train2017", "val2017"] and result.stats is not None
+
+
+def test_fine_tuning_keeps_the_checkpoints_resolution_and_announces_a_change(tmp_path, shapes, caplog):
+    """The main job's model is trained at 128/213 px; fine-tuning it at the paper's 800/1333 px (the
+    default image scale with --dataset) lost its AP in 4 updates."""
+    from hf_detr import HfDetrImageProcessor
+    from hf_detr.training.cli import main
+
+    names = {0: "circle", 1: "square", 2: "triangle"}
+    source = tmp_path / "source"
+    HfDetrForObjectDetection(resolve_arguments_config(num_labels=3, id2label=names)).save_pretrained(source)
+    HfDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 107}, image_mean=[0.5] * 3).save_pretrained(source)
+    flags = ["--dataset", str(shapes), "--init-from", str(source), "--max-steps", "1", "--batch-size", "2",
+             "--num-workers", "0", "--eval-epochs", "none"]  # fmt: skip
+    with caplog.at_level("INFO", logger="hf_detr"):
+        assert main([*flags, "--output-dir", str(tmp_path / "kept")]) == 0
+    assert "Fine-tuning at " in caplog.text and "shorter side 64 px, longer at most 107 px" in caplog.text
+    kept = HfDetrImageProcessor.from_pretrained(tmp_path / "kept")
+    assert kept.size == {"shortest_edge": 64, "longest_edge": 107} and kept.image_mean == [0.5] * 3
+    assert json.loads((tmp_path / "kept" / "training_args.json").read_text())["image_scale"] == 0.08
+    caplog.clear()
+    with caplog.at_level("INFO", logger="hf_detr"):
+        assert main([*flags, "--output-dir", str(tmp_path / "changed"), "--image-scale", "0.1"]) == 0
+    assert "--image-scale 0.1 trains at shorter side 80 px, longer at most 133 px" in caplog.text
+    changed = HfDetrImageProcessor.from_pretrained(tmp_path / "changed")
+    assert changed.size == {"shortest_edge": 80, "longest_edge": 133} and changed.image_mean == [0.5] * 3

@@ -35,12 +35,14 @@ from datasets import Dataset, DatasetDict, load_from_disk
 
 from .folder_common import (
     SplitColumns,
+    SplitRequest,
     as_id,
     examples,
     folder_listing,
     image_header,
     relative_name,
     repeated,
+    requested_splits,
 )
 from .schema import ObjectChecker, logger
 
@@ -82,7 +84,7 @@ def image_folder(root: Path, split: str) -> Path:
 
 
 def load_coco_folder(
-    root: str | os.PathLike, split: str | None = None, cache_dir: str | os.PathLike | None = None
+    root: str | os.PathLike, split: SplitRequest = None, cache_dir: str | os.PathLike | None = None
 ) -> DatasetDict:
     """All splits of a COCO folder (or only `split`) in the common schema."""
     return load_annotated_folder(root, split, cache_dir, "instances", convert_coco_split)
@@ -90,7 +92,7 @@ def load_coco_folder(
 
 def load_annotated_folder(
     root: str | os.PathLike,
-    split: str | None,
+    split: SplitRequest,
     cache_dir: str | os.PathLike | None,
     kind: str,
     convert: Callable[[Path, str, Path], Dataset],
@@ -101,9 +103,7 @@ def load_annotated_folder(
     if not splits:
         what = "a COCO panoptic folder" if kind == "panoptic" else "a COCO folder"
         raise FileNotFoundError(f"{root} has no annotations/{kind}_{{split}}.json: not {what}.")
-    if split is not None and split not in splits:
-        raise ValueError(f"Unknown split {split!r} in {root}; it has {sorted(splits)}.")
-    wanted = [split] if split is not None else sorted(splits)
+    wanted = requested_splits(sorted(splits), split, root)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "coco"
     return DatasetDict({name: cached_split(root, name, splits[name], cache_root, convert) for name in wanted})
 

@@ -24,7 +24,7 @@ from .coco_folder import (
     read_coco_json,
     valid_objects,
 )
-from .folder_common import SplitColumns, as_id, examples, relative_name, repeated
+from .folder_common import SplitColumns, SplitRequest, as_id, examples, relative_name, repeated
 from .schema import PANOPTIC_MASK, logger, panoptic_features
 
 
@@ -44,7 +44,7 @@ def panoptic_png_folder(root: Path, split: str) -> Path:
 
 
 def load_coco_panoptic_folder(
-    root: str | os.PathLike, split: str | None = None, cache_dir: str | os.PathLike | None = None
+    root: str | os.PathLike, split: SplitRequest = None, cache_dir: str | os.PathLike | None = None
 ) -> DatasetDict:
     """All splits of a COCO panoptic folder (or only `split`) in the common panoptic schema."""
     return load_annotated_folder(root, split, cache_dir, "panoptic", convert_coco_panoptic_split)

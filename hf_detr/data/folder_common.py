@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -18,6 +18,24 @@ from .schema import detection_features, logger, set_category_ids
 # the picture formats PIL decodes that annotation tools export (Ultralytics' list, less video and HEIC)
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 EXIF_ORIENTATION = 0x0112
+
+
+# Which splits a loader reads: None (all), a name, names, or a function that picks names from the
+# dataset's split names (called before anything is converted; `hf-detr-train` picks its defaults so)
+SplitRequest = str | Sequence[str] | Callable[[list[str]], Sequence[str]] | None
+
+
+def requested_splits(available: Iterable[str], split: SplitRequest, where: str | os.PathLike) -> list[str]:
+    """The split names `split` asks for, each checked against `available` (the dataset's) before any
+    split is read: an unknown name is a `ValueError` listing the dataset's splits."""
+    available = list(available)
+    if split is None:
+        return available
+    wanted = [split] if isinstance(split, str) else list(split(available) if callable(split) else split)
+    for name in wanted:
+        if name not in available:
+            raise ValueError(f"Unknown split {name!r} in {where}; it has {sorted(available)}.")
+    return wanted
 
 
 def is_image_file(path: Path) -> bool:
@@ -212,6 +230,7 @@ class SplitColumns:
 __all__ = [
     "IMAGE_SUFFIXES",
     "SplitColumns",
+    "SplitRequest",
     "as_id",
     "corners_to_box",
     "examples",
@@ -224,4 +243,5 @@ __all__ = [
     "log_skipped_images",
     "relative_name",
     "repeated",
+    "requested_splits",
 ]

@@ -18,6 +18,7 @@ from typing import Any
 from datasets import DatasetDict
 
 from .coco_folder import is_coco_folder, load_coco_folder
+from .folder_common import SplitRequest
 from .voc_folder import is_voc_folder, load_voc_folder
 from .yolo_folder import is_yolo_folder, load_yolo_folder
 
@@ -29,7 +30,7 @@ class FolderLayout:
     name: str
     needs: str
     matches: Callable[[Path], bool]
-    load: Callable[[Path, str | None, Any], DatasetDict]
+    load: Callable[[Path, SplitRequest, Any], DatasetDict]
 
 
 LAYOUTS = (
@@ -73,7 +74,7 @@ def is_detection_folder(path: str | os.PathLike) -> bool:
 
 
 def load_detection_folder(
-    path: str | os.PathLike, split: str | None = None, cache_dir: str | os.PathLike | None = None
+    path: str | os.PathLike, split: SplitRequest = None, cache_dir: str | os.PathLike | None = None
 ) -> DatasetDict:
     """The splits of a COCO, YOLO or Pascal VOC folder in the common schema (the layout detected)."""
     path = Path(path)

@@ -27,6 +27,7 @@ from datasets import (
 from ..evaluation.panoptic import id_map
 from .coco_folder import valid_objects
 from .coco_panoptic import is_coco_panoptic_folder, load_coco_panoptic_folder
+from .folder_common import SplitRequest
 from .schema import PANOPTIC_MASK, ObjectChecker, is_panoptic, logger, panoptic_features, set_category_ids
 from .sources import PROBLEM, drop_unusable_records, load_source, size_problem
 
@@ -37,7 +38,7 @@ SEGMENT_KEYS = ("id", "category_id", "iscrowd", "area", "bbox")
 def load_panoptic_dataset(
     source: str | os.PathLike | None = None,
     *,
-    split: str | None = None,
+    split: SplitRequest = None,
     streaming: bool = False,
     cache_dir: str | os.PathLike | None = None,
     stuff_categories: Sequence[str | int] | None = None,
@@ -48,7 +49,9 @@ def load_panoptic_dataset(
     Args:
         source: None for the built-in shapes set; a COCO panoptic folder; a `save_to_disk` folder; a
             parquet/arrow file or folder; or a Hub dataset name (`load_dataset` arguments in `load_kwargs`).
-        split: load only this split (the result still is a DatasetDict with that one split).
+        split: load only this split, or these splits (a list), or the splits a function picks from the
+            dataset's split names; each is checked before anything is converted (the result is a
+            DatasetDict of those splits).
         streaming: return an IterableDatasetDict that yields the same records.
         cache_dir: where converted COCO folders are cached (default `$HF_HOME/hf_detr`).
         stuff_categories: names or category ids of the stuff classes of a Hub/parquet source.

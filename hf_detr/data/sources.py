@@ -32,7 +32,7 @@ from datasets import (
     load_from_disk,
 )
 
-from .folder_common import log_skipped_images, repeated
+from .folder_common import SplitRequest, log_skipped_images, repeated, requested_splits
 from .formats import is_detection_folder, load_detection_folder
 from .schema import ObjectChecker, category_ids, detection_features, logger, set_category_ids
 
@@ -45,7 +45,7 @@ CATEGORY_KEYS = ("category", "category_id", "label", "labels")
 def load_detection_dataset(
     source: str | os.PathLike | None = None,
     *,
-    split: str | None = None,
+    split: SplitRequest = None,
     bbox_format: BoxFormat = "xywh",
     streaming: bool = False,
     cache_dir: str | os.PathLike | None = None,
@@ -59,7 +59,9 @@ def load_detection_dataset(
             `{split}/_annotations.coco.json` + images), YOLO (`images/` + `labels/` + `data.yaml`) or Pascal VOC (`Annotations/` + `JPEGImages/`) folder; a `save_to_disk` folder;
             a parquet/arrow file or folder; or a Hub dataset name (`load_dataset` arguments go in
             `load_kwargs`).
-        split: load only this split (the result still is a DatasetDict with that one split).
+        split: load only this split, or these splits (a list), or the splits a function picks from the
+            dataset's split names; each is checked before anything is converted (the result is a
+            DatasetDict of those splits).
         bbox_format: the box format of a Hub/parquet source, "xywh" (COCO) or "xyxy"; checked.
         streaming: return an IterableDatasetDict that yields the same records.
         cache_dir: where converted folders are cached (default `$HF_HOME/hf_detr`).
@@ -77,12 +79,12 @@ BUILTIN_PREFIX = "builtin:"  # "builtin:NAME" names a built-in set (hf_detr.data
 
 def load_source(
     source: str | os.PathLike | None,
-    split: str | None,
+    split: SplitRequest,
     streaming: bool,
     cache_dir: str | os.PathLike | None,
     load_kwargs: Mapping[str, Any],
     is_folder: Callable[[Path], bool],
-    load_folder: Callable[[Path, str | None, Any], DatasetDict],
+    load_folder: Callable[[Path, SplitRequest, Any], DatasetDict],
     normalize: Callable[[Any, str], Any],
 ) -> DatasetDict | IterableDatasetDict:
     """The dispatch of every loader: the built-in set (None, or "builtin:NAME"), a COCO-style folder (`is_folder`, read by
@@ -127,12 +129,8 @@ def _load_files(path: Path, streaming: bool) -> DatasetDict | IterableDatasetDic
     return load_dataset(str(path), streaming=streaming)
 
 
-def _select_split(raw: Mapping[str, Any], split: str | None, source: str) -> Mapping[str, Any]:
-    if split is None:
-        return raw
-    if split not in raw:
-        raise ValueError(f"Unknown split {split!r} in {source}; it has {sorted(raw)}.")
-    return {split: raw[split]}
+def _select_split(raw: Mapping[str, Any], split: SplitRequest, source: str) -> Mapping[str, Any]:
+    return {name: raw[name] for name in requested_splits(raw, split, source)}
 
 
 def _to_iterable(dataset: DatasetDict) -> IterableDatasetDict:

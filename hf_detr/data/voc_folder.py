@@ -34,6 +34,7 @@ from .coco_folder import cached_dataset, default_cache_dir, valid_objects
 from .folder_common import (
     IMAGE_SUFFIXES,
     SplitColumns,
+    SplitRequest,
     corners_to_box,
     examples,
     files_key,
@@ -41,6 +42,7 @@ from .folder_common import (
     is_image_file,
     relative_name,
     repeated,
+    requested_splits,
 )
 from .schema import ObjectChecker, logger
 
@@ -140,7 +142,7 @@ def voc_box(corners: tuple[float, float, float, float], width: int, height: int)
 
 
 def load_voc_folder(
-    root: str | os.PathLike, split: str | None = None, cache_dir: str | os.PathLike | None = None
+    root: str | os.PathLike, split: SplitRequest = None, cache_dir: str | os.PathLike | None = None
 ) -> DatasetDict:
     """All splits of a Pascal VOC folder (or only `split`) in the common schema, each cached until its
     files change."""
@@ -150,14 +152,13 @@ def load_voc_folder(
         raise FileNotFoundError(
             f"{root} has no Annotations/*.xml nor {{split}}/ folders of images with their .xml."
         )
-    if split is not None and split not in splits:
-        raise ValueError(f"Unknown split {split!r} in {root}; it has {sorted(splits)}.")
+    wanted = requested_splits(list(splits), split, root)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "voc"
     folders = sorted({f.parent for f in everything} | {root / "JPEGImages"})
     listing = files_key("voc files", [p for f in folders if f.is_dir() for p in sorted(f.iterdir())])
     records: dict[Path, VocRecord | None] = {}
     result = {}
-    for name in [split] if split is not None else list(splits):
+    for name in wanted:
         split_list = root / "ImageSets" / "Main" / f"{name}.txt"
         key = files_key(f"voc:v{CACHE_FORMAT_VERSION}:{root.resolve()}:{name}:{listing}", [split_list])
         build = lambda name=name: convert_voc_split(root, name, splits[name], everything, records)  # noqa: E731

@@ -34,6 +34,7 @@ from datasets import Dataset, DatasetDict
 from .coco_folder import cached_dataset, default_cache_dir, valid_objects
 from .folder_common import (
     SplitColumns,
+    SplitRequest,
     corners_to_box,
     examples,
     files_key,
@@ -41,6 +42,7 @@ from .folder_common import (
     image_header,
     is_image_file,
     repeated,
+    requested_splits,
 )
 from .schema import ObjectChecker, logger
 
@@ -172,20 +174,19 @@ def yolo_layout(root: Path) -> tuple[dict[str, list[Path]], list[str], list[int]
 
 
 def load_yolo_folder(
-    root: str | os.PathLike, split: str | None = None, cache_dir: str | os.PathLike | None = None
+    root: str | os.PathLike, split: SplitRequest = None, cache_dir: str | os.PathLike | None = None
 ) -> DatasetDict:
     """All splits of a YOLO folder (or only `split`) in the common schema, each cached until its files change."""
     root = Path(root)
     splits, names, ids, sources = yolo_layout(root)
-    if split is not None and split not in splits:
-        raise ValueError(f"Unknown split {split!r} in {root}; it has {sorted(splits)}.")
+    wanted = requested_splits(list(splits), split, root)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "yolo"
     images_of = {name: split_images(folders) for name, folders in splits.items()}
     lists = {source for folders in splits.values() for source in folders if source.is_file()}
     used = [label_file(image, root) for images in images_of.values() for image in images]
     report_unused_labels(root, used, lists)
     result = {}
-    for name in [split] if split is not None else list(splits):
+    for name in wanted:
         images = images_of[name]
         labels = [label_file(image, root) for image in images]
         tag = f"yolo:v{CACHE_FORMAT_VERSION}:{root.resolve()}:{name}:{names}:{ids}"

@@ -26,10 +26,12 @@ from .confusion import ConfusionMatrix, confusion_matrix
 from .panoptic import PanopticEvaluator, evaluate_coco_panoptic, read_panoptic_annotation
 from .per_class import format_per_class, per_class_stats
 from .report import write_evaluation_report, write_metric_plots
+from .trainer_metrics import CocoMetrics, load_coco_metric
 
 __all__ = [
     "STAT_NAMES",
     "CocoEvaluator",
+    "CocoMetrics",
     "ConfusionMatrix",
     "MaskEvaluator",
     "PanopticEvaluator",
@@ -43,6 +45,7 @@ __all__ = [
     "format_stats",
     "instance_predictions",
     "label_to_category_mapping",
+    "load_coco_metric",
     "mask_ground_truth_from_panoptic",
     "per_class_stats",
     "read_panoptic_annotation",

@@ -23,44 +23,58 @@ import torch
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-detr-evaluate", description="COCO box AP of an hf_detr model.")
-    parser.add_argument("--model", required=True, help="a save_pretrained directory or a Hub repo id")
+    parser.add_argument(
+        "--model", required=True, help="the model to evaluate: a save_pretrained directory or a Hub repo id"
+    )
     parser.add_argument(
         "--task", choices=("detection", "panoptic"), default="detection",
-        help="detection (COCO box AP) or panoptic (PQ, SQ, RQ of a segmentation model)",
+        help="detection (COCO box AP) or panoptic (PQ, SQ, RQ of a segmentation model) (default: detection)",
     )  # fmt: skip
     parser.add_argument(
-        "--threshold", type=float, default=0.85, help="panoptic: score threshold of the segments (0.85)"
-    )
+        "--threshold", type=float, default=0.85,
+        help="panoptic: keep segments whose class score exceeds this, 0-1 (default: 0.85, the official code's)",
+    )  # fmt: skip
     parser.add_argument(
-        "--stuff-categories", nargs="*", default=None, help="panoptic Hub/parquet data: its stuff classes"
-    )
+        "--stuff-categories", nargs="*", default=None,
+        help="panoptic Hub/parquet data: names or ids of its stuff classes (default: none, all are things)",
+    )  # fmt: skip
     parser.add_argument(
-        "--dataset", default=None, help="COCO folder, parquet/arrow path or Hub name (default: built-in)"
-    )
-    parser.add_argument("--split", default="val", help="the split to evaluate (default: val)")
+        "--dataset", default=None,
+        help="COCO folder, parquet/arrow path or Hub dataset name (default: the built-in synthetic set)",
+    )  # fmt: skip
+    parser.add_argument("--split", default="val", help="the dataset split to evaluate (default: val)")
     parser.add_argument(
-        "--bbox-format", choices=("xywh", "xyxy"), default="xywh", help="box format of a Hub dataset"
-    )
-    parser.add_argument("--batch-size", type=int, default=8, help="images per batch and process")
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+        "--bbox-format", choices=("xywh", "xyxy"), default="xywh",
+        help="box format of a Hub/parquet dataset: xywh (COCO's) or xyxy, in pixels (default: xywh)",
+    )  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=8, help="images per batch and process (default: 8)")
     parser.add_argument(
-        "--top-k", type=int, default=None, help="keep the best k (query, class) pairs per image"
-    )
-    parser.add_argument("--backend", choices=("faster_coco_eval", "pycocotools"), default="faster_coco_eval")
+        "--num-workers", type=int, default=0,
+        help="DataLoader worker processes per process (default: 0, load in the main process)",
+    )  # fmt: skip
     parser.add_argument(
-        "--output", type=Path, default=None, help="write the stats and the per-class table as JSON here"
-    )
+        "--top-k", type=int, default=None,
+        help="keep the best k (query, class) pairs per image (default: every query's best class, the paper's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--backend", choices=("faster_coco_eval", "pycocotools"), default="faster_coco_eval",
+        help="the library that computes the COCO metrics (default: faster_coco_eval)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--output", type=Path, default=None,
+        help="write the stats and the per-class table to this JSON file (default: print only)",
+    )  # fmt: skip
     parser.add_argument(
         "--plots-dir", type=Path, default=None,
         help="detection: write confusion_matrix.png/.json and pr_curve.png here (default: beside --output)",
     )  # fmt: skip
     parser.add_argument(
         "--confusion-score-threshold", type=float, default=0.5,
-        help="detection: detections scoring at least this enter the confusion matrix (0.5)",
+        help="detection: detections scoring at least this enter the confusion matrix (default: 0.5)",
     )  # fmt: skip
     parser.add_argument(
         "--confusion-iou-threshold", type=float, default=0.5,
-        help="detection: IoU at which a detection matches an object in the confusion matrix (0.5)",
+        help="detection: IoU at which a detection matches an object in the confusion matrix (default: 0.5)",
     )  # fmt: skip
     return parser
 
@@ -115,8 +129,9 @@ def _evaluate_detection(args, accelerator, processor):
     split = load_detection_dataset(args.dataset, split=args.split, bbox_format=args.bbox_format)[args.split]
     ground_truth = split_to_coco(split)
     mapping = label_to_category_mapping(
-        model.config.id2label, ground_truth["categories"], getattr(model.config, "coco_category_ids", None)
-    )
+        model.config.id2label, ground_truth["categories"], getattr(model.config, "coco_category_ids", None),
+        annotated_category_ids={a["category_id"] for a in ground_truth["annotations"]},
+    )  # fmt: skip
     evaluator = CocoEvaluator(ground_truth, mapping, backend=args.backend)
     collator = DetectionCollator(processor, num_threads=1 if args.num_workers else None)
     loader = _loader(DetectionDataset(split), args, accelerator, collator)

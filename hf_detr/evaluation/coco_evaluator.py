@@ -17,6 +17,7 @@ import contextlib
 import copy
 import io
 import json
+import logging
 import multiprocessing
 import os
 from collections import Counter
@@ -29,6 +30,8 @@ import numpy as np
 import torch
 
 from .per_class import IOU_THRESHOLDS, format_per_class, mean_valid, objects_per_category, per_class_stats
+
+logger = logging.getLogger("hf_detr.evaluation")
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 STAT_DESCRIPTIONS = (
@@ -89,30 +92,75 @@ def label_to_category_mapping(
     id2label: Mapping[int, str],
     categories: Sequence[Mapping[str, Any]],
     coco_category_ids: Sequence[int] | None = None,
+    annotated_category_ids: Iterable[int] | None = None,
 ) -> dict[int, int]:
-    """Model label id -> ground-truth COCO category id.
+    """Model label id -> ground-truth category id, matched by class name first.
 
-    From the model config's `coco_category_ids` when it has them (models trained with hf_detr);
-    otherwise by class name (an official 91-class checkpoint evaluated on an 80-class dataset); as a
-    last resort by position when the label and category counts agree. Labels without a category
-    ("N/A") are left out, and their detections are dropped.
+    Only the categories with annotations must be found (`annotated_category_ids`; default: every
+    category); names of the dataset without annotations are ignored.
+    - When the class names of the two overlap, every annotated category must be one of the model's
+      classes by name: the model's other classes are left out (one info line says how many) and
+      their detections dropped. An annotated class the model lacks is a `ValueError` listing both sets.
+    - When no name is shared (generic names such as "LABEL_0"): the model config's
+      `coco_category_ids` if they cover every annotated category, else by position when the counts
+      agree, else a `ValueError`.
     """
+    annotated = _annotated_categories(categories, annotated_category_ids)
+    model_names = {str(name) for name in id2label.values()}
+    if model_names & {str(c["name"]) for c in annotated}:
+        return _mapping_by_name(id2label, categories, annotated)
     known = {int(c["id"]) for c in categories}
-    if coco_category_ids is not None:
-        mapping = {label: int(cid) for label, cid in enumerate(coco_category_ids) if int(cid) in known}
-        if mapping:
-            return mapping
-    by_name = {c["name"]: int(c["id"]) for c in categories}
-    mapping = {int(label): by_name[name] for label, name in id2label.items() if name in by_name}
-    if mapping:
-        return mapping
+    needed = {int(c["id"]) for c in annotated}
+    if coco_category_ids is not None and needed <= {int(cid) for cid in coco_category_ids}:
+        return {label: int(cid) for label, cid in enumerate(coco_category_ids) if int(cid) in known}
     if len(id2label) == len(categories):
         ordered = sorted(known)
         return {int(label): ordered[index] for index, label in enumerate(sorted(int(k) for k in id2label))}
     raise ValueError(
-        f"Cannot map the model's {len(id2label)} labels to the {len(categories)} ground-truth categories: no "
-        "class name matches and the counts differ. Pass label_to_category_id= explicitly."
+        f"Cannot match the model's {len(id2label)} classes to the dataset's {len(categories)}: no class "
+        f"name is shared and the counts differ. The model's: {_names(id2label.values())}; the dataset's: "
+        f"{_names(c['name'] for c in categories)}. Pass label_to_category_id= explicitly."
     )
+
+
+def _annotated_categories(
+    categories: Sequence[Mapping[str, Any]], annotated_category_ids: Iterable[int] | None
+) -> list[Mapping[str, Any]]:
+    if annotated_category_ids is None:
+        return list(categories)
+    annotated = {int(cid) for cid in annotated_category_ids}
+    return [c for c in categories if int(c["id"]) in annotated]
+
+
+def _mapping_by_name(
+    id2label: Mapping[int, str], categories: Sequence[Mapping[str, Any]], annotated: list[Mapping[str, Any]]
+) -> dict[int, int]:
+    """Labels -> categories of the same name; a `ValueError` when an annotated category has no label."""
+    model_names = {str(name) for name in id2label.values()}
+    missing = sorted({str(c["name"]) for c in annotated} - model_names)
+    if missing:
+        raise ValueError(
+            f"The dataset has classes the model does not predict: {_names(missing)}. The model's "
+            f"{len(model_names)} classes: {_names(id2label.values())}; the dataset's annotated classes: "
+            f"{_names(c['name'] for c in annotated)}. Evaluate a model trained on these classes, or a "
+            "dataset split without them."
+        )
+    by_name = {str(c["name"]): int(c["id"]) for c in categories}
+    mapping = {int(label): by_name[str(name)] for label, name in id2label.items() if str(name) in by_name}
+    left_out = len(id2label) - len(mapping)
+    if left_out:
+        logger.info(
+            "Evaluating %d of the model's %d classes (matched by name); its %d other classes are not in "
+            "the dataset and their detections are dropped.", len(mapping), len(id2label), left_out,
+        )  # fmt: skip
+    return mapping
+
+
+def _names(names: Iterable[Any], limit: int = 12) -> str:
+    """A short, sorted list of class names for an error message."""
+    unique = sorted({str(name) for name in names})
+    shown = ", ".join(unique[:limit])
+    return f"[{shown}{f', ... ({len(unique)} in all)' if len(unique) > limit else ''}]"
 
 
 class CocoEvaluator:
@@ -169,11 +217,7 @@ class CocoEvaluator:
             labels = _as_array(detection["labels"], np.int64).reshape(-1)
             if not len(boxes) == len(scores) == len(labels):
                 raise ValueError(f"Image {image_id}: boxes, scores and labels have different lengths.")
-            if labels.min() < 0 or labels.max() >= len(self._category_of_label):
-                raise ValueError(
-                    f"Image {image_id}: label {labels.max()} has no COCO category (label_to_category_id)."
-                )
-            categories = self._category_of_label[labels]
+            categories = label_categories(self._category_of_label, labels, image_id)
             keep = categories >= 0
             chunk = np.empty((int(keep.sum()), 7))
             chunk[:, 0] = image_id
@@ -275,6 +319,15 @@ def category_table(
     for label, category in label_to_category_id.items():
         table[int(label)] = int(category)
     return table
+
+
+def label_categories(table: np.ndarray, labels: np.ndarray, image_id: int) -> np.ndarray:
+    """The category of each predicted label (`category_table`), -1 for labels without one: classes of
+    the model that the dataset lacks, whose detections are dropped."""
+    if len(labels) and labels.min() < 0:
+        raise ValueError(f"Image {image_id}: label {labels.min()} is negative; labels are class ids >= 0.")
+    inside = labels < len(table)
+    return np.where(inside, table[np.where(inside, labels, 0)], -1)
 
 
 def checked_image_ids(
@@ -486,6 +539,7 @@ __all__ = [
     "coco_ground_truth",
     "evaluate_detections",
     "format_stats",
+    "label_categories",
     "label_to_category_mapping",
     "split_to_coco",
     "summarize",

@@ -28,6 +28,7 @@ from .coco_evaluator import (
     checked_image_ids,
     coco_ground_truth,
     format_stats,
+    label_categories,
     summarize,
 )
 from .panoptic import id_map
@@ -273,11 +274,7 @@ class MaskEvaluator:
                 f"Image {image_id}: masks of size {wrong[0]}, but the image is {list(size)} (height, width); "
                 "masks must be at the original image size."
             )
-        if labels.min() < 0 or labels.max() >= len(self._category_of_label):
-            raise ValueError(
-                f"Image {image_id}: label {labels.max()} has no COCO category (label_to_category_id)."
-            )
-        categories = self._category_of_label[labels].tolist()
+        categories = label_categories(self._category_of_label, labels, image_id).tolist()
         areas, boxes = mask_api.area(rles).tolist(), mask_api.toBbox(rles).tolist()
         return [
             {"image_id": image_id, "category_id": category, "segmentation": rle, "score": score,

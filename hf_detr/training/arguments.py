@@ -25,85 +25,329 @@ from ..evaluation.coco_evaluator import STAT_NAMES
 class TrainingArguments:
     """Settings of `hf-detr-train`. Defaults follow the paper (section 4 and appendix A.4)."""
 
-    task: str = "detection"  # detection, or panoptic (HfDetrForSegmentation: masks, PQ; paper section 4.4)
-    # data
-    dataset: str | None = None  # COCO folder, parquet/arrow path or Hub name; None = the built-in set
-    train_split: str = "train"
-    eval_split: str | None = None  # default: the first of val, validation, val2017, test that exists
-    bbox_format: str = "xywh"  # box format of a Hub/parquet dataset: xywh or xyxy
-    stuff_categories: list[str] = field(default_factory=list)  # panoptic Hub/parquet data: its stuff classes
-    image_scale: float = 1.0  # multiplies every augmentation and evaluation size (small images)
-    augmentation: str = "paper"  # paper (flip, multi-scale, crops) or flip (flip + evaluation resize)
-    num_workers: int = 2  # DataLoader workers per process
-    # model (defaults: HfDetrConfig's; MODEL_SETTINGS says which config fields each one sets)
-    init_from: str | None = None  # fine-tune from this checkpoint (directory or Hub repo id)
-    backbone: str = HfDetrConfig.backbone
-    pretrained_backbone: bool = HfDetrConfig.use_pretrained_backbone  # ImageNet weights from timm (Hub)
-    dilation: bool = HfDetrConfig.dilation
-    d_model: int = HfDetrConfig.d_model
-    encoder_layers: int = HfDetrConfig.encoder_layers
-    decoder_layers: int = HfDetrConfig.decoder_layers
-    attention_heads: int = HfDetrConfig.encoder_attention_heads
-    ffn_dim: int = HfDetrConfig.encoder_ffn_dim
-    num_queries: int = HfDetrConfig.num_queries
-    num_query_groups: int = HfDetrConfig.num_query_groups  # Group DETR training groups (1: the paper)
-    one_to_many_repeats: int = HfDetrConfig.one_to_many_repeats  # H-DETR: groups 1.. see targets k times
-    dropout: float = HfDetrConfig.dropout
-    freeze_backbone_batch_norm: bool = HfDetrConfig.freeze_backbone_batch_norm
-    trainable_backbone_layers: int = HfDetrConfig.trainable_backbone_layers
-    auxiliary_loss: bool = HfDetrConfig.auxiliary_loss
-    eos_coefficient: float = HfDetrConfig.eos_coefficient
-    class_loss_coefficient: float = HfDetrConfig.class_loss_coefficient
-    freeze_detector: bool = False  # panoptic: train the mask head alone (the paper's second stage)
-    # panoptic: first train the detector on the panoptic boxes (things and stuff, mask losses off) for
-    # this many updates, then freeze it and train the mask head for max_steps (the paper's two stages)
-    detector_steps: int | None = None
-    mask_loss_coefficient: float = HfDetrConfig.mask_loss_coefficient  # panoptic: sigmoid focal loss
-    dice_loss_coefficient: float = HfDetrConfig.dice_loss_coefficient  # panoptic: DICE loss
-    # optimisation
-    epochs: int = 300
-    max_steps: int | None = None  # schedule length in optimizer steps (overrides epochs)
-    batch_size: int = 2  # per device
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 1e-4
-    backbone_learning_rate: float = 1e-5
-    mask_head_learning_rate: float | None = (
-        None  # panoptic: the new mask head's rate (default: learning_rate)
+    task: str = field(
+        default="detection",
+        metadata={
+            "help": "detection (boxes) or panoptic (HfDetrForSegmentation: masks and PQ, paper section 4.4)"
+        },
     )
-    weight_decay: float = 1e-4
-    max_grad_norm: float = 0.1
-    lr_scheduler_type: str = "step"  # step (x0.1 after lr_drop, the paper) or cosine (to 0 at the end)
-    lr_drop: float = 2 / 3  # learning rate x0.1 after this fraction of the steps (StepLR)
-    warmup_steps: int = 0
-    mixed_precision: str = "no"  # no, fp16, bf16
-    seed: int = 42
-    time_limit_minutes: float | None = None  # stop training after this long (then evaluate and save)
+    # data
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "COCO folder, parquet/arrow path or Hub dataset name; none: the built-in synthetic set"
+        },
+    )
+    train_split: str | None = field(
+        default=None,
+        metadata={"help": "the split to train on; none: the first of train, train2017 that exists"},
+    )
+    eval_split: str | None = field(
+        default=None,
+        metadata={
+            "help": "the split to evaluate on; none: the first of val, validation, val2017, test that exists"
+        },
+    )
+    bbox_format: str = field(
+        default="xywh",
+        metadata={"help": "box format of a Hub/parquet dataset: xywh (COCO's) or xyxy, in pixels"},
+    )
+    stuff_categories: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "panoptic Hub/parquet data: names or ids of its stuff classes (the rest are things)"
+        },
+    )
+    image_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "scales every augmentation and evaluation size (1: 800/1333 px); none: 1 or --init-from's"
+        },
+    )
+    augmentation: str = field(
+        default="paper",
+        metadata={
+            "help": "paper (flip, multi-scale resize, random crops) or flip (flip + the evaluation resize)"
+        },
+        # the paper's: shorter side 480-800 px (max 1333), random crops half the time (appendix A.4)
+    )
+    num_workers: int = field(
+        default=2, metadata={"help": "DataLoader worker processes per training process (0: load in line)"}
+    )
+    # model (defaults: HfDetrConfig's; MODEL_SETTINGS says which config fields each one sets)
+    init_from: str | None = field(
+        default=None,
+        metadata={"help": "fine-tune from this checkpoint (directory or Hub repo id); none: a new model"},
+    )
+    backbone: str = field(
+        default=HfDetrConfig.backbone,
+        metadata={
+            "help": "timm ResNet of the backbone (resnet50: DETR, resnet101: DETR-R101)",
+            "paper": True,
+        },
+    )
+    pretrained_backbone: bool = field(
+        default=HfDetrConfig.use_pretrained_backbone,
+        metadata={"help": "start the backbone from timm's ImageNet weights (from the Hub; the paper does)"},
+    )
+    dilation: bool = field(
+        default=HfDetrConfig.dilation,
+        metadata={
+            "help": "dilate the last backbone stage (DC5 models: output stride 16, not 32)",
+            "paper": True,
+        },
+    )
+    d_model: int = field(
+        default=HfDetrConfig.d_model, metadata={"help": "transformer width (hidden size)", "paper": True}
+    )
+    encoder_layers: int = field(
+        default=HfDetrConfig.encoder_layers, metadata={"help": "transformer encoder layers", "paper": True}
+    )
+    decoder_layers: int = field(
+        default=HfDetrConfig.decoder_layers, metadata={"help": "transformer decoder layers", "paper": True}
+    )
+    attention_heads: int = field(
+        default=HfDetrConfig.encoder_attention_heads,
+        metadata={"help": "attention heads of every encoder and decoder layer", "paper": True},
+    )
+    ffn_dim: int = field(
+        default=HfDetrConfig.encoder_ffn_dim,
+        metadata={
+            "help": "hidden size of the feed-forward network of every transformer layer",
+            "paper": True,
+        },
+    )
+    num_queries: int = field(
+        default=HfDetrConfig.num_queries,
+        metadata={"help": "object queries: the most objects detected in one image", "paper": True},
+    )
+    num_query_groups: int = field(
+        default=HfDetrConfig.num_query_groups,
+        metadata={
+            "help": "Group DETR: query groups in training; the saved model keeps the first (1: off)",
+            "paper": True,
+        },
+    )
+    one_to_many_repeats: int = field(
+        default=HfDetrConfig.one_to_many_repeats,
+        metadata={
+            "help": "H-DETR: query groups 1.. are matched to every target repeated k times (1: off)",
+            "paper": True,
+        },
+    )
+    dropout: float = field(
+        default=HfDetrConfig.dropout,
+        metadata={
+            "help": "dropout probability of the transformer (attention, activations, residuals)",
+            "paper": True,
+        },
+    )
+    freeze_backbone_batch_norm: bool = field(
+        default=HfDetrConfig.freeze_backbone_batch_norm,
+        metadata={
+            "help": "frozen BatchNorm in the backbone (false: it learns, for a scratch backbone)",
+            "paper": True,
+        },
+    )
+    trainable_backbone_layers: int = field(
+        default=HfDetrConfig.trainable_backbone_layers,
+        metadata={
+            "help": "backbone stages that train, counted from the top (0-5; 3: layer2-4)",
+            "paper": True,
+        },
+    )
+    auxiliary_loss: bool = field(
+        default=HfDetrConfig.auxiliary_loss,
+        metadata={
+            "help": "add the loss of every decoder layer's output, not only the last one's",
+            "paper": True,
+        },
+    )
+    eos_coefficient: float = field(
+        default=HfDetrConfig.eos_coefficient,
+        metadata={"help": "weight of the no-object class in the classification loss", "paper": True},
+    )
+    class_loss_coefficient: float = field(
+        default=HfDetrConfig.class_loss_coefficient,
+        metadata={
+            "help": "weight of the classification loss (the matching's class cost stays 1)",
+            "paper": True,
+        },
+    )
+    freeze_detector: bool = field(
+        default=False,
+        metadata={
+            "help": "panoptic: train the mask head alone, the detector frozen (the paper's second stage)"
+        },
+    )
+    # panoptic: the detector trains on the panoptic boxes (things and stuff, mask losses off) first, then
+    # is frozen while the mask head trains for max_steps
+    detector_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "panoptic: first train the detector for N optimizer steps, then the mask head alone"
+        },
+    )
+    mask_loss_coefficient: float = field(
+        default=HfDetrConfig.mask_loss_coefficient,
+        metadata={"help": "panoptic: weight of the masks' sigmoid focal loss", "paper": True},
+    )
+    dice_loss_coefficient: float = field(
+        default=HfDetrConfig.dice_loss_coefficient,
+        metadata={"help": "panoptic: weight of the masks' DICE loss", "paper": True},
+    )
+    # optimisation
+    epochs: int = field(
+        default=300, metadata={"help": "schedule length in epochs (--max-steps overrides it)", "paper": True}
+    )
+    max_steps: int | None = field(
+        default=None, metadata={"help": "schedule length in optimizer steps (overrides --epochs)"}
+    )
+    batch_size: int = field(
+        default=2,
+        metadata={
+            "help": "images per device per step (the paper: 2 on each of 16 GPUs, 64 in total)",
+            "paper": True,
+        },
+    )
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "batches accumulated into one optimizer step"}
+    )
+    learning_rate: float = field(
+        default=1e-4, metadata={"help": "AdamW learning rate of the transformer and heads", "paper": True}
+    )
+    backbone_learning_rate: float = field(
+        default=1e-5, metadata={"help": "AdamW learning rate of the backbone", "paper": True}
+    )
+    mask_head_learning_rate: float | None = field(
+        default=None, metadata={"help": "panoptic: the new mask head's learning rate; none: --learning-rate"}
+    )
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay", "paper": True})
+    max_grad_norm: float = field(
+        default=0.1,
+        metadata={"help": "gradient clipping: the largest total L2 norm of the gradients", "paper": True},
+    )
+    lr_scheduler_type: str = field(
+        default="step",
+        metadata={
+            "help": "step (x0.1 after --lr-drop of the run) or cosine (down to 0 at the end)",
+            "paper": True,
+        },
+    )
+    lr_drop: float = field(
+        default=2 / 3,
+        metadata={
+            "help": "step schedule: learning rate x0.1 after this fraction of the run (200 of 300 epochs)",
+            "paper": True,
+        },
+    )
+    warmup_steps: int = field(
+        default=0,
+        metadata={"help": "linear learning-rate warm-up, in optimizer steps (0: none)", "paper": True},
+    )
+    mixed_precision: str = field(
+        default="no", metadata={"help": "Accelerate's mixed precision: no, fp16 or bf16"}
+    )
+    seed: int = field(default=42, metadata={"help": "random seed (initialisation, data order, augmentation)"})
+    time_limit_minutes: float | None = field(
+        default=None, metadata={"help": "stop training after this many minutes (then evaluate and save)"}
+    )
     # checkpoints and faults
-    output_dir: str = "outputs/hf-detr"
-    save_steps: int | None = None  # also save a checkpoint every N optimizer steps
-    save_total_limit: int = 3  # keep the last K checkpoints
-    resume_from_checkpoint: str | None = None  # "latest" or a checkpoint directory
-    stop_after_steps: int | None = None  # interrupt after N optimizer steps (with a checkpoint)
-    max_consecutive_nonfinite: int = 10  # stop after this many skipped (NaN/inf) steps in a row
+    output_dir: str = field(
+        default="outputs/hf-detr",
+        metadata={"help": "directory of the checkpoints, logs, metrics and final model"},
+    )
+    save_steps: int | None = field(
+        default=None, metadata={"help": "also save a checkpoint every N optimizer steps"}
+    )
+    save_total_limit: int = field(
+        default=3, metadata={"help": "keep the last K checkpoints (older ones are deleted)"}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "resume from a checkpoint directory, or latest (the output's last one)"},
+    )
+    stop_after_steps: int | None = field(
+        default=None,
+        metadata={"help": "interrupt after N optimizer steps, with a checkpoint (to test resuming)"},
+    )
+    max_consecutive_nonfinite: int = field(
+        default=10, metadata={"help": "stop after this many skipped (NaN/inf loss) optimizer steps in a row"}
+    )
     # the run they keep (names as transformers' Trainer has them)
-    ema: bool = False  # evaluate and save an exponential moving average of the weights (training/ema.py)
-    ema_decay: float = 0.9999  # RT-DETR / D-FINE / ultralytics ModelEMA (rf-detr fine-tuning: 0.993)
-    ema_tau: float = 2000.0  # decay ramp d_k = ema_decay * (1 - exp(-k / ema_tau)) (rf-detr: 100)
-    early_stopping_patience: int | None = None  # stop after N evaluations without improvement
-    early_stopping_threshold: float = 0.0  # an improvement must exceed this to reset the patience
-    metric_for_best_model: str | None = None  # default: AP (PQ with --task panoptic)
-    greater_is_better: bool = True
-    load_best_model_at_end: bool = True  # the final model is the best evaluation's (when there is one)
+    ema: bool = field(
+        default=False,
+        metadata={"help": "evaluate and save an exponential moving average of the weights (training/ema.py)"},
+    )
+    ema_decay: float = field(
+        default=0.9999,
+        metadata={
+            "help": "EMA decay per optimizer step (RT-DETR, D-FINE, ultralytics; rf-detr fine-tuning: 0.993)"
+        },
+    )
+    ema_tau: float = field(
+        default=2000.0,
+        metadata={
+            "help": "EMA decay ramp in optimizer steps: ema-decay * (1 - exp(-step / tau)) (rf-detr: 100)"
+        },
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "stop after N evaluations without improvement; none: never stop early"},
+    )
+    early_stopping_threshold: float = field(
+        default=0.0,
+        metadata={"help": "early stopping: a metric gain must exceed this to count as an improvement"},
+    )
+    metric_for_best_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "metric that picks the best model and drives early stopping; none: AP (PQ if panoptic)"
+        },
+    )
+    greater_is_better: bool = field(
+        default=True, metadata={"help": "a higher --metric-for-best-model is better (false: lower is)"}
+    )
+    load_best_model_at_end: bool = field(
+        default=True,
+        metadata={"help": "the final model is the best evaluation's weights (when there is one)"},
+    )
     # evaluation and logging
-    eval_epochs: int | None = 1  # evaluate every N epochs (None: only every eval_steps and at the end)
-    eval_steps: int | None = None  # also evaluate every N optimizer steps
-    eval_top_k: int | None = None
-    panoptic_threshold: float = 0.85  # panoptic evaluation: the official PostProcessPanoptic's threshold
-    logging_steps: int = 10
-    report_to: list[str] = field(default_factory=list)  # accelerate trackers: tensorboard, wandb, ...
-    push_to_hub: str | None = None  # repo id to publish the final model to
-    hub_private: bool = False
-    preset: str | None = None  # "paper" or "builtin"; default: builtin without --dataset, else paper
+    eval_epochs: int | None = field(
+        default=1, metadata={"help": "evaluate every N epochs; none: only every --eval-steps and at the end"}
+    )
+    eval_steps: int | None = field(default=None, metadata={"help": "also evaluate every N optimizer steps"})
+    eval_top_k: int | None = field(
+        default=None,
+        metadata={
+            "help": "evaluate the K best (query, class) pairs per image; none: every query's best class",
+            "paper": True,
+        },
+    )
+    panoptic_threshold: float = field(
+        default=0.85,
+        metadata={
+            "help": "panoptic evaluation: keep segments whose class score exceeds this (0-1; official code's)",
+        },
+    )
+    logging_steps: int = field(
+        default=10, metadata={"help": "log the losses and learning rates every N optimizer steps"}
+    )
+    report_to: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Accelerate trackers to log to: tensorboard, wandb, ... (none: the console only)"},
+    )
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "Hub repo id to publish the final model to"}
+    )
+    hub_private: bool = field(default=False, metadata={"help": "make the --push-to-hub repo private"})
+    preset: str | None = field(
+        default=None,
+        metadata={
+            "help": "paper, builtin, builtin-panoptic or builtin-finetune; none: builtin without a dataset, "
+            "else paper"
+        },
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -241,14 +485,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-detr-train",
         description="Train DETR with Accelerate (one CPU, one or many GPUs, many nodes).",
+        epilog="The defaults shown are the paper preset's; without --dataset the builtin preset changes some "
+        "(the model's size, the schedule: see --preset and hf_detr/training/arguments.py). Optional settings "
+        "take none.",
         argument_default=argparse.SUPPRESS,
     )
     parser.add_argument("--config", type=Path, help="YAML or JSON file of settings (flags override it)")
     for spec in fields(TrainingArguments):
         base, optional, is_list = _field_type(spec.type)
         flag = "--" + spec.name.replace("_", "-")
-        default = spec.default if spec.default is not dataclasses.MISSING else []
-        help_text = f"default: {default}"
+        help_text = _help_text(spec)
         if base is bool:
             parser.add_argument(flag, type=_parse_bool, nargs="?", const=True, help=help_text)
         elif is_list:
@@ -257,8 +503,26 @@ def build_parser() -> argparse.ArgumentParser:
             converter = base if base in (int, float, str) else str
             if optional:
                 converter = _or_none(converter)
-            parser.add_argument(flag, type=converter, help=help_text + (" (or none)" if optional else ""))
+            parser.add_argument(flag, type=converter, help=help_text)
     return parser
+
+
+def _help_text(spec: dataclasses.Field) -> str:
+    """A field's one-line help (its metadata's "help") and its default, "the paper's" where it is."""
+    default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()  # type: ignore[misc]
+    if default is None or default == []:
+        shown = "none"
+    elif isinstance(default, bool):
+        shown = str(default).lower()
+    elif isinstance(default, float):
+        shown = f"{default:g}"
+    else:
+        shown = str(default)
+    notes = [f"default: {shown}"]
+    if spec.metadata.get("paper"):
+        notes.append("the paper's")
+    text = spec.metadata.get("help", "")
+    return f"{text} ({', '.join(notes)})".replace("%", "%%")  # argparse formats help with %
 
 
 def _or_none(convert: Any) -> Any:
@@ -314,7 +578,7 @@ def resolve_arguments(cli: dict[str, Any], file_values: dict[str, Any] | None = 
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; expected one of {sorted(PRESETS)}.")
     merged = {**PRESETS[preset], **explicit, "preset": preset}
-    for name in ("max_steps", "eval_split", "init_from", "resume_from_checkpoint", "stop_after_steps",
+    for name in ("max_steps", "train_split", "image_scale", "eval_split", "init_from", "resume_from_checkpoint", "stop_after_steps",
                  "save_steps", "eval_steps", "eval_epochs", "detector_steps", "mask_head_learning_rate", "eval_top_k", "push_to_hub", "time_limit_minutes", "dataset",
                  "early_stopping_patience", "metric_for_best_model"):  # fmt: skip
         if isinstance(merged.get(name), str) and merged[name].lower() in ("none", "null", ""):

@@ -6,6 +6,7 @@ a resumed run loaded; the loop in `trainer.py` only reads and advances it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -31,7 +32,7 @@ from ..data import (
     load_panoptic_dataset,
 )
 from ..evaluation import CocoEvaluator, label_to_category_mapping, split_to_coco
-from ..image_processing_detr import HfDetrImageProcessor
+from ..image_processing_detr import HfDetrImageProcessor, normalize_size
 from ..modeling_detr import HfDetrForObjectDetection
 from .arguments import BUILTIN_PRESET, MODEL_SETTINGS, TrainingArguments
 from .batch_norm import BatchNormStatistics
@@ -46,6 +47,7 @@ from .panoptic import (
 from .query_groups import set_query_groups
 
 logger = logging.getLogger("hf_detr.training")
+TRAIN_SPLIT_NAMES = ("train", "train2017")
 EVAL_SPLIT_NAMES = ("val", "validation", "valid", "val2017", "test")
 
 
@@ -105,6 +107,54 @@ def fine_tuning_model(
     model.config.one_to_many_repeats = args.one_to_many_repeats
     model.config.validate_detr_fields()
     return model
+
+
+def training_processor(args: TrainingArguments) -> tuple[float, HfDetrImageProcessor]:
+    """The run's image scale and evaluation processor. A fine-tuning run takes the `init_from`
+    checkpoint's processor (its size, normalization, padding), at its scale unless `image_scale` is
+    set; a scale other than the checkpoint's is announced, since fine-tuning at another resolution
+    loses most of what the checkpoint learned until it adapts."""
+    saved = _saved_processor(args.init_from) if args.init_from else None
+    saved_scale = _processor_scale(saved)
+    if saved is None or saved_scale is None:
+        scale = 1.0 if args.image_scale is None else args.image_scale
+        return scale, HfDetrImageProcessor(size=detr_val_size(scale))
+    size = (
+        f"shorter side {saved.size['shortest_edge']} px, longer at most {saved.size.get('longest_edge')} px"
+    )
+    if args.image_scale is None:
+        logger.info(
+            "Fine-tuning at %s's resolution (%s: image scale %.4g); --image-scale changes it.",
+            args.init_from, size, saved_scale,
+        )  # fmt: skip
+        return saved_scale, saved
+    if abs(args.image_scale - saved_scale) > 1e-3 * saved_scale:
+        new = detr_val_size(args.image_scale)
+        logger.warning(
+            "--image-scale %g trains at shorter side %d px, longer at most %d px; %s was trained at %s "
+            "(image scale %.4g).", args.image_scale, new["shortest_edge"], new["longest_edge"],
+            args.init_from, size, saved_scale,
+        )  # fmt: skip
+    saved.size = normalize_size(detr_val_size(args.image_scale))
+    return args.image_scale, saved
+
+
+def _saved_processor(checkpoint: str) -> HfDetrImageProcessor | None:
+    """The checkpoint's saved image processor, or None (with a line saying so) when it has none."""
+    try:
+        return HfDetrImageProcessor.from_pretrained(checkpoint)
+    except OSError:
+        logger.info(
+            "%s has no preprocessor_config.json: the run's --image-scale sets the image sizes.", checkpoint
+        )
+        return None
+
+
+def _processor_scale(processor: HfDetrImageProcessor | None) -> float | None:
+    """The image scale of a processor's `size` relative to the paper's 800 px shorter side."""
+    if processor is None or not processor.do_resize or "shortest_edge" not in (processor.size or {}):
+        return None
+    return processor.size["shortest_edge"] / detr_val_size()["shortest_edge"]
 
 
 def check_builtin_detector(args: TrainingArguments) -> None:
@@ -217,6 +267,8 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
     from accelerate.utils import set_seed
 
     check_builtin_detector(args)
+    scale, processor = training_processor(args)
+    args = dataclasses.replace(args, image_scale=scale)
     output_dir = Path(args.output_dir)
     accelerator = _accelerator(args, output_dir)
     set_seed(args.seed)
@@ -225,14 +277,15 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
         args.save(output_dir / "training_args.json")
 
     panoptic = args.task == "panoptic"
+    splits = SplitChoice(args.train_split, args.eval_split)  # checked before any split is converted
     if panoptic:
-        data = load_panoptic_dataset(args.dataset, stuff_categories=args.stuff_categories or None)
+        data = load_panoptic_dataset(
+            args.dataset, split=splits, stuff_categories=args.stuff_categories or None
+        )
     else:
-        data = load_detection_dataset(args.dataset, bbox_format=args.bbox_format)
-    if args.train_split not in data:
-        raise ValueError(f"Unknown train split {args.train_split!r}; the dataset has {sorted(data)}.")
-    eval_name = _eval_split_name(list(data), args.eval_split, args.train_split)
-    train_split = data[args.train_split]
+        data = load_detection_dataset(args.dataset, split=splits, bbox_format=args.bbox_format)
+    eval_name = splits.eval
+    train_split = data[splits.train]
     coco_ids = category_ids(train_split)
     build = build_segmentation_model if panoptic else build_model
     model = build(args, class_names(train_split), coco_ids)
@@ -240,7 +293,6 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
         model.config.stuff_label_ids = stuff_label_ids(train_split)
     model = _synchronized_batch_norm(model, accelerator)
 
-    processor = HfDetrImageProcessor(size=detr_val_size(args.image_scale))
     dataset_class = PanopticDataset if panoptic else DetectionDataset
     train_dataset = dataset_class(
         train_split,
@@ -254,7 +306,10 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
         make_evaluator = panoptic_evaluator_factory(data[eval_name], coco_ids)
     elif eval_name is not None:
         ground_truth = split_to_coco(data[eval_name])
-        mapping = label_to_category_mapping(model.config.id2label, ground_truth["categories"], coco_ids)
+        mapping = label_to_category_mapping(
+            model.config.id2label, ground_truth["categories"], coco_ids,
+            annotated_category_ids={a["category_id"] for a in ground_truth["annotations"]},
+        )  # fmt: skip
         make_evaluator = lambda: CocoEvaluator(ground_truth, mapping)  # noqa: E731
 
     optimizer = torch.optim.AdamW(
@@ -322,12 +377,32 @@ def _accelerator(args: TrainingArguments, output_dir: Path) -> Any:
     )
 
 
-def _eval_split_name(splits: list[str], requested: str | None, train_split: str) -> str | None:
-    if requested is not None:
-        if requested not in splits:
-            raise ValueError(f"Unknown eval split {requested!r}; the dataset has {sorted(splits)}.")
-        return requested
-    return next((name for name in EVAL_SPLIT_NAMES if name in splits and name != train_split), None)
+@dataclass
+class SplitChoice:
+    """The run's train and eval splits, picked from the dataset's split names when the loader calls it
+    (before it converts anything): the names asked for, or the first of TRAIN_SPLIT_NAMES /
+    EVAL_SPLIT_NAMES that exists (COCO's train2017 and val2017 included), announced in the log."""
+
+    train: str | None = None
+    eval: str | None = None
+
+    def __call__(self, available: list[str]) -> list[str]:
+        if self.train is None:
+            self.train = next((name for name in TRAIN_SPLIT_NAMES if name in available), None)
+            if self.train is None:
+                raise ValueError(
+                    f"The dataset has no split named {' or '.join(TRAIN_SPLIT_NAMES)}; its splits are "
+                    f"{sorted(available)}: name the one to train on with --train-split."
+                )
+        elif self.train not in available:
+            raise ValueError(f"Unknown train split {self.train!r}; the dataset has {sorted(available)}.")
+        if self.eval is None:
+            self.eval = next((n for n in EVAL_SPLIT_NAMES if n in available and n != self.train), None)
+        elif self.eval not in available:
+            raise ValueError(f"Unknown eval split {self.eval!r}; the dataset has {sorted(available)}.")
+        evaluated = f"evaluating on split {self.eval!r}" if self.eval else "no evaluation split"
+        logger.info("Training on split %r, %s (of %s).", self.train, evaluated, sorted(available))
+        return [self.train] + ([self.eval] if self.eval else [])
 
 
 def _synchronized_batch_norm(model: HfDetrForObjectDetection, accelerator: Any) -> HfDetrForObjectDetection:
