@@ -108,3 +108,15 @@ def known_prediction_model():
 
 def known_score() -> float:
     return math.exp(KNOWN_LOGIT) / (math.exp(KNOWN_LOGIT) + 4)  # 4 other logits (3 classes + no-object) at 0
+
+
+def hub_detection_features(names: list[str]):
+    """The features of a Hub detection dataset in the cppe-5 layout: `image`, its size, and `objects`
+    with COCO (x, y, w, h) boxes and a 0-based ClassLabel `category`."""
+    from datasets import ClassLabel, Features, Image, List, Value
+
+    return Features({
+        "image_id": Value("int64"), "image": Image(), "width": Value("int32"), "height": Value("int32"),
+        "objects": {"id": List(Value("int64")), "area": List(Value("float32")),
+                    "bbox": List(List(Value("float32"), length=4)), "category": List(ClassLabel(names=names))},
+    })  # fmt: skip

@@ -11,7 +11,8 @@ import PIL.Image
 import pytest
 import torch
 from conftest import real_coco_folder
-from datasets import ClassLabel, Dataset, Features, Image, List, Value
+from datasets import Dataset
+from detr_testing import hub_detection_features
 
 from hf_detr import HfDetrImageProcessor
 from hf_detr.data import (
@@ -61,11 +62,7 @@ def make_coco_folder(root: Path, extra_annotations=(), split: str = "train") -> 
 def make_hub_parquet(path: Path, bbox_format: str) -> Path:
     """A tiny Hub-style detection dataset (cppe-5 / detection-datasets layout) as one parquet file."""
     names = [c["name"] for c in CATEGORIES]
-    features = Features({
-        "image_id": Value("int64"), "image": Image(), "width": Value("int32"), "height": Value("int32"),
-        "objects": {"id": List(Value("int64")), "area": List(Value("float32")),
-                    "bbox": List(List(Value("float32"), length=4)), "category": List(ClassLabel(names=names))},
-    })  # fmt: skip
+    features = hub_detection_features(names)
     rows = {"image_id": [], "image": [], "width": [], "height": [], "objects": []}
     contiguous = {c["id"]: i for i, c in enumerate(CATEGORIES)}
     for index, (width, height, boxes) in enumerate(IMAGES, start=1):

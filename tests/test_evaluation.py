@@ -267,13 +267,10 @@ def test_command_line_on_one_and_two_processes_gives_the_same_stats(tmp_path):
 def write_hub_layout_split(root: Path, names: list[str], labels: list[int], count: int = 4) -> Path:
     """`count` images in the cppe-5 layout (`image` + `objects` {bbox xywh, 0-based ClassLabel
     `category`, area, id}) saved with `save_to_disk`, each object where write_known_model's query looks."""
-    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Value
+    from datasets import Dataset, DatasetDict
+    from detr_testing import hub_detection_features
 
-    features = Features({
-        "image_id": Value("int64"), "image": Image(), "width": Value("int32"), "height": Value("int32"),
-        "objects": {"id": List(Value("int64")), "area": List(Value("float32")),
-                    "bbox": List(List(Value("float32"), length=4)), "category": List(ClassLabel(names=names))},
-    })  # fmt: skip
+    features = hub_detection_features(names)
     rows = {"image_id": [], "image": [], "width": [], "height": [], "objects": []}
     for index in range(1, count + 1):
         width, height = 60 + 8 * index, 50

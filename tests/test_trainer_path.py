@@ -8,8 +8,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, Features, Image, List, Value
-from detr_testing import KNOWN_BOX, known_prediction_model
+from datasets import Dataset
+from detr_testing import KNOWN_BOX, hub_detection_features, known_prediction_model
 from transformers import AutoImageProcessor, AutoModelForObjectDetection, Trainer, TrainingArguments
 from transformers.trainer_utils import EvalPrediction
 
@@ -22,15 +22,10 @@ NEW_CLASSES = {0: "dog", 1: "fox"}
 def guide_dataset(count: int = 4, foxes: bool = False) -> Dataset:
     """`count` 64x48 images in the cppe-5 layout, one "dog" each where the known model's query looks
     (KNOWN_BOX); with `foxes`, odd images have a "fox" too."""
-    features = Features({
-        "image_id": Value("int64"), "image": Image(),
-        "objects": {"id": List(Value("int64")), "area": List(Value("float32")),
-                    "bbox": List(List(Value("float32"), length=4)),
-                    "category": List(ClassLabel(names=list(NEW_CLASSES.values())))},
-    })  # fmt: skip
+    features = hub_detection_features(list(NEW_CLASSES.values()))
     cx, cy, w, h = KNOWN_BOX.tolist()
     dog = [(cx - w / 2) * 64, (cy - h / 2) * 48, w * 64, h * 48]
-    rows = {"image_id": [], "image": [], "objects": []}
+    rows = {"image_id": [], "image": [], "width": [64] * count, "height": [48] * count, "objects": []}
     for index in range(count):
         boxes, classes = [dog], [0]
         if foxes and index % 2:

@@ -401,3 +401,17 @@ def test_fine_tuning_keeps_the_checkpoints_resolution_and_announces_a_change(tmp
     assert "--image-scale 0.1 trains at shorter side 80 px, longer at most 133 px" in caplog.text
     changed = HfDetrImageProcessor.from_pretrained(tmp_path / "changed")
     assert changed.size == {"shortest_edge": 80, "longest_edge": 133} and changed.image_mean == [0.5] * 3
+
+
+def test_fine_tuning_to_more_classes_keeps_the_rows_of_the_classes_it_shares_by_name(tmp_path, shapes):
+    names = ["circle", "square", "triangle"]
+    source = HfDetrForObjectDetection(resolve_arguments_config(num_labels=3, id2label=dict(enumerate(names))))
+    source.save_pretrained(tmp_path / "source")
+    args = arguments(tmp_path / "ft", shapes, init_from=str(tmp_path / "source"))
+    model = build_model(args, ["square", "star", "circle", "triangle"], [2, 7, 1, 3])
+    old, new = source.class_labels_classifier, model.class_labels_classifier
+    assert new.out_features == 5 and model.config.id2label[1] == "star"
+    for new_row, old_row in ((0, 1), (2, 0), (3, 2), (4, 3)):  # square, circle, triangle, no-object
+        assert torch.equal(new.weight[new_row], old.weight[old_row]) and new.bias[new_row] == old.bias[old_row]
+    assert not torch.equal(new.weight[1], old.weight[1])  # star: a new row
+    assert model.config.coco_category_ids == [2, 7, 1, 3]

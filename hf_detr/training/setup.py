@@ -89,24 +89,41 @@ FINE_TUNING_SETTINGS = (
 def fine_tuning_model(
     args: TrainingArguments, labels: dict[str, dict], coco_ids: list[int]
 ) -> HfDetrForObjectDetection:
-    """`init_from`'s model with the run's training settings; a new class head for other classes."""
+    """`init_from`'s model with the run's training settings; for other classes, a class head whose rows
+    of the classes both share (by name) keep the checkpoint's weights."""
     names = list(labels["id2label"].values())
-    old_names = list(HfDetrConfig.from_pretrained(args.init_from).id2label.values())
     settings = {key: getattr(args, name) for name in FINE_TUNING_SETTINGS for key in MODEL_SETTINGS[name]}
-    model = HfDetrForObjectDetection.from_pretrained(
-        args.init_from, **labels, **settings, ignore_mismatched_sizes=len(old_names) != len(names)
-    )
+    model = HfDetrForObjectDetection.from_pretrained(args.init_from, **settings)
+    old_names = list(model.config.id2label.values())
     if old_names != names:
-        model.class_labels_classifier.reset_parameters()  # the official (PyTorch default) initialisation
+        model.class_labels_classifier = class_head_for(model.class_labels_classifier, old_names, names)
+        model.config.id2label, model.config.label2id = labels["id2label"], labels["label2id"]
+        kept = [name for name in names if name in old_names]
         logger.info(
-            "Fine-tuning %s: a new class head for %d classes (%s) in place of %s.",
+            "Fine-tuning %s: a class head for %d classes (%s) in place of %s; %s.",
             args.init_from, len(names), ", ".join(names), ", ".join(old_names),
+            f"the rows of {', '.join(kept)} and of no-object kept" if kept else "all new",
         )  # fmt: skip
     model.config.coco_category_ids = list(coco_ids)
+    model.config.stuff_label_ids = None if old_names != names else model.config.stuff_label_ids
     set_query_groups(model, args.num_query_groups)
     model.config.one_to_many_repeats = args.one_to_many_repeats
     model.config.validate_detr_fields()
     return model
+
+
+def class_head_for(old: torch.nn.Linear, old_names: list[str], names: list[str]) -> torch.nn.Linear:
+    """A class head over `names` + no-object, initialised as the official code does (PyTorch's
+    default); when some names are the checkpoint's, their rows and the no-object row are copied."""
+    head = torch.nn.Linear(old.in_features, len(names) + 1).to(old.weight.device, old.weight.dtype)
+    shared = [(new, old_names.index(name)) for new, name in enumerate(names) if name in old_names]
+    if shared:
+        rows = [*shared, (len(names), len(old_names))]  # the no-object row is the last of each
+        new_rows, old_rows = (torch.tensor(index) for index in zip(*rows))
+        with torch.no_grad():
+            head.weight[new_rows] = old.weight[old_rows]
+            head.bias[new_rows] = old.bias[old_rows]
+    return head
 
 
 def training_processor(args: TrainingArguments) -> tuple[float, HfDetrImageProcessor]:
