@@ -26,6 +26,7 @@ import torch
 
 from .coco_panoptic_categories import COCO_PANOPTIC_NUM_LABELS, coco_panoptic_label_fields
 from .configuration_detr import COCO_DETECTION_LABELS, HfDetrConfig
+from .extras import add_traceback_argument
 from .image_processing_detr import HfDetrImageProcessor
 from .modeling_detr import HfDetrForObjectDetection
 from .modeling_detr_segmentation import HfDetrForSegmentation
@@ -780,6 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--private", action="store_true", help="--push-to-hub: create the Hub repository as private"
     )
+    add_traceback_argument(parser)
     return parser
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .configuration_detr import HfDetrConfig
-from .extras import MissingExtraError, require_extra
+from .extras import add_traceback_argument, require_extra
 from .image_processing_detr import HfDetrImageProcessor
 from .modeling_detr import HfDetrForObjectDetection
 from .modeling_detr_segmentation import HfDetrForSegmentation
@@ -37,6 +37,7 @@ DEFAULT_OPSET = 18
 MIN_SIDE = 64
 MAX_SIDE = 8192
 METADATA_KEYS = ("config", "preprocessor_config", "id2label", "inputs", "outputs")
+_REEXPORT = "export the model again with hf-detr-export."
 EXPORT_EXTRA = {"onnx": "onnx", "onnxruntime": "onnxruntime", "onnxscript": "onnxscript"}
 
 
@@ -281,19 +282,44 @@ def read_export_metadata(path: str | Path) -> dict[str, Any]:
     else:
         files = {f"{key}.json": "" for key in METADATA_KEYS}
         torch.export.load(str(path), extra_files=files)
-        props = {name.removesuffix(".json"): value for name, value in files.items()}
+        props = {name.removesuffix(".json"): value for name, value in files.items() if value}
     missing = [key for key in METADATA_KEYS if key not in props]
     if missing:
         raise ValueError(
             f"{path} has no {', '.join(missing)} metadata: it was not written by hf-detr-export."
         )
-    metadata = {key: json.loads(props[key]) for key in METADATA_KEYS}
-    metadata["id2label"] = {int(k): v for k, v in metadata["id2label"].items()}
+    metadata = {key: _metadata_entry(path, key, props[key]) for key in METADATA_KEYS}
+    try:
+        metadata["id2label"] = {int(k): v for k, v in metadata["id2label"].items()}
+    except ValueError as error:
+        raise ValueError(
+            f"{path}: its 'id2label' metadata must have class ids as keys ({error}); {_REEXPORT}"
+        ) from error
+    try:
+        processor_from_metadata(metadata)  # the settings checked now, naming the file
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: its 'preprocessor_config' metadata cannot be used: {error}") from error
     return metadata
 
 
+def _metadata_entry(path: Path, key: str, text: str) -> Any:
+    """One metadata entry decoded from JSON: an object, or a list for "inputs" and "outputs"; else a
+    ValueError naming the file and the entry."""
+    expected = list if key in ("inputs", "outputs") else dict
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: its {key!r} metadata is not JSON ({error}); {_REEXPORT}") from error
+    if not isinstance(value, expected):
+        kind = "a list" if expected is list else "an object"
+        raise ValueError(
+            f"{path}: its {key!r} metadata must be {kind} in JSON, got {type(value).__name__}; {_REEXPORT}"
+        )
+    return value
+
+
 def processor_from_metadata(metadata: dict[str, Any]) -> HfDetrImageProcessor:
-    """The processor whose settings an exported file records."""
+    """The processor whose settings an exported file records (`read_export_metadata` has checked them)."""
     settings = dict(metadata["preprocessor_config"])
     settings.pop("image_processor_type", None)
     settings.pop("auto_map", None)
@@ -349,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="ONNX only: also write <output>.int8.onnx with dynamic int8 weights (default: none)",
     )  # fmt: skip
     parser.add_argument("--no-verify", action="store_true", help="skip the comparison with the eager model")
+    add_traceback_argument(parser)
     return parser
 
 
@@ -356,14 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
-    try:
-        path = export_model(
-            args.model, args.output, export_format=args.format, opset=args.opset,
-            with_pixel_mask=not args.no_pixel_mask, verify=not args.no_verify,
-        )  # fmt: skip
-    except MissingExtraError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    path = export_model(
+        args.model, args.output, export_format=args.format, opset=args.opset,
+        with_pixel_mask=not args.no_pixel_mask, verify=not args.no_verify,
+    )  # fmt: skip
     print(f"Exported {path}")
     if args.quantize:
         if path.suffix != ".onnx":

@@ -17,6 +17,7 @@ Both are part of the self-contained "model files": relative imports of each othe
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import sys
@@ -25,11 +26,10 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType, SimpleNamespace
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 import torch
 from torch.nn import functional as F
 from torchvision.ops import box_convert
@@ -60,6 +60,14 @@ except ImportError:  # pragma: no cover - older 5.x releases
     SemanticSegmentationPostProcessorOutput = BatchFeature
 
 DEFAULT_SIZE = {"shortest_edge": 800, "longest_edge": 1333}
+# The largest image side, in pixels, the processor makes: `size` and `pad_size` values, and every image
+# once resized (or unresized, with do_resize=False). 4096 is about 3x the official 1333 longest edge, so
+# every DETR setting fits with room to spare, while a mistaken `size` (200000 in a config file) is refused
+# before gigabytes are allocated. Raise it with the environment variable HF_DETR_MAX_IMAGE_SIDE=<pixels>,
+# or in code by setting this module's `MAX_IMAGE_SIDE` (read at each call).
+MAX_IMAGE_SIDE = 4096
+MAX_IMAGE_SIDE_ENV = "HF_DETR_MAX_IMAGE_SIDE"
+_RAISE_LIMIT = f"raise the limit with {MAX_IMAGE_SIDE_ENV}=<pixels>"
 SIZE_FORMS = (
     {"shortest_edge", "longest_edge"},
     {"shortest_edge"},
@@ -75,6 +83,17 @@ FLAG_SETTINGS = (
     "do_convert_annotations",
 )
 SIXTEEN_BIT_PIL_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+EXIF_ORIENTATION = 0x0112  # the EXIF tag: 1 = as stored, 2-8 = mirrored and/or rotated on display
+# how each EXIF orientation turns the stored pixels into the displayed ones (PIL.ImageOps.exif_transpose's)
+_ORIENTATION_TRANSPOSE = {
+    2: PIL.Image.Transpose.FLIP_LEFT_RIGHT,
+    3: PIL.Image.Transpose.ROTATE_180,
+    4: PIL.Image.Transpose.FLIP_TOP_BOTTOM,
+    5: PIL.Image.Transpose.TRANSPOSE,
+    6: PIL.Image.Transpose.ROTATE_270,
+    7: PIL.Image.Transpose.TRANSVERSE,
+    8: PIL.Image.Transpose.ROTATE_90,
+}
 ANNOTATION_FORMATS = ("coco_detection", "coco_panoptic")
 _TORCH_INTERPOLATION = {
     PILImageResampling.NEAREST: TF.InterpolationMode.NEAREST,
@@ -92,7 +111,7 @@ class _SourceImage:
     height: int
     width: int
     channels: int
-    exif_transpose: bool = False  # a file whose EXIF rotation is applied when it is decoded
+    orientation: int = 1  # a file's EXIF orientation, applied when it is decoded (`exif_orientation`)
     path: str | None = None  # the file it is decoded from (in a worker thread), for error messages
 
 
@@ -130,18 +149,56 @@ def resized_size(height: int, width: int, size: Mapping[str, int]) -> tuple[int,
 def normalize_size(size: Any, param_name: str = "size") -> dict[str, int]:
     """Accept the transformers size forms (and an int shorter side); reject anything else by name."""
     if _is_integer(size) and size > 0:
-        return {"shortest_edge": int(size)}
+        return _within_limit({"shortest_edge": int(size)}, param_name)
     if isinstance(size, Mapping):
         size = {k: v for k, v in size.items() if v is not None}
         if "max_size" in size:  # the legacy spelling of longest_edge
             size["longest_edge"] = size.pop("max_size")
         if set(size) in SIZE_FORMS and all(_is_integer(v) and v > 0 for v in size.values()):
-            return {key: int(value) for key, value in size.items()}
+            return _within_limit({key: int(value) for key, value in size.items()}, param_name)
     raise ValueError(
         f"`{param_name}` must be a positive int (the shorter side) or a dict with keys {{'shortest_edge', "
         f"'longest_edge'}}, {{'height', 'width'}} or {{'max_height', 'max_width'}} and positive integer "
         f"values, got {size!r}."
     )
+
+
+def max_image_side() -> int:
+    """The largest image side in force: HF_DETR_MAX_IMAGE_SIDE when set, else `MAX_IMAGE_SIDE`."""
+    text = os.environ.get(MAX_IMAGE_SIDE_ENV, "").strip()
+    if not text:
+        return MAX_IMAGE_SIDE
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{MAX_IMAGE_SIDE_ENV} must be a whole number of pixels, 1 or more, got {text!r}.")
+    return int(text)
+
+
+def _within_limit(size: dict[str, int], param_name: str) -> dict[str, int]:
+    """`size`, unless one of its sides exceeds `max_image_side()`: then a ValueError naming `param_name`."""
+    limit, largest = max_image_side(), max(size.values())
+    if largest > limit:
+        raise ValueError(
+            f"`{param_name}` {size} asks for a side of {largest} pixels, beyond the limit of {limit} pixels "
+            f"({MAX_IMAGE_SIDE_ENV}): use a smaller `{param_name}` (DETR's default size: shorter side 800, "
+            f"longer at most 1333), or {_RAISE_LIMIT}."
+        )
+    return size
+
+
+def _check_output_sizes(output_sizes: list[tuple[int, int]], settings: Mapping[str, Any]) -> None:
+    """Every image within `max_image_side()` once resized (or unresized), before the batch is allocated."""
+    limit = max_image_side()
+    for index, (height, width) in enumerate(output_sizes):
+        if max(height, width) <= limit:
+            continue
+        if settings["do_resize"]:  # only a `size` without a longest side lets an image grow this far
+            how, fix = f"resized with size={settings['size']}", "give `size` a 'longest_edge'"
+        else:
+            how, fix = "unresized (do_resize=False)", "resize it (do_resize=True)"
+        raise ValueError(
+            f"images[{index}] would be {height}x{width} pixels {how}, beyond the limit of {limit} pixels a "
+            f"side ({MAX_IMAGE_SIDE_ENV}): {fix}, or {_RAISE_LIMIT}."
+        )
 
 
 def _is_integer(value: Any) -> bool:
@@ -188,6 +245,8 @@ class HfDetrImageProcessor(BaseImageProcessor):
         do_convert_rgb: convert grayscale, RGBA (composited on white), palette and CMYK images to RGB.
         do_resize / size / resample: resize with `{"shortest_edge", "longest_edge"}` (default 800/1333,
             the official rule), `{"height", "width"}` or `{"max_height", "max_width"}`; PIL bilinear.
+            No side, asked for or produced, may exceed `MAX_IMAGE_SIDE` (4096 px; the environment
+            variable HF_DETR_MAX_IMAGE_SIDE raises it): beyond it a call is refused before allocating.
         do_rescale / rescale_factor: multiply by 1/255. 16-bit images are first brought to 8-bit range.
         do_normalize / image_mean / image_std: ImageNet statistics.
         do_pad / pad_size: pad bottom-right to the batch maximum, or to a fixed `{"height", "width"}`.
@@ -197,7 +256,8 @@ class HfDetrImageProcessor(BaseImageProcessor):
 
     Call it with `images` (PIL images, numpy arrays HWC/CHW, torch tensors, file paths, URLs, or lists
     of them), optional `annotations`, `return_tensors="pt"` or `"np"`, and `device=` to do the work and
-    return the batch on a GPU. Annotations:
+    return the batch on a GPU. (An empty list is an error naming `images`; transformers' pipelines fail
+    on one with an IndexError of their own before the processor is called.) Annotations:
 
     - "coco_detection": `{"image_id", "annotations": [{"bbox" (x, y, w, h), "category_id", "area",
       "iscrowd", "segmentation" (polygons or RLE; read with return_segmentation_masks=True)}]}`.
@@ -341,6 +401,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
             else (s.height, s.width)
             for s in sources
         ]
+        _check_output_sizes(output_sizes, settings)
         channels = self._output_channels(sources, settings)
         scale, shift = self._affine(settings, channels)
         if settings["do_pad"]:
@@ -429,17 +490,15 @@ class HfDetrImageProcessor(BaseImageProcessor):
             if os.path.isfile(path):
                 try:
                     opened = PIL.Image.open(path)  # lazy: only the header is read here
-                    orientation = opened.getexif().get(0x0112, 1)
+                    orientation = exif_orientation(opened)
                 except (OSError, SyntaxError, ValueError) as error:
                     raise ValueError(
                         f"images[{index}]: cannot read {path!r} as an image ({error})."
                     ) from error
-                width, height = opened.size
-                _check_size(index, height, width)
-                if orientation in (5, 6, 7, 8):  # EXIF rotations by 90 degrees
-                    width, height = height, width
+                _check_size(index, opened.height, opened.width)
+                width, height = displayed_size(opened.width, opened.height, orientation)
                 channels = len(opened.getbands())
-                return _SourceImage(opened, None, height, width, channels, exif_transpose=True, path=path)
+                return _SourceImage(opened, None, height, width, channels, orientation, path=path)
             try:
                 image = load_image(path)  # URLs and base64, EXIF rotation applied
             except Exception as error:
@@ -765,6 +824,41 @@ def _as_list(images: Any) -> list[Any]:
     return [images]
 
 
+def exif_orientation(image: PIL.Image.Image) -> int:
+    """The EXIF orientation (1-8) of an opened image, read from its header without decoding the pixels;
+    1 (as stored) when there is none or it is invalid. A PNG's EXIF counts only before its pixels (PIL
+    would decode the whole file to look for one after them), for the loaders and the decoder alike."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    value = image.getexif().get(EXIF_ORIENTATION, 1)
+    return value if isinstance(value, int) and value in _ORIENTATION_TRANSPOSE else 1
+
+
+def displayed_size(width: int, height: int, orientation: int) -> tuple[int, int]:
+    """(width, height) as displayed of stored pixels `width` x `height` with an EXIF `orientation`."""
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def decode_image(source: str | os.PathLike | bytes | BinaryIO) -> PIL.Image.Image:
+    """An encoded image (a file path, its bytes or a binary file) as training, evaluation, prediction and
+    the processor's file paths all see it: RGB, 8 bits per channel, as displayed (the EXIF orientation
+    applied, `exif_orientation`), 16-bit values scaled to 8 bits, transparency composited onto white.
+    PIL's errors (OSError, ValueError, DecompressionBombError) are raised as they come."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(source)
+    opened = PIL.Image.open(source)
+    try:
+        orientation = exif_orientation(opened)
+        opened.load()
+        decoded = _eight_bit(_oriented(opened, orientation), convert_rgb=True)
+    except BaseException:
+        opened.close()
+        raise
+    if decoded is not opened:
+        opened.close()
+    return decoded
+
+
 # transformers pipelines (module, class) whose `preprocess` calls the processor on one image and whose
 # batching (DataLoader collate) concatenates `pixel_values` tensors but keeps other values per image
 PIPELINES = (
@@ -886,17 +980,26 @@ def _native_channels(source: _SourceImage) -> int:
 
 
 def _pil_to_mode(source: _SourceImage, convert_rgb: bool) -> PIL.Image.Image:
-    """Decode (applying EXIF rotation for files) and convert to RGB (or keep the native 8-bit mode)."""
-    image = source.pil
-    if source.exif_transpose:
-        image = PIL.ImageOps.exif_transpose(image)
+    """Decode (applying a file's EXIF orientation) and convert to RGB (or keep the native 8-bit mode)."""
+    return _eight_bit(_oriented(source.pil, source.orientation), convert_rgb)
+
+
+def _oriented(image: PIL.Image.Image, orientation: int) -> PIL.Image.Image:
+    """The pixels as displayed: `image` mirrored and/or rotated as its EXIF `orientation` says."""
+    method = _ORIENTATION_TRANSPOSE.get(orientation)
+    return image if method is None else image.transpose(method)
+
+
+def _eight_bit(image: PIL.Image.Image, convert_rgb: bool) -> PIL.Image.Image:
+    """8-bit content: 16-bit values brought to the 8-bit range (grayscale), then RGB when `convert_rgb`
+    (transparency composited onto white, as transformers does; palette, CMYK, grayscale converted)."""
     if image.mode in SIXTEEN_BIT_PIL_MODES:
         eight_bit = (np.asarray(image, dtype=np.float32) / 257.0).round().clip(0, 255).astype(np.uint8)
         image = PIL.Image.fromarray(eight_bit, mode="L")
     if not convert_rgb or image.mode == "RGB":
         return image
     if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")  # transparency composited onto white, as transformers does
+        rgba = image.convert("RGBA")
         background = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return PIL.Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
@@ -950,4 +1053,4 @@ def _to_numpy(data: dict[str, Any]) -> dict[str, Any]:
     return {key: convert(value) for key, value in data.items()}
 
 
-__all__ = ["HfDetrImageProcessor"]
+__all__ = ["HfDetrImageProcessor", "decode_image", "displayed_size", "exif_orientation"]

@@ -402,10 +402,11 @@ def check_finite_outputs(outputs: Mapping[str, torch.Tensor]) -> None:
 
 
 def check_threshold(name: str, value: Any) -> float:
-    """A threshold: a finite number (scores lie in [0, 1]: one above 1 keeps nothing, as in transformers,
-    where a pipeline passes such thresholds to ask for no detections)."""
-    if not _is_finite_real(value):
-        raise ValueError(f"`{name}` must be a finite number (scores lie in [0, 1]), got {value!r}.")
+    """A threshold on scores, probabilities or area ratios: a number from 0 to 1 (1 keeps nothing)."""
+    if not (_is_finite_real(value) and 0 <= value <= 1):
+        raise ValueError(
+            f"`{name}` must be a number from 0 to 1 (scores are probabilities; 1 keeps nothing), got {value!r}."
+        )
     return float(value)
 
 

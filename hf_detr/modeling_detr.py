@@ -18,6 +18,7 @@ import functools
 import inspect
 import itertools
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -727,6 +728,13 @@ def _all_true_without_sync(mask: torch.Tensor) -> bool:
 # normalized pixels are a few units; beyond this, activations (and trainable BatchNorm statistics)
 # head for overflow, so such inputs are an error rather than a model full of inf or NaN
 PIXEL_VALUE_LIMIT = 1e4
+# The most encoder tokens (feature-map cells) one image may give: 16384, a 128x128 map, from a 4096x4096
+# image at stride 32 (2048x2048 at DC5's stride 16). The paper's largest setting, DC5 at 800x1333, gives
+# 4200. Attention grows with the square of the count: an 8000x8000 image (62500 tokens) computes for
+# minutes. Raise it with the environment variable HF_DETR_MAX_ENCODER_TOKENS=<tokens>, or in code by
+# setting this module's `MAX_ENCODER_TOKENS` (read at each forward).
+MAX_ENCODER_TOKENS = 16384
+MAX_ENCODER_TOKENS_ENV = "HF_DETR_MAX_ENCODER_TOKENS"
 
 
 def _check_flags(**flags: object) -> None:
@@ -744,18 +752,42 @@ def _check_inputs(
 ) -> None:
     """Check the model's inputs before the backbone sees them (so that no input leaves NaN in the model).
 
-    Shapes, types and devices always; with `backbone`, also what the backbone can take: a training-mode
-    batch of one image whose feature map is 1x1 under trainable BatchNorm, finite pixel values within
-    +-PIXEL_VALUE_LIMIT, and a mask with real pixels in every image and in its feature map. The values are
-    read in one device-to-host copy (none on the CPU); skipped while torch.compile or torch.export trace."""
+    Shapes, types and devices always; with `backbone`, also what the backbone can take: at most
+    `max_encoder_tokens()` feature-map cells per image, a training-mode batch of one image whose feature
+    map is 1x1 under trainable BatchNorm, finite pixel values within +-PIXEL_VALUE_LIMIT, and a mask with
+    real pixels in every image and in its feature map. The values are read in one device-to-host copy
+    (none on the CPU); skipped while torch.compile or torch.export trace."""
     _check_input_types(pixel_values, pixel_mask, num_channels)
     if backbone is None or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return
     stride = backbone.body.feature_info.reduction()[-1]  # 32, or 16 with dilation
     height, width = pixel_values.shape[-2:]
     feature_size = (-(-height // stride), -(-width // stride))  # a timm ResNet's map: ceil(side / stride)
+    _check_encoder_tokens((height, width), feature_size, stride)
     _check_batch_norm_batch(pixel_values.shape[0], (height, width), feature_size, stride, backbone)
     _check_input_values(pixel_values, pixel_mask, feature_size, stride)
+
+
+def max_encoder_tokens() -> int:
+    """The most encoder tokens per image: HF_DETR_MAX_ENCODER_TOKENS when set, else `MAX_ENCODER_TOKENS`."""
+    text = os.environ.get(MAX_ENCODER_TOKENS_ENV, "").strip()
+    if not text:
+        return MAX_ENCODER_TOKENS
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{MAX_ENCODER_TOKENS_ENV} must be a whole number, 1 or more, got {text!r}.")
+    return int(text)
+
+
+def _check_encoder_tokens(size: tuple[int, int], feature_size: tuple[int, int], stride: int) -> None:
+    """Refuse, before the backbone runs, images whose feature map exceeds `max_encoder_tokens()`."""
+    tokens, limit = feature_size[0] * feature_size[1], max_encoder_tokens()
+    if tokens > limit:
+        raise ValueError(
+            f"`pixel_values` of {size[0]}x{size[1]} pixels give {tokens} encoder tokens (a {feature_size[0]}x"
+            f"{feature_size[1]} feature map at stride {stride}), beyond the limit of {limit} "
+            f"({MAX_ENCODER_TOKENS_ENV}): resize the images (HfDetrImageProcessor's default size keeps them "
+            f"within 800x1333 pixels), or raise the limit with {MAX_ENCODER_TOKENS_ENV}=<tokens>."
+        )
 
 
 def _check_input_types(

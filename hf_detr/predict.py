@@ -20,7 +20,8 @@ segment in its colour over the image, outlined, with its class name. Queries sco
 become segments as in `post_process_panoptic_segmentation`; `--fuse-labels` names the (stuff) classes,
 by name or id, whose queries merge into one segment per image (its score: the best query's).
 
-Images are loaded as the pipeline loads them (EXIF rotation applied). Unreadable files are reported and
+Images are decoded as training and evaluation decode them (`decode_image`: as displayed, the EXIF
+rotation applied as the pipeline does; 16-bit scaled to 8 bits). Unreadable files are reported and
 skipped; the exit code is 1 when any input failed.
 """
 
@@ -37,6 +38,8 @@ from typing import Any, TextIO
 
 import torch
 from tqdm.auto import tqdm
+
+from .extras import add_traceback_argument, positive_int, probability, run_command
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TASKS = ("detection", "panoptic")
@@ -61,17 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="detection or panoptic (default: panoptic for an HfDetrForSegmentation checkpoint, else detection)",
     )
     parser.add_argument(
-        "--threshold", type=float, default=0.7,
+        "--threshold", type=probability, default=0.7,
         help="minimum score, 0-1, of a kept detection or panoptic segment (default: 0.7)",
     )  # fmt: skip
     parser.add_argument(
-        "--top-k", type=int, default=None,
+        "--top-k", type=positive_int, default=None,
         help="detection: keep the best k (query, class) pairs per image above --threshold (default: all)",
     )  # fmt: skip
     parser.add_argument(
         "--device", default="cpu", help="torch device to run on: cpu, cuda, cuda:1, ... (default: cpu)"
     )
-    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default: 4)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=4, help="images per forward pass, 1 or more (default: 4)"
+    )
     parser.add_argument("--attention", action="store_true", help="detection: also save attention maps")
     parser.add_argument(
         "--attention-pixel", default=None,
@@ -82,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="panoptic: comma-separated class names or ids (stuff) whose queries merge into one segment",
     )
+    add_traceback_argument(parser)
     return parser
 
 
@@ -218,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     with (args.output_dir / records_name).open("w") as out:
         writer = _Writer(processor, args, names, out, fuse, pixel)
         for batch in _image_batches(files, args.batch_size, failures):
+            if args.attention:
+                _check_attention_pixel(pixel, batch)
             images = [image for _, image in batch]
             inputs = processor(images, device=device)
             with torch.no_grad():
@@ -247,15 +255,30 @@ def _attention_pixel(value: str | None, parser: argparse.ArgumentParser) -> tupl
     return pixel
 
 
+def _check_attention_pixel(pixel: tuple[float, float] | None, batch: Batch) -> None:
+    """`--attention-pixel` must lie in every image (else a ValueError naming the image and its size)."""
+    if pixel is None:
+        return
+    x, y = pixel
+    for path, image in batch:
+        if not (0 <= x < image.width and 0 <= y < image.height):
+            raise ValueError(
+                f"--attention-pixel {x:g},{y:g} lies outside {path} ({image.width}x{image.height} pixels): "
+                f"give X from 0 to {image.width - 1} and Y from 0 to {image.height - 1}, or leave it out "
+                "(the best detection's centre)."
+            )
+
+
 def _image_batches(files: list[Path], batch_size: int, failures: list[str]) -> Iterator[Batch]:
-    """The readable images in batches of (path, PIL image); unreadable ones are added to `failures`."""
-    from transformers.image_utils import load_image
+    """The readable images in batches of (path, PIL image), decoded as training and evaluation decode
+    them (`decode_image`); unreadable ones are added to `failures`."""
+    from .image_processing_detr import decode_image
 
     for start in tqdm(range(0, len(files), batch_size), desc="Predicting", disable=len(files) <= batch_size):
         batch = []
         for path in files[start : start + batch_size]:
             try:
-                batch.append((path, load_image(str(path))))
+                batch.append((path, decode_image(path)))
             except Exception as error:  # PIL raises many kinds for broken files
                 failures.append(f"{path}: cannot read the image ({error})")
         if batch:
@@ -366,4 +389,4 @@ def _unique_stem(path: Path, used: set[str]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -2,7 +2,7 @@
 
 import sys
 
-from hf_detr.convert import main
+from hf_detr.extras import convert_command
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(convert_command())

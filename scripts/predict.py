@@ -2,7 +2,7 @@
 
 import sys
 
-from hf_detr.predict import main
+from hf_detr.extras import predict_command
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(predict_command())

@@ -2,7 +2,7 @@
 
 import sys
 
-from hf_detr.training.cli import main
+from hf_detr.extras import train_command
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(train_command())

@@ -329,23 +329,31 @@ def test_random_size_crop_keeps_sizes_in_range():
 # ---------------------------------------------------------------------------------------------------
 # EXIF and collation
 # ---------------------------------------------------------------------------------------------------
-def test_boxes_stay_on_their_objects_in_exif_rotated_images(tmp_path):
-    """COCO boxes refer to the stored pixels: the loader ignores the EXIF orientation tag."""
+def test_boxes_stay_on_their_objects_in_exif_rotated_images(tmp_path, caplog):
+    """Images are read as displayed (EXIF orientation applied), so COCO boxes and sizes are the displayed
+    picture's; a json that gives such an image's stored size instead is a counted skip."""
     root = tmp_path / "coco"
     (root / "annotations").mkdir(parents=True)
     (root / "train").mkdir()
-    box = [5.0, 4.0, 20.0, 10.0]
-    image = _draw(60, 30, [(3, box)])
-    exif = image.getexif()
-    exif[0x0112] = 6  # "rotate 90 degrees on display"
-    image.save(root / "train" / "1.jpg", exif=exif, quality=95)
-    instances = {"images": [{"id": 1, "file_name": "1.jpg", "width": 60, "height": 30}],
+    box = [5.0, 4.0, 10.0, 20.0]
+    stored = _draw(30, 60, [(3, box)]).transpose(PIL.Image.Transpose.ROTATE_90)  # 60 x 30 in the file
+    exif = stored.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise on display": displayed 30 wide, 60 high
+    for name in ("1.jpg", "2.jpg"):
+        stored.save(root / "train" / name, exif=exif, quality=95)
+    instances = {"images": [{"id": 1, "file_name": "1.jpg", "width": 30, "height": 60},
+                            {"id": 2, "file_name": "2.jpg", "width": 60, "height": 30}],  # the stored size
                  "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": box, "area": 200}],
                  "categories": CATEGORIES}  # fmt: skip
     (root / "annotations" / "instances_train.json").write_text(json.dumps(instances))
-    split = load_detection_dataset(root, cache_dir=tmp_path / "cache")["train"]
+    with caplog.at_level(logging.WARNING, logger="hf_detr.data"):
+        split = load_detection_dataset(root, cache_dir=tmp_path / "cache")["train"]
+    assert split["image_id"] == [1]
+    assert "1 whose json width/height are an EXIF-rotated image's stored size" in caplog.text
+    assert "2.jpg (json 60x30, file 30x60)" in caplog.text
+    assert "1 image(s) have an EXIF orientation: they are read as displayed" in caplog.text
     sample = DetectionDataset(split)[0]
-    assert sample["image"].size == (60, 30)
+    assert sample["image"].size == (30, 60)
     assert _covered(sample["image"], [a["bbox"] for a in sample["annotation"]["annotations"]]) > 0.97
 
 

@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 
 import hf_detr
 from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor
+from hf_detr.image_processing_detr import DEFAULT_SIZE, max_image_side, normalize_size, resized_size
 from hf_detr.loss_detr import SetCriterion
 
 TOTAL_EXAMPLES = int(os.environ.get("HF_DETR_FUZZ_EXAMPLES", "200"))
@@ -223,7 +224,23 @@ def processor_cases(draw, tmp_dir: Path):
     }
     if layout != "tensor":
         kwargs["input_data_format"] = {"hwc": "channels_last", "chw": "channels_first"}[layout]
-    return images, {k: v for k, v in kwargs.items() if v is not None}, bad
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    oversized_images(images, kwargs, bad)
+    return images, kwargs, bad
+
+
+def oversized_images(images: list, kwargs: dict, bad: list[str]) -> None:
+    """Images that resizing would make longer than the processor's side limit (a 2x700 image with a
+    shorter side of 20 and no longest_edge: 20x7000) must be errors naming them."""
+    if "size" in bad or kwargs.get("do_resize", True) is not True:
+        return
+    size = normalize_size(kwargs.get("size", DEFAULT_SIZE))
+    for index, image in enumerate(images):
+        name = f"images[{index}]"
+        if name in bad or (isinstance(image, str) and not Path(image).is_file()):
+            continue
+        if max(resized_size(*original_size(image, kwargs), size)) > max_image_side():
+            bad.append(name)
 
 
 def size_limits(size, original: tuple[int, int], do_resize: bool):
@@ -541,8 +558,8 @@ def post_processing_cases(draw):
         "threshold": pick(
             draw,
             "threshold",
-            [0.5, 0.0, 0.1, 0.9, 1.0, -0.5, 1.5],
-            [math.nan, math.inf, None, "0.5", True],
+            [0.5, 0.0, 0.1, 0.9, 1.0],
+            [math.nan, math.inf, None, "0.5", True, -0.5, 1.5],
             bad,
         ),
         "target_sizes": pick(draw, "target_sizes", valid_sizes, bad_sizes, bad),
@@ -559,7 +576,7 @@ def post_processing_cases(draw):
             bad[:] = [name for name in bad if name != "threshold"]
         else:
             kwargs["mask_threshold"] = pick(
-                draw, "mask_threshold", [0.3, 0.5, 1.2], [math.nan, "0.5", None], bad
+                draw, "mask_threshold", [0.3, 0.5, 1.0], [math.nan, "0.5", None, 1.2, -0.1], bad
             )
         if task == "panoptic":
             kwargs["label_ids_to_fuse"] = pick(

@@ -123,7 +123,7 @@ def test_pipeline_finds_the_known_object_on_the_real_image(known_checkpoint, coc
         expected,
         [{**expected[0], "box": _expected_box(320, 200)}],
     ]
-    assert detector(image, threshold=known_score() + 0.01) == []
+    assert detector(image, threshold=min(1.0, known_score() + 0.01)) == []  # thresholds lie in [0, 1]
 
 
 def test_batched_pipeline_equals_one_by_one_calls_for_a_model_trained_with_auxiliary_loss(
@@ -517,7 +517,7 @@ def test_segmentation_pipeline_passes_its_threshold_and_reads_paths(segmenter, c
     path = str(coco_image_dir / "000000039769.png")
     panoptic = segmenter(path, subtask="panoptic")
     assert panoptic and all(segment["mask"].size == (640, 480) for segment in panoptic)
-    above_all = max(segment["score"] for segment in panoptic) + 1e-4
+    above_all = min(1.0, max(segment["score"] for segment in panoptic) + 1e-4)  # thresholds lie in [0, 1]
     assert segmenter(path, subtask="panoptic", threshold=above_all) == []
     assert segmenter(path, subtask="instance", threshold=above_all) == []
     # without a subtask the pipeline takes the first post-processing it finds: panoptic

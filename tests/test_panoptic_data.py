@@ -158,12 +158,13 @@ def png_ids_of(record) -> np.ndarray:
 
 
 def test_segments_missing_from_the_png_and_mismatched_pngs_are_counted(shapes, tmp_path, caplog):
-    split = load_panoptic_dataset(shapes, split="val", cache_dir=tmp_path)["val"]
+    root = shutil.copytree(shapes, tmp_path / "shapes")  # the edited PNG must be inside the folder
+    split = load_panoptic_dataset(root, split="val", cache_dir=tmp_path / "cache")["val"]
     objects = [dict(o) for o in list(split["objects"])]
     objects[0] = {k: [*v, v[-1]] for k, v in objects[0].items()}
     objects[0]["id"][-1] = 777  # not in the PNG
     edited = split.remove_columns("objects").add_column("objects", objects).cast(split.features)
-    small = tmp_path / "small.png"
+    small = root / "small.png"
     split[1]["panoptic_mask"].resize((64, 64), PIL.Image.NEAREST).save(small)
     masks = list(edited.cast_column("panoptic_mask", Image(decode=False))["panoptic_mask"])
     masks[1] = {"path": str(small), "bytes": None}

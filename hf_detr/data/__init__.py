@@ -8,7 +8,7 @@ require_extra("hf_detr.data (datasets for training and evaluation)")
 from .builtin import builtin_dataset_folder, write_shapes_coco
 from .coco_folder import load_coco_folder
 from .coco_panoptic import load_coco_panoptic_folder
-from .collate import DetectionCollator, DetectionDataset, PanopticDataset, decode_as_stored
+from .collate import DetectionCollator, DetectionDataset, PanopticDataset, decode_record_image
 from .formats import load_detection_folder
 from .panoptic_sources import load_panoptic_dataset
 from .schema import category_ids, class_names, detection_features, is_panoptic, is_thing, panoptic_features
@@ -25,7 +25,7 @@ __all__ = [
     "builtin_dataset_folder",
     "category_ids",
     "class_names",
-    "decode_as_stored",
+    "decode_record_image",
     "detection_features",
     "detr_train_transforms",
     "detr_val_size",

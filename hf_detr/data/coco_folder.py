@@ -13,27 +13,33 @@ Each split's json is converted once into the common schema (hf_detr.data.schema)
 image folder (names, sizes, times), so it is re-used while neither changes. Images stay files on disk: the arrow table stores their paths. Objects that cannot be
 used (see `ObjectChecker`) and images whose file is missing are skipped, counted and reported; so are
 images whose id repeats (with their annotations: whose boxes are whose cannot be told), whose json
-width/height disagree with the file's header (not rescaled), and whose `file_name` points outside the
-folder (absolute, `..`). A `file_name` is read relative to the folder only when nothing of that name is
-in the split's image folder: a broken file there is never replaced by another. Annotations of no image
+width/height disagree with the file's header (its size as displayed: images are read with their EXIF
+orientation applied; not rescaled), whose `file_name` points outside the folder (absolute, `..`), and
+whose file leads outside it (a symlink: real paths are compared before a byte is read). A
+`file_name` is read relative to the folder only when nothing of that name is in the split's image
+folder: a broken file there is never replaced by another. Annotations of no image
 and repeated annotation ids are reported (the objects are kept; evaluation numbers its ground truth).
+A json whose structure or categories table is wrong (not JSON, truncated, `images` not a list, a
+category without an integer `id` or a `name`, an id or a name twice) is an error naming the file and
+the field (`hf_detr.data.coco_json`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, DatasetDict, load_from_disk
 
+from .coco_json import coco_tables, read_json
 from .folder_common import (
+    ImageHeader,
     SplitColumns,
     SplitRequest,
     as_id,
@@ -43,10 +49,11 @@ from .folder_common import (
     relative_name,
     repeated,
     requested_splits,
+    short_text,
 )
 from .schema import ObjectChecker, logger
 
-CACHE_FORMAT_VERSION = 3  # 3: duplicate ids, sizes and file names checked
+CACHE_FORMAT_VERSION = 5  # 5: symlinks out of the folder skipped, sizes as displayed (EXIF)
 
 
 def default_cache_dir() -> Path:
@@ -146,13 +153,11 @@ def cached_dataset(cache_root: Path, key: str, build: Callable[[], Dataset]) -> 
 def read_coco_json(
     annotation_file: Path, kind: str, drop_group_categories: bool = False
 ) -> tuple[dict[str, Any], list[dict], ObjectChecker]:
-    """A COCO `kind` json (instances, panoptic), its categories sorted by id (class id = position) and
-    an `ObjectChecker` over them; with `drop_group_categories`, less the `group_categories`."""
-    coco = json.loads(annotation_file.read_text())
-    for key in ("images", "annotations", "categories"):
-        if key not in coco:
-            raise ValueError(f"{annotation_file} is not a COCO {kind} file: it has no {key!r}.")
-    categories = sorted(coco["categories"], key=lambda c: c["id"])
+    """A COCO `kind` json (instances, panoptic) with its structure and categories checked
+    (`coco_json.coco_tables`), its categories sorted by id (class id = position) and an
+    `ObjectChecker` over them; with `drop_group_categories`, less the `group_categories`."""
+    coco = coco_tables(read_json(annotation_file), annotation_file, kind)
+    categories = coco["categories"]
     if drop_group_categories:
         dropped = group_categories(categories, coco["annotations"])
         if dropped:
@@ -165,7 +170,7 @@ def read_coco_json(
 def group_categories(categories: list[dict], annotations: list[dict]) -> set[Any]:
     """Ids of the categories no annotation uses that only name a group: "background", or the
     supercategory of another category (Roboflow's category 0, e.g. "objects")."""
-    used = {a.get("category_id") for a in annotations}
+    used = {a.get("category_id") for a in annotations if isinstance(a.get("category_id"), Hashable)}
     return {
         c["id"]
         for c in categories
@@ -188,19 +193,16 @@ def valid_objects(
     `objects`; the others are counted by `checker`."""  # fmt: skip
     objects: dict[str, list] = {"id": [], "area": [], "bbox": [], "category": [], "iscrowd": []}
     for annotation in annotations:
-        bbox, category = annotation.get("bbox"), annotation.get("category_id")
-        if require_id and not isinstance(annotation.get("id"), int):
+        if require_id and isinstance(annotation, Mapping) and not isinstance(annotation.get("id"), int):
             checker.skipped["missing or non-integer segment id"] += 1
             continue
-        if not checker.keep(bbox, category, width, height):
+        fields = checker.checked(annotation, width, height)
+        if fields is None:
             continue
         object_id = as_id(annotation.get("id"))
         objects["id"].append(object_id if object_id is not None else len(objects["id"]))
-        area = annotation.get("area")  # missing, null or 0 in some exports: the box's
-        objects["area"].append(float(area) if area else float(bbox[2]) * float(bbox[3]))
-        objects["bbox"].append([float(v) for v in bbox])
-        objects["category"].append(checker.known_categories[category])
-        objects["iscrowd"].append(int(annotation.get("iscrowd") or 0))
+        for key in ("area", "bbox", "category", "iscrowd"):
+            objects[key].append(fields[key])
     return objects
 
 
@@ -218,7 +220,7 @@ def annotations_by_image(annotations: list[dict], image_ids: set[int], where: st
     if unknown:
         logger.warning(
             "%s: ignored %d annotation(s) whose image_id is not an image of the json (image_id %s).",
-            where, len(unknown), examples(sorted(set(map(str, unknown)))),
+            where, len(unknown), examples(sorted(set(map(short_text, unknown)))),
         )  # fmt: skip
     twice = repeated(as_id(a.get("id")) for a in annotations)
     if twice:
@@ -265,7 +267,9 @@ def checked_coco_image(
         return None
     path = coco_image_file(root, folder, file_name)
     if isinstance(path, str):
-        columns.skip(path, f"{file_name!r} (id {image_id})")
+        columns.skip(path, f"{short_text(file_name)} (id {image_id})")
+        return None
+    if not columns.contained(path, file_name):
         return None
     if not path.is_file():
         return "missing"
@@ -273,30 +277,32 @@ def checked_coco_image(
         columns.skip("whose file is empty", file_name)
         return None
     checked = checked_size(path, image, file_name, columns)
-    if checked is None:
-        return None
-    width, height, header = checked
-    columns.rotated += bool(header and header[2])
-    return path, width, height
+    return None if checked is None else (path, *checked[:2])
 
 
 def checked_size(
-    path: Path, image: Mapping[str, Any], file_name: Any, columns: SplitColumns
-) -> tuple[int, int, tuple | None] | None:
-    """(width, height, the file's header) of a json image whose file exists: the json's size checked
-    against the header (not the pixels); None, counted in `columns`, when they disagree or neither is
-    known. An unreadable file the json gives a size for is kept (the data loaders skip it, counted)."""
+    path: Path, image: Mapping[str, Any], file_name: Any, columns: SplitColumns, source: str = "json"
+) -> tuple[int, int, ImageHeader | None] | None:
+    """(width, height, the file's header) of an image whose file exists: the size its annotation
+    `source` (json, xml) gives checked against the header's size as displayed (the EXIF orientation
+    applied, as every image is decoded; the pixels are not read); None, counted in `columns`, when they
+    disagree or neither is known. An unreadable file given a size is kept (the data loaders skip it,
+    counted); EXIF-rotated images are counted for the split's report."""
     header, size = image_header(path), json_size(image)
     if header is None and size is None:
-        columns.skip("unreadable, with no size in the json", file_name)
+        columns.skip(f"unreadable, with no size in the {source}", file_name)
         return None
     if header is not None and size is not None and size != header[:2]:
         columns.skip(
-            "whose json width/height disagree with the file (skipped, not rescaled)",
-            f"{file_name} (json {size[0]}x{size[1]}, file {header[0]}x{header[1]})",
+            f"whose {source} width/height are an EXIF-rotated image's stored size (images are read as "
+            "displayed)"
+            if size == header.stored_size
+            else f"whose {source} width/height disagree with the file (skipped, not rescaled)",
+            f"{file_name} ({source} {size[0]}x{size[1]}, file {header[0]}x{header[1]})",
         )
         return None
     columns.unreadable += header is None
+    columns.rotated += header is not None and header.orientation != 1
     return (*(size or header[:2]), header)
 
 
@@ -307,7 +313,7 @@ def convert_coco_split(root: Path, split: str, annotation_file: Path) -> Dataset
     image_ids = [as_id(image.get("id")) for image in coco["images"]]
     per_image = annotations_by_image(coco["annotations"], {i for i in image_ids if i is not None}, where)
     folder = image_folder(root, split)
-    columns, repeated_ids, missing_images = SplitColumns(where), repeated(image_ids), 0
+    columns, repeated_ids, missing_images = SplitColumns(where, [root]), repeated(image_ids), 0
     for image in coco["images"]:
         checked = checked_coco_image(image, root, folder, repeated_ids, columns)
         missing_images += checked == "missing"

@@ -4,7 +4,8 @@ the common schema's panoptic form (hf_detr.data.schema), cached like a COCO dete
 COCO's layout: images in `{split}/` (e.g. `val2017/`), PNGs in `annotations/panoptic_{split}/` (as
 the annotation zip unpacks) or `panoptic_{split}/`. Each segment becomes an object (its `bbox` from
 `segments_info`, its id the PNG's). Segments with an unknown category or an unusable box, and images
-whose picture or PNG is missing, are skipped, counted and reported, as for detection.
+whose picture or PNG is missing or leads outside the folder (a symlink), are skipped, counted and
+reported, as for detection.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .coco_folder import (
     read_coco_json,
     valid_objects,
 )
-from .folder_common import SplitColumns, SplitRequest, as_id, examples, relative_name, repeated
+from .folder_common import SplitColumns, SplitRequest, as_id, examples, relative_name, repeated, short_text
 from .schema import PANOPTIC_MASK, logger, panoptic_features
 
 
@@ -61,7 +62,7 @@ def annotation_per_image(coco: dict, where: str) -> tuple[dict[int, dict], set[i
     if unknown:
         logger.warning(
             "%s: ignored %d annotation(s) whose image_id is not an image of the json (image_id %s).",
-            where, len(unknown), examples(sorted(set(map(str, unknown)))),
+            where, len(unknown), examples(sorted(set(map(short_text, unknown)))),
         )  # fmt: skip
     annotation_of = {i: a for a, i in zip(coco["annotations"], annotated) if i in known}
     return annotation_of, repeated(image_ids), repeated(i for i in annotated if i in known)
@@ -93,6 +94,8 @@ def checked_panoptic_image(
         columns.skip(bad, f"id {image_id}")
         return None
     picture, png = folders[0] / names[0], folders[1] / names[1]
+    if not (columns.contained(picture, file_name) and columns.contained(png, annotation.get("file_name"))):
+        return None
     if not picture.is_file() or not png.is_file():
         return "image" if not picture.is_file() else "PNG"
     if picture.stat().st_size == 0 or png.stat().st_size == 0:  # never decodable
@@ -108,7 +111,7 @@ def convert_coco_panoptic_split(root: Path, split: str, annotation_file: Path) -
     where = f"{annotation_file} ({split})"
     annotation_of, *repeats = annotation_per_image(coco, where)
     folders = image_folder(root, split), panoptic_png_folder(root, split)
-    columns, masks = SplitColumns(where), []
+    columns, masks = SplitColumns(where, [root]), []
     missing = {"image": 0, "PNG": 0, "annotation": 0}
     for image in coco["images"]:
         checked = checked_panoptic_image(image, annotation_of, tuple(repeats), folders, columns)
@@ -119,6 +122,7 @@ def convert_coco_panoptic_split(root: Path, split: str, annotation_file: Path) -
         picture, png, width, height = checked
         image_id = as_id(image["id"])
         segments = annotation_of[image_id].get("segments_info") or []
+        segments = segments if isinstance(segments, list) else [segments]  # not a list: counted unusable
         columns.add(
             picture, image_id, width, height, valid_objects(segments, checker, width, height, require_id=True)
         )

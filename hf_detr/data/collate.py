@@ -1,10 +1,12 @@
 """From a split of the common schema to padded training batches.
 
-`DetectionDataset` decodes each image as stored (COCO boxes refer to the stored pixels, so the EXIF
-orientation tag is ignored, as the official DETR and pycocotools do; `datasets`' own Image decoding
-would rotate such images away from their boxes), applies the augmentation seeded by (seed, epoch,
-index), and yields the image with its annotation in COCO format. Images that cannot be decoded are
-skipped with a counted warning. `DetectionCollator` turns a list of samples into `pixel_values`,
+`DetectionDataset` decodes each image with `decode_image`, the one decoding of training, evaluation,
+prediction and the processor's file paths (as displayed: the EXIF orientation applied, as `datasets`,
+transformers' pipelines and PIL-based tools show it, and the loaders size it; 16-bit scaled to 8 bits;
+RGB), applies the augmentation seeded by (seed, epoch, index), and yields the image with its
+annotation in COCO format. Images that cannot be decoded, and stored paths that lead outside the
+dataset folders a folder loader recorded (`image_folders`: a symlink changed since), are skipped with
+a counted warning. `DetectionCollator` turns a list of samples into `pixel_values`,
 `pixel_mask` and `labels` with `HfDetrImageProcessor`: the very code that prepares images at
 inference.
 """
@@ -25,8 +27,9 @@ from torchvision import tv_tensors
 from torchvision.ops import box_convert
 
 from ..evaluation.panoptic import id_map
-from ..image_processing_detr import HfDetrImageProcessor
-from .schema import PANOPTIC_MASK
+from ..image_processing_detr import HfDetrImageProcessor, decode_image
+from .folder_common import inside_folders
+from .schema import PANOPTIC_MASK, image_folders
 
 logger = logging.getLogger("hf_detr.data")
 
@@ -54,6 +57,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         if on_error not in ("skip", "replace"):
             raise ValueError(f"`on_error` must be 'skip' or 'replace', got {on_error!r}.")
         self.split = split.cast_column("image", ImageFeature(decode=False))
+        self.folders = image_folders(split)  # a folder loader's: stored paths are read only inside them
         self.transforms = transforms
         self.seed = seed
         self.on_error = on_error
@@ -94,7 +98,7 @@ class DetectionDataset(torch.utils.data.Dataset):
     what_is_decoded = "the image"  # what `_decode` reads, for the skip warning
 
     def _decode(self, record: dict[str, Any]) -> Any:
-        return decode_as_stored(record["image"])
+        return decode_record_image(record["image"], self.folders)
 
     def _sample(self, image: PIL.Image.Image, record: dict[str, Any], index: int) -> dict[str, Any]:
         objects = record["objects"]
@@ -172,9 +176,10 @@ class PanopticDataset(DetectionDataset):
     what_is_decoded = "the image or its panoptic PNG"
 
     def _decode(self, record: dict[str, Any]) -> tuple[PIL.Image.Image, np.ndarray]:
-        image = decode_as_stored(record["image"])
+        image = decode_record_image(record["image"], self.folders)
         png = record[PANOPTIC_MASK]
-        with PIL.Image.open(io.BytesIO(png["bytes"]) if png.get("bytes") else png["path"]) as opened:
+        source = io.BytesIO(png["bytes"]) if png.get("bytes") else contained_path(png["path"], self.folders)
+        with PIL.Image.open(source) as opened:
             ids = id_map(opened, "panoptic PNG")  # [H, W]
         if ids.shape != (image.height, image.width):
             raise ValueError(
@@ -216,14 +221,21 @@ class PanopticDataset(DetectionDataset):
         return {key: [v for v, keep in zip(values, present) if keep] for key, values in objects.items()}
 
 
-def decode_as_stored(image: dict[str, Any]) -> PIL.Image.Image:
-    """Decode a `datasets` image ({"bytes", "path"}) without applying its EXIF orientation."""
-    # stored bytes, even empty ones (a broken file): never the bare path, which would be resolved in
-    # the current directory and could load another file of that name
-    source = io.BytesIO(image["bytes"]) if image.get("bytes") is not None else image["path"]
-    decoded = PIL.Image.open(source)
-    decoded.load()
-    return decoded if decoded.mode == "RGB" else decoded.convert("RGB")
+def decode_record_image(image: dict[str, Any], folders: list[str] | None = None) -> PIL.Image.Image:
+    """Decode a `datasets` image ({"bytes", "path"}) with `decode_image`: its stored bytes, even empty
+    ones (a broken file: never the bare path, which would be resolved in the current directory and
+    could load another file of that name), else its path, read only inside `folders` when given."""
+    if image.get("bytes") is not None:
+        return decode_image(image["bytes"])
+    return decode_image(contained_path(image["path"], folders))
+
+
+def contained_path(path: str, folders: list[str] | None) -> str:
+    """`path`, checked (symlinks resolved) to lie inside `folders` (None: any path) before it is read:
+    a `ValueError` when it leads outside the dataset folder."""
+    if folders is not None and not inside_folders(path, folders):
+        raise ValueError(f"{path} leads outside the dataset folder (a symlink), so it is not read")
+    return path
 
 
 class DetectionCollator:
@@ -264,4 +276,4 @@ class DetectionCollator:
         return dict(batch)
 
 
-__all__ = ["DetectionCollator", "DetectionDataset", "PanopticDataset", "decode_as_stored", "sample_seed"]
+__all__ = ["DetectionCollator", "DetectionDataset", "PanopticDataset", "decode_record_image", "sample_seed"]

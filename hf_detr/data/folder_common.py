@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import Counter
+import reprlib
+from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, BinaryIO, NamedTuple
 
 import PIL.Image
-from datasets import Dataset, Features
+import pyarrow.compute as pc
+from datasets import Dataset, DatasetDict, Features
 
-from .schema import detection_features, logger, set_category_ids
+from ..image_processing_detr import displayed_size, exif_orientation
+from .schema import detection_features, logger, set_category_ids, set_image_folders
 
 # the picture formats PIL decodes that annotation tools export (Ultralytics' list, less video and HEIC)
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
-EXIF_ORIENTATION = 0x0112
+OUTSIDE = "whose file leads outside the dataset folder (a symlink)"
 
 
 # Which splits a loader reads: None (all), a name, names, or a function that picks names from the
@@ -42,28 +45,54 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
 
 
-def image_files(folder: Path) -> list[Path]:
-    """The images under `folder` (its sub-folders included), sorted."""
-    return sorted(p for p in folder.rglob("*") if is_image_file(p))
+def inside_folders(path: str | os.PathLike, folders: Iterable[str | os.PathLike]) -> bool:
+    """Whether the real path of `path` (symlinks resolved, even a dangling one's target) lies inside the
+    real path of one of `folders`: the one containment check of every folder reader, made before a
+    byte of the file is read, when a folder is listed and again when an image is decoded."""
+    real = Path(os.path.realpath(path))
+    return any(real.is_relative_to(os.path.realpath(folder)) for folder in folders)
 
 
-def image_header(path: Path) -> tuple[int, int, bool] | None:
-    """(width, height) of the stored pixels from the file's header and whether it carries an EXIF
-    orientation other than "as stored" (hf_detr reads the stored pixels; a PNG's EXIF is looked for
-    before its pixels only, so the file is not decoded); None when it cannot be read."""
+def image_files(folder: Path, folders: Sequence[Path]) -> list[Path]:
+    """The images under `folder` (its sub-folders included, symlinked ones too, each real folder once),
+    sorted. A symlinked sub-folder whose real path leaves `folders` is not entered but listed itself,
+    so that the loader counts it as outside (`SplitColumns.contained`) instead of passing it over."""
+    found, seen = [], {os.path.realpath(folder)}
+    for current, subfolders, files in os.walk(folder, followlinks=True):
+        for name in list(subfolders):
+            path, real = Path(current, name), os.path.realpath(Path(current, name))
+            outside = not inside_folders(real, folders)
+            if outside or real in seen:
+                subfolders.remove(name)
+                found.extend([path] if outside else [])
+            seen.add(real)
+        found.extend(Path(current, name) for name in files if is_image_file(Path(current, name)))
+    return sorted(found)
+
+
+class ImageHeader(NamedTuple):
+    """An image file's size as displayed (its EXIF orientation applied, as every image is decoded:
+    `hf_detr.image_processing_detr.decode_image`) and that orientation (1 = as stored)."""
+
+    width: int
+    height: int
+    orientation: int
+
+    @property
+    def stored_size(self) -> tuple[int, int]:
+        """(width, height) of the pixels as stored in the file."""
+        return displayed_size(self.width, self.height, self.orientation)
+
+
+def image_header(path: str | os.PathLike | BinaryIO) -> ImageHeader | None:
+    """The file's size as displayed and its EXIF orientation, from its header (the pixels are not
+    decoded); None when it cannot be read."""
     try:
         with PIL.Image.open(path) as image:
-            if image.format == "PNG" and "exif" not in image.info:  # PIL would decode it to look further
-                return image.width, image.height, False
-            return image.width, image.height, image.getexif().get(EXIF_ORIENTATION, 1) != 1
-    except (OSError, ValueError, PIL.Image.DecompressionBombError):
+            orientation = exif_orientation(image)
+            return ImageHeader(*displayed_size(image.width, image.height, orientation), orientation)
+    except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError):
         return None
-
-
-def image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) of the stored pixels, None when the file cannot be read."""
-    header = image_header(path)
-    return None if header is None else header[:2]
 
 
 def as_id(value: Any) -> int | None:
@@ -96,11 +125,39 @@ def relative_name(name: Any) -> PurePath | str:
     return path
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring, _SHORT.maxother = 2, 4, 4, 60, 60
+
+
+def short_text(value: Any, limit: int = 120) -> str:
+    """A value read from an annotation file as text for a message: strings and numbers as they are,
+    others (lists, objects) as a shortened repr; never longer than `limit`, never the whole of a long
+    or deeply nested value (whose full repr could even exceed Python's recursion limit)."""
+    text = str(value) if isinstance(value, (str, int, float)) else _SHORT.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown(value: Any) -> str:
+    """A value read from an annotation file for a message: strings quoted, others as `short_text`."""
+    return repr(short_text(value)) if isinstance(value, str) else short_text(value)
+
+
 def examples(values: Iterable[Any], limit: int = 5) -> str:
     """The first `limit` values, comma-separated, "..." when there are more."""
     values = list(values)
-    text = ", ".join(str(v) for v in values[:limit])
+    text = ", ".join(short_text(v) for v in values[:limit])
     return text + (", ..." if len(values) > limit else "")
+
+
+def check_class_names(names: Sequence[str], source: Any) -> None:
+    """A `ValueError` naming `source` (the file that names the classes) when a class name repeats:
+    two classes of one name cannot be told apart in predictions."""
+    twice = repeated(names)
+    if twice:
+        raise ValueError(
+            f"{source}: the class name(s) {examples(sorted(twice))} are given to more than one class; "
+            "give each class its own name, or merge the classes."
+        )
 
 
 def files_key(tag: str, files: Iterable[Path]) -> str:
@@ -119,7 +176,7 @@ def folder_listing(folder: Path, leave_out: Path | None = None) -> str:
     """A digest of every file under `folder` (name, size, modification time), less `leave_out` (a cache
     folder inside it): a cached conversion that read the files is redone when one of them changes."""
     digest = hashlib.sha256()
-    pending = [folder]
+    pending, seen = [folder], {os.path.realpath(folder)}
     while pending:
         current = pending.pop()
         try:
@@ -129,8 +186,10 @@ def folder_listing(folder: Path, leave_out: Path | None = None) -> str:
         for entry in entries:
             path = Path(entry.path)
             if entry.is_dir():
-                if leave_out is None or path.resolve() != leave_out.resolve():
+                real = os.path.realpath(path)  # each real folder once: a symlink loop ends
+                if real not in seen and (leave_out is None or path.resolve() != leave_out.resolve()):
                     pending.append(path)
+                seen.add(real)
                 continue
             try:
                 stat = entry.stat()
@@ -140,12 +199,48 @@ def folder_listing(folder: Path, leave_out: Path | None = None) -> str:
     return digest.hexdigest()
 
 
-def corners_to_box(x0: float, y0: float, x1: float, y1: float, width: float, height: float) -> list[float]:
-    """COCO (x, y, w, h) of the corners, clipped to the image when the box overlaps it; a box that does
-    not (outside, or of no size) is returned unclipped for `ObjectChecker` to count."""
-    if x1 > max(x0, 0) and y1 > max(y0, 0) and x0 < width and y0 < height:
-        x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height))
+def corners_to_box(x0: float, y0: float, x1: float, y1: float) -> list[float]:
+    """COCO (x, y, w, h) of the corners, unclipped: `ObjectChecker` clips or counts it (one rule for
+    every loader)."""
     return [x0, y0, x1 - x0, y1 - y0]
+
+
+def image_paths(split: Dataset) -> list[str]:
+    """The paths of a split's image files, read from the arrow column (nothing decoded)."""
+    table = split.select_columns(["image"]).with_format("arrow")[:]
+    return [p for p in pc.struct_field(table.column("image"), "path").to_pylist() if p]
+
+
+def real_paths(paths: Iterable[str]) -> Iterable[str]:
+    """Each path with its symlinks resolved: its folder's real path (resolved once per folder) and its
+    name, or the file's own real path when it is a symlink."""
+    folders: dict[str, str] = {}
+    for path in paths:
+        folder, name = os.path.split(path)
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        yield os.path.realpath(path) if os.path.islink(path) else os.path.join(folders[folder], name)
+
+
+def report_shared_images(dataset: DatasetDict, where: Any) -> None:
+    """Warn when image files (by real path) are in more than one split: an evaluation on images the
+    model trained on overstates its accuracy."""
+    if len(dataset) < 2:
+        return
+    splits_of: dict[str, set[str]] = defaultdict(set)
+    for name, split in dataset.items():
+        for path in real_paths(image_paths(split)):
+            splits_of[path].add(name)
+    shared = {path: names for path, names in splits_of.items() if len(names) > 1}
+    if not shared:
+        return
+    pairs = Counter(" and ".join(sorted(names)) for names in shared.values())
+    logger.warning(
+        "%s: %d image file(s) are in more than one split (%s; e.g. %s). An evaluation on images the model "
+        "trained on overstates its accuracy: give each split its own images.",
+        where, len(shared), ", ".join(f"{n} in {p}" for p, n in sorted(pairs.items())),
+        examples(sorted(Path(p).name for p in shared)),
+    )  # fmt: skip
 
 
 def log_skipped_images(where: str, counts: Mapping[str, int], named: Mapping[str, list[str]]) -> None:
@@ -164,10 +259,13 @@ def log_skipped_images(where: str, counts: Mapping[str, int], named: Mapping[str
 
 
 class SplitColumns:
-    """The columns of one split, gathered image by image, with the images left out counted by reason."""
+    """The columns of one split, gathered image by image, with the images left out counted by reason.
+    `folders` are the dataset's folders: an image (or its label file) whose real path leaves them is
+    never read (`contained`), and the split records them for the decoding to check again."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, folders: Sequence[Path]) -> None:
         self.where = where
+        self.folders = list(folders)
         self.columns: dict[str, list] = {
             "image": [],
             "image_id": [],
@@ -184,9 +282,17 @@ class SplitColumns:
         """Count an image left out for `reason`; the first few `example`s are named in the report."""
         self.skipped_images[reason] += 1
         self.skipped_examples.setdefault(reason, [])
-        named = self.skipped_examples[reason]
-        if str(example) not in named and len(named) <= 5:
-            named.append(str(example) if len(named) < 5 else "...")
+        named, text = self.skipped_examples[reason], short_text(example)
+        if text not in named and len(named) <= 5:
+            named.append(text if len(named) < 5 else "...")
+
+    def contained(self, path: Path, example: Any = None, reason: str = OUTSIDE) -> bool:
+        """Whether `path` lies inside the dataset's folders (`inside_folders`); when it does not, the
+        image is counted as skipped for `reason` (`example`, else the file's name, is named)."""
+        if inside_folders(path, self.folders):
+            return True
+        self.skip(reason, path.name if example is None else example)
+        return False
 
     def add(self, path: Path, image_id: int, width: int, height: int, objects: dict[str, list]) -> None:
         self.columns["image"].append(str(path))
@@ -208,7 +314,8 @@ class SplitColumns:
         log_skipped_images(self.where, self.skipped_images, self.skipped_examples)
         if self.rotated:
             logger.warning(
-                "%s: %d image(s) have an EXIF orientation; their boxes are read against the stored pixels.",
+                "%s: %d image(s) have an EXIF orientation: they are read as displayed (rotated), as every "
+                "image is, so their boxes must be on the displayed pixels.",
                 self.where,
                 self.rotated,
             )
@@ -224,24 +331,31 @@ class SplitColumns:
                 f"{self.where}: no usable image (the split is empty or every image was skipped)."
             )
         dataset = Dataset.from_dict(self.columns, features=features or detection_features(names))
-        return set_category_ids(dataset, category_ids, description, isthing=isthing)
+        set_category_ids(dataset, category_ids, description, isthing=isthing)
+        return set_image_folders(dataset, self.folders)
 
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "OUTSIDE",
+    "ImageHeader",
     "SplitColumns",
     "SplitRequest",
     "as_id",
+    "check_class_names",
     "corners_to_box",
     "examples",
     "files_key",
     "folder_listing",
     "image_files",
     "image_header",
-    "image_size",
+    "inside_folders",
     "is_image_file",
     "log_skipped_images",
     "relative_name",
     "repeated",
+    "report_shared_images",
     "requested_splits",
+    "short_text",
+    "shown",
 ]

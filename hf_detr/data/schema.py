@@ -4,7 +4,8 @@ Every split has `image` (Image), `image_id`, `width`, `height` and `objects` = {
 (COCO x, y, w, h in pixels), `category` (ClassLabel: contiguous ids, names from the categories),
 `iscrowd`}. The original COCO `category_id` of each class is kept in the split's `DatasetInfo`
 (`info.description` holds `{"hf_detr": {"coco_category_ids": [...]}}`), so evaluation can report in
-COCO ids; `category_ids(split)` reads it back.
+COCO ids; `category_ids(split)` reads it back. A split read from a dataset folder also records the
+folder's real path (`image_folders`): the data loaders read a stored image path only inside it.
 
 A panoptic split (COCO panoptic; paper section 4.4) has the same columns, one object per segment
 (`objects.id` = the segment id in the PNG, `bbox` the segment's box), plus `panoptic_mask` (Image: the
@@ -17,8 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 from datasets import ClassLabel, Features, Image, List, Value
@@ -96,16 +98,37 @@ def category_ids(split: Any) -> list[int]:
     return [int(i) for i in recorded] if recorded is not None else list(range(len(class_names(split))))
 
 
+def set_image_folders(split: Any, folders: Sequence[str | os.PathLike]) -> Any:
+    """Record the real paths of the dataset folders a folder loader read the split from: a stored
+    image path is decoded only when it lies inside one of them (`image_folders`)."""
+    metadata = _metadata(split)
+    metadata["image_folders"] = [os.path.realpath(folder) for folder in folders]
+    split.info.description = json.dumps({METADATA_KEY: metadata})
+    return split
+
+
+def image_folders(split: Any) -> list[str] | None:
+    """The dataset folders a folder's split was read from (`set_image_folders`); None for other sources."""
+    recorded = _metadata(split).get("image_folders")
+    return None if recorded is None else [str(folder) for folder in recorded]
+
+
 def class_names(split: Any) -> list[str]:
     return list(split.features["objects"]["category"].feature.names)
+
+
+MAX_CLASSES = 100_000  # more classes than any detection dataset has: a larger count is a typo
 
 
 class ObjectChecker:
     """Validates COCO objects of one image and counts what it drops, by reason.
 
-    An object is invalid when its box is not 4 finite numbers, has a zero or negative width or
-    height, lies entirely outside the image, or its category is unknown. Crowd objects are kept
-    (the processor drops them for training; COCO evaluation needs them as ignore regions).
+    The one rule of every loader: a box that overlaps the image is clipped to it (1-pixel overshoots
+    are common in exports); an object is dropped, counted, when its box is not 4 finite numbers, has a
+    zero or negative width or height, lies entirely outside the image or reaches more than one image
+    size beyond an edge (a unit or format error, not an overshoot), when its category is unknown or
+    not an id, or when its `area` is not a number >= 0 or its `iscrowd` not 0 or 1. Crowd objects are
+    kept (the processor drops them for training; COCO evaluation needs them as ignore regions).
     """
 
     def __init__(self, known_categories: Mapping[Any, int]) -> None:
@@ -113,28 +136,33 @@ class ObjectChecker:
         self.skipped: Counter[str] = Counter()
 
     def reason(self, bbox: Any, category: Any, width: float, height: float) -> str | None:
-        """Why the object is invalid, or None when it is valid. `bbox` is COCO (x, y, w, h)."""
+        """Why the object's category or box is unusable, or None. `bbox` is COCO (x, y, w, h)."""
+        if isinstance(category, bool) or not isinstance(category, Hashable):
+            return "category_id not an id"
         if category not in self.known_categories:
             return "unknown category"
-        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            return "malformed box"
-        try:
-            x, y, w, h = (float(v) for v in bbox)
-        except (TypeError, ValueError):
-            return "malformed box"
-        if not all(math.isfinite(v) for v in (x, y, w, h)):
-            return "NaN or infinite box"
-        if w <= 0 or h <= 0:
-            return "zero or negative size"
-        if x >= width or y >= height or x + w <= 0 or y + h <= 0:
-            return "box outside the image"
-        return None
+        return box_problem(bbox, width, height)
 
-    def keep(self, bbox: Any, category: Any, width: float, height: float) -> bool:
-        why = self.reason(bbox, category, width, height)
+    def checked(self, annotation: Any, width: float, height: float) -> dict[str, Any] | None:
+        """A COCO annotation as the schema's object fields: `bbox` clipped to the image, `category`
+        (the class id), `area` (the box's when missing, null or 0) and `iscrowd`; None when it is
+        unusable (counted by a reason that names the field)."""
+        if not isinstance(annotation, Mapping):
+            why = "entry that is not a JSON object"
+        else:
+            bbox, category = annotation.get("bbox"), annotation.get("category_id")
+            why = self.reason(bbox, category, width, height) or field_problem(annotation)
         if why is not None:
             self.skipped[why] += 1
-        return why is None
+            return None
+        box = clipped_box([float(v) for v in bbox], width, height)
+        area = annotation.get("area")
+        return {
+            "bbox": box,
+            "category": self.known_categories[category],
+            "area": float(area) if area else box[2] * box[3],
+            "iscrowd": int(annotation.get("iscrowd") or 0),
+        }
 
     def report(self, where: str) -> None:
         if self.skipped:
@@ -144,14 +172,67 @@ class ObjectChecker:
             )
 
 
+def box_problem(bbox: Any, width: float, height: float) -> str | None:
+    """Why a COCO (x, y, w, h) box cannot be used in an image of `width` x `height`, or None."""
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        return "malformed box"
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError, OverflowError):
+        return "malformed box"
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return "NaN or infinite box"
+    if w <= 0 or h <= 0:
+        return "zero or negative size"
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        return "box outside the image"
+    if x < -width or y < -height or x + w > 2 * width or y + h > 2 * height:
+        return "box reaching more than an image size past the edge"
+    return None
+
+
+def clipped_box(bbox: list[float], width: float, height: float) -> list[float]:
+    """A box that overlaps the image clipped to it (unchanged when it lies inside)."""
+    x, y, w, h = bbox
+    if x >= 0 and y >= 0 and x + w <= width and y + h <= height:
+        return bbox
+    x0, y0 = max(x, 0.0), max(y, 0.0)
+    return [x0, y0, min(x + w, float(width)) - x0, min(y + h, float(height)) - y0]
+
+
+def is_number(value: Any) -> bool:
+    """A finite JSON number that fits a float (not a boolean)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return False
+
+
+def field_problem(annotation: Mapping[str, Any]) -> str | None:
+    """Why an annotation's `area` or `iscrowd` is unusable (both may be missing or null), or None."""
+    area, crowd = annotation.get("area"), annotation.get("iscrowd")
+    if area is not None and not (is_number(area) and area >= 0):
+        return "area not a number >= 0"
+    if crowd is not None and crowd not in (0, 1):  # true and false are 1 and 0
+        return "iscrowd not 0 or 1"
+    return None
+
+
 __all__ = [
+    "MAX_CLASSES",
     "PANOPTIC_MASK",
     "ObjectChecker",
+    "box_problem",
     "category_ids",
     "class_names",
+    "clipped_box",
     "detection_features",
+    "image_folders",
     "is_panoptic",
     "is_thing",
     "panoptic_features",
     "set_category_ids",
+    "set_image_folders",
 ]

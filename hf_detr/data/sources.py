@@ -5,7 +5,9 @@ set), a local COCO, YOLO or Pascal VOC folder (the layout
 detected: hf_detr.data.formats), a `save_to_disk` folder, local parquet/arrow files, or a Hub dataset name. Hub detection datasets differ in their box format
 (`detection-datasets/coco` stores x0, y0, x1, y1; `cppe-5` COCO's x, y, w, h), so `bbox_format` is
 explicit and checked against the data. Records with a repeated image id or a size that disagrees with
-the image are left out with a counted warning (`normalize_split`).
+the image are left out with a counted warning (`normalize_split`); objects follow the one rule of every
+loader (`ObjectChecker`). A folder whose splits share image files (by real path) is a warning with the
+count.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
-import PIL.Image
 from datasets import (
     ClassLabel,
     Dataset,
@@ -32,9 +33,23 @@ from datasets import (
     load_from_disk,
 )
 
-from .folder_common import SplitRequest, log_skipped_images, repeated, requested_splits
+from .folder_common import (
+    SplitRequest,
+    image_header,
+    log_skipped_images,
+    repeated,
+    report_shared_images,
+    requested_splits,
+)
 from .formats import is_detection_folder, load_detection_folder
-from .schema import ObjectChecker, category_ids, detection_features, logger, set_category_ids
+from .schema import (
+    MAX_CLASSES,
+    ObjectChecker,
+    category_ids,
+    detection_features,
+    logger,
+    set_category_ids,
+)
 
 BoxFormat = Literal["xywh", "xyxy"]
 # how many records per split the box-format check reads before anything else happens
@@ -97,6 +112,7 @@ def load_source(
     path = Path(source) if isinstance(source, (str, os.PathLike)) else None
     if path is not None and path.is_dir() and is_folder(path):
         dataset = load_folder(path, split, cache_dir)
+        report_shared_images(dataset, path)
         return _to_iterable(dataset) if streaming else dataset
     if path is not None and path.is_dir() and _is_saved_dataset(path):
         raw = load_from_disk(str(path))
@@ -170,7 +186,7 @@ def normalize_split(dataset: Dataset | IterableDataset, bbox_format: BoxFormat, 
     if isinstance(category_feature, ClassLabel):
         names = list(category_feature.names)
     else:
-        names = _integer_class_names(dataset, category_key)
+        names = _integer_class_names(dataset, category_key, name)
     dataset = _undecoded_images(dataset)  # the checks read image headers, never the pixels
     check_box_format(dataset, bbox_format, name)
     target_features = detection_features(names)
@@ -247,11 +263,18 @@ def _has_category_ids(dataset) -> bool:
     return '"coco_category_ids"' in (dataset.info.description or "")
 
 
-def _integer_class_names(dataset, category_key: str) -> list[str]:
+def _integer_class_names(dataset, category_key: str, name: str) -> list[str]:
+    """class_0 ... class_N for categories stored as plain integers (N: the largest in the first 1000
+    records); a `ValueError` when N is beyond `MAX_CLASSES` (they are not class ids)."""
     largest = -1
     for record in islice(iter(dataset), 1000):
-        values = _records_objects(record)[category_key]
+        values = [v for v in _records_objects(record)[category_key] if isinstance(v, int)]
         largest = max([largest, *values])
+    if largest >= MAX_CLASSES:
+        raise ValueError(
+            f"Split {name!r}: category {largest} in 'objects' is beyond {MAX_CLASSES:,} classes; the "
+            "categories must be class ids 0, 1, 2, ... (or a ClassLabel)."
+        )
     return [f"class_{i}" for i in range(largest + 1)]
 
 
@@ -272,8 +295,9 @@ def _stored_size(record: Mapping) -> tuple[int, int] | None:
 
 
 def _image_header(image: Any) -> tuple[int, int] | None:
-    """(width, height) of a record's image from its header (an undecoded {"bytes", "path"}, a path or
-    a decoded image); None when it cannot be read."""
+    """(width, height) of a record's image as displayed (its EXIF orientation applied, as images are
+    decoded) from its header (an undecoded {"bytes", "path"}, a path or a decoded image, which
+    `datasets` rotated already); None when it cannot be read."""
     if hasattr(image, "width") and hasattr(image, "height"):
         return int(image.width), int(image.height)
     if isinstance(image, Mapping) and image.get("bytes"):
@@ -282,11 +306,8 @@ def _image_header(image: Any) -> tuple[int, int] | None:
         source = image.get("path") if isinstance(image, Mapping) else image
     if not isinstance(source, (str, os.PathLike, io.BytesIO)):
         return None
-    try:
-        with PIL.Image.open(source) as opened:
-            return opened.width, opened.height
-    except (OSError, ValueError, PIL.Image.DecompressionBombError):
-        return None
+    header = image_header(source)
+    return None if header is None else (header.width, header.height)
 
 
 def _size(record: Mapping) -> tuple[int, int] | None:
@@ -347,7 +368,7 @@ class _RecordConverter:
     def __init__(self, bbox_format: str, category_key: str, num_classes: int, split: str) -> None:
         self.bbox_format = bbox_format
         self.category_key = category_key
-        self.checker = ObjectChecker(range(num_classes))
+        self.checker = ObjectChecker({i: i for i in range(num_classes)})
         self.split = split
         self.report_as_it_goes = False
 
@@ -365,17 +386,15 @@ class _RecordConverter:
         crowds = source.get("iscrowd") or [0] * count
         for index in range(count):
             bbox = _to_xywh(source["bbox"][index], self.bbox_format)
-            category = source[self.category_key][index]
-            if not self.checker.keep(bbox, category, width, height):
+            annotation = {"bbox": bbox, "category_id": source[self.category_key][index],
+                          "area": areas[index], "iscrowd": crowds[index]}  # fmt: skip
+            fields = self.checker.checked(annotation, width, height)  # the rule of every loader
+            if fields is None:
                 self._maybe_report()
                 continue
             objects["id"].append(int(ids[index]) if ids[index] is not None else index)
-            objects["area"].append(
-                float(areas[index]) if areas[index] is not None else float(bbox[2] * bbox[3])
-            )
-            objects["bbox"].append([float(v) for v in bbox])
-            objects["category"].append(int(category))
-            objects["iscrowd"].append(int(crowds[index] or 0))
+            for key in ("area", "bbox", "category", "iscrowd"):
+                objects[key].append(fields[key])
         return objects
 
     def __call__(self, record: Mapping, index: int) -> dict:

@@ -5,6 +5,11 @@ resize of the shorter side to one of 480..800 (step 32, longer side at most 1333
 400/500/600, a random crop of 384..600 px per side and the same multi-scale resize; boxes that fall
 out are dropped (`SanitizeBoundingBoxes`). Validation resizes to 800/1333 (the image processor does
 it). All sizes are multiplied by one `scale` for datasets of small images.
+
+Extreme aspect ratios (a 20000x10 strip) never fail: every resize keeps each side at least 1 pixel,
+as the image processor does, and the resize before the crop keeps the longer side at most
+4 x 1333 (the paper's leaves it unbounded: a 20000x10 image would become 800000x400 pixels first;
+only images over about 9:1 are affected).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ TRAIN_SHORTER_SIDES = tuple(range(480, 801, 32))
 CROP_RESIZE_SIDES = (400, 500, 600)
 CROP_SIZE = (384, 600)
 MAX_SIZE = 1333
+PRE_CROP_MAX_SIZE = 4 * MAX_SIZE  # bounds the pre-crop resize of extreme aspect ratios only
 VAL_SHORTER_SIDE = 800
 
 
@@ -46,6 +52,20 @@ class RandomSizeCrop(v2.Transform):
         return self._call_kernel(F.crop, inpt, **params)
 
 
+class ShortestSize(v2.RandomShortestSize):
+    """`v2.RandomShortestSize` (the shorter side drawn from `min_size`, the longer at most `max_size`)
+    that keeps each side at least 1 pixel: at an extreme aspect ratio torchvision's rounds the shorter
+    side to 0 and the resize fails. The same draws as torchvision's, so seeded samples are unchanged."""
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        height, width = query_size(flat_inputs)
+        min_size = self.min_size[int(torch.randint(len(self.min_size), ()))]
+        ratio = min_size / min(height, width)
+        if self.max_size is not None:
+            ratio = min(ratio, self.max_size / max(height, width))
+        return {"size": (max(1, int(height * ratio)), max(1, int(width * ratio)))}
+
+
 def _scaled(sizes, scale: float) -> list[int]:
     return [max(1, round(size * scale)) for size in sizes]
 
@@ -68,12 +88,12 @@ def detr_train_transforms(scale: float = 1.0, policy: str = "paper") -> v2.Trans
         return v2.Compose(
             [
                 v2.RandomHorizontalFlip(p=0.5),
-                v2.RandomShortestSize([round(VAL_SHORTER_SIDE * scale)], max_size=max_size),
+                ShortestSize([round(VAL_SHORTER_SIDE * scale)], max_size=max_size),
                 v2.ClampBoundingBoxes(),
                 v2.SanitizeBoundingBoxes(min_size=1, labels_getter=_per_box_fields),
             ]
         )
-    multi_scale = v2.RandomShortestSize(_scaled(TRAIN_SHORTER_SIDES, scale), max_size=max_size)
+    multi_scale = ShortestSize(_scaled(TRAIN_SHORTER_SIDES, scale), max_size=max_size)
     return v2.Compose(
         [
             v2.RandomHorizontalFlip(p=0.5),
@@ -82,9 +102,9 @@ def detr_train_transforms(scale: float = 1.0, policy: str = "paper") -> v2.Trans
                     multi_scale,
                     v2.Compose(
                         [
-                            v2.RandomShortestSize(_scaled(CROP_RESIZE_SIDES, scale)),
+                            ShortestSize(_scaled(CROP_RESIZE_SIDES, scale), round(PRE_CROP_MAX_SIZE * scale)),
                             RandomSizeCrop(*_scaled(CROP_SIZE, scale)),
-                            v2.RandomShortestSize(_scaled(TRAIN_SHORTER_SIDES, scale), max_size=max_size),
+                            ShortestSize(_scaled(TRAIN_SHORTER_SIDES, scale), max_size=max_size),
                         ]
                     ),
                 ]
@@ -104,4 +124,4 @@ def _per_box_fields(sample: dict[str, Any]) -> tuple[torch.Tensor, ...]:
     return tuple(sample[key] for key in ("labels", "area", "iscrowd", "ids") if key in sample)
 
 
-__all__ = ["RandomSizeCrop", "detr_train_transforms", "detr_val_size"]
+__all__ = ["RandomSizeCrop", "ShortestSize", "detr_train_transforms", "detr_val_size"]

@@ -9,15 +9,18 @@ Boxes: VOC's `xmin, ymin, xmax, ymax` are 1-based, inclusive pixel indices (xmin
 the image). As detectron2's VOC loader (after Detectron's) does, the continuous corners are
 (xmin - 1, ymin - 1, xmax, ymax), so the COCO box is (xmin - 1, ymin - 1, xmax - xmin + 1,
 ymax - ymin + 1); it is then clipped to the image (exports that write 0-based corners would
-otherwise stick out by a pixel). torchvision's `VOCDetection` returns the XML's numbers unconverted.
+otherwise stick out by a pixel), or skipped, counted, when it reaches more than an image size past an
+edge (`ObjectChecker`, the rule of every loader). torchvision's `VOCDetection` returns the XML's numbers unconverted.
 
 Classes: the objects' names over every xml of the folder, sorted (so every split has the same ones);
 their category ids are their positions. `difficult=1` objects are kept as ignore regions
 (`iscrowd=1`): the processor drops crowds for training and COCO evaluation ignores them, as VOC's does
 with difficult objects. Objects with a malformed box or none of the image, unreadable xml files,
-missing images, a `filename` that points outside the folder (absolute, `..`) and xml files that name
-the same image as another are skipped, counted and reported, like the COCO loader's; an id listed twice
-in a split's list is read once.
+missing images, a `filename` that points outside the folder (absolute, `..`), an image or xml whose real
+path leaves the folder (a symlink: nothing of it is read), an xml `size` that disagrees with the image
+(its size as displayed: images are read with their EXIF orientation applied, so boxes are on the
+displayed pixels) and xml files that name the same image as another are skipped, counted and
+reported, like the COCO loader's; an id listed twice in a split's list is read once.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict
 
-from .coco_folder import cached_dataset, default_cache_dir, valid_objects
+from .coco_folder import cached_dataset, checked_size, default_cache_dir, valid_objects
 from .folder_common import (
     IMAGE_SUFFIXES,
     SplitColumns,
@@ -38,7 +41,7 @@ from .folder_common import (
     corners_to_box,
     examples,
     files_key,
-    image_size,
+    inside_folders,
     is_image_file,
     relative_name,
     repeated,
@@ -46,7 +49,7 @@ from .folder_common import (
 )
 from .schema import ObjectChecker, logger
 
-CACHE_FORMAT_VERSION = 2  # 2: file names outside the folder and shared images skipped
+CACHE_FORMAT_VERSION = 4  # 4: symlinks out of the folder skipped, sizes checked as displayed (EXIF)
 CORNERS = ("xmin", "ymin", "xmax", "ymax")
 SUFFIXES = (*IMAGE_SUFFIXES, *(s.upper() for s in IMAGE_SUFFIXES))  # an image named after its xml
 
@@ -135,10 +138,11 @@ def _number(element: ET.Element, path: str) -> int:
         return 0
 
 
-def voc_box(corners: tuple[float, float, float, float], width: int, height: int) -> list[float]:
-    """VOC's 1-based inclusive (xmin, ymin, xmax, ymax) -> COCO (x, y, w, h), clipped to the image."""
+def voc_box(corners: tuple[float, float, float, float]) -> list[float]:
+    """VOC's 1-based inclusive (xmin, ymin, xmax, ymax) -> COCO (x, y, w, h), unclipped (`ObjectChecker`
+    clips it to the image or counts it)."""
     xmin, ymin, xmax, ymax = corners
-    return corners_to_box(xmin - 1, ymin - 1, xmax, ymax, width, height)
+    return corners_to_box(xmin - 1, ymin - 1, xmax, ymax)
 
 
 def load_voc_folder(
@@ -166,11 +170,11 @@ def load_voc_folder(
     return DatasetDict(result)
 
 
-def voc_classes(everything: list[Path], records: dict[Path, VocRecord | None]) -> list[str]:
-    """The sorted object names over every xml (parsed once into `records`)."""
+def voc_classes(everything: list[Path], records: dict[Path, VocRecord | None], root: Path) -> list[str]:
+    """The sorted object names over every xml (parsed once into `records`) inside the folder (`root`)."""
     for path in everything:
         if path not in records:
-            records[path] = parse_voc_xml(path)
+            records[path] = parse_voc_xml(path) if inside_folders(path, [root]) else None
     return sorted({o["name"] for r in records.values() if r is not None for o in r.objects if o["name"]})
 
 
@@ -195,6 +199,8 @@ def split_records(
     xml whose image another xml names too (whose boxes are the image's cannot be told)."""
     found = []
     for xml_file in xml_files:
+        if not columns.contained(xml_file):
+            continue
         record = records.get(xml_file) if xml_file in records else parse_voc_xml(xml_file)
         path = image_path(xml_file, record, root) if record is not None else None
         if record is None:
@@ -203,7 +209,7 @@ def split_records(
             columns.skip(path, f"{xml_file.name} ({record.filename})")
         elif path is None:
             columns.skipped_images["missing or unreadable image"] += 1
-        else:
+        elif columns.contained(path, f"{xml_file.name} ({path.name})"):
             found.append((xml_file, record, path))
     shared = repeated(path for _, _, path in found)
     for xml_file, _, path in found:
@@ -221,24 +227,24 @@ def convert_voc_split(
 ) -> Dataset:
     """One split's xml files -> a Dataset in the common schema (images referenced by path). Image ids
     are the positions among every xml of the folder, the same in every split."""
-    names = voc_classes(everything, records)
+    names = voc_classes(everything, records, root)
     checker = ObjectChecker({name: index for index, name in enumerate(names)})
     image_ids = {path: index for index, path in enumerate(everything, start=1)}
-    columns = SplitColumns(f"VOC folder {root} ({split})")
+    columns = SplitColumns(f"VOC folder {root} ({split})", [root])
     next_id = 0
     for xml_file, record, path in split_records(xml_files, records, root, columns):
-        size = (record.width, record.height) if record.width > 0 and record.height > 0 else None
-        size = size or image_size(path)
-        if size is None:
-            columns.skipped_images["missing or unreadable image"] += 1
+        written = {"width": record.width, "height": record.height}  # 0 when not written
+        checked = checked_size(path, written, f"{xml_file.name} ({path.name})", columns, "xml")
+        if checked is None:
             continue
+        size = checked[:2]
         annotations = []
         for item in record.objects:
             if item["corners"] is None:
                 checker.skipped["malformed box"] += 1
                 continue
             next_id += 1
-            annotations.append({"id": next_id, "bbox": voc_box(item["corners"], *size),
+            annotations.append({"id": next_id, "bbox": voc_box(item["corners"]),
                                 "category_id": item["name"], "iscrowd": int(item["difficult"])})  # fmt: skip
         objects = valid_objects(annotations, checker, *size)
         columns.add(path, image_ids.get(xml_file, len(image_ids) + 1), *size, objects)

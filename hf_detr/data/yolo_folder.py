@@ -1,13 +1,14 @@
 """A YOLO txt folder (Ultralytics, Roboflow, Darknet/LabelImg exports) as cached arrow datasets.
 
 Classes and splits come from the folder's `data.yaml` (or `dataset.yaml`, or another yaml with `names`):
-`names` is a list or an {id: name} mapping (only `nc`: class_0, class_1, ...); `train`, `val` and
-`test` each name a folder of images, a list of them, or a .txt list of image paths, relative to the
-yaml's `path` (when that exists; else to the yaml's folder). Roboflow's `../train/images` is read as
-`train/images` when the first does not exist, as Ultralytics does. Without a yaml, `classes.txt` (one
-name per line, in the folder or in `labels/`) names the classes and the folders are the splits:
-`images/{split}` + `labels/{split}`, Ultralytics' and Roboflow's `{split}/images` + `{split}/labels`,
-or `images` + `labels` (one split, "train").
+`names` is a list or an {id: name} mapping of integer ids (only `nc`: class_0, class_1, ...; `nc`
+with `names` must match it; at most 100,000 classes; a malformed table is an error naming the yaml);
+`train`, `val` and `test` each name a folder of images, a list of them, or a .txt list of image
+paths, relative to the yaml's `path` (when that exists; else to the yaml's folder). Roboflow's
+`../train/images` is read as `train/images` when the first does not exist, as Ultralytics does.
+Without a yaml, `classes.txt` (one name per line, in the folder or in `labels/`) names the classes
+and the folders are the splits: `images/{split}` + `labels/{split}`, Ultralytics' and Roboflow's
+`{split}/images` + `{split}/labels`, or `images` + `labels` (one split, "train").
 
 Each image's labels are in the .txt of the same name, found as Ultralytics does: the last `images`
 folder of the path replaced by `labels` (an image without one has no objects). A line is
@@ -17,9 +18,12 @@ x = (cx - w / 2) W, y = (cy - h / 2) H, w W, h H (clipped to the image), the cla
 position among the names (the YOLO ids are the split's category ids). Lines with a wrong field count,
 non-numbers, a class out of range, coordinates outside [0, 1] or no size are skipped, counted and
 reported, like the COCO loader's invalid objects; so are images that cannot be read and images that
-share one label file (`a.jpg` and `a.png`); label files that no image reads are reported. Images may
-be listed anywhere (absolute paths in .txt lists, as Ultralytics allows). Sizes are the
-stored pixels' (an EXIF orientation is not applied, as for COCO folders; such images are counted).
+share one label file (`a.jpg` and `a.png`); label files that no image reads are reported. The
+dataset's folders are the folder and those its yaml names (split folders, the folders of .txt lists):
+an image (listed by absolute path too, as Ultralytics allows) or label file whose real path, symlinks
+resolved, leaves them is skipped, counted, before a byte of it is read. Sizes are as displayed: the
+EXIF orientation is applied, as to every image, so boxes are on the displayed pixels (such images are
+counted).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from .coco_folder import cached_dataset, default_cache_dir, valid_objects
 from .folder_common import (
     SplitColumns,
     SplitRequest,
+    as_id,
+    check_class_names,
     corners_to_box,
     examples,
     files_key,
@@ -43,13 +49,16 @@ from .folder_common import (
     is_image_file,
     repeated,
     requested_splits,
+    short_text,
+    shown,
 )
-from .schema import ObjectChecker, logger
+from .schema import MAX_CLASSES, ObjectChecker, logger
 
-CACHE_FORMAT_VERSION = 2  # 2: images that share a label file skipped
+CACHE_FORMAT_VERSION = 4  # 4: symlinks out of the folder skipped, sizes as displayed (EXIF)
 YAML_NAMES = ("data.yaml", "data.yml", "dataset.yaml", "dataset.yml")
 SPLIT_KEYS = ("train", "val", "test")
 CLASSES_FILE = "classes.txt"
+OUTSIDE_LABEL = "whose label file leads outside the dataset folder (a symlink)"
 
 
 def is_yolo_folder(root: str | os.PathLike) -> bool:
@@ -80,6 +89,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise ValueError(f"{path}: cannot read the yaml ({error}).") from error
+    except RecursionError:
+        raise ValueError(f"{path}: cannot read the yaml (it nests too deeply).") from None
     return data if isinstance(data, dict) else {}
 
 
@@ -106,7 +117,12 @@ def yaml_splits(data: Mapping[str, Any], yaml_path: Path) -> dict[str, list[Path
     splits = {}
     for key in SPLIT_KEYS:
         entries = data.get(key)
-        entries = [entries] if isinstance(entries, str) else list(entries or [])
+        entries = [entries] if isinstance(entries, str) else entries or []
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            raise ValueError(
+                f"{yaml_path}: `{key}` must name a folder of images or a .txt list of them (or a list of "
+                f"those), not {shown(data.get(key))}."
+            )
         if entries:
             splits[key] = [_resolve(base, str(entry), yaml_path, key) for entry in entries]
     return splits
@@ -124,17 +140,62 @@ def _resolve(base: Path, entry: str, yaml_path: Path, key: str) -> Path:
     return found
 
 
-def yaml_classes(data: Mapping[str, Any]) -> tuple[list[str], list[int]] | None:
-    """Class names and their YOLO ids from a yaml's `names` (a list or {id: name}) or `nc`."""
-    names = data.get("names")
-    if isinstance(names, Mapping):
-        ids = sorted(int(k) for k in names)
-        return [str(names[k] if k in names else names[str(k)]) for k in ids], ids
+def yaml_classes(
+    data: Mapping[str, Any], yaml_path: Path | None = None
+) -> tuple[list[str], list[int]] | None:
+    """Class names and their YOLO ids from a yaml's `names` (a list or {id: name}) or `nc`; None when
+    it has neither. A `ValueError` naming the yaml when `nc` is not a count up to `MAX_CLASSES` or
+    disagrees with `names`, or when `names` is malformed or repeats a name."""
+    names, nc = data.get("names"), data.get("nc")
+    if nc is not None and (not isinstance(nc, int) or isinstance(nc, bool) or not 0 <= nc <= MAX_CLASSES):
+        raise ValueError(
+            f"{yaml_path}: `nc: {short_text(nc)}` is not a number of classes (an integer from 0 to "
+            f"{MAX_CLASSES:,}); fix it, or remove it and list the classes in `names`."
+        )
+    if names is None:
+        return None if nc is None else ([f"class_{i}" for i in range(nc)], list(range(nc)))
+    labels, ids = class_table(names, yaml_path)
+    if nc is not None and nc != len(labels):
+        raise ValueError(
+            f"{yaml_path}: `nc: {nc}` but `names` has {len(labels)} classes; make them agree (or remove `nc`)."
+        )
+    check_class_names(labels, yaml_path)
+    return labels, ids
+
+
+def class_table(names: Any, yaml_path: Path | None) -> tuple[list[str], list[int]]:
+    """The names and YOLO ids of a yaml's `names`: a list of names, or a mapping of integer ids (>= 0)
+    to names; a `ValueError` naming the yaml when it is neither."""
     if isinstance(names, (list, tuple)):
-        return [str(n) for n in names], list(range(len(names)))
-    if isinstance(data.get("nc"), int):
-        return [f"class_{i}" for i in range(data["nc"])], list(range(data["nc"]))
-    return None
+        return [class_name(n, i, yaml_path) for i, n in enumerate(names)], list(range(len(names)))
+    if not isinstance(names, Mapping):
+        raise ValueError(
+            f"{yaml_path}: `names` must list the class names (`names: [car, person]`) or map class ids to "
+            f"them (`names: {{0: car, 1: person}}`), not {shown(names)}."
+        )
+    table: dict[int, str] = {}
+    for key, name in names.items():
+        class_id = key if isinstance(key, int) and not isinstance(key, bool) else None
+        class_id = as_id(key) if isinstance(key, str) else class_id
+        if class_id is None or class_id < 0 or class_id in table:
+            what = "repeats a class id" if class_id in table else "is not a class id (an integer >= 0)"
+            raise ValueError(
+                f"{yaml_path}: `names` maps class ids to names, but its key {shown(key)} {what}; "
+                "write it as `names: {0: car, 1: person}` or as a list."
+            )
+        table[class_id] = class_name(name, key, yaml_path)
+    ids = sorted(table)
+    return [table[i] for i in ids], ids
+
+
+def class_name(name: Any, key: Any, yaml_path: Path | None) -> str:
+    """A class name from the yaml (a number is read as its text); a `ValueError` for anything else."""
+    if isinstance(name, (str, int, float)) and str(name).strip():
+        return str(name)
+    raise ValueError(
+        f"{yaml_path}: the name of class {short_text(key)} in `names` is {shown(name)}; class names "
+        "must be text."
+    )
 
 
 def classes_file(root: Path, splits: Mapping[str, list[Path]]) -> Path:
@@ -154,23 +215,35 @@ def classes_file(root: Path, splits: Mapping[str, list[Path]]) -> Path:
     return found
 
 
-def yolo_layout(root: Path) -> tuple[dict[str, list[Path]], list[str], list[int], list[Path]]:
-    """Splits (image folders or lists), class names, their YOLO ids, and the files that name them."""
+def yolo_layout(
+    root: Path,
+) -> tuple[dict[str, list[Path]], list[str], list[int], list[Path], list[Path]]:
+    """Splits (image folders or lists), class names, their YOLO ids, the files that name them, and the
+    dataset's folders: `root` and those its yaml names (a split's folder, a .txt list's folder)."""
     yaml_path = data_yaml(root)
     data = read_yaml(yaml_path) if yaml_path is not None else {}
     splits = yaml_splits(data, yaml_path) if yaml_path is not None else {}
+    folders = [root, *(f for entries in splits.values() for p in entries for f in declared_folders(p, root))]
     splits = splits or folder_splits(root)
     if not splits:
         raise ValueError(
             f"{root}: no YOLO images found: the yaml names no `train`/`val`/`test` and there is no "
             "images/ + labels/ (or {split}/images + {split}/labels) folder."
         )
-    classes = yaml_classes(data)
+    classes = yaml_classes(data, yaml_path)
     if classes is not None:
-        return splits, *classes, [yaml_path]
+        return splits, *classes, [yaml_path], folders
     names_file = classes_file(root, splits)
     names = [line.strip() for line in names_file.read_text().splitlines() if line.strip()]
-    return splits, names, list(range(len(names))), [p for p in (yaml_path, names_file) if p is not None]
+    check_class_names(names, names_file)
+    sources = [p for p in (yaml_path, names_file) if p is not None]
+    return splits, names, list(range(len(names))), sources, folders
+
+
+def declared_folders(source: Path, root: Path) -> list[Path]:
+    """The folders a yaml's split entry adds to the dataset: an image folder and its label folder, or
+    the folder of a .txt list (its entries are relative to it)."""
+    return [source, label_file(source / "image", root).parent] if source.is_dir() else [source.parent]
 
 
 def load_yolo_folder(
@@ -178,10 +251,10 @@ def load_yolo_folder(
 ) -> DatasetDict:
     """All splits of a YOLO folder (or only `split`) in the common schema, each cached until its files change."""
     root = Path(root)
-    splits, names, ids, sources = yolo_layout(root)
+    splits, names, ids, sources, folders = yolo_layout(root)
     wanted = requested_splits(list(splits), split, root)
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "yolo"
-    images_of = {name: split_images(folders) for name, folders in splits.items()}
+    images_of = {name: split_images(entries, folders) for name, entries in splits.items()}
     lists = {source for folders in splits.values() for source in folders if source.is_file()}
     used = [label_file(image, root) for images in images_of.values() for image in images]
     report_unused_labels(root, used, lists)
@@ -192,19 +265,20 @@ def load_yolo_folder(
         tag = f"yolo:v{CACHE_FORMAT_VERSION}:{root.resolve()}:{name}:{names}:{ids}"
         key = files_key(tag, [*sources, *images, *labels])
         build = lambda name=name, images=images, labels=labels: convert_yolo_split(  # noqa: E731
-            root, name, images, labels, names, ids
+            root, name, images, labels, names, ids, folders
         )
         result[name] = cached_dataset(cache_root, key, build)
     return DatasetDict(result)
 
 
-def split_images(sources: list[Path]) -> list[Path]:
+def split_images(sources: list[Path], folders: list[Path]) -> list[Path]:
     """The images of a split: every image under its folders, and those listed in its .txt files
-    (relative paths relative to the list's folder)."""
+    (relative paths relative to the list's folder); a symlinked folder that leaves the dataset's
+    `folders` is listed itself, for the conversion to count (`image_files`)."""
     images: list[Path] = []
     for source in sources:
         if source.is_dir():
-            images.extend(image_files(source))
+            images.extend(image_files(source, folders))
             continue
         for line in source.read_text().splitlines():
             entry = Path(line.strip())
@@ -274,28 +348,37 @@ def label_annotations(text: str, width: int, height: int, checker: ObjectChecker
             checker.skipped[parsed] += 1
             continue
         category, (x0, y0, x1, y1) = parsed
-        bbox = corners_to_box(x0 * width, y0 * height, x1 * width, y1 * height, width, height)
+        bbox = corners_to_box(x0 * width, y0 * height, x1 * width, y1 * height)
         annotations.append({"id": len(annotations), "bbox": bbox, "category_id": category})
     return annotations
 
 
 def convert_yolo_split(
-    root: Path, split: str, images: list[Path], labels: list[Path], names: list[str], ids: list[int]
+    root: Path,
+    split: str,
+    images: list[Path],
+    labels: list[Path],
+    names: list[str],
+    ids: list[int],
+    folders: list[Path],
 ) -> Dataset:
-    """One split's images and label files -> a Dataset in the common schema (images referenced by path)."""
+    """One split's images and label files -> a Dataset in the common schema (images referenced by path);
+    nothing is read of a file that leaves the dataset's `folders`."""
     checker = ObjectChecker({yolo_id: index for index, yolo_id in enumerate(ids)})
-    columns = SplitColumns(f"YOLO folder {root} ({split})")
+    columns = SplitColumns(f"YOLO folder {root} ({split})", folders)
     unlabelled = next_id = 0
     shared = repeated(labels)  # a.jpg and a.png: whose boxes the label file holds cannot be told
     for image_id, (image, label) in enumerate(zip(images, labels), start=1):
         if label in shared:
             columns.skip("whose label file another image reads too", f"{image.name} ({label.name})")
             continue
+        if not columns.contained(image) or not columns.contained(label, image.name, OUTSIDE_LABEL):
+            continue
         header = image_header(image) if is_image_file(image) else None
         if header is None:
             columns.skipped_images["missing or unreadable image"] += 1
             continue
-        width, height, rotated = header
+        width, height, orientation = header
         try:
             text = label.read_text() if label.is_file() else ""
         except (OSError, UnicodeDecodeError):
@@ -306,7 +389,7 @@ def convert_yolo_split(
         for annotation in annotations:  # ids unique in the split
             next_id += 1
             annotation["id"] = next_id
-        columns.rotated += rotated
+        columns.rotated += orientation != 1
         columns.add(image, image_id, width, height, valid_objects(annotations, checker, width, height))
     checker.report(columns.where)
     if unlabelled:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from ..extras import add_traceback_argument, positive_int, probability, run_command
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-detr-evaluate", description="COCO box AP of an hf_detr model.")
@@ -31,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="detection (COCO box AP) or panoptic (PQ, SQ, RQ of a segmentation model) (default: detection)",
     )  # fmt: skip
     parser.add_argument(
-        "--threshold", type=float, default=0.85,
+        "--threshold", type=probability, default=0.85,
         help="panoptic: keep segments whose class score exceeds this, 0-1 (default: 0.85, the official code's)",
     )  # fmt: skip
     parser.add_argument(
@@ -47,13 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--bbox-format", choices=("xywh", "xyxy"), default="xywh",
         help="box format of a Hub/parquet dataset: xywh (COCO's) or xyxy, in pixels (default: xywh)",
     )  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=8, help="images per batch and process (default: 8)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=8, help="images per batch and process (default: 8)"
+    )
     parser.add_argument(
         "--num-workers", type=int, default=0,
         help="DataLoader worker processes per process (default: 0, load in the main process)",
     )  # fmt: skip
     parser.add_argument(
-        "--top-k", type=int, default=None,
+        "--top-k", type=positive_int, default=None,
         help="keep the best k (query, class) pairs per image (default: every query's best class, the paper's)",
     )  # fmt: skip
     parser.add_argument(
@@ -69,13 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="detection: write confusion_matrix.png/.json and pr_curve.png here (default: beside --output)",
     )  # fmt: skip
     parser.add_argument(
-        "--confusion-score-threshold", type=float, default=0.5,
+        "--confusion-score-threshold", type=probability, default=0.5,
         help="detection: detections scoring at least this enter the confusion matrix (default: 0.5)",
     )  # fmt: skip
     parser.add_argument(
-        "--confusion-iou-threshold", type=float, default=0.5,
+        "--confusion-iou-threshold", type=probability, default=0.5,
         help="detection: IoU at which a detection matches an object in the confusion matrix (default: 0.5)",
     )  # fmt: skip
+    add_traceback_argument(parser)
     return parser
 
 
@@ -196,4 +201,4 @@ def _evaluate_panoptic(args, accelerator, processor):
 
 if __name__ == "__main__":
     torch.set_grad_enabled(False)
-    sys.exit(main())
+    sys.exit(run_command(main))

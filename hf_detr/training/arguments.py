@@ -19,6 +19,7 @@ from typing import Any
 
 from ..configuration_detr import HfDetrConfig
 from ..evaluation.coco_evaluator import STAT_NAMES
+from ..extras import add_traceback_argument
 
 
 @dataclass
@@ -504,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
             if optional:
                 converter = _or_none(converter)
             parser.add_argument(flag, type=converter, help=help_text)
+    add_traceback_argument(parser)
     return parser
 
 
@@ -591,6 +593,7 @@ def resolve_arguments(cli: dict[str, Any], file_values: dict[str, Any] | None = 
 def parse_args(argv: list[str] | None = None) -> TrainingArguments:
     namespace = vars(build_parser().parse_args(argv))
     config_path = namespace.pop("config", None)
+    namespace.pop("traceback", None)  # read by run_command, not a training setting
     return resolve_arguments(namespace, _load_config_file(config_path) if config_path else None)
 
 

@@ -2,8 +2,9 @@
 
 A save never damages the last good checkpoint, whenever it is killed:
 
-1. every process writes `checkpoints/.incomplete-step-N`; the main process adds the EMA weights and,
-   last, `checkpoint.json`, the manifest of every file and its size;
+1. every process writes `checkpoints/.incomplete-step-N`; the main process adds the progress and the
+   learning-rate schedule (`training_state.json`), the EMA weights and, last, `checkpoint.json`, the
+   manifest of every file and its size;
 2. a re-save of step N first renames the existing `step-N` to `.replaced-step-N`, then renames the
    new one to `step-N`, then deletes `.replaced-step-N`;
 3. pruning renames an old checkpoint to `.deleting-step-M` before deleting it.
@@ -11,19 +12,23 @@ A save never damages the last good checkpoint, whenever it is killed:
 `recover_checkpoints` (run before resuming) finishes or undoes whatever a killed save left: a complete
 staged or replaced checkpoint goes back to `step-N`, leftovers are deleted. A checkpoint is complete
 when its manifest's files are all there with their sizes; `latest_checkpoint` returns the newest
-complete one and names any newer broken one it passes over. Checkpoints are this run's own files
-(model weights in safetensors, the EMA weights with `--ema` in `ema.safetensors`; optimizer and RNG
-states are read back with accelerate's loaders). The best model's checkpoint is never pruned.
+complete one and names any newer broken one it passes over. The best model's checkpoint is never
+pruned. No file of a checkpoint can run code when read (`checkpoint_files.py` says what one may hold
+and refuses the rest): nothing is registered with accelerate's `register_for_checkpointing`, whose
+`custom_checkpoint_<n>.pkl` accelerate reads with a full unpickler. A save that finds the disk full
+is one [`DiskFullError`] naming the last good checkpoint.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,12 +36,25 @@ from typing import Any
 CHECKPOINT_PATTERN = re.compile(r"step-(\d+)")
 LEFTOVER_PATTERN = re.compile(r"\.(incomplete|replaced|deleting)-step-(\d+)")
 MANIFEST = "checkpoint.json"
+STATE_FILE = "training_state.json"  # the TrainingState and the learning-rate scheduler's state
+# how the OS, torch's zip writer and safetensors say that a write found no space left
+DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "unexpected pos", "file write failed")
 logger = logging.getLogger("hf_detr.training")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that resuming refuses to read, or that could not be written; the message says why
+    and what to do."""
+
+
+class DiskFullError(CheckpointError):
+    """A checkpoint or the final model could not be written: the disk is full."""
 
 
 @dataclass
 class TrainingState:
-    """Progress registered with `accelerator.register_for_checkpointing`."""
+    """The run's progress, saved with the scheduler's state as JSON in `training_state.json`."""
 
     epoch: int = 0
     step_in_epoch: int = 0  # optimizer steps done in the current epoch
@@ -56,6 +74,35 @@ class TrainingState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
             setattr(self, key, value)
+
+
+def write_training_state(folder: Path, state: TrainingState, scheduler: Any) -> None:
+    """`folder/training_state.json`: the progress counters and the learning-rate scheduler's state."""
+    record = {"training": state.state_dict(), "scheduler": scheduler.state_dict()}
+    (folder / STATE_FILE).write_text(json.dumps(record, indent=1))
+
+
+def read_training_state(folder: Path, state: TrainingState, scheduler: Any) -> None:
+    """Load what `write_training_state` wrote into `state` and `scheduler`; a CheckpointError naming the
+    file when it is missing or holds anything else (keys either object does not have included)."""
+    path = folder / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{folder} has no {STATE_FILE} (the progress and the schedule): it was written by an earlier "
+            "hf_detr or by another program. Resume from a checkpoint this version wrote, or train again."
+        )
+    try:
+        record = json.loads(path.read_text())
+        for saved, target in ((record["training"], state), (record["scheduler"], scheduler)):
+            unknown = set(saved) - set(target.state_dict())
+            if unknown:
+                raise KeyError(f"unknown keys {sorted(unknown)}")
+            target.load_state_dict(saved)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+        raise CheckpointError(
+            f"{path} is not a training state hf_detr wrote ({type(error).__name__}: {error}); the checkpoint "
+            "is damaged or was edited: resume from another one."
+        ) from error
 
 
 def checkpoint_steps(directory: Path) -> list[tuple[int, Path]]:
@@ -158,19 +205,23 @@ def save_checkpoint(
 ) -> Path:
     """Save the full training state atomically as `directory/step-{step}` and keep the last `keep`
     (and the checkpoint of step `protect`, the best model's). `write_extra(folder)` adds files on
-    the main process (the EMA weights)."""
+    the main process (the training state, the EMA weights). A full disk: a DiskFullError, the
+    partial files deleted, the last good checkpoint untouched."""
     final = checkpoint_path(directory, step)
     staging = directory / f".incomplete-step-{step:08d}"
     if accelerator.is_main_process:
         directory.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(staging))
-    accelerator.wait_for_everyone()
+    partial = staging if accelerator.is_main_process else None
+    with disk_full_errors(directory, f"the checkpoint of step {step}", directory, partial):
+        accelerator.save_state(str(staging))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if write_extra is not None:
+                write_extra(staging)
+            write_manifest(staging)
     if accelerator.is_main_process:
-        if write_extra is not None:
-            write_extra(staging)
-        write_manifest(staging)
         replaced = directory / f".replaced-step-{step:08d}"
         if final.exists():  # a re-save of this step: the old copy stays whole until the new one is in place
             shutil.rmtree(replaced, ignore_errors=True)
@@ -180,6 +231,42 @@ def save_checkpoint(
         prune_checkpoints(directory, keep, protect)
     accelerator.wait_for_everyone()
     return final
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error`, or an error it came from, is a write that found no space left: ENOSPC or EDQUOT,
+    torch's zip writer ("unexpected pos", "file write failed"), safetensors' "No space left on device"."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+            return True
+        if any(text in str(error) for text in DISK_FULL_TEXTS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+@contextmanager
+def disk_full_errors(
+    folder: Path, what: str, checkpoints: Path, partial: Path | None = None
+) -> Iterator[None]:
+    """Turn a write into `folder` that fails for lack of space into one DiskFullError saying so and
+    naming the last good checkpoint in `checkpoints`; `partial`, a folder of half-written files, is
+    deleted first (its space freed). Other errors pass unchanged."""
+    try:
+        yield
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        if partial is not None:
+            shutil.rmtree(partial, ignore_errors=True)
+        last = latest_checkpoint(checkpoints)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
+        raise DiskFullError(
+            f"The disk holding {folder} is full: {what} could not be written; {kept}. Free space and "
+            "resume with --resume-from-checkpoint latest."
+        ) from error
 
 
 def write_manifest(folder: Path) -> None:
@@ -213,13 +300,19 @@ def _delete(folder: Path, directory: Path) -> None:
 
 
 __all__ = [
+    "CheckpointError",
+    "DiskFullError",
     "TrainingState",
     "checkpoint_path",
     "checkpoint_problem",
     "checkpoint_steps",
+    "disk_full_errors",
+    "is_disk_full",
     "latest_checkpoint",
     "prune_checkpoints",
+    "read_training_state",
     "recover_checkpoints",
     "resolve_resume",
     "save_checkpoint",
+    "write_training_state",
 ]

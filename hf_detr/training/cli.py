@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from ..extras import run_command
 from .arguments import parse_args
 from .panoptic import stage_to_run, training_stages
 from .trainer import TrainingStopped, train
@@ -57,4 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -36,7 +36,8 @@ from ..image_processing_detr import HfDetrImageProcessor, normalize_size
 from ..modeling_detr import HfDetrForObjectDetection
 from .arguments import BUILTIN_PRESET, MODEL_SETTINGS, TrainingArguments
 from .batch_norm import BatchNormStatistics
-from .checkpoints import TrainingState, recover_checkpoints, resolve_resume
+from .checkpoint_files import check_checkpoint_files
+from .checkpoints import TrainingState, read_training_state, recover_checkpoints, resolve_resume
 from .ema import EMA_FILE, ModelEma
 from .logs import JsonlLog, LogWindow
 from .panoptic import (
@@ -257,6 +258,7 @@ class TrainingRun:
     ema: ModelEma | None = None  # --ema: the moving average of the weights
     batch_norm: BatchNormStatistics | None = None  # trainable BatchNorm's statistics (restored when bad)
     last_stats: dict[str, Any] | None = None  # the latest evaluation's stats (every process)
+    last_evaluator: Any = None  # the latest COCO evaluation (main process), for its report and plots
 
     @property
     def is_main(self) -> bool:
@@ -344,7 +346,7 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
         lambda step: lr_factor(step, total_steps, args.warmup_steps, args.lr_drop, args.lr_scheduler_type),
     )
     resume_path = _resume_path(args, accelerator, output_dir / "checkpoints")
-    state = _registered_state(accelerator, scheduler, resume_path)
+    state = _resumed_state(accelerator, scheduler, resume_path)
     if ema is not None and resume_path is not None:
         _resume_ema(ema, accelerator.unwrap_model(model), resume_path)
     if args.report_to:
@@ -474,11 +476,13 @@ def _resume_path(args: TrainingArguments, accelerator: Any, checkpoints: Path) -
     return resolve_resume(args.resume_from_checkpoint, checkpoints)
 
 
-def _registered_state(accelerator: Any, scheduler: Any, resume_path: Path | None) -> TrainingState:
-    """The progress counters, checkpointed with the run, loaded from `resume_path` when resuming."""
+def _resumed_state(accelerator: Any, scheduler: Any, resume_path: Path | None) -> TrainingState:
+    """The progress counters; when resuming, every file of `resume_path` checked (none can run code),
+    then the progress and the schedule read from its JSON, the rest by accelerate's loaders."""
     state = TrainingState()
-    accelerator.register_for_checkpointing(scheduler, state)
     if resume_path is not None:
+        check_checkpoint_files(resume_path)
+        read_training_state(resume_path, state, scheduler)
         accelerator.load_state(str(resume_path))
         logger.info("Resumed from %s at step %d (epoch %d).", resume_path, state.global_step, state.epoch)
     return state

@@ -34,7 +34,7 @@ from ..evaluation.per_class import format_per_class
 from ..evaluation.report import write_evaluation_report
 from ..loss_detr import NonFiniteMatchingCostError
 from .arguments import TrainingArguments, best_metric
-from .checkpoints import checkpoint_path, save_checkpoint
+from .checkpoints import checkpoint_path, disk_full_errors, save_checkpoint, write_training_state
 from .output import save_final_model
 from .setup import TrainingRun, setup_run
 
@@ -250,20 +250,31 @@ def resume_decisions(run: TrainingRun) -> str | None:
 
 
 def save(run: TrainingRun) -> Path:
-    """A checkpoint of this step (with the EMA weights), pruned to the last K and the best model's."""
+    """A checkpoint of this step (with the progress, the schedule and the EMA weights), pruned to the
+    last K and the best model's."""
+
+    def write_run_state(folder: Path) -> None:
+        write_training_state(folder, run.state, run.scheduler)
+        if run.ema is not None:
+            run.ema.save(folder)
+
     return save_checkpoint(
         run.accelerator, run.checkpoints, run.state.global_step, run.args.save_total_limit,
-        run.ema.save if run.ema is not None else None, protect=run.state.best_step,
+        write_run_state, protect=run.state.best_step,
     )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------
 # The run they keep: the best model and early stopping
 # ---------------------------------------------------------------------------------------------------
-def evaluate_and_track(run: TrainingRun) -> dict[str, Any] | None:
+def evaluate_and_track(run: TrainingRun, report: bool = True) -> dict[str, Any] | None:
     """Evaluate (the EMA weights with --ema), share the stats with every process, and update the best
-    model and the early-stopping count, the same on every process."""
+    model and the early-stopping count, the same on every process; `report=False` leaves the report
+    for the caller to write (`write_report`)."""
+    run.last_evaluator = None  # set by this evaluation (main process, detection)
     stats = run_evaluation(run)
+    if report:
+        write_report(run)
     if run.eval_loader is not None and run.accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
@@ -341,14 +352,24 @@ def keep_best_model(run: TrainingRun, stats: dict[str, Any] | None) -> dict[str,
     return state.best_stats
 
 
-def write_report(run: TrainingRun, evaluator: Any) -> None:
+def write_report(run: TrainingRun) -> None:
     """OUTPUT_DIR/eval/: eval_results.json (the 12 stats and the per-class table), the confusion
-    matrix (JSON, PNG) and the precision-recall curves of the latest evaluation; the table is logged."""
-    extra = {"step": run.state.global_step, "epoch": run.state.epoch}
-    record = write_evaluation_report(evaluator, run.output_dir / EVAL_REPORT_DIR, extra=extra)
-    logger.info(
-        "Per-class results (step %d):\n%s", run.state.global_step, format_per_class(record["per_class"])
-    )
+    matrix (JSON, PNG) and the precision-recall curves of the latest evaluation; the table is logged.
+    The report is a by-product: an error writing it is logged (and in log.jsonl), never ends the run."""
+    step, directory = run.state.global_step, run.output_dir / EVAL_REPORT_DIR
+    if run.last_evaluator is None:
+        return
+    try:
+        extra = {"step": step, "epoch": run.state.epoch}
+        record = write_evaluation_report(run.last_evaluator, directory, extra=extra)
+        logger.info("Per-class results (step %d):\n%s", step, format_per_class(record["per_class"]))
+    except Exception as error:  # a plot or table bug must not lose a trained model
+        logger.warning(
+            "Step %d: the evaluation report in %s could not be written (%s: %s); training goes on "
+            "without it.", step, directory, type(error).__name__, error,
+        )  # fmt: skip
+        logger.debug("The evaluation report's error:", exc_info=True)
+        run.log.write({"event": "report_failed", "step": step, "error": f"{type(error).__name__}: {error}"})
 
 
 def run_evaluation(run: TrainingRun) -> dict[str, Any] | None:
@@ -372,7 +393,7 @@ def run_evaluation(run: TrainingRun) -> dict[str, Any] | None:
         headline = ("AP", "AP50")
     state = run.state
     if run.is_main and stats is not None and run.args.task != "panoptic":
-        write_report(run, evaluator)
+        run.last_evaluator = evaluator  # its report: `write_report`
     if run.is_main and stats is not None:
         minutes = (time.monotonic() - run.start_time) / 60
         run.log.write(
@@ -405,10 +426,13 @@ def conclude(run: TrainingRun, stop_reason: str, stop: StopRequest) -> TrainingR
         )
     else:
         just_evaluated = state.last_eval_step == state.global_step and run.last_stats is not None
-        stats = run.last_stats if just_evaluated else evaluate_and_track(run)
+        stats = run.last_stats if just_evaluated else evaluate_and_track(run, report=False)
         path = save(run)
         stats = keep_best_model(run, stats)
-        save_final_model(run, stats, stop_reason)
+        with disk_full_errors(run.output_dir, "the final model", run.checkpoints):
+            save_final_model(run, stats, stop_reason)
+        if not just_evaluated:
+            write_report(run)  # after the final model: a reporting error never loses the run
         run.log.write(
             {"event": "finished", "reason": stop_reason, "step": state.global_step, "stats": stats,
              **best_record(run)}
