@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from timing import best_of  # run from benchmarks/ or with it on sys.path
 
 from hf_detr.evaluation import PanopticEvaluator
 
@@ -41,16 +41,6 @@ def run_reference(images: list[dict]) -> dict:
     return reference_pq(
         [(i["gt"], i["gt_segments"], i["pred"], i["pred_segments"]) for i in images], CATEGORIES
     )
-
-
-def best_of(fn, repeats: int) -> tuple[float, dict]:
-    """The fastest of `repeats` runs (the machine is shared) and the result."""
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def main() -> None:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 import PIL.Image
 import torch
 from bench_forward import build_models  # run from benchmarks/ or with it on sys.path
 from bench_processor import PHOTOS, SOURCE
+from timing import best_of
 from transformers import DetrImageProcessor, pipeline
 
 from hf_detr import HfDetrImageProcessor
@@ -34,16 +34,6 @@ def write_photos(folder: Path) -> list[str]:
         source.crop(crop).resize(size).save(path, quality=90)
         paths.append(str(path))
     return paths
-
-
-def best_seconds(call, runs: int) -> tuple[float, object]:
-    """The fastest of `runs` calls (the machine is shared) and the last result."""
-    times, result = [], None
-    for _ in range(runs):
-        start = time.perf_counter()
-        result = call()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def same_detections(a: list, b: list) -> bool:
@@ -62,9 +52,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         photos = write_photos(Path(tmp))
         theirs_pipe(photos[:1]), ours_pipe(photos[:1])  # warm-up
-        theirs_one, _ = best_seconds(lambda: theirs_pipe(photos, threshold=0.0), args.runs)
-        ours_one, single = best_seconds(lambda: ours_pipe(photos, threshold=0.0), args.runs)
-        ours_batched, batched = best_seconds(
+        theirs_one, _ = best_of(lambda: theirs_pipe(photos, threshold=0.0), args.runs)
+        ours_one, single = best_of(lambda: ours_pipe(photos, threshold=0.0), args.runs)
+        ours_batched, batched = best_of(
             lambda: ours_pipe(photos, threshold=0.0, batch_size=args.batch_size), args.runs
         )
         try:
