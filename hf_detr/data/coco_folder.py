@@ -10,13 +10,15 @@ uses it, missing `area` (the box's), `iscrowd` (0) or image sizes (read from the
 
 Each split's json is converted once into the common schema (hf_detr.data.schema) and saved with
 `save_to_disk` under a cache folder keyed by the json's content hash and the listing of the split's
-image folder (names, sizes, times), so it is re-used while neither changes. Images stay files on disk: the arrow table stores their paths. Objects that cannot be
-used (see `ObjectChecker`) and images whose file is missing are skipped, counted and reported; so are
-images whose id repeats (with their annotations: whose boxes are whose cannot be told), whose json
-width/height disagree with the file's header (its size as displayed: images are read with their EXIF
-orientation applied; not rescaled), whose `file_name` points outside the folder (absolute, `..`), and
-whose file leads outside it (a symlink: real paths are compared before a byte is read). A
-`file_name` is read relative to the folder only when nothing of that name is in the split's image
+image folder (names, sizes, times), so it is re-used while neither changes. Images stay files on disk:
+the cache stores their absolute paths, never their pixels (`cached_dataset`), and a sample reads its
+file when it is decoded; a moved folder is converted again (its path is part of the key). Objects
+that cannot be used (see `ObjectChecker`) and images whose file is missing are skipped, counted and
+reported; so are images whose id repeats (with their annotations: whose boxes are whose cannot be
+told), whose json width/height disagree with the file's header (its size as displayed: images are
+read with their EXIF orientation applied; not rescaled), whose `file_name` points outside the folder
+(absolute, `..`), and whose file leads outside it (a symlink: real paths are compared before a byte is
+read). A `file_name` is read relative to the folder only when nothing of that name is in the split's image
 folder: a broken file there is never replaced by another. Annotations of no image
 and repeated annotation ids are reported (the objects are kept; evaluation numbers its ground truth).
 A json whose structure or categories table is wrong (not JSON, truncated, `images` not a list, a
@@ -35,7 +37,10 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, DatasetDict, load_from_disk
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets import Dataset, DatasetDict, Image, Value, load_from_disk
+from datasets.table import InMemoryTable
 
 from .coco_json import coco_tables, read_json
 from .folder_common import (
@@ -51,9 +56,10 @@ from .folder_common import (
     requested_splits,
     short_text,
 )
-from .schema import ObjectChecker, logger
+from .schema import PANOPTIC_MASK, ObjectChecker, logger
 
-CACHE_FORMAT_VERSION = 5  # 5: symlinks out of the folder skipped, sizes as displayed (EXIF)
+# 6: file paths, no pixels; 5: symlinks out of the folder skipped, sizes as displayed (EXIF)
+CACHE_FORMAT_VERSION = 6
 
 
 def default_cache_dir() -> Path:
@@ -131,23 +137,72 @@ def cached_split(
     with open(annotation_file, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
-    return cached_dataset(cache_root, digest.hexdigest()[:24], lambda: convert(root, split, annotation_file))
+    return cached_dataset(
+        cache_root, digest.hexdigest()[:24], lambda: convert(root, split, annotation_file), f"{root} {split}"
+    )
 
 
-def cached_dataset(cache_root: Path, key: str, build: Callable[[], Dataset]) -> Dataset:
-    """The Dataset saved under `cache_root / key`, else `build()` saved there first."""
+def cached_dataset(cache_root: Path, key: str, build: Callable[[], Dataset], what: str = "") -> Dataset:
+    """The Dataset saved under `cache_root / key`, else `build()` saved there first (`what`, the split's
+    name for the log: one INFO line per conversion).
+
+    The cache holds annotations and file paths, never pixels: `save_to_disk` would copy the bytes of
+    every file an `Image()` column names into the arrow files (`datasets` embeds local files), so the
+    image columns are saved as strings, the files' absolute paths (their folder's real path), and read
+    back as `Image()` columns whose records carry the path only: an image is read from its file when it
+    is decoded (and the containment check of the decoding, `DetectionDataset`, sees its real path)."""
     target = cache_root / key
-    if (target / "dataset_info.json").is_file():
-        return load_from_disk(str(target))
-    dataset = build()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".incomplete-"))
-    dataset.save_to_disk(str(staging))
-    try:
-        staging.rename(target)  # atomic: a concurrent or interrupted conversion never leaves half a cache
-    except OSError:  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
-    return load_from_disk(str(target))
+    if not (target / "dataset_info.json").is_file():
+        logger.info("Converting %s into the cache %s (once: later loads read it).", what or "a split", target)
+        dataset = without_pixels(build())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".incomplete-"))
+        dataset.save_to_disk(str(staging))
+        try:
+            staging.rename(target)  # atomic: a concurrent or interrupted conversion never leaves half a cache
+        except OSError:  # another process finished first
+            shutil.rmtree(staging, ignore_errors=True)
+    return with_image_columns(load_from_disk(str(target)))
+
+
+IMAGE_COLUMNS = ("image", PANOPTIC_MASK)  # the common schema's Image() columns (a path each in the cache)
+
+
+def without_pixels(dataset: Dataset) -> Dataset:
+    """`dataset` with its image columns (`IMAGE_COLUMNS`) as strings: each file's path, absolute, its
+    folder's real path and its name (a symlinked file's own link is left to the decoding's check). A
+    column with stored bytes (none of the folder loaders stores any) is left as it is."""
+    table = dataset.with_format("arrow")[:]
+    features = dataset.features.copy()
+    real_folders: dict[str, str] = {}
+    for name in IMAGE_COLUMNS:
+        if not isinstance(features.get(name), Image):
+            continue
+        column = table.column(name)
+        if column.null_count or pc.struct_field(column, "bytes").null_count != len(column):
+            continue
+        paths = []
+        for path in pc.struct_field(column, "path").to_pylist():
+            folder, file_name = os.path.split(os.path.abspath(path))
+            if folder not in real_folders:
+                real_folders[folder] = os.path.realpath(folder)
+            paths.append(os.path.join(real_folders[folder], file_name))
+        table = table.set_column(table.schema.get_field_index(name), name, pa.array(paths, pa.string()))
+        features[name] = Value("string")
+    if features == dataset.features:
+        return dataset
+    info = dataset.info.copy()
+    info.features = features
+    return Dataset(InMemoryTable(table.replace_schema_metadata(None)), info=info)
+
+
+def with_image_columns(dataset: Dataset) -> Dataset:
+    """A cached split with its path columns (`without_pixels`) as `Image()` columns again: a record's
+    `image` is {"bytes": None, "path": ...}, decoded from its file (a PIL image, as any `Image()`)."""
+    for name in IMAGE_COLUMNS:
+        if dataset.features.get(name) == Value("string"):
+            dataset = dataset.cast_column(name, Image())
+    return dataset
 
 
 def read_coco_json(

@@ -49,7 +49,8 @@ from .folder_common import (
 )
 from .schema import ObjectChecker, logger
 
-CACHE_FORMAT_VERSION = 4  # 4: symlinks out of the folder skipped, sizes checked as displayed (EXIF)
+# 5: file paths, no pixels; 4: symlinks out of the folder skipped, sizes checked as displayed (EXIF)
+CACHE_FORMAT_VERSION = 5
 CORNERS = ("xmin", "ymin", "xmax", "ymax")
 SUFFIXES = (*IMAGE_SUFFIXES, *(s.upper() for s in IMAGE_SUFFIXES))  # an image named after its xml
 
@@ -166,7 +167,7 @@ def load_voc_folder(
         split_list = root / "ImageSets" / "Main" / f"{name}.txt"
         key = files_key(f"voc:v{CACHE_FORMAT_VERSION}:{root.resolve()}:{name}:{listing}", [split_list])
         build = lambda name=name: convert_voc_split(root, name, splits[name], everything, records)  # noqa: E731
-        result[name] = cached_dataset(cache_root, key, build)
+        result[name] = cached_dataset(cache_root, key, build, f"{root} {name}")
     return DatasetDict(result)
 
 

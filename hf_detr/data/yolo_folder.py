@@ -54,7 +54,8 @@ from .folder_common import (
 )
 from .schema import MAX_CLASSES, ObjectChecker, logger
 
-CACHE_FORMAT_VERSION = 4  # 4: symlinks out of the folder skipped, sizes as displayed (EXIF)
+# 5: file paths, no pixels; 4: symlinks out of the folder skipped, sizes as displayed (EXIF)
+CACHE_FORMAT_VERSION = 5
 YAML_NAMES = ("data.yaml", "data.yml", "dataset.yaml", "dataset.yml")
 SPLIT_KEYS = ("train", "val", "test")
 CLASSES_FILE = "classes.txt"
@@ -267,7 +268,7 @@ def load_yolo_folder(
         build = lambda name=name, images=images, labels=labels: convert_yolo_split(  # noqa: E731
             root, name, images, labels, names, ids, folders
         )
-        result[name] = cached_dataset(cache_root, key, build)
+        result[name] = cached_dataset(cache_root, key, build, f"{root} {name}")
     return DatasetDict(result)
 
 

@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--split", default="val", help="the dataset split to evaluate (default: val)")
     parser.add_argument(
+        "--streaming", action="store_true",
+        help="detection: stream a Hub/parquet/arrow dataset, each process its part (default: download it)",
+    )  # fmt: skip
+    parser.add_argument(
         "--bbox-format", choices=("xywh", "xyxy"), default="xywh",
         help="box format of a Hub/parquet dataset: xywh (COCO's) or xyxy, in pixels (default: xywh)",
     )  # fmt: skip
@@ -85,12 +89,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.streaming and args.task == "panoptic":
+        parser.error("--streaming evaluates detection models only (--task detection)")
     from accelerate import Accelerator
 
     from ..image_processing_detr import HfDetrImageProcessor
+    from ..training.setup import warn_fewer_processes
 
     accelerator = Accelerator()
+    warn_fewer_processes(accelerator.num_processes)
     try:
         processor = HfDetrImageProcessor.from_pretrained(args.model)
     except OSError:
@@ -131,7 +140,10 @@ def _evaluate_detection(args, accelerator, processor):
     from .loop import evaluate_model
 
     model = HfDetrForObjectDetection.from_pretrained(args.model).to(accelerator.device)  # no DDP needed
-    split = load_detection_dataset(args.dataset, split=args.split, bbox_format=args.bbox_format)[args.split]
+    with accelerator.local_main_process_first():  # one process per machine converts a folder into the cache
+        split = load_detection_dataset(
+            args.dataset, split=args.split, bbox_format=args.bbox_format, streaming=args.streaming
+        )[args.split]
     ground_truth = split_to_coco(split)
     mapping = label_to_category_mapping(
         model.config.id2label, ground_truth["categories"], getattr(model.config, "coco_category_ids", None),
@@ -139,7 +151,12 @@ def _evaluate_detection(args, accelerator, processor):
     )  # fmt: skip
     evaluator = CocoEvaluator(ground_truth, mapping, backend=args.backend)
     collator = DetectionCollator(processor, num_threads=1 if args.num_workers else None)
-    loader = _loader(DetectionDataset(split), args, accelerator, collator)
+    if args.streaming:  # every image once: each process reads its part of the stream
+        from ..training.streaming import streaming_eval_loader
+
+        loader = streaming_eval_loader(split, args.batch_size, args.num_workers, accelerator, collator)
+    else:
+        loader = _loader(DetectionDataset(split), args, accelerator, collator)
     stats = evaluate_model(model, loader, evaluator, accelerator, processor, args.top_k)
     record = {"num_images": evaluator.num_images, "top_k": args.top_k, "backend": args.backend}
     if not accelerator.is_main_process:
@@ -168,9 +185,10 @@ def _evaluate_panoptic(args, accelerator, processor):
     from .panoptic import PanopticEvaluator
 
     model = HfDetrForSegmentation.from_pretrained(args.model).to(accelerator.device)
-    split = load_panoptic_dataset(args.dataset, split=args.split, stuff_categories=args.stuff_categories)[
-        args.split
-    ]
+    with accelerator.local_main_process_first():  # one process per machine converts a folder into the cache
+        split = load_panoptic_dataset(args.dataset, split=args.split, stuff_categories=args.stuff_categories)[
+            args.split
+        ]
     coco_ids = category_ids(split)
     categories = panoptic_categories(split, coco_ids)
     mapping = label_to_category_mapping(

@@ -33,10 +33,12 @@ def evaluate_model(
 
     Under Accelerate every process runs its shard; the post-processed detections are gathered with
     `gather_for_metrics`, which drops the duplicates the distributed sampler adds to even out the
-    last batch, so each image is counted once. The main process computes and returns the stats; the
-    others return None.
+    last batch, so each image is counted once. A loader with `gather_at_end` (a stream's: its parts may
+    differ in length) is gathered once, after its last batch. The main process computes and returns the
+    stats; the others return None.
     """
     processor = processor or HfDetrImageProcessor()
+    gather_at_end, kept = bool(getattr(dataloader, "gather_at_end", False)), []
     is_main = accelerator is None or accelerator.is_main_process
     was_training = model.training
     model.eval()
@@ -50,10 +52,20 @@ def evaluate_model(
                 (int(label["image_id"]), {key: value.cpu() for key, value in detection.items()})
                 for label, detection in zip(batch["labels"], detections)
             ]
+        if gather_at_end:
+            kept.extend(items)
+            continue
         if accelerator is not None and accelerator.num_processes > 1:
             items = accelerator.gather_for_metrics(items, use_gather_object=True)
         if is_main and items:
             evaluator.update([image_id for image_id, _ in items], [detection for _, detection in items])
+    if gather_at_end:  # a stream: the processes' parts may differ in length, so one gather at the end
+        if accelerator is not None and accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            kept = gather_object(kept)
+        if is_main and kept:
+            evaluator.update([image_id for image_id, _ in kept], [detection for _, detection in kept])
     if was_training:
         model.train()
     return evaluator.compute() if is_main else None

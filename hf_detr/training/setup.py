@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from .panoptic import (
     stuff_label_ids,
 )
 from .query_groups import set_query_groups
+from .streaming import StreamingLoader, streaming_loaders
 
 logger = logging.getLogger("hf_detr.training")
 TRAIN_SPLIT_NAMES = ("train", "train2017")
@@ -278,6 +280,9 @@ class TrainingRun:
         self.train_loader.set_epoch(self.state.epoch)
         self.train_dataset.set_epoch(self.state.epoch)
         skip = self.state.step_in_epoch * self.args.gradient_accumulation_steps
+        if isinstance(self.train_loader, StreamingLoader):  # --streaming: it skips the records read
+            self.train_loader.skip_batches(skip)
+            return self.train_loader
         return self.accelerator.skip_first_batches(self.train_loader, skip) if skip else self.train_loader
 
 
@@ -295,14 +300,20 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
         output_dir.mkdir(parents=True, exist_ok=True)
         args.save(output_dir / "training_args.json")
 
+    warn_fewer_processes(accelerator.num_processes)
+
     panoptic = args.task == "panoptic"
     splits = SplitChoice(args.train_split, args.eval_split)  # checked before any split is converted
-    if panoptic:
-        data = load_panoptic_dataset(
-            args.dataset, split=splits, stuff_categories=args.stuff_categories or None
-        )
-    else:
-        data = load_detection_dataset(args.dataset, split=splits, bbox_format=args.bbox_format)
+    # one process per machine converts a folder into the cache; the others then read its cache
+    with accelerator.local_main_process_first():
+        if panoptic:
+            data = load_panoptic_dataset(
+                args.dataset, split=splits, stuff_categories=args.stuff_categories or None
+            )
+        else:
+            data = load_detection_dataset(
+                args.dataset, split=splits, bbox_format=args.bbox_format, streaming=args.streaming
+            )
     eval_name = splits.eval
     train_split = data[splits.train]
     coco_ids = category_ids(train_split)
@@ -312,14 +323,19 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
         model.config.stuff_label_ids = stuff_label_ids(train_split)
     model = _synchronized_batch_norm(model, accelerator)
 
-    dataset_class = PanopticDataset if panoptic else DetectionDataset
-    train_dataset = dataset_class(
-        train_split,
-        transforms=detr_train_transforms(args.image_scale, args.augmentation),
-        seed=args.seed,
-        on_error="replace",
-    )
-    train_loader, eval_loader = _loaders(args, train_dataset, data, eval_name, processor)
+    if args.streaming:  # each process reads its part of the stream (training/streaming.py)
+        train_dataset, train_loader, eval_loader, streamed_steps = streaming_loaders(
+            args, data, splits.train, eval_name, processor, accelerator
+        )
+    else:
+        dataset_class = PanopticDataset if panoptic else DetectionDataset
+        train_dataset = dataset_class(
+            train_split,
+            transforms=detr_train_transforms(args.image_scale, args.augmentation),
+            seed=args.seed,
+            on_error="replace",
+        )
+        train_loader, eval_loader = _loaders(args, train_dataset, data, eval_name, processor)
     make_evaluator = None
     if eval_name is not None and panoptic:
         make_evaluator = panoptic_evaluator_factory(data[eval_name], coco_ids)
@@ -336,11 +352,16 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
     )
     # before `prepare`: the copy must not share accelerate's mixed-precision forward with the model
     ema = ModelEma(model, args.ema_decay, args.ema_tau, accelerator.device) if args.ema else None
-    prepared = accelerator.prepare(model, optimizer, train_loader, *([eval_loader] if eval_loader else []))
-    model, optimizer, train_loader = prepared[:3]
-    eval_loader = prepared[3] if eval_loader else None
-    updates_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
-    total_steps = args.max_steps or args.epochs * updates_per_epoch
+    loaders = [] if args.streaming else [train_loader, *([eval_loader] if eval_loader else [])]
+    prepared = accelerator.prepare(model, optimizer, *loaders)  # a stream's loaders are not prepared
+    model, optimizer = prepared[:2]
+    if args.streaming:
+        total_steps = streamed_steps
+    else:
+        train_loader = prepared[2]
+        eval_loader = prepared[3] if eval_loader else None
+        updates_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
+        total_steps = args.max_steps or args.epochs * updates_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: lr_factor(step, total_steps, args.warmup_steps, args.lr_drop, args.lr_scheduler_type),
@@ -382,6 +403,27 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
         ema=ema,
         batch_norm=BatchNormStatistics(accelerator.unwrap_model(model)),
     )
+
+
+MULTI_PROCESS_CPU_COMMAND = "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N"
+
+
+def warn_fewer_processes(num_processes: int, environ: Mapping[str, str] | None = None) -> bool:
+    """Warn (and return True) when a launcher asked for several processes but this run got one:
+    `accelerate launch --cpu --num_processes N` starts a single process, to which it hands
+    MASTER_ADDR and MASTER_PORT but no WORLD_SIZE (which a multi-process launch always sets)."""
+    environ = os.environ if environ is None else environ
+    if num_processes > 1 or "WORLD_SIZE" in environ:
+        return False
+    if not (environ.get("MASTER_ADDR") and environ.get("MASTER_PORT")):
+        return False
+    logger.warning(
+        "This run has 1 process, but a launcher asked for more: MASTER_ADDR and MASTER_PORT are set and "
+        "WORLD_SIZE is not (`accelerate launch --cpu --num_processes N` starts one process). For N "
+        "processes on CPU, launch with `%s ...`.",
+        MULTI_PROCESS_CPU_COMMAND,
+    )
+    return True
 
 
 def _accelerator(args: TrainingArguments, output_dir: Path) -> Any:
