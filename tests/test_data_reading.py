@@ -269,3 +269,25 @@ def test_training_evaluation_the_processor_and_predict_see_the_same_pixels(
         assert np.array_equal(training[index], predicted[index])
     assert np.array_equal(training[0], np.repeat(eight_bit[..., None], 3, axis=2))  # not clipped to white
     assert training[1].shape == (64, 40, 3)  # as displayed
+
+
+def header_variants() -> list[bytes]:
+    """JPEGs and PNGs of every mode and option PIL writes, plus EXIF- and ICC-carrying ones."""
+    import io
+
+    files, writes = [], (("PNG", {}), ("JPEG", {}), ("JPEG", {"progressive": True}), ("JPEG", {"quality": 9}))
+    for mode in ("RGB", "L", "CMYK", "RGBA", "P", "I;16", "1", "LA"):
+        for fmt, options in writes:
+            buffer = io.BytesIO()
+            try:
+                PIL.Image.new(mode, (37, 23)).save(buffer, fmt, **options)
+            except OSError:  # a mode the format cannot hold
+                continue
+            files.append(buffer.getvalue())
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6
+    for fmt in ("JPEG", "PNG"):
+        buffer = io.BytesIO()
+        PIL.Image.new("RGB", (30, 20)).save(buffer, fmt, exif=exif, icc_profile=b"\0" * 200)
+        files.append(buffer.getvalue())
+    return files

@@ -35,6 +35,7 @@ import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 import pyarrow as pa
@@ -52,11 +53,11 @@ from .folder_common import (
     folder_listing,
     image_header,
     relative_name,
-    repeated,
+    repeated_ints,
     requested_splits,
     short_text,
 )
-from .schema import PANOPTIC_MASK, ObjectChecker, logger
+from .schema import PANOPTIC_MASK, ObjectChecker, is_number, logger
 
 # 6: file paths, no pixels; 5: symlinks out of the folder skipped, sizes as displayed (EXIF)
 CACHE_FORMAT_VERSION = 6
@@ -247,7 +248,13 @@ def valid_objects(
     """One image's usable annotations (or panoptic segments, whose `id` is required) as the schema's
     `objects`; the others are counted by `checker`."""  # fmt: skip
     objects: dict[str, list] = {"id": [], "area": [], "bbox": [], "category": [], "iscrowd": []}
+    known = checker.known_categories
     for annotation in annotations:
+        plain = None if require_id else plain_object(annotation, known, width, height)
+        if plain is not None:
+            for key, value in zip(("id", "area", "bbox", "category", "iscrowd"), plain):
+                objects[key].append(value if key != "id" or value is not None else len(objects["id"]))
+            continue
         if require_id and isinstance(annotation, Mapping) and not isinstance(annotation.get("id"), int):
             checker.skipped["missing or non-integer segment id"] += 1
             continue
@@ -259,6 +266,41 @@ def valid_objects(
         for key in ("area", "bbox", "category", "iscrowd"):
             objects[key].append(fields[key])
     return objects
+
+
+_NUMBER = (int, float)
+
+
+def plain_object(
+    annotation: Any, known: Mapping[Any, int], width: float, height: float
+) -> tuple[int | None, float, list[float], int, int] | None:
+    """(id, area, bbox, category, iscrowd) of an annotation in the common form (a JSON object, a box of
+    4 finite numbers inside the image, a known integer category, `area` and `iscrowd` missing or plain),
+    exactly as `ObjectChecker.checked` gives it; None for any other, left to the checker."""
+    if type(annotation) is not dict:
+        return None
+    bbox, category = annotation.get("bbox"), annotation.get("category_id")
+    if type(bbox) is not list or len(bbox) != 4 or type(category) is not int or category not in known:
+        return None
+    x, y, w, h = bbox
+    if type(x) not in _NUMBER or type(y) not in _NUMBER or type(w) not in _NUMBER or type(h) not in _NUMBER:
+        return None
+    try:
+        x, y, w, h = float(x), float(y), float(w), float(h)
+    except OverflowError:
+        return None
+    # NaN fails every comparison; inf fails x + w <= width: the inside box needs no clipping
+    if not (x >= 0 and y >= 0 and w > 0 and h > 0 and x + w <= width and y + h <= height):
+        return None
+    area, crowd = annotation.get("area"), annotation.get("iscrowd")
+    if area is not None and not (type(area) in _NUMBER and is_number(area) and area >= 0):
+        return None
+    if crowd is not None and (type(crowd) is not int or crowd not in (0, 1)):
+        return None
+    object_id = annotation.get("id")
+    object_id = object_id if type(object_id) is int else as_id(object_id)
+    box = [x, y, w, h]
+    return object_id, float(area) if area else w * h, box, known[category], crowd or 0
 
 
 def annotations_by_image(annotations: list[dict], image_ids: set[int], where: str) -> dict[int, list[dict]]:
@@ -277,7 +319,7 @@ def annotations_by_image(annotations: list[dict], image_ids: set[int], where: st
             "%s: ignored %d annotation(s) whose image_id is not an image of the json (image_id %s).",
             where, len(unknown), examples(sorted(set(map(short_text, unknown)))),
         )  # fmt: skip
-    twice = repeated(as_id(a.get("id")) for a in annotations)
+    twice = repeated_ints(as_id(a.get("id")) for a in annotations)
     if twice:
         logger.warning(
             "%s: %d annotation id(s) are used more than once (%s); the objects are kept.",
@@ -297,6 +339,25 @@ def coco_image_file(root: Path, folder: Path, file_name: Any) -> Path | str:
     if not os.path.lexists(path) and (root / name).is_file():
         return root / name
     return path
+
+
+def plain_file(folder: Path, file_name: Any, columns: SplitColumns) -> tuple[str, int] | None:
+    """(path, size) of an image whose `file_name` is a plain relative name (no `..`, not absolute) of a
+    regular file (not a symlink) in the split's image folder inside the dataset's folders; None when
+    any of that is not so, for `checked_coco_image`'s full checks. Costs one lstat (and one realpath
+    per sub-folder), where those checks cost several system calls and path objects per image."""
+    if not isinstance(file_name, str) or not file_name.strip() or file_name.startswith("/"):
+        return None
+    if ".." in file_name.split("/") or "\0" in file_name:
+        return None
+    path = os.path.join(folder, file_name)
+    try:
+        stat = os.lstat(path)
+    except (OSError, ValueError):
+        return None
+    if not S_ISREG(stat.st_mode) or not columns.folder_inside(os.path.dirname(path)):
+        return None
+    return path, stat.st_size
 
 
 def json_size(image: Mapping[str, Any]) -> tuple[int, int] | None:
@@ -320,6 +381,14 @@ def checked_coco_image(
     if image_id in repeated_ids:
         columns.skip("with a repeated image id (their boxes cannot be told apart)", f"id {image_id}")
         return None
+    plain = plain_file(folder, file_name, columns)
+    if plain is not None:  # the common case, from one lstat: the checks below give the same answer
+        path, size = plain
+        if size == 0:
+            columns.skip("whose file is empty", file_name)
+            return None
+        checked = checked_size(path, image, file_name, columns)
+        return None if checked is None else (path, *checked[:2])
     path = coco_image_file(root, folder, file_name)
     if isinstance(path, str):
         columns.skip(path, f"{short_text(file_name)} (id {image_id})")
@@ -368,7 +437,7 @@ def convert_coco_split(root: Path, split: str, annotation_file: Path) -> Dataset
     image_ids = [as_id(image.get("id")) for image in coco["images"]]
     per_image = annotations_by_image(coco["annotations"], {i for i in image_ids if i is not None}, where)
     folder = image_folder(root, split)
-    columns, repeated_ids, missing_images = SplitColumns(where, [root]), repeated(image_ids), 0
+    columns, repeated_ids, missing_images = SplitColumns(where, [root]), repeated_ints(image_ids), 0
     for image in coco["images"]:
         checked = checked_coco_image(image, root, folder, repeated_ids, columns)
         missing_images += checked == "missing"
@@ -376,6 +445,7 @@ def convert_coco_split(root: Path, split: str, annotation_file: Path) -> Dataset
             path, width, height = checked
             objects = valid_objects(per_image.get(as_id(image["id"]), []), checker, width, height)
             columns.add(path, as_id(image["id"]), width, height, objects)
+    del coco, per_image, image_ids  # the parsed json: freed before the arrow table is built
     checker.report(where)
     if missing_images:
         logger.warning(

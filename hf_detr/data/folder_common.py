@@ -6,14 +6,18 @@ from __future__ import annotations
 import hashlib
 import os
 import reprlib
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any, BinaryIO, NamedTuple
 
+import numpy as np
 import PIL.Image
+import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset, DatasetDict, Features
+from datasets import Dataset, DatasetDict, DatasetInfo, Features
+from datasets.table import InMemoryTable
 
 from ..image_processing_detr import displayed_size, exif_orientation
 from .schema import detection_features, logger, set_category_ids, set_image_folders
@@ -112,6 +116,17 @@ def repeated(values: Iterable[Hashable]) -> set[Hashable]:
     """The values that occur more than once (None left out)."""
     counts = Counter(v for v in values if v is not None)
     return {v for v, n in counts.items() if n > 1}
+
+
+def repeated_ints(values: Iterable[int | None]) -> set[int]:
+    """`repeated` for ids (ints, None left out), counted with numpy: 8 bytes an id where a Counter of a
+    COCO-size json's annotation ids costs about 100 (ids past int64 are counted by `repeated`)."""
+    values = [v for v in values if v is not None]
+    try:
+        ids = np.sort(np.array(values, dtype=np.int64))
+    except OverflowError:
+        return repeated(values)
+    return set(ids[1:][ids[1:] == ids[:-1]].tolist())
 
 
 def relative_name(name: Any) -> PurePath | str:
@@ -271,12 +286,15 @@ class SplitColumns:
             "image_id": [],
             "width": [],
             "height": [],
-            "objects": [],
         }
+        # the images' objects, flat (a box is 4 floats, not 5 Python objects): the arrow column's buffers
+        self._offsets, self._ids, self._areas = array("q", [0]), array("q"), array("d")
+        self._boxes, self._categories, self._crowds = array("d"), array("q"), array("b")
         self.skipped_images: Counter[str] = Counter()
         self.skipped_examples: dict[str, list[str]] = {}
         self.rotated = 0
         self.unreadable = 0  # kept: the data loaders skip them, counted, when they decode them
+        self._folders_inside: dict[str, bool] = {}
 
     def skip(self, reason: str, example: Any) -> None:
         """Count an image left out for `reason`; the first few `example`s are named in the report."""
@@ -285,6 +303,13 @@ class SplitColumns:
         named, text = self.skipped_examples[reason], short_text(example)
         if text not in named and len(named) <= 5:
             named.append(text if len(named) < 5 else "...")
+
+    def folder_inside(self, folder: str) -> bool:
+        """Whether the real path of `folder` lies inside the dataset's folders (remembered per folder)."""
+        inside = self._folders_inside.get(folder)
+        if inside is None:
+            inside = self._folders_inside[folder] = inside_folders(folder, self.folders)
+        return inside
 
     def contained(self, path: Path, example: Any = None, reason: str = OUTSIDE) -> bool:
         """Whether `path` lies inside the dataset's folders (`inside_folders`); when it does not, the
@@ -299,7 +324,40 @@ class SplitColumns:
         self.columns["image_id"].append(int(image_id))
         self.columns["width"].append(int(width))
         self.columns["height"].append(int(height))
-        self.columns["objects"].append(objects)
+        self._ids.extend(objects["id"])
+        self._areas.extend(objects["area"])
+        for box in objects["bbox"]:
+            if len(box) != 4:
+                raise ValueError(f"{self.where}: a box of {len(box)} numbers, not 4: {short_text(box)}")
+            self._boxes.extend(box)
+        self._categories.extend(objects["category"])
+        self._crowds.extend(objects["iscrowd"])
+        self._offsets.append(len(self._ids))
+        if not (
+            len(self._areas)
+            == len(self._categories)
+            == len(self._crowds)
+            == len(self._boxes) // 4
+            == len(self._ids)
+        ):
+            raise ValueError(
+                f"{self.where}: the objects of image {image_id} have fields of different lengths."
+            )
+
+    def objects_array(self, objects_type: pa.DataType) -> pa.Array:
+        """The `objects` column (a struct of lists, one entry per image) from the flat arrays."""
+        offsets = pa.array(np.frombuffer(self._offsets, np.int64).astype(np.int32))
+        fields = {
+            "id": pa.array(np.frombuffer(self._ids, np.int64)),
+            "area": pa.array(np.frombuffer(self._areas, np.float64).astype(np.float32)),
+            "bbox": pa.FixedSizeListArray.from_arrays(
+                pa.array(np.frombuffer(self._boxes, np.float64).astype(np.float32)), 4
+            ),
+            "category": pa.array(np.frombuffer(self._categories, np.int64)),
+            "iscrowd": pa.array(np.frombuffer(self._crowds, np.int8)),
+        }
+        lists = [pa.ListArray.from_arrays(offsets, fields[f.name]).cast(f.type) for f in objects_type]
+        return pa.StructArray.from_arrays(lists, fields=list(objects_type))
 
     def dataset(
         self,
@@ -330,7 +388,23 @@ class SplitColumns:
             raise ValueError(
                 f"{self.where}: no usable image (the split is empty or every image was skipped)."
             )
-        dataset = Dataset.from_dict(self.columns, features=features or detection_features(names))
+        if features is None and all(type(path) is str for path in self.columns["image"]):
+            # the detection schema straight to arrow: `from_dict` encodes every object in Python
+            features = detection_features(names)
+            schema = features.arrow_schema
+            columns = {**self.columns, "image": [{"bytes": None, "path": p} for p in self.columns["image"]]}
+            arrays = [
+                self.objects_array(field.type)
+                if field.name == "objects"
+                else pa.array(columns[field.name], field.type)
+                for field in schema
+            ]
+            table = pa.Table.from_arrays(arrays, schema=schema)
+            dataset = Dataset(InMemoryTable(table), info=DatasetInfo(features=features))
+        else:
+            features = features or detection_features(names)
+            objects = self.objects_array(features.arrow_schema.field("objects").type).to_pylist()
+            dataset = Dataset.from_dict({**self.columns, "objects": objects}, features=features)
         set_category_ids(dataset, category_ids, description, isthing=isthing)
         return set_image_folders(dataset, self.folders)
 
@@ -354,6 +428,7 @@ __all__ = [
     "log_skipped_images",
     "relative_name",
     "repeated",
+    "repeated_ints",
     "report_shared_images",
     "requested_splits",
     "short_text",
