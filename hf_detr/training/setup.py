@@ -101,6 +101,7 @@ def fine_tuning_model(
     if old_names != names:
         model.class_labels_classifier = class_head_for(model.class_labels_classifier, old_names, names)
         model.config.id2label, model.config.label2id = labels["id2label"], labels["label2id"]
+        model.config.stuff_label_ids = None  # they named the checkpoint's classes
         kept = [name for name in names if name in old_names]
         logger.info(
             "Fine-tuning %s: a class head for %d classes (%s) in place of %s; %s.",
@@ -108,7 +109,6 @@ def fine_tuning_model(
             f"the rows of {', '.join(kept)} and of no-object kept" if kept else "all new",
         )  # fmt: skip
     model.config.coco_category_ids = list(coco_ids)
-    model.config.stuff_label_ids = None if old_names != names else model.config.stuff_label_ids
     set_query_groups(model, args.num_query_groups)
     model.config.one_to_many_repeats = args.one_to_many_repeats
     model.config.validate_detr_fields()
