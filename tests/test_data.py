@@ -331,7 +331,7 @@ def test_random_size_crop_keeps_sizes_in_range():
 # ---------------------------------------------------------------------------------------------------
 def test_boxes_stay_on_their_objects_in_exif_rotated_images(tmp_path, caplog):
     """Images are read as displayed (EXIF orientation applied), so COCO boxes and sizes are the displayed
-    picture's; a json that gives such an image's stored size instead is a counted skip."""
+    picture's; a json that gives such an image's stored size instead is a counted skip when decoded."""
     root = tmp_path / "coco"
     (root / "annotations").mkdir(parents=True)
     (root / "train").mkdir()
@@ -348,11 +348,12 @@ def test_boxes_stay_on_their_objects_in_exif_rotated_images(tmp_path, caplog):
     (root / "annotations" / "instances_train.json").write_text(json.dumps(instances))
     with caplog.at_level(logging.WARNING, logger="hf_detr.data"):
         split = load_detection_dataset(root, cache_dir=tmp_path / "cache")["train"]
-    assert split["image_id"] == [1]
-    assert "1 whose json width/height are an EXIF-rotated image's stored size" in caplog.text
-    assert "2.jpg (json 60x30, file 30x60)" in caplog.text
-    assert "1 image(s) have an EXIF orientation: they are read as displayed" in caplog.text
-    sample = DetectionDataset(split)[0]
+    assert split["image_id"] == [1, 2]  # the json's sizes are taken: a file is opened when it is decoded
+    dataset = DetectionDataset(split)
+    assert dataset[1] is None and dataset.skipped == 1
+    assert "2.jpg): the image is 30x60 but its annotation says 60x30 (the annotation gives an EXIF-rotated " \
+        "image's stored size; images are read as displayed)" in caplog.text
+    sample = dataset[0]
     assert sample["image"].size == (30, 60)
     assert _covered(sample["image"], [a["bbox"] for a in sample["annotation"]["annotations"]]) > 0.97
 

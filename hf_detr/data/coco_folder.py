@@ -10,16 +10,17 @@ uses it, missing `area` (the box's), `iscrowd` (0) or image sizes (read from the
 
 Each split's json is converted once into the common schema (hf_detr.data.schema) and saved with
 `save_to_disk` under a cache folder keyed by the json's content hash and the listing of the split's
-image folder (names, sizes, times), so it is re-used while neither changes. Images stay files on disk:
+image folder (names, sizes, times), so it is re-used while neither changes. The json is read column
+by column (`coco_columns`; field by field when it is not in COCO's form). Images stay files on disk:
 the cache stores their absolute paths, never their pixels (`cached_dataset`), and a sample reads its
-file when it is decoded; a moved folder is converted again (its path is part of the key). Objects
-that cannot be used (see `ObjectChecker`) and images whose file is missing are skipped, counted and
-reported; so are images whose id repeats (with their annotations: whose boxes are whose cannot be
-told), whose json width/height disagree with the file's header (its size as displayed: images are
-read with their EXIF orientation applied; not rescaled), whose `file_name` points outside the folder
-(absolute, `..`), and whose file leads outside it (a symlink: real paths are compared before a byte is
-read). A `file_name` is read relative to the folder only when nothing of that name is in the split's image
-folder: a broken file there is never replaced by another. Annotations of no image
+file when it is decoded; a moved folder is converted again (its path is part of the key). An image's
+size is the json's (its file's header only when the json has none): the decoding skips, counted, an
+image whose size as displayed is not the json's. Objects that cannot be used (see `ObjectChecker`)
+and images whose file is missing are skipped, counted and reported; so are images whose id repeats
+(with their annotations: whose boxes are whose cannot be told), whose `file_name` points outside the
+folder (absolute, `..`), and whose file leads outside it (a symlink: real paths are compared before
+a byte is read). A `file_name` is read relative to the folder only when nothing of that name is in
+the split's image folder: a broken file there is never replaced by another. Annotations of no image
 and repeated annotation ids are reported (the objects are kept; evaluation numbers its ground truth).
 A json whose structure or categories table is wrong (not JSON, truncated, `images` not a list, a
 category without an integer `id` or a `name`, an id or a name twice) is an error naming the file and
@@ -32,20 +33,27 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
 from stat import S_ISREG
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Image, Value, load_from_disk
 from datasets.table import InMemoryTable
 
-from .coco_json import coco_tables, read_json
+from .coco_columns import (
+    AnnotationColumns,
+    InstancesColumns,
+    image_positions,
+    objects_of_images,
+    odd_columns,
+    read_instances_columns,
+)
+from .coco_json import checked_categories, coco_tables, read_json
 from .folder_common import (
-    ImageHeader,
     SplitColumns,
     SplitRequest,
     as_id,
@@ -206,27 +214,17 @@ def with_image_columns(dataset: Dataset) -> Dataset:
     return dataset
 
 
-def read_coco_json(
-    annotation_file: Path, kind: str, drop_group_categories: bool = False
-) -> tuple[dict[str, Any], list[dict], ObjectChecker]:
-    """A COCO `kind` json (instances, panoptic) with its structure and categories checked
-    (`coco_json.coco_tables`), its categories sorted by id (class id = position) and an
-    `ObjectChecker` over them; with `drop_group_categories`, less the `group_categories`."""
+def read_coco_json(annotation_file: Path, kind: str) -> tuple[dict[str, Any], list[dict], ObjectChecker]:
+    """A COCO `kind` json (panoptic) with its structure and categories checked (`coco_json.coco_tables`),
+    its categories sorted by id (class id = position) and an `ObjectChecker` over them."""
     coco = coco_tables(read_json(annotation_file), annotation_file, kind)
     categories = coco["categories"]
-    if drop_group_categories:
-        dropped = group_categories(categories, coco["annotations"])
-        if dropped:
-            names = [c["name"] for c in categories if c["id"] in dropped]
-            logger.info("%s: left out the unused group categories %s.", annotation_file, names)
-        categories = [c for c in categories if c["id"] not in dropped]
     return coco, categories, ObjectChecker({c["id"]: index for index, c in enumerate(categories)})
 
 
-def group_categories(categories: list[dict], annotations: list[dict]) -> set[Any]:
-    """Ids of the categories no annotation uses that only name a group: "background", or the
-    supercategory of another category (Roboflow's category 0, e.g. "objects")."""
-    used = {a.get("category_id") for a in annotations if isinstance(a.get("category_id"), Hashable)}
+def group_categories(categories: list[dict], used: set[Any]) -> set[Any]:
+    """Ids of the categories no annotation uses (`used`: the ids they use) that only name a group:
+    "background", or the supercategory of another category (Roboflow's category 0, e.g. "objects")."""
     return {
         c["id"]
         for c in categories
@@ -301,31 +299,6 @@ def plain_object(
     object_id = object_id if type(object_id) is int else as_id(object_id)
     box = [x, y, w, h]
     return object_id, float(area) if area else w * h, box, known[category], crowd or 0
-
-
-def annotations_by_image(annotations: list[dict], image_ids: set[int], where: str) -> dict[int, list[dict]]:
-    """The annotations of each image id; those of no image of the json are left out, and repeated
-    annotation ids reported (the objects are kept: evaluation numbers its ground truth itself)."""
-    per_image: dict[int, list[dict]] = defaultdict(list)
-    unknown = []
-    for annotation in annotations:
-        image_id = as_id(annotation.get("image_id"))
-        if image_id not in image_ids:
-            unknown.append(annotation.get("image_id"))
-            continue
-        per_image[image_id].append(annotation)
-    if unknown:
-        logger.warning(
-            "%s: ignored %d annotation(s) whose image_id is not an image of the json (image_id %s).",
-            where, len(unknown), examples(sorted(set(map(short_text, unknown)))),
-        )  # fmt: skip
-    twice = repeated_ints(as_id(a.get("id")) for a in annotations)
-    if twice:
-        logger.warning(
-            "%s: %d annotation id(s) are used more than once (%s); the objects are kept.",
-            where, len(twice), examples(sorted(twice)),
-        )  # fmt: skip
-    return per_image
 
 
 def coco_image_file(root: Path, folder: Path, file_name: Any) -> Path | str:
@@ -406,53 +379,144 @@ def checked_coco_image(
 
 def checked_size(
     path: Path, image: Mapping[str, Any], file_name: Any, columns: SplitColumns, source: str = "json"
-) -> tuple[int, int, ImageHeader | None] | None:
-    """(width, height, the file's header) of an image whose file exists: the size its annotation
-    `source` (json, xml) gives checked against the header's size as displayed (the EXIF orientation
-    applied, as every image is decoded; the pixels are not read); None, counted in `columns`, when they
-    disagree or neither is known. An unreadable file given a size is kept (the data loaders skip it,
-    counted); EXIF-rotated images are counted for the split's report."""
-    header, size = image_header(path), json_size(image)
-    if header is None and size is None:
+) -> tuple[int, int] | None:
+    """(width, height) of an image whose file exists: the size its annotation `source` (json, xml)
+    gives, else its file header's as displayed (the EXIF orientation applied, as every image is
+    decoded; the pixels are not read); None, counted in `columns`, when neither is known. A given size
+    is taken without opening the file (a header read per image is most of a COCO-size load): the
+    decoding skips an image whose size is not its annotation's, counted (`collate.size_problem`). An
+    unreadable file given a size is kept the same way; EXIF-rotated images read for their size are
+    counted for the split's report."""
+    size = json_size(image)
+    if size is not None:
+        return size
+    header = image_header(path)
+    if header is None:
         columns.skip(f"unreadable, with no size in the {source}", file_name)
         return None
-    if header is not None and size is not None and size != header[:2]:
-        columns.skip(
-            f"whose {source} width/height are an EXIF-rotated image's stored size (images are read as "
-            "displayed)"
-            if size == header.stored_size
-            else f"whose {source} width/height disagree with the file (skipped, not rescaled)",
-            f"{file_name} ({source} {size[0]}x{size[1]}, file {header[0]}x{header[1]})",
+    columns.rotated += header.orientation != 1
+    return header[:2]
+
+
+def read_instances(annotation_file: Path) -> InstancesColumns:
+    """A COCO instances json as columns (`coco_columns`), its structure and categories checked: read
+    with msgspec when it has COCO's form, else with `json` and every field checked (`coco_json`)."""
+    coco = read_instances_columns(annotation_file)
+    if coco is None:
+        tables = coco_tables(read_json(annotation_file), annotation_file, "instances")
+        return InstancesColumns(tables["images"], odd_columns(tables["annotations"]), tables["categories"])
+    coco.categories = checked_categories(coco.categories, annotation_file)
+    not_objects = [row for row, value in coco.annotations.odd.items() if not isinstance(value, dict)]
+    if not_objects:
+        logger.warning(
+            "%s: ignored %d entries of 'annotations' that are not JSON objects.",
+            annotation_file,
+            len(not_objects),
         )
-        return None
-    columns.unreadable += header is None
-    columns.rotated += header is not None and header.orientation != 1
-    return (*(size or header[:2]), header)
+        coco.annotations.drop(not_objects)
+    return coco
+
+
+def annotation_image_ids(annotations: AnnotationColumns) -> tuple[np.ndarray, np.ndarray]:
+    """Each annotation's `image_id` as an int64 and whether it is one (`as_id` of an odd row's)."""
+    image_ids, valid = annotations.image_ids.copy(), np.ones(len(annotations), bool)
+    for row, value in annotations.odd.items():
+        image_id = as_id(value.get("image_id"))
+        valid[row] = image_id is not None and -(2**63) <= image_id < 2**63
+        image_ids[row] = image_id if valid[row] else 0
+    return image_ids, valid
+
+
+def report_annotation_ids(
+    annotations: AnnotationColumns, image_ids: np.ndarray, known: np.ndarray, where: str
+) -> None:
+    """Warn about annotations of no image of the json (`known`: whether each one's image is) and
+    about repeated annotation ids (the objects are kept: evaluation numbers its ground truth itself)."""
+    unknown = np.flatnonzero(~known)
+    if len(unknown):
+        values = {short_text(annotations.entry(row).get("image_id")) for row in unknown[:10_000].tolist()}
+        logger.warning(
+            "%s: ignored %d annotation(s) whose image_id is not an image of the json (image_id %s).",
+            where, len(unknown), examples(sorted(values)),
+        )  # fmt: skip
+    odd_ids = [as_id(value.get("id")) for value in annotations.odd.values()]
+    ids = annotations.ids[annotations.typed() & annotations.has_id].tolist() + [
+        i for i in odd_ids if i is not None
+    ]
+    twice = repeated_ints(ids)
+    if twice:
+        logger.warning(
+            "%s: %d annotation id(s) are used more than once (%s); the objects are kept.",
+            where, len(twice), examples(sorted(twice)),
+        )  # fmt: skip
 
 
 def convert_coco_split(root: Path, split: str, annotation_file: Path) -> Dataset:
     """One COCO json -> a Dataset in the common schema (images referenced by path)."""
-    coco, categories, checker = read_coco_json(annotation_file, "instances", drop_group_categories=True)
+    coco = read_instances(annotation_file)
     where = f"{annotation_file} ({split})"
-    image_ids = [as_id(image.get("id")) for image in coco["images"]]
-    per_image = annotations_by_image(coco["annotations"], {i for i in image_ids if i is not None}, where)
-    folder = image_folder(root, split)
-    columns, repeated_ids, missing_images = SplitColumns(where, [root]), repeated_ints(image_ids), 0
-    for image in coco["images"]:
+    annotations = coco.annotations
+    dropped = group_categories(coco.categories, used_category_ids(annotations))
+    if dropped:
+        names = [c["name"] for c in coco.categories if c["id"] in dropped]
+        logger.info("%s: left out the unused group categories %s.", annotation_file, names)
+    categories = [c for c in coco.categories if c["id"] not in dropped]
+    checker = ObjectChecker({c["id"]: index for index, c in enumerate(categories)})
+    image_ids = [as_id(image.get("id")) for image in coco.images]
+    row_image_ids, valid = annotation_image_ids(annotations)
+    json_ids = np.array(sorted({i for i in image_ids if i is not None and -(2**63) <= i < 2**63}), np.int64)
+    report_annotation_ids(annotations, row_image_ids, valid & np.isin(row_image_ids, json_ids), where)
+    columns = kept_images(coco.images, root, image_folder(root, split), repeated_ints(image_ids), where)
+    positions = image_positions(np.array(columns.columns["image_id"], np.int64), row_image_ids, valid)
+    sizes = np.array([columns.columns["width"], columns.columns["height"]], np.float64).T.reshape(-1, 2)
+    known = checker.known_categories
+    objects = objects_of_images(
+        annotations, positions, sizes, known, lambda entry, w, h: checked_object(entry, checker, w, h)
+    )
+    del coco, annotations  # the parsed json: freed before the arrow table is built
+    columns.set_objects(objects)
+    checker.report(where)
+    names, ids = [c["name"] for c in categories], [c["id"] for c in categories]
+    return columns.dataset(names, ids, f"COCO folder {root}, split {split}")
+
+
+def kept_images(
+    images: list[Mapping[str, Any]], root: Path, folder: Path, repeated_ids: set[int], where: str
+) -> SplitColumns:
+    """The json's images whose file and size check out, in json order (their objects to be set)."""
+    columns, missing_images = SplitColumns(where, [root]), 0
+    for image in images:
         checked = checked_coco_image(image, root, folder, repeated_ids, columns)
         missing_images += checked == "missing"
         if isinstance(checked, tuple):
-            path, width, height = checked
-            objects = valid_objects(per_image.get(as_id(image["id"]), []), checker, width, height)
-            columns.add(path, as_id(image["id"]), width, height, objects)
-    del coco, per_image, image_ids  # the parsed json: freed before the arrow table is built
-    checker.report(where)
+            columns.add_image(*checked[:1], as_id(image["id"]), *checked[1:])
     if missing_images:
         logger.warning(
             "%s: skipped %d image(s) whose file is missing under %s.", where, missing_images, folder
         )
-    names, ids = [c["name"] for c in categories], [c["id"] for c in categories]
-    return columns.dataset(names, ids, f"COCO folder {root}, split {split}")
+    return columns
+
+
+def checked_object(
+    annotation: Any, checker: ObjectChecker, width: float, height: float
+) -> tuple[int | None, float, list[float], int, int] | None:
+    """(id, area, bbox, class id, iscrowd) of one annotation by the per-object checks, None when the
+    checker skips it (counted)."""
+    plain = plain_object(annotation, checker.known_categories, width, height)
+    if plain is not None:
+        return plain
+    fields = checker.checked(annotation, width, height)
+    if fields is None:
+        return None
+    object_id = as_id(annotation.get("id")) if isinstance(annotation, Mapping) else None
+    return object_id, fields["area"], fields["bbox"], fields["category"], fields["iscrowd"]
+
+
+def used_category_ids(annotations: AnnotationColumns) -> set[Any]:
+    """The `category_id`s the annotations use."""
+    used = set(np.unique(annotations.category_ids[annotations.typed()]).tolist())
+    odd = (value.get("category_id") for value in annotations.odd.values())
+    return used | {c for c in odd if isinstance(c, Hashable)}
 
 
 __all__ = [

@@ -83,17 +83,29 @@ class DetectionDataset(torch.utils.data.Dataset):
     def _load(self, index: int, source_index: int) -> dict[str, Any] | None:
         """Sample `source_index`, augmented as sample `index` (its seed), or None if undecodable."""
         record = self.split[source_index]
+        decoded = self.decoded(record, f"sample {source_index}")
+        return None if decoded is None else self._sample(decoded, record, index)
+
+    def decoded(self, record: dict[str, Any], what: str | None) -> Any | None:
+        """`_decode(record)`, or None when it cannot be decoded or its size is not the record's
+        (`size_problem`): counted in `skipped` and logged as `what` (None: neither, a silent probe)."""
         try:
             decoded = self._decode(record)
+            problem = size_problem(decoded[0] if isinstance(decoded, tuple) else decoded, record)
         except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:
-            self.skipped += 1
-            source = record["image"].get("path") or f"image_id {record['image_id']}"
-            logger.warning(
-                "Skipped sample %d (%s): cannot decode %s (%s). %d sample(s) skipped so far in this process.",
-                source_index, source, self.what_is_decoded, error, self.skipped,
-            )  # fmt: skip
-            return None
-        return self._sample(decoded, record, index)
+            problem = f"cannot decode {self.what_is_decoded} ({error})"
+        if problem is None or what is None:
+            return decoded if problem is None else None
+        self.skipped += 1
+        source = record["image"].get("path") or f"image_id {record['image_id']}"
+        logger.warning(
+            "Skipped %s (%s): %s. %d sample(s) skipped so far in this process.",
+            what,
+            source,
+            problem,
+            self.skipped,
+        )
+        return None
 
     what_is_decoded = "the image"  # what `_decode` reads, for the skip warning
 
@@ -219,6 +231,21 @@ class PanopticDataset(DetectionDataset):
             image_id, int((~present).sum()), self.dropped_segments,
         )  # fmt: skip
         return {key: [v for v, keep in zip(values, present) if keep] for key, values in objects.items()}
+
+
+def size_problem(image: PIL.Image.Image, record: dict[str, Any]) -> str | None:
+    """Why the decoded image cannot carry its record's boxes: its size as displayed is not the
+    record's `width` x `height` (the size its annotation file gives, which the loaders take without
+    opening the file), or None. The image is skipped, not rescaled."""
+    width, height = record.get("width"), record.get("height")
+    if width is None or height is None or image.size == (width, height):
+        return None
+    hint = (
+        "the annotation gives an EXIF-rotated image's stored size; images are read as displayed"
+        if image.size == (height, width)
+        else "skipped, not rescaled"
+    )
+    return f"the image is {image.width}x{image.height} but its annotation says {width}x{height} ({hint})"
 
 
 def decode_record_image(image: dict[str, Any], folders: list[str] | None = None) -> PIL.Image.Image:

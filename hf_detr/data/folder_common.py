@@ -199,18 +199,17 @@ def folder_listing(folder: Path, leave_out: Path | None = None) -> str:
         except OSError:
             continue
         for entry in entries:
-            path = Path(entry.path)
             if entry.is_dir():
-                real = os.path.realpath(path)  # each real folder once: a symlink loop ends
-                if real not in seen and (leave_out is None or path.resolve() != leave_out.resolve()):
-                    pending.append(path)
+                real = os.path.realpath(entry.path)  # each real folder once: a symlink loop ends
+                if real not in seen and (leave_out is None or Path(real) != leave_out.resolve()):
+                    pending.append(Path(entry.path))
                 seen.add(real)
                 continue
             try:
                 stat = entry.stat()
             except OSError:
                 continue
-            digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{entry.path}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
@@ -293,7 +292,6 @@ class SplitColumns:
         self.skipped_images: Counter[str] = Counter()
         self.skipped_examples: dict[str, list[str]] = {}
         self.rotated = 0
-        self.unreadable = 0  # kept: the data loaders skip them, counted, when they decode them
         self._folders_inside: dict[str, bool] = {}
 
     def skip(self, reason: str, example: Any) -> None:
@@ -319,11 +317,28 @@ class SplitColumns:
         self.skip(reason, path.name if example is None else example)
         return False
 
-    def add(self, path: Path, image_id: int, width: int, height: int, objects: dict[str, list]) -> None:
+    def add_image(self, path: Path | str, image_id: int, width: int, height: int) -> None:
+        """An image whose objects `set_objects` gives later (all images' at once)."""
         self.columns["image"].append(str(path))
         self.columns["image_id"].append(int(image_id))
         self.columns["width"].append(int(width))
         self.columns["height"].append(int(height))
+
+    def set_objects(self, objects: Any) -> None:
+        """The objects of every image added by `add_image`, flat (`coco_columns.ImageObjects`)."""
+        if len(objects.offsets) != len(self.columns["image"]) + 1:
+            raise ValueError(
+                f"{self.where}: objects for {len(objects.offsets) - 1} images, not {len(self.columns['image'])}."
+            )
+        self._offsets = array("q", np.asarray(objects.offsets, np.int64).tobytes())
+        self._ids = array("q", np.asarray(objects.ids, np.int64).tobytes())
+        self._areas = array("d", np.asarray(objects.areas, np.float64).tobytes())
+        self._boxes = array("d", np.asarray(objects.boxes, np.float64).reshape(-1).tobytes())
+        self._categories = array("q", np.asarray(objects.categories, np.int64).tobytes())
+        self._crowds = array("b", np.asarray(objects.crowds, np.int8).tobytes())
+
+    def add(self, path: Path, image_id: int, width: int, height: int, objects: dict[str, list]) -> None:
+        self.add_image(path, image_id, width, height)
         self._ids.extend(objects["id"])
         self._areas.extend(objects["area"])
         for box in objects["bbox"]:
@@ -376,13 +391,6 @@ class SplitColumns:
                 "image is, so their boxes must be on the displayed pixels.",
                 self.where,
                 self.rotated,
-            )
-        if self.unreadable:
-            logger.warning(
-                "%s: %d image file(s) cannot be read; they are kept, and the data loaders skip them "
-                "(counted) when they decode them.",
-                self.where,
-                self.unreadable,
             )
         if not self.columns["image"]:
             raise ValueError(

@@ -24,7 +24,6 @@ from itertools import islice
 from typing import Any
 
 import numpy as np
-import PIL.Image
 import torch
 from datasets import IterableDataset
 
@@ -153,18 +152,8 @@ class StreamingDetectionDataset(torch.utils.data.IterableDataset):
         return None
 
     def _sample(self, record: dict[str, Any], index: int, report: bool) -> dict[str, Any] | None:
-        try:
-            decoded = self.reader._decode(record)
-        except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:
-            if report:
-                self.reader.skipped += 1
-                source = record["image"].get("path") or f"image_id {record['image_id']}"
-                logger.warning(
-                    "Skipped a streamed sample (%s): cannot decode %s (%s). %d sample(s) skipped so far in this process.",
-                    source, self.reader.what_is_decoded, error, self.reader.skipped,
-                )  # fmt: skip
-            return None
-        return self.reader._sample(decoded, record, index)
+        decoded = self.reader.decoded(record, "a streamed sample" if report else None)
+        return None if decoded is None else self.reader._sample(decoded, record, index)
 
 
 BATCH_NUMBER = "_hf_detr_batch"  # a streamed sample's batch number in the epoch (StreamingLoader's order)

@@ -55,7 +55,9 @@ class TrainingArguments:
     )
     streaming: bool = field(
         default=False,
-        metadata={"help": "stream a Hub/parquet/arrow dataset; needs --max-steps unless it states its row count"},
+        metadata={
+            "help": "stream a Hub/parquet/arrow dataset; needs --max-steps unless it states its row count"
+        },
     )
     stuff_categories: list[str] = field(
         default_factory=list,
@@ -633,7 +635,10 @@ def validate(arguments: TrainingArguments) -> None:
             f"detector_steps needs --task panoptic and a positive number of updates, got {a.detector_steps!r}",
         ),
         (a.bbox_format in ("xywh", "xyxy"), f"bbox_format must be xywh or xyxy, got {a.bbox_format!r}"),
-        (not a.streaming or a.task == "detection", "streaming trains detection models only (--task detection)"),
+        (
+            not a.streaming or a.task == "detection",
+            "streaming trains detection models only (--task detection)",
+        ),
         (a.augmentation in ("paper", "flip"), f"augmentation must be paper or flip, got {a.augmentation!r}"),
         (
             a.mixed_precision in ("no", "fp16", "bf16"),
