@@ -27,6 +27,9 @@ from pathlib import Path
 COCO_CATEGORY_IDS = [i for i in range(1, 91) if i not in {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}]  # 80
 
 
+LINKS_PER_FILE = 60_000
+
+
 def write_coco_folder(root: Path, num_images: int, boxes_per_image: float, seed: int = 0) -> Path:
     """A COCO folder (annotations/instances_train.json + train/) of `num_images` hard-linked JPEGs."""
     import numpy as np
@@ -36,16 +39,15 @@ def write_coco_folder(root: Path, num_images: int, boxes_per_image: float, seed:
     (root / "annotations").mkdir(parents=True)
     (root / "train").mkdir()
     sizes = [(640, 480), (480, 640), (640, 427), (500, 375)]
-    sources = []
-    for index, (w, h) in enumerate(sizes):
-        source = root / f"source_{index}.jpg"
-        PIL.Image.new("RGB", (w, h), (index * 40, 90, 160)).save(source, quality=50)
-        sources.append(source)
     kinds = rng.integers(0, len(sizes), num_images)
     images = []
     for index in range(num_images):
         image_id = index * 3 + 9  # sparse ids, as COCO's
         name = f"{image_id:012d}.jpg"
+        if index % LINKS_PER_FILE == 0:  # a new file of each size: a file takes at most 65,000 links
+            sources = [root / f"source_{k}_{index}.jpg" for k in range(len(sizes))]
+            for k, ((w, h), source) in enumerate(zip(sizes, sources)):
+                PIL.Image.new("RGB", (w, h), (k * 40, 90, 160)).save(source, quality=50)
         os.link(sources[kinds[index]], root / "train" / name)
         w, h = sizes[kinds[index]]
         images.append({"license": 1, "file_name": name, "coco_url": f"http://images.cocodataset.org/train2017/{name}",
@@ -150,7 +152,9 @@ def folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def bench_size(tmp: Path, num_images: int, boxes_per_image: float, loaders: list[str], iterate: bool) -> None:
+def bench_size(
+    tmp: Path, num_images: int, boxes_per_image: float, loaders: list[str], iterate: bool, samples: int = 0
+) -> None:
     folder = tmp / f"coco-{num_images}"
     start = time.perf_counter()
     json_path = write_coco_folder(folder, num_images, boxes_per_image)
@@ -172,9 +176,70 @@ def bench_size(tmp: Path, num_images: int, boxes_per_image: float, loaders: list
             f"{second['peak_mb']:7.0f} | {cache_mb:8.0f} | {second.get('iterate_s', 0):6.1f} | {rate}",
             flush=True,
         )
+    if samples:
+        ours, peer = sample_rates(folder, tmp / f"cache-hf_detr-{num_images}", samples)
+        print(f"{samples:,} training samples (decode, paper augmentation, normalize, pad; batch 2, no workers): "
+              f"hf_detr {ours:.1f} img/s, torchvision + transforms.v2 {peer:.1f} img/s ({ours / peer:.2f}x)")  # fmt: skip
     import shutil
 
     shutil.rmtree(folder)
+
+
+def sample_rates(folder: Path, cache: Path, samples: int, batch_size: int = 2) -> tuple[float, float]:
+    """Training samples per second over the first `samples` images, one process, no workers: decode,
+    the paper's augmentation, normalize and pad into batches. hf_detr: `DetectionDataset` +
+    `DetectionCollator`; peer: torchvision's `CocoDetection` wrapped for transforms.v2, the same v2
+    augmentation, `ToImage`/`ToDtype`/`Normalize` and a padding collate."""
+    import torch
+    from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
+    from torchvision.transforms import v2
+
+    from hf_detr.data import DetectionCollator, DetectionDataset, load_detection_dataset
+    from hf_detr.data.transforms import detr_train_transforms
+
+    def rate(batches) -> float:
+        start = time.perf_counter()
+        for _ in batches:
+            pass
+        return samples / (time.perf_counter() - start)
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        split = load_detection_dataset(str(folder), split="train", cache_dir=str(cache))["train"]
+    ours = DetectionDataset(split, detr_train_transforms(), seed=0, on_error="replace")
+    collate = DetectionCollator(do_resize=False)
+    hf_rate = rate(
+        collate([ours[i] for i in range(start, min(start + batch_size, samples))])
+        for start in range(0, samples, batch_size)
+    )
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = CocoDetection(str(folder / "train"), str(folder / "annotations" / "instances_train.json"))
+    wrapped = wrap_dataset_for_transforms_v2(coco, target_keys=("boxes", "labels", "image_id"))
+    augment = detr_train_transforms()
+    to_tensor = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+                            v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])  # fmt: skip
+
+    def peer_sample(index: int) -> tuple[torch.Tensor, dict]:
+        image, target = wrapped[index]
+        out = augment({"image": image, "boxes": target["boxes"], "labels": target["labels"]})
+        return to_tensor(out["image"]), {
+            "boxes": out["boxes"].as_subclass(torch.Tensor),
+            "labels": out["labels"],
+        }
+
+    def peer_collate(batch: list[tuple[torch.Tensor, dict]]) -> torch.Tensor:
+        height = max(image.shape[1] for image, _ in batch)
+        width = max(image.shape[2] for image, _ in batch)
+        padded = torch.zeros(len(batch), 3, height, width)
+        for k, (image, _) in enumerate(batch):
+            padded[k, :, : image.shape[1], : image.shape[2]] = image
+        return padded
+
+    peer = rate(
+        peer_collate([peer_sample(i) for i in range(start, min(start + batch_size, samples))])
+        for start in range(0, samples, batch_size)
+    )
+    return hf_rate, peer
 
 
 def bench_builtin(tmp: Path) -> None:
@@ -203,6 +268,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", default=["hf_detr", "pycocotools", "torchvision"])
     parser.add_argument("--no-iterate", action="store_true", help="skip the iteration-rate pass")
     parser.add_argument("--builtin", action="store_true", help="also time the built-in synthetic set")
+    parser.add_argument("--samples", type=int, default=0, help="also time N training samples (0: no)")
     parser.add_argument("--tmp", default=None, help="where to write the folders (default: the system's)")
     args = parser.parse_args()
     print(f"peak memory = peak RSS minus RSS after imports, fresh subprocess per load; cpus {os.cpu_count()}")
@@ -210,7 +276,9 @@ def main() -> None:
         Path(args.tmp).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         for num_images in args.images:
-            bench_size(Path(tmp), num_images, args.boxes_per_image, args.only, not args.no_iterate)
+            bench_size(
+                Path(tmp), num_images, args.boxes_per_image, args.only, not args.no_iterate, args.samples
+            )
         if args.builtin:
             bench_builtin(Path(tmp))
 

@@ -297,24 +297,26 @@ def objects_of_images(
     goes through `slow_check`, one by one. An object without an id is numbered by its place among its
     image's objects."""
     rows = np.flatnonzero(positions >= 0)
-    fast = rows[annotations.typed()[rows] & plain_rows(annotations, rows, sizes[positions[rows]], known)]
-    slow = np.setdiff1d(rows, fast, assume_unique=True)
-    boxes = annotations.boxes[fast]
-    areas = annotations.areas[fast]
-    areas = np.where(np.isnan(areas) | (areas == 0), boxes[:, 2] * boxes[:, 3], areas)
+    plain = annotations.typed()[rows] & plain_rows(annotations, rows, sizes[positions[rows]], known)
+    fast, slow = rows[plain], rows[~plain]
+    del rows, plain
     category_ids = np.array(sorted(typed_ids(known)), np.int64)
     class_of = np.array([known[c] for c in category_ids.tolist()], np.int64)
+    boxes = annotations.boxes[fast]
+    areas = annotations.areas[fast]
     kept = {
         "row": fast,
-        "ids": np.where(annotations.has_id[fast], annotations.ids[fast], -1),
+        "ids": annotations.ids[fast],
         "has_id": annotations.has_id[fast],
-        "areas": areas,
+        "areas": np.where(np.isnan(areas) | (areas == 0), boxes[:, 2] * boxes[:, 3], areas),
         "boxes": boxes,
         "categories": class_of[np.searchsorted(category_ids, annotations.category_ids[fast])],
         "crowds": np.where(annotations.has_crowd[fast], annotations.crowds[fast], 0),
     }
+    del boxes, areas
     extra = checked_slow_rows(annotations, slow, positions, sizes, slow_check)
-    kept = {key: np.concatenate([kept[key], extra[key]]) for key in kept}
+    if len(extra["row"]):
+        kept = {key: np.concatenate([kept[key], extra[key]]) for key in kept}
     return grouped_objects(kept, positions, len(sizes))
 
 
@@ -366,23 +368,20 @@ def checked_slow_rows(
 
 
 def grouped_objects(kept: dict[str, np.ndarray], positions: np.ndarray, num_images: int) -> ImageObjects:
-    """`kept` (objects of any rows) ordered by image, then by row; ids of objects without one are
-    their place among their image's objects."""
-    image = positions[kept["row"]]
-    order = np.lexsort((kept["row"], image))
+    """`kept` (objects of any rows, its arrays consumed) ordered by image, then by row; an object
+    without an id is numbered by its place among its image's objects."""
+    rows = kept.pop("row")
+    image = positions[rows]
+    order = np.lexsort((rows, image))
+    del rows
     image = image[order]
     counts = np.bincount(image, minlength=num_images)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    for key in kept:  # one array at a time: a 25M-box json's objects are reordered in place of two copies
+        kept[key] = kept[key][order]
     place = np.arange(len(order)) - offsets[image]
-    ids = np.where(kept["has_id"][order], kept["ids"][order], place)
-    return ImageObjects(
-        offsets,
-        ids,
-        kept["areas"][order],
-        kept["boxes"][order],
-        kept["categories"][order],
-        kept["crowds"][order],
-    )
+    ids = np.where(kept.pop("has_id"), kept.pop("ids"), place)
+    return ImageObjects(offsets, ids, kept["areas"], kept["boxes"], kept["categories"], kept["crowds"])
 
 
 __all__ = [

@@ -439,11 +439,8 @@ def report_annotation_ids(
             "%s: ignored %d annotation(s) whose image_id is not an image of the json (image_id %s).",
             where, len(unknown), examples(sorted(values)),
         )  # fmt: skip
-    odd_ids = [as_id(value.get("id")) for value in annotations.odd.values()]
-    ids = annotations.ids[annotations.typed() & annotations.has_id].tolist() + [
-        i for i in odd_ids if i is not None
-    ]
-    twice = repeated_ints(ids)
+    odd_ids = [i for i in (as_id(value.get("id")) for value in annotations.odd.values()) if i is not None]
+    twice = repeated_ints(odd_ids, annotations.ids[annotations.typed() & annotations.has_id])
     if twice:
         logger.warning(
             "%s: %d annotation id(s) are used more than once (%s); the objects are kept.",

@@ -118,14 +118,16 @@ def repeated(values: Iterable[Hashable]) -> set[Hashable]:
     return {v for v, n in counts.items() if n > 1}
 
 
-def repeated_ints(values: Iterable[int | None]) -> set[int]:
-    """`repeated` for ids (ints, None left out), counted with numpy: 8 bytes an id where a Counter of a
-    COCO-size json's annotation ids costs about 100 (ids past int64 are counted by `repeated`)."""
+def repeated_ints(values: Iterable[int | None], more: np.ndarray | None = None) -> set[int]:
+    """`repeated` for ids (ints, None left out; `more`: an int64 array of further ids), counted with
+    numpy: 8 bytes an id where a Counter of a COCO-size json's annotation ids costs about 100 (ids past
+    int64 are counted by `repeated`)."""
     values = [v for v in values if v is not None]
+    extra = np.empty(0, np.int64) if more is None else more
     try:
-        ids = np.sort(np.array(values, dtype=np.int64))
+        ids = np.sort(np.concatenate([np.array(values, dtype=np.int64), extra]))
     except OverflowError:
-        return repeated(values)
+        return repeated([*values, *extra.tolist()])
     return set(ids[1:][ids[1:] == ids[:-1]].tolist())
 
 
@@ -330,12 +332,13 @@ class SplitColumns:
             raise ValueError(
                 f"{self.where}: objects for {len(objects.offsets) - 1} images, not {len(self.columns['image'])}."
             )
-        self._offsets = array("q", np.asarray(objects.offsets, np.int64).tobytes())
-        self._ids = array("q", np.asarray(objects.ids, np.int64).tobytes())
-        self._areas = array("d", np.asarray(objects.areas, np.float64).tobytes())
-        self._boxes = array("d", np.asarray(objects.boxes, np.float64).reshape(-1).tobytes())
-        self._categories = array("q", np.asarray(objects.categories, np.int64).tobytes())
-        self._crowds = array("b", np.asarray(objects.crowds, np.int8).tobytes())
+        # numpy arrays in place of the typed arrays: `objects_array` reads either through their buffers
+        self._offsets = np.ascontiguousarray(objects.offsets, np.int64)
+        self._ids = np.ascontiguousarray(objects.ids, np.int64)
+        self._areas = np.ascontiguousarray(objects.areas, np.float64)
+        self._boxes = np.ascontiguousarray(objects.boxes, np.float64).reshape(-1)
+        self._categories = np.ascontiguousarray(objects.categories, np.int64)
+        self._crowds = np.ascontiguousarray(objects.crowds, np.int8)
 
     def add(self, path: Path, image_id: int, width: int, height: int, objects: dict[str, list]) -> None:
         self.add_image(path, image_id, width, height)
