@@ -48,6 +48,7 @@ from .image_processing_detr_segmentation import (
     check_top_k,
     checked_target_sizes,
     convert_annotation,
+    detr_panoptic_segments,
     run_length_encoding,
     segmentation_outputs,
     segments_per_image,
@@ -740,28 +741,63 @@ class HfDetrImageProcessor(BaseImageProcessor):
     def post_process_panoptic_segmentation(
         self,
         outputs: Any,
-        threshold: float = 0.5,
+        threshold: float | None = None,
         mask_threshold: float = 0.5,
         overlap_mask_area_threshold: float = 0.8,
         label_ids_to_fuse: set[int] | Sequence[int] | None = None,
         target_sizes: torch.Tensor | Sequence[Sequence[int]] | None = None,
+        processed_sizes: torch.Tensor | Sequence[Sequence[int]] | None = None,
+        rule: str = "detr",
     ) -> list[dict[str, Any]]:
         """Segmentation outputs -> per image `{"segmentation" [H, W] int32, "segments_info"}`.
 
-        transformers' rule (from MaskFormer): keep queries whose best class (no-object included) is an
-        object with probability above `threshold`; weigh each mask probability by its query's score and
-        give every pixel to the best query; a query becomes a segment if it wins pixels and more than
-        `overlap_mask_area_threshold` of its own pixels (weighted probability >= `mask_threshold`).
-        Queries of a class in `label_ids_to_fuse` (stuff) share one segment. `segmentation` holds segment
-        ids from 1 (0: no segment; -1 everywhere when no query passes `threshold`), resized (bilinear, on
-        the probabilities) to `target_sizes` if given. `segments_info`: per segment query, `id`,
-        `label_id`, `was_fused`, `score` (rounded to 6 decimals). Unlike transformers, a segment after a
-        fused one never reuses an id already taken.
+        `rule="detr"` (default), the official DETR's `PostProcessPanoptic`: keep queries whose best
+        class (no-object included) is an object with probability above `threshold` (default 0.85);
+        resize their mask logits (bilinear) to the image's processed size; give each pixel to the
+        query of the highest mask logit (no score weighting); merge the queries of one stuff class
+        (`label_ids_to_fuse`) into the first; resize that map (nearest) to `target_sizes`; then drop
+        queries of 4 pixels or less and make the map again (without merging) until none is that small.
+        `processed_sizes` are the images' (height, width) as the model saw them, unpadded (the
+        official `processed_sizes`); by default, the processor's resize of `target_sizes` (the images'
+        original sizes, as this processor prepares them), else the masks' 4x. `mask_threshold` and
+        `overlap_mask_area_threshold` are not used by this rule.
+
+        `rule="transformers"`, transformers' `DetrImageProcessor` rule (from MaskFormer): keep queries
+        as above (`threshold` default 0.5); weigh each mask probability by its query's score and give
+        every pixel to the best query; a query becomes a segment if it wins pixels and more than
+        `overlap_mask_area_threshold` of its own pixels (weighted probability >= `mask_threshold`);
+        queries of a class in `label_ids_to_fuse` share one segment; resized (bilinear, on the
+        probabilities) to `target_sizes`. Unlike transformers, a segment after a fused one never
+        reuses an id already taken; -1 everywhere when no query passes `threshold`.
+
+        `segmentation` holds segment ids from 1 (0: no segment); `segments_info`: per segment, `id`,
+        `label_id`, `was_fused` (its class is in `label_ids_to_fuse`), `score` (rounded to 6 decimals).
         """
         fuse = _label_ids(label_ids_to_fuse)
-        return segments_per_image(
-            outputs, threshold, mask_threshold, overlap_mask_area_threshold, fuse, target_sizes
-        )
+        if rule == "transformers":
+            threshold = 0.5 if threshold is None else threshold
+            return segments_per_image(
+                outputs, threshold, mask_threshold, overlap_mask_area_threshold, fuse, target_sizes
+            )
+        if rule != "detr":
+            raise ValueError(f"`rule` must be 'detr' (the official DETR's) or 'transformers', got {rule!r}.")
+        logits, mask_logits = segmentation_outputs(outputs)
+        targets = target_size_list(target_sizes, len(logits))
+        if processed_sizes is not None:
+            processed = [
+                (int(h), int(w)) for h, w in checked_target_sizes(processed_sizes, len(logits), integer=True)
+            ]
+        else:
+            processed = [self._processed_size(target, mask_logits.shape[-2:]) for target in targets]
+        threshold = 0.85 if threshold is None else threshold
+        return detr_panoptic_segments(outputs, threshold, fuse, processed, targets)
+
+    def _processed_size(self, target: tuple[int, int] | None, mask_size: Sequence[int]) -> tuple[int, int]:
+        """An image's size as the model saw it: this processor's resize of its original size
+        `target`, else 4x the size of its masks (stride 4)."""
+        if target is None:
+            return 4 * int(mask_size[0]), 4 * int(mask_size[1])
+        return resized_size(*target, normalize_size(self.size)) if self.do_resize else tuple(target)
 
 
 # ----------------------------------------------------------------------------------------------------

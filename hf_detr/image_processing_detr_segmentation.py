@@ -541,6 +541,74 @@ def _number_segments(
     return segment_of_query, segments
 
 
+def detr_panoptic_segments(
+    outputs: Any,
+    threshold: float,
+    stuff_label_ids: set[int],
+    processed_sizes: list[tuple[int, int]],
+    target_sizes: list[tuple[int, int] | None],
+) -> list[dict[str, Any]]:
+    """Per image `{"segmentation", "segments_info"}` by the rule of the official DETR's
+    `PostProcessPanoptic` (see `HfDetrImageProcessor.post_process_panoptic_segmentation`)."""
+    logits, mask_logits = segmentation_outputs(outputs)
+    threshold = check_threshold("threshold", threshold)
+    scores, labels = logits.float().softmax(-1).max(-1)  # [B, N]
+    keep = labels.ne(logits.shape[-1] - 1) & (scores > threshold)  # [B, N]
+    results = []
+    for i, (processed, target) in enumerate(zip(processed_sizes, target_sizes)):
+        masks = mask_logits[i][keep[i]].float()  # [M, h, w]
+        masks = F.interpolate(masks[:, None], size=processed, mode="bilinear", align_corners=False)[:, 0]
+        kept = (scores[i][keep[i]], labels[i][keep[i]])
+        results.append(_detr_image_segments(masks, *kept, target or processed, stuff_label_ids))
+    return results
+
+
+def _detr_image_segments(
+    masks: torch.Tensor,
+    scores: torch.Tensor,
+    labels: torch.Tensor,
+    size: tuple[int, int],
+    stuff_label_ids: set[int],
+) -> dict[str, Any]:
+    """One image's kept queries (mask logits [M, h, w] at the processed size, scores [M], labels [M])
+    -> segments: each pixel to the query of the highest mask logit, the queries of one stuff class
+    merged into the first, then queries of 4 pixels or less dropped and the map made again (without
+    merging), until none is that small."""
+    first_of_label: dict[int, int] = {}
+    merged = [first_of_label.setdefault(label, query) if label in stuff_label_ids else query
+              for query, label in enumerate(labels.tolist())]  # fmt: skip
+    owner, areas = _query_map(masks, size, torch.tensor(merged, dtype=torch.long))
+    while len(areas) and min(areas) <= 4:
+        large = torch.tensor([area > 4 for area in areas])
+        masks, scores, labels = masks[large], scores[large], labels[large]
+        owner, areas = _query_map(masks, size, None)
+    segments = [
+        {"id": query + 1, "label_id": label, "was_fused": label in stuff_label_ids, "score": round(score, 6)}
+        for query, (label, score) in enumerate(zip(labels.tolist(), scores.tolist()))
+    ]
+    segmentation = (owner + 1 if len(areas) else owner).to(torch.int32)  # ids from 1; 0: no segment
+    return {"segmentation": segmentation, "segments_info": segments}
+
+
+def _query_map(
+    masks: torch.Tensor, size: tuple[int, int], merged: torch.Tensor | None
+) -> tuple[torch.Tensor, list[int]]:
+    """The query of each pixel at `size` (height, width) and each query's pixel count: the argmax of
+    the softmax over queries at the masks' size (`merged`: the query each query's pixels go to), then a
+    nearest resize with PIL, as the official code resizes its PNG."""
+    height, width = masks.shape[-2:]
+    if len(masks) == 0:
+        return torch.zeros(size, dtype=torch.long), []
+    owner = masks.flatten(1).transpose(0, 1).softmax(-1).argmax(-1).view(height, width)  # [h, w]
+    if merged is not None:
+        owner = merged.to(owner.device)[owner]
+    picture = PIL.Image.fromarray(owner.cpu().numpy().astype(np.int32))  # mode "I"
+    owner = torch.from_numpy(
+        np.asarray(picture.resize((size[1], size[0]), PIL.Image.NEAREST), dtype=np.int64)
+    )
+    return owner, torch.bincount(owner.flatten(), minlength=len(masks)).tolist()
+
+
 def run_length_encoding(segmentation: torch.Tensor) -> list[list[int]]:
     """Per segment id (increasing), `[start, length, ...]` runs of its row-major pixels, starts from 1."""
     flat = segmentation.flatten().cpu()

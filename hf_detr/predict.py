@@ -17,8 +17,9 @@ the pixel is `--attention-pixel`, default the centre of the best detection).
 Panoptic writes `out/segments.jsonl` (one line per segment: image, segment_id, label, label_id, score,
 fused, area in pixels, bbox as xmin/ymin/xmax/ymax pixel edges) and `out/<name>_panoptic.png`: each
 segment in its colour over the image, outlined, with its class name. Queries scoring above `--threshold`
-become segments as in `post_process_panoptic_segmentation`; `--fuse-labels` names the (stuff) classes,
-by name or id, whose queries merge into one segment per image (its score: the best query's).
+become segments as in `post_process_panoptic_segmentation` (`--panoptic-rule`: the official DETR's by
+default, or transformers'); `--fuse-labels` names the (stuff) classes, by name or id, whose queries
+merge into one segment per image.
 
 Images are decoded as training and evaluation decode them (`decode_image`: as displayed, the EXIF
 rotation applied as the pipeline does; 16-bit scaled to 8 bits). Unreadable files are reported and
@@ -87,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="panoptic: comma-separated class names or ids (stuff) whose queries merge into one segment",
     )
+    parser.add_argument(
+        "--panoptic-rule", choices=("detr", "transformers"), default="detr",
+        help="panoptic: the official DETR's post-processing (default) or transformers' (score-weighted masks)",
+    )  # fmt: skip
     add_traceback_argument(parser)
     return parser
 
@@ -346,6 +351,7 @@ class _Writer:
                 threshold=self.args.threshold,
                 label_ids_to_fuse=self.fuse,
                 target_sizes=[(image.height, image.width)],
+                rule=self.args.panoptic_rule,
             )
             segmentation = result["segmentation"].cpu()  # [H, W]; 0 (or -1 everywhere): no segment
             for record in segment_records(str(path), segmentation, result["segments_info"], self.names):

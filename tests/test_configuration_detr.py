@@ -259,7 +259,9 @@ def test_the_guides_new_classes_call_drops_the_old_per_label_fields_and_says_so(
     assert len([r for r in caplog.records if "New labels (2 classes)" in r.getMessage()]) == 1
     # the same labels, or no labels given: the saved fields stay
     same = HfDetrConfig.from_pretrained(tmp_path, id2label=names, label2id={v: k for k, v in names.items()})
-    assert same.coco_category_ids == [1, 2, 3] and HfDetrConfig.from_pretrained(tmp_path).stuff_label_ids == [2]
+    assert same.coco_category_ids == [1, 2, 3] and HfDetrConfig.from_pretrained(tmp_path).stuff_label_ids == [
+        2
+    ]
     given = HfDetrConfig.from_pretrained(tmp_path, id2label=new, coco_category_ids=[7, 9])
     assert given.coco_category_ids == [7, 9]
 

@@ -351,8 +351,10 @@ def test_boxes_stay_on_their_objects_in_exif_rotated_images(tmp_path, caplog):
     assert split["image_id"] == [1, 2]  # the json's sizes are taken: a file is opened when it is decoded
     dataset = DetectionDataset(split)
     assert dataset[1] is None and dataset.skipped == 1
-    assert "2.jpg): the image is 30x60 but its annotation says 60x30 (the annotation gives an EXIF-rotated " \
+    assert (
+        "2.jpg): the image is 30x60 but its annotation says 60x30 (the annotation gives an EXIF-rotated "
         "image's stored size; images are read as displayed)" in caplog.text
+    )
     sample = dataset[0]
     assert sample["image"].size == (30, 60)
     assert _covered(sample["image"], [a["bbox"] for a in sample["annotation"]["annotations"]]) > 0.97

@@ -227,7 +227,10 @@ def test_a_voc_size_of_the_stored_pixels_of_a_rotated_image_is_a_counted_skip_wh
     dataset = DetectionDataset(split)
     with caplog.at_level(**WARN):
         assert [dataset[i] is None for i in range(len(split))] == [True, False] and dataset.skipped == 1
-    assert "a.jpg): the image is 40x64 but its annotation says 64x40 (the annotation gives an EXIF-rotated" in caplog.text
+    assert (
+        "a.jpg): the image is 40x64 but its annotation says 64x40 (the annotation gives an EXIF-rotated"
+        in caplog.text
+    )
 
 
 def predict_inputs(monkeypatch, checkpoint: Path, paths: list[Path], output: Path) -> list[np.ndarray]:

@@ -283,7 +283,7 @@ def _assert_same_segments(ours, reference, fused: bool = False) -> None:
 def test_panoptic_post_processing_equals_transformers(seed, target_sizes, label_ids_to_fuse):
     outputs = _random_outputs(seed)
     kwargs = {"label_ids_to_fuse": label_ids_to_fuse or set(), "target_sizes": target_sizes}
-    ours = HfDetrImageProcessor().post_process_panoptic_segmentation(outputs, **kwargs)
+    ours = HfDetrImageProcessor().post_process_panoptic_segmentation(outputs, **kwargs, rule="transformers")
     reference = DetrImageProcessor().post_process_panoptic_segmentation(outputs, **kwargs)
     _assert_same_segments(ours, reference, fused=label_ids_to_fuse is not None)
     assert ours[1]["segments_info"] == [] and (ours[1]["segmentation"] == -1).all(), "the empty image"
@@ -296,7 +296,7 @@ def test_panoptic_post_processing_fuses_queries_of_stuff_labels():
         result
         for seed in range(5)
         for result in processor.post_process_panoptic_segmentation(
-            _random_outputs(seed), label_ids_to_fuse={1, 2}
+            _random_outputs(seed), label_ids_to_fuse={1, 2}, rule="transformers"
         )
     ]
     segments = [segment for result in results for segment in result["segments_info"]]
@@ -322,7 +322,7 @@ def test_fused_segments_never_share_an_id_with_another_segment():
     for query, columns in enumerate([slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 8)]):
         masks[0, query, :, columns] = 10.0
     result = HfDetrImageProcessor().post_process_panoptic_segmentation(
-        SegmentationOutput(logits, masks), label_ids_to_fuse={0}
+        SegmentationOutput(logits, masks), label_ids_to_fuse={0}, rule="transformers"
     )[0]
     assert [(s["id"], s["label_id"]) for s in result["segments_info"]] == [(1, 0), (2, 1), (1, 0), (3, 2)]
     assert result["segmentation"][0].tolist() == [1, 1, 2, 2, 1, 1, 3, 3]
@@ -358,14 +358,19 @@ def test_high_threshold_leaves_every_image_without_segments():
     outputs = _random_outputs(0, empty_image=None)
     processor = HfDetrImageProcessor()
     for results in (
-        processor.post_process_panoptic_segmentation(outputs, threshold=0.9999, target_sizes=TARGET_SIZES[1]),
+        processor.post_process_panoptic_segmentation(
+            outputs, threshold=0.9999, target_sizes=TARGET_SIZES[1], rule="transformers"
+        ),
         processor.post_process_instance_segmentation(outputs, threshold=0.9999),
     ):
         assert all(r["segments_info"] == [] and (r["segmentation"] == -1).all() for r in results)
-    sizes = [
-        tuple(r["segmentation"].shape) for r in processor.post_process_panoptic_segmentation(outputs, 0.9999)
-    ]
-    assert sizes == [(12, 16)] * 3
+    official = processor.post_process_panoptic_segmentation(
+        outputs, threshold=0.9999, target_sizes=TARGET_SIZES[1]
+    )
+    assert all(r["segments_info"] == [] and (r["segmentation"] == 0).all() for r in official)  # 0: no segment
+    for rule, size in (("transformers", (12, 16)), ("detr", (48, 64))):  # the masks' size; the input's (4x)
+        results = processor.post_process_panoptic_segmentation(outputs, 0.9999, rule=rule)
+        assert [tuple(r["segmentation"].shape) for r in results] == [size] * 3
 
 
 @pytest.mark.parametrize("target_sizes", TARGET_SIZES, ids=["native", "resized"])

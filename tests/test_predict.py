@@ -10,6 +10,7 @@ import PIL.Image
 import pytest
 import torch
 from detr_testing import KNOWN_BOX, known_score
+from scipy.ndimage import binary_erosion
 
 from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor
 from hf_detr.predict import main
@@ -221,9 +222,12 @@ def test_panoptic_writes_segments_that_match_the_post_processing_and_draws_them(
     drawn = np.asarray(PIL.Image.open(out / "cats_panoptic.png").convert("RGB"), dtype=np.int16)
     original = np.asarray(image, dtype=np.int16)
     assert drawn.shape == original.shape == (480, 640, 3)
-    first = segmentation.numpy() == records[0]["segment_id"]
+    firsts = [r for i, r in enumerate(records) if r["label_id"] not in {q["label_id"] for q in records[:i]}]
+    largest = max(firsts, key=lambda r: r["area"])  # the first segment of its class: drawn in its colour
+    first = segmentation.numpy() == largest["segment_id"]
     assert (np.abs(drawn - original).max(-1) > 0)[first].mean() > 0.95
-    blend = np.round((original + np.array(class_colour(records[0]["label_id"]))) / 2)  # alpha 0.5
+    first = binary_erosion(first, iterations=3)  # inside: no outline
+    blend = np.round((original + np.array(class_colour(largest["label_id"]))) / 2)  # alpha 0.5
     assert (np.abs(drawn - blend).max(-1) <= 1)[first].mean() > 0.8  # all but outlines and the tag
 
 
@@ -295,8 +299,17 @@ def test_panoptic_names_and_colours_each_segment_and_fuses_named_classes(
 
     for (x, y), colour in {(100, 400): class_colour(0), (600, 260): segment_colour(0, 1)}.items():
         assert np.abs(drawn[y, x] - np.round((original[y, x] + np.array(colour)) / 2)).max() <= 1
-    # fused by name and by id: the two cats share one segment with the better score
-    assert main([*arguments, "--output-dir", str(tmp_path / "b"), "--fuse-labels", "cat, 3"]) == 0
+    # fused by name and by id, the official rule: the second cat query is merged into the first, then
+    # dropped as empty, and the map made again without it (its pixels go to the best remaining query)
+    assert main([*arguments, "--output-dir", str(tmp_path / "c"), "--fuse-labels", "cat, 3"]) == 0
+    official = _records(tmp_path / "c" / "segments.jsonl")
+    assert [(r["label"], r["fused"]) for r in official] == [("sky", True), ("cat", True), ("remote", False)]
+    assert official[1]["area"] >= records[1]["area"] and sum(r["area"] for r in official) == 640 * 480
+    # transformers' rule: the two cats share one segment with the better score
+    assert main([*arguments, "--output-dir", str(tmp_path / "d"), "--panoptic-rule", "transformers"]) == 0
+    records = _records(tmp_path / "d" / "segments.jsonl")
+    transformers_rule = ["--fuse-labels", "cat, 3", "--panoptic-rule", "transformers"]
+    assert main([*arguments, "--output-dir", str(tmp_path / "b"), *transformers_rule]) == 0
     fused = _records(tmp_path / "b" / "segments.jsonl")
     assert [(r["label"], r["fused"]) for r in fused] == [("sky", True), ("cat", True), ("remote", False)]
     assert fused[1]["area"] == records[1]["area"] + records[2]["area"]

@@ -356,19 +356,29 @@ def coco_2017_layout(root: Path, shapes: Path) -> Path:
     (root / "annotations").mkdir(parents=True)
     for ours, theirs in (("train", "train2017"), ("val", "val2017"), ("val", "unlabeled2017")):
         shutil.copytree(shapes / ours, root / theirs)
-        shutil.copy(shapes / "annotations" / f"instances_{ours}.json", root / "annotations" / f"instances_{theirs}.json")
+        shutil.copy(
+            shapes / "annotations" / f"instances_{ours}.json",
+            root / "annotations" / f"instances_{theirs}.json",
+        )
     (root / "test2017").mkdir()
     return root
 
 
-def test_the_standard_coco_layout_trains_on_train2017_and_evaluates_on_val2017(tmp_path, shapes, monkeypatch, caplog):
+def test_the_standard_coco_layout_trains_on_train2017_and_evaluates_on_val2017(
+    tmp_path, shapes, monkeypatch, caplog
+):
     from hf_detr.data import coco_folder
 
     dataset = coco_2017_layout(tmp_path / "coco", shapes)
     converted = []
     convert = coco_folder.convert_coco_split
-    monkeypatch.setattr(coco_folder, "convert_coco_split", lambda r, s, f: converted.append(s) or convert(r, s, f))
-    with pytest.raises(ValueError, match=r"Unknown train split 'train'; the dataset has \['train2017', 'unlabeled2017', 'val2017'\]"):
+    monkeypatch.setattr(
+        coco_folder, "convert_coco_split", lambda r, s, f: converted.append(s) or convert(r, s, f)
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"Unknown train split 'train'; the dataset has \['train2017', 'unlabeled2017', 'val2017'\]",
+    ):
         train(arguments(tmp_path / "wrong", dataset, train_split="train", max_steps=1))
     assert converted == []  # the names are checked before any split is converted
     with caplog.at_level("INFO", logger="hf_detr"):
@@ -386,7 +396,9 @@ def test_fine_tuning_keeps_the_checkpoints_resolution_and_announces_a_change(tmp
     names = {0: "circle", 1: "square", 2: "triangle"}
     source = tmp_path / "source"
     HfDetrForObjectDetection(resolve_arguments_config(num_labels=3, id2label=names)).save_pretrained(source)
-    HfDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 107}, image_mean=[0.5] * 3).save_pretrained(source)
+    HfDetrImageProcessor(
+        size={"shortest_edge": 64, "longest_edge": 107}, image_mean=[0.5] * 3
+    ).save_pretrained(source)
     flags = ["--dataset", str(shapes), "--init-from", str(source), "--max-steps", "1", "--batch-size", "2",
              "--num-workers", "0", "--eval-epochs", "none"]  # fmt: skip
     with caplog.at_level("INFO", logger="hf_detr"):
@@ -412,6 +424,8 @@ def test_fine_tuning_to_more_classes_keeps_the_rows_of_the_classes_it_shares_by_
     old, new = source.class_labels_classifier, model.class_labels_classifier
     assert new.out_features == 5 and model.config.id2label[1] == "star"
     for new_row, old_row in ((0, 1), (2, 0), (3, 2), (4, 3)):  # square, circle, triangle, no-object
-        assert torch.equal(new.weight[new_row], old.weight[old_row]) and new.bias[new_row] == old.bias[old_row]
+        assert (
+            torch.equal(new.weight[new_row], old.weight[old_row]) and new.bias[new_row] == old.bias[old_row]
+        )
     assert not torch.equal(new.weight[1], old.weight[1])  # star: a new row
     assert model.config.coco_category_ids == [2, 7, 1, 3]

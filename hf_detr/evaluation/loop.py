@@ -87,8 +87,9 @@ def evaluate_panoptic_model(
     """PQ, SQ and RQ of a segmentation model on the batches of `dataloader` (`PanopticDataset` samples
     through `DetectionCollator(format="coco_panoptic", keep_annotations=True)`).
 
-    Each prediction is `post_process_panoptic_segmentation` at the image's original size (the stuff
-    classes `label_ids_to_fuse` fused, as the official `PostProcessPanoptic`; its `threshold` 0.85), scored
+    Each prediction is `post_process_panoptic_segmentation` by the official DETR's rule (its
+    `threshold` 0.85; the stuff classes `label_ids_to_fuse` merged) from the image's processed size
+    (its unpadded input, as the official evaluation passes it) to its original size, scored
     against the annotation's PNG ids; ground-truth class ids become category ids through
     `label_to_category_id` (the evaluator maps the predictions' label ids its own way). Every process
     scores its shard; the statistics are then gathered (`PanopticEvaluator.synchronize`), and the main
@@ -104,8 +105,13 @@ def evaluate_panoptic_model(
             continue
         outputs = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])
         sizes = [tuple(int(v) for v in label["orig_size"]) for label in batch["labels"]]
+        processed = [tuple(int(v) for v in label["size"]) for label in batch["labels"]]
         results = processor.post_process_panoptic_segmentation(
-            outputs, threshold, label_ids_to_fuse=label_ids_to_fuse, target_sizes=sizes
+            outputs,
+            threshold,
+            label_ids_to_fuse=label_ids_to_fuse,
+            target_sizes=sizes,
+            processed_sizes=processed,
         )
         annotations = batch["annotations"]
         ground_truths = [_ground_truth(a, label_to_category_id) for a in annotations]

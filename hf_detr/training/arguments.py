@@ -334,7 +334,7 @@ class TrainingArguments:
     panoptic_threshold: float = field(
         default=0.85,
         metadata={
-            "help": "panoptic evaluation: keep segments whose class score exceeds this (0-1; official code's)",
+            "help": "panoptic evaluation: keep queries whose class score exceeds this (0-1; the official rule's 0.85)",
         },
     )
     logging_steps: int = field(
