@@ -303,10 +303,10 @@ class HfDetrImageProcessor(BaseImageProcessor):
         **kwargs,
     ) -> None:
         kwargs.pop("image_processor_type", None)
-        if "max_size" in kwargs:  # legacy transformers argument
-            size = {
-                "shortest_edge": size if isinstance(size, int) else 800,
-                "longest_edge": kwargs.pop("max_size"),
+        if "max_size" in kwargs or _is_integer(size):  # an int is the shorter side, the longer at most 1333
+            size = {  # (or the legacy `max_size`), as transformers' DetrImageProcessor reads them
+                "shortest_edge": size if _is_integer(size) else 800,
+                "longest_edge": kwargs.pop("max_size", DEFAULT_SIZE["longest_edge"]),
             }
         super().__init__(**kwargs)
         self.do_convert_rgb = do_convert_rgb
@@ -781,6 +781,8 @@ class HfDetrImageProcessor(BaseImageProcessor):
             )
         if rule != "detr":
             raise ValueError(f"`rule` must be 'detr' (the official DETR's) or 'transformers', got {rule!r}.")
+        check_threshold("mask_threshold", mask_threshold)  # unused by this rule, but never silently wrong
+        check_threshold("overlap_mask_area_threshold", overlap_mask_area_threshold)
         logits, mask_logits = segmentation_outputs(outputs)
         targets = target_size_list(target_sizes, len(logits))
         if processed_sizes is not None:

@@ -426,3 +426,16 @@ def test_non_finite_float_images_and_fractional_image_ids_are_errors_naming_them
         HfDetrImageProcessor()([_small_image(), image])
     with pytest.raises(ValueError, match="'image_id' must be an integer within int64"):
         HfDetrImageProcessor()(_small_image(), annotations={"image_id": 5.7, "annotations": []})
+
+
+def test_an_int_size_is_the_shorter_side_with_the_longer_at_most_1333_as_in_transformers(tmp_path):
+    from transformers import DetrImageProcessor
+
+    HfDetrImageProcessor().save_pretrained(tmp_path)
+    for kwargs in ({"size": 42}, {"size": 42, "max_size": 100}, {"size": {"shortest_edge": 42}}):
+        theirs = {k: v for k, v in dict(DetrImageProcessor(**kwargs).size).items() if v is not None}
+        assert HfDetrImageProcessor(**kwargs).size == theirs, kwargs
+    assert HfDetrImageProcessor.from_pretrained(tmp_path, size=42).size == {
+        "shortest_edge": 42,
+        "longest_edge": 1333,
+    }

@@ -117,7 +117,7 @@ def test_a_saved_config_or_a_call_asking_too_much_is_refused_before_allocating(t
 def test_images_growing_beyond_the_limit_are_refused_by_index():
     panorama = torch.zeros(3, 1, 700, dtype=torch.uint8)  # shorter side 20 -> 20x14000
     with pytest.raises(ValueError, match="images\\[1\\] would be 20x14000 pixels .* 'longest_edge'"):
-        HfDetrImageProcessor(size=20)([torch.zeros(3, 8, 8, dtype=torch.uint8), panorama])
+        HfDetrImageProcessor(size={"shortest_edge": 20})([torch.zeros(3, 8, 8, dtype=torch.uint8), panorama])
     with pytest.raises(ValueError, match="images\\[0\\] would be 5000x8 pixels unresized .*do_resize=True"):
         HfDetrImageProcessor(do_resize=False)(torch.rand(3, 5000, 8))
 
@@ -125,7 +125,7 @@ def test_images_growing_beyond_the_limit_are_refused_by_index():
 def test_the_side_limit_is_raised_by_the_environment_or_the_module_constant(monkeypatch):
     tall, unresized = torch.rand(3, 5000, 8), {"do_resize": False, "do_rescale": False}
     monkeypatch.setenv(SIDE_ENV, "8192")
-    assert HfDetrImageProcessor(size=5000).size == {"shortest_edge": 5000}
+    assert HfDetrImageProcessor(size={"shortest_edge": 5000}).size == {"shortest_edge": 5000}
     assert HfDetrImageProcessor(**unresized)(tall)["pixel_values"].shape == (1, 3, 5000, 8)
     monkeypatch.delenv(SIDE_ENV)
     monkeypatch.setattr(image_processing_detr, "MAX_IMAGE_SIDE", 6000)
