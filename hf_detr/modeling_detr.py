@@ -608,13 +608,19 @@ class HfDetrPreTrainedModel(PreTrainedModel):
             cls.config_class, pretrained_model_name_or_path, kwargs
         )
         kwargs.setdefault("use_safetensors", True)
+        # transformers kernelizes every model when the `kernels` package is installed; DETR's layers have
+        # no hub kernels, and a checkpoint lacking weights (left on the meta device) would fail there
+        # ("Unsupported device type 'meta'") before the check below can name them
+        kwargs.setdefault("use_kernels", False)
         output_loading_info = kwargs.pop("output_loading_info", False)
         model, loading_info = super().from_pretrained(
             pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
         )
+        # transformers 5 leaves some absent weights (the timm backbone's) on the meta device unreported
+        on_meta = {name for name, tensor in model.state_dict().items() if tensor.is_meta}
         missing = sorted(
             k
-            for k in loading_info["missing_keys"]
+            for k in set(loading_info["missing_keys"]) | on_meta
             if not k.startswith(DETECTION_HEAD_PREFIXES)
             and not k.endswith("num_batches_tracked")  # frozen BatchNorm made trainable has none
         )

@@ -676,3 +676,29 @@ def test_inference_needs_no_training_extra_and_training_names_the_install_comman
     assert "data: hf_detr.data" in result.stdout and "pip install 'hf-detr[train]'" in result.stdout
     assert "train exit code 1 evaluate exit code 1" in result.stdout
     assert result.stderr.count("error: hf_detr.") == 2 and "needs accelerate, datasets" in result.stderr
+
+
+@pytest.mark.parametrize("model_class", ["HfDetrForObjectDetection", "HfDetrForSegmentation"])
+def test_a_checkpoint_without_its_backbone_names_the_missing_weights(tmp_path, model_class):
+    """With the `kernels` package installed (it is, by `[test]`), transformers kernelizes a model on load;
+    the backbone's missing weights stay on the meta device, and that must not hide the message."""
+    import importlib.util
+
+    from safetensors.torch import load_file, save_file
+
+    import hf_detr
+
+    assert importlib.util.find_spec("kernels") is not None  # the case transformers 5.25 fails on
+    cls = getattr(hf_detr, model_class)
+    config = hf_detr.HfDetrConfig(backbone="resnet18", d_model=32, encoder_layers=1, decoder_layers=1,
+                                  num_queries=5, encoder_ffn_dim=32, decoder_ffn_dim=32, num_labels=3,
+                                  use_pretrained_backbone=False, use_masks=model_class.endswith("Segmentation"))  # fmt: skip
+    cls(config).save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    kept = {key: value for key, value in weights.items() if ".backbone." not in key}
+    assert len(kept) < len(weights)
+    save_file(kept, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(
+        ValueError, match=rf"lacks {len(weights) - len(kept)} weight\(s\) of {model_class}: .*backbone"
+    ):
+        cls.from_pretrained(tmp_path)
