@@ -186,6 +186,9 @@ class HfDetrConfig(PreTrainedConfig):
     # dataset bookkeeping
     coco_category_ids: list[int] | None = None
     stuff_label_ids: list[int] | None = None
+    # an encoder and a decoder, as transformers' DetrConfig says: generic code then reads the outputs'
+    # encoder_*/decoder_* hidden states and attentions
+    is_encoder_decoder: bool = True
 
     def __post_init__(self, **kwargs) -> None:
         check_label_arguments(self.id2label, self.label2id, kwargs.get("num_labels"))

@@ -315,3 +315,9 @@ def test_a_yaml_learning_rate_written_1e_4_is_the_number_it_means(tmp_path):
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_every_preset_passes_validation(preset):
     assert resolve_arguments({"preset": preset}).preset == preset
+
+
+def test_an_encoder_decoder_as_transformers_detr_config_says():
+    from transformers import DetrConfig
+
+    assert HfDetrConfig().is_encoder_decoder is DetrConfig().is_encoder_decoder is True
