@@ -234,8 +234,8 @@ class HfDetrBackbone(nn.Module):
                     setattr(self.body, stage_name, replacement)
         self.freeze_stages()
         fold_frozen_batch_norm(self.body)
-        # The weights stay contiguous, as `from_pretrained` loads them (channels-last weights in a fresh
-        # model only: 2% faster at most, measured); the activations go channels-last in `forward`.
+        # channels-last activations are what oneDNN and cuDNN convolutions run fastest on
+        self.body.to(memory_format=torch.channels_last)
         # timm (or its pretrained weights) initialised the body: keep transformers' init away from it.
         for tensor in (*self.body.parameters(), *self.body.buffers()):
             tensor._is_hf_initialized = True

@@ -375,12 +375,3 @@ def test_pixel_mask_must_be_a_tensor_with_a_real_pixel_in_every_image():
     pixel_mask[1] = 0
     with pytest.raises(ValueError, match="`pixel_mask` of image 1 has no real pixel"):
         model(pixel_values, pixel_mask, output_attentions=True)
-
-
-def test_weights_are_contiguous_fresh_and_loaded(tmp_path):
-    config = HfDetrConfig(backbone="resnet18", d_model=32, encoder_layers=1, decoder_layers=1, num_queries=5,
-                          encoder_ffn_dim=32, decoder_ffn_dim=32, num_labels=3)  # fmt: skip
-    model = HfDetrForObjectDetection(config)
-    model.save_pretrained(tmp_path)
-    for each in (model, HfDetrForObjectDetection.from_pretrained(tmp_path)):
-        assert all(p.is_contiguous() for p in each.parameters())  # transformers' test_load_contiguous_weights
