@@ -234,7 +234,9 @@ class HfDetrBackbone(nn.Module):
                     setattr(self.body, stage_name, replacement)
         self.freeze_stages()
         fold_frozen_batch_norm(self.body)
-        # channels-last activations are what oneDNN and cuDNN convolutions run fastest on
+        # channels-last activations and weights are what oneDNN and cuDNN convolutions run fastest on
+        # (contiguous weights are reordered at every call: slower training steps); `from_pretrained`
+        # converts loaded weights again
         self.body.to(memory_format=torch.channels_last)
         # timm (or its pretrained weights) initialised the body: keep transformers' init away from it.
         for tensor in (*self.body.parameters(), *self.body.buffers()):
@@ -635,6 +637,7 @@ class HfDetrPreTrainedModel(PreTrainedModel):
         for module in model.modules():
             if isinstance(module, HfDetrBackbone):
                 module.freeze_stages()
+                module.body.to(memory_format=torch.channels_last)  # the loader made them contiguous
         return (model, loading_info) if output_loading_info else model
 
     def save_pretrained(self, save_directory, *args, **kwargs):

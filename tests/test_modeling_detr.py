@@ -375,3 +375,16 @@ def test_pixel_mask_must_be_a_tensor_with_a_real_pixel_in_every_image():
     pixel_mask[1] = 0
     with pytest.raises(ValueError, match="`pixel_mask` of image 1 has no real pixel"):
         model(pixel_values, pixel_mask, output_attentions=True)
+
+
+def test_backbone_weights_are_channels_last_fresh_and_loaded(tmp_path):
+    """Fresh or loaded, the ResNet's weights are channels-last, as its activations (transformers'
+    `test_load_contiguous_weights` expects contiguous ones: a documented difference)."""
+    config = HfDetrConfig(backbone="resnet18", d_model=32, encoder_layers=1, decoder_layers=1, num_queries=5,
+                          encoder_ffn_dim=32, decoder_ffn_dim=32, num_labels=3)  # fmt: skip
+    model = HfDetrForObjectDetection(config)
+    model.save_pretrained(tmp_path)
+    for each in (model, HfDetrForObjectDetection.from_pretrained(tmp_path)):
+        convolutions = [p for n, p in each.named_parameters() if "backbone" in n and p.ndim == 4]
+        assert convolutions and all(p.is_contiguous(memory_format=torch.channels_last) for p in convolutions)
+        assert all(p.is_contiguous() for n, p in each.named_parameters() if "backbone" not in n)
