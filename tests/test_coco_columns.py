@@ -108,3 +108,12 @@ def test_one_odd_annotation_is_read_with_its_batch_field_by_field(tmp_path, capl
     assert records == reference  # the odd box is skipped, counted; the list entry ignored
     assert any("1 malformed box" in m for m in log)
     assert any("ignored 1 entries of 'annotations' that are not JSON objects" in m for m in log)
+
+
+def test_a_malformed_stream_threshold_is_named(tmp_path, monkeypatch):
+    messy_folder(tmp_path / "data", 0)
+    monkeypatch.setenv("HF_DETR_JSON_STREAM_BYTES", "1GB")
+    with pytest.raises(
+        ValueError, match="HF_DETR_JSON_STREAM_BYTES must be a whole number of bytes, got '1GB'"
+    ):
+        load_detection_dataset(str(tmp_path / "data"), split="train", cache_dir=str(tmp_path / "cache"))

@@ -171,11 +171,21 @@ class InstancesColumns:
 STREAM_BYTES = 1 << 30  # larger jsons are streamed (HF_DETR_JSON_STREAM_BYTES): never all in memory
 
 
+def stream_bytes() -> int:
+    """The json size past which a file is streamed: `HF_DETR_JSON_STREAM_BYTES`, else `STREAM_BYTES`."""
+    text = os.environ.get("HF_DETR_JSON_STREAM_BYTES", "").strip()
+    if not text:
+        return STREAM_BYTES
+    if not text.isdigit():
+        raise ValueError(f"HF_DETR_JSON_STREAM_BYTES must be a whole number of bytes, got {text!r}.")
+    return int(text)
+
+
 def read_instances_columns(path: Path) -> InstancesColumns | None:
     """The json at `path` as columns, or None when its top level, images or categories are not in
     COCO's form (the caller then reads it with every field checked). A file larger than
     `HF_DETR_JSON_STREAM_BYTES` (1 GiB) is streamed (`stream_instances_columns`)."""
-    if path.stat().st_size > int(os.environ.get("HF_DETR_JSON_STREAM_BYTES", STREAM_BYTES)):
+    if path.stat().st_size > stream_bytes():
         return stream_instances_columns(path)
     data = path.read_bytes()
     try:
