@@ -98,6 +98,12 @@ class AnnotationColumns:
     def __len__(self) -> int:
         return len(self.image_ids)
 
+    def release(self) -> None:
+        """Drop every row (the arrays' memory goes back at once, whoever else holds this object)."""
+        for name in ARRAYS:
+            setattr(self, name, getattr(self, name)[:0].copy())
+        self.odd = {}
+
     def typed(self) -> np.ndarray:
         """Which rows are typed (not odd)."""
         typed = np.ones(len(self), bool)
@@ -305,9 +311,10 @@ def objects_of_images(
     id -> class id. A typed row of COCO's plain form (a known category, a box of positive size inside
     the image, `area` >= 0 and `iscrowd` 0/1 or missing) is taken here, column-wise; every other row
     goes through `slow_check`, one by one. An object without an id is numbered by its place among its
-    image's objects."""
+    image's objects. `annotations` is consumed: its arrays are released once read."""
     rows = np.flatnonzero(positions >= 0)
-    plain = annotations.typed()[rows] & plain_rows(annotations, rows, sizes[positions[rows]], known)
+    plain = annotations.typed()[rows]
+    plain &= plain_rows(annotations, rows, sizes[positions[rows]], known)
     fast, slow = rows[plain], rows[~plain]
     del rows, plain
     category_ids = np.array(sorted(typed_ids(known)), np.int64)
@@ -325,6 +332,7 @@ def objects_of_images(
     }
     del boxes, areas
     extra = checked_slow_rows(annotations, slow, positions, sizes, slow_check)
+    annotations.release()
     if len(extra["row"]):
         kept = {key: np.concatenate([kept[key], extra[key]]) for key in kept}
     return grouped_objects(kept, positions, len(sizes))
@@ -339,16 +347,17 @@ def plain_rows(
     annotations: AnnotationColumns, rows: np.ndarray, sizes: np.ndarray, known: Mapping[int, int]
 ) -> np.ndarray:
     """Which of `rows` are of COCO's plain form in an image of `sizes` [len(rows), 2]: the rows
-    `coco_folder.plain_object` takes as they are."""
-    x, y, w, h = annotations.boxes[rows].T
-    areas, crowds = annotations.areas[rows], annotations.crowds[rows]
-    return (
-        np.isin(annotations.category_ids[rows], np.array(typed_ids(known), np.int64))
-        & (x >= 0) & (y >= 0) & (w > 0) & (h > 0)
-        & (x + w <= sizes[:, 0]) & (y + h <= sizes[:, 1])
-        & (np.isnan(areas) | (areas >= 0))
-        & (~annotations.has_crowd[rows] | (crowds == 0) | (crowds == 1))
-    )  # fmt: skip
+    `coco_folder.plain_object` takes as they are. One column at a time (a 25M-box json's rows)."""
+    plain = np.isin(annotations.category_ids[rows], np.array(typed_ids(known), np.int64))
+    for axis in (0, 1):  # x, w against the width; y, h against the height
+        start, extent = annotations.boxes[rows, axis], annotations.boxes[rows, axis + 2]
+        plain &= (start >= 0) & (extent > 0) & (start + extent <= sizes[:, axis])
+        del start, extent
+    areas = annotations.areas[rows]
+    plain &= np.isnan(areas) | (areas >= 0)
+    del areas
+    crowds = annotations.crowds[rows]
+    return plain & (~annotations.has_crowd[rows] | (crowds == 0) | (crowds == 1))
 
 
 def checked_slow_rows(
