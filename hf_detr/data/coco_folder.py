@@ -42,6 +42,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Image, Value, load_from_disk
+from datasets.fingerprint import generate_random_fingerprint
 from datasets.table import InMemoryTable
 
 from .coco_columns import (
@@ -202,7 +203,12 @@ def without_pixels(dataset: Dataset) -> Dataset:
         return dataset
     info = dataset.info.copy()
     info.features = features
-    return Dataset(InMemoryTable(table.replace_schema_metadata(None)), info=info)
+    # a fingerprint of its own: datasets would hash (pickle: copy) the whole table for one
+    return Dataset(
+        InMemoryTable(table.replace_schema_metadata(None)),
+        info=info,
+        fingerprint=generate_random_fingerprint(),
+    )
 
 
 def with_image_columns(dataset: Dataset) -> Dataset:

@@ -17,6 +17,7 @@ import PIL.Image
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, DatasetInfo, Features
+from datasets.fingerprint import generate_random_fingerprint
 from datasets.table import InMemoryTable
 
 from ..image_processing_detr import displayed_size, exif_orientation
@@ -411,7 +412,12 @@ class SplitColumns:
                 for field in schema
             ]
             table = pa.Table.from_arrays(arrays, schema=schema)
-            dataset = Dataset(InMemoryTable(table), info=DatasetInfo(features=features))
+            # a fingerprint of its own: datasets would hash (pickle: copy) the whole table for one
+            dataset = Dataset(
+                InMemoryTable(table),
+                info=DatasetInfo(features=features),
+                fingerprint=generate_random_fingerprint(),
+            )
         else:
             features = features or detection_features(names)
             objects = self.objects_array(features.arrow_schema.field("objects").type).to_pylist()
