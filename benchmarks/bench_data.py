@@ -89,7 +89,7 @@ def write_coco_folder(root: Path, num_images: int, boxes_per_image: float, seed:
 
 # One loader in a fresh interpreter: imports first (their RSS is the baseline), then the load; prints JSON.
 CHILD = r"""
-import contextlib, io, json, os, resource, sys, time
+import contextlib, io, json, os, sys, time
 loader, folder, cache, repeat = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 
 def rss():
@@ -127,7 +127,9 @@ start = time.perf_counter()
 with contextlib.redirect_stderr(io.StringIO()):
     data = load()
 seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+# VmHWM, this process's own peak: ru_maxrss would keep the parent's RSS at fork as a floor
+with open("/proc/self/status") as status:
+    peak = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
 result = {"seconds": seconds, "peak_mb": (peak - base) / 1e6}
 if repeat:
     start = time.perf_counter()
@@ -191,6 +193,7 @@ def sample_rates(folder: Path, cache: Path, samples: int, batch_size: int = 2) -
     `DetectionCollator`; peer: torchvision's `CocoDetection` wrapped for transforms.v2, the same v2
     augmentation, `ToImage`/`ToDtype`/`Normalize` and a padding collate."""
     import torch
+    from torchvision import tv_tensors
     from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
     from torchvision.transforms import v2
 
@@ -221,6 +224,10 @@ def sample_rates(folder: Path, cache: Path, samples: int, batch_size: int = 2) -
 
     def peer_sample(index: int) -> tuple[torch.Tensor, dict]:
         image, target = wrapped[index]
+        if "boxes" not in target:  # an image without objects: the wrapper leaves the keys out
+            target = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY",
+                                                        canvas_size=(image.height, image.width)),
+                      "labels": torch.zeros(0, dtype=torch.long)}  # fmt: skip
         out = augment({"image": image, "boxes": target["boxes"], "labels": target["labels"]})
         return to_tensor(out["image"]), {
             "boxes": out["boxes"].as_subclass(torch.Tensor),
