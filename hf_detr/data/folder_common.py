@@ -83,11 +83,6 @@ class ImageHeader(NamedTuple):
     height: int
     orientation: int
 
-    @property
-    def stored_size(self) -> tuple[int, int]:
-        """(width, height) of the pixels as stored in the file."""
-        return displayed_size(self.width, self.height, self.orientation)
-
 
 def image_header(path: str | os.PathLike | BinaryIO) -> ImageHeader | None:
     """The file's size as displayed and its EXIF orientation, from its header (the pixels are not
