@@ -799,7 +799,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
         `target`, else 4x the size of its masks (stride 4)."""
         if target is None:
             return 4 * int(mask_size[0]), 4 * int(mask_size[1])
-        return resized_size(*target, normalize_size(self.size)) if self.do_resize else tuple(target)
+        return resized_size(*target, self.size) if self.do_resize else tuple(target)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -340,7 +340,12 @@ def objects_of_images(
 
 def typed_ids(known: Mapping[int, int]) -> list[int]:
     """The category ids a typed row can have (int64: a larger id is the per-object checks' to find)."""
-    return [c for c in known if -(2**63) <= c < 2**63]
+    return [c for c in known if fits_int64(c)]
+
+
+def fits_int64(value: int) -> bool:
+    """Whether an integer id fits the int64 columns (JSON integers have no limit)."""
+    return -(2**63) <= value < 2**63
 
 
 def plain_rows(
@@ -407,6 +412,7 @@ __all__ = [
     "AnnotationColumns",
     "ImageObjects",
     "InstancesColumns",
+    "fits_int64",
     "image_positions",
     "objects_of_images",
     "odd_columns",

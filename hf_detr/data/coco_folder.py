@@ -42,12 +42,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict, Image, Value, load_from_disk
-from datasets.fingerprint import generate_random_fingerprint
-from datasets.table import InMemoryTable
 
 from .coco_columns import (
     AnnotationColumns,
     InstancesColumns,
+    fits_int64,
     image_positions,
     objects_of_images,
     odd_columns,
@@ -65,6 +64,7 @@ from .folder_common import (
     repeated_ints,
     requested_splits,
     short_text,
+    table_dataset,
 )
 from .schema import PANOPTIC_MASK, ObjectChecker, is_number, logger
 
@@ -203,12 +203,7 @@ def without_pixels(dataset: Dataset) -> Dataset:
         return dataset
     info = dataset.info.copy()
     info.features = features
-    # a fingerprint of its own: datasets would hash (pickle: copy) the whole table for one
-    return Dataset(
-        InMemoryTable(table.replace_schema_metadata(None)),
-        info=info,
-        fingerprint=generate_random_fingerprint(),
-    )
+    return table_dataset(table.replace_schema_metadata(None), info)
 
 
 def with_image_columns(dataset: Dataset) -> Dataset:
@@ -429,7 +424,7 @@ def annotation_image_ids(annotations: AnnotationColumns) -> tuple[np.ndarray, np
     image_ids = annotations.image_ids.copy() if annotations.odd else annotations.image_ids
     for row, value in annotations.odd.items():
         image_id = as_id(value.get("image_id"))
-        valid[row] = image_id is not None and -(2**63) <= image_id < 2**63
+        valid[row] = image_id is not None and fits_int64(image_id)
         image_ids[row] = image_id if valid[row] else 0
     return image_ids, valid
 
@@ -468,7 +463,7 @@ def convert_coco_split(root: Path, split: str, annotation_file: Path) -> Dataset
     checker = ObjectChecker({c["id"]: index for index, c in enumerate(categories)})
     image_ids = [as_id(image.get("id")) for image in coco.images]
     row_image_ids, valid = annotation_image_ids(annotations)
-    json_ids = np.array(sorted({i for i in image_ids if i is not None and -(2**63) <= i < 2**63}), np.int64)
+    json_ids = np.array(sorted({i for i in image_ids if i is not None and fits_int64(i)}), np.int64)
     report_annotation_ids(annotations, row_image_ids, valid & np.isin(row_image_ids, json_ids), where)
     columns = kept_images(coco.images, root, image_folder(root, split), repeated_ints(image_ids), where)
     coco.images = image_ids = []  # 1.7M of them in an Objects365-size json: released before the objects

@@ -270,6 +270,12 @@ def log_skipped_images(where: str, counts: Mapping[str, int], named: Mapping[str
     )
 
 
+def table_dataset(table: pa.Table, info: DatasetInfo) -> Dataset:
+    """A Dataset over an in-memory arrow table, with a fingerprint of its own: datasets would hash the
+    whole table for one (pickling it: a second copy of a COCO-size split at the peak)."""
+    return Dataset(InMemoryTable(table), info=info, fingerprint=generate_random_fingerprint())
+
+
 class SplitColumns:
     """The columns of one split, gathered image by image, with the images left out counted by reason.
     `folders` are the dataset's folders: an image (or its label file) whose real path leaves them is
@@ -407,12 +413,7 @@ class SplitColumns:
                 for field in schema
             ]
             table = pa.Table.from_arrays(arrays, schema=schema)
-            # a fingerprint of its own: datasets would hash (pickle: copy) the whole table for one
-            dataset = Dataset(
-                InMemoryTable(table),
-                info=DatasetInfo(features=features),
-                fingerprint=generate_random_fingerprint(),
-            )
+            dataset = table_dataset(table, DatasetInfo(features=features))
         else:
             features = features or detection_features(names)
             objects = self.objects_array(features.arrow_schema.field("objects").type).to_pylist()
@@ -445,4 +446,5 @@ __all__ = [
     "requested_splits",
     "short_text",
     "shown",
+    "table_dataset",
 ]
