@@ -792,7 +792,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
         else:
             processed = [self._processed_size(target, mask_logits.shape[-2:]) for target in targets]
         threshold = 0.85 if threshold is None else threshold
-        return detr_panoptic_segments(outputs, threshold, fuse, processed, targets)
+        return detr_panoptic_segments(logits, mask_logits, threshold, fuse, processed, targets)
 
     def _processed_size(self, target: tuple[int, int] | None, mask_size: Sequence[int]) -> tuple[int, int]:
         """An image's size as the model saw it: this processor's resize of its original size

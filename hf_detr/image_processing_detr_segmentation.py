@@ -542,15 +542,16 @@ def _number_segments(
 
 
 def detr_panoptic_segments(
-    outputs: Any,
+    logits: torch.Tensor,
+    mask_logits: torch.Tensor,
     threshold: float,
     stuff_label_ids: set[int],
     processed_sizes: list[tuple[int, int]],
     target_sizes: list[tuple[int, int] | None],
 ) -> list[dict[str, Any]]:
     """Per image `{"segmentation", "segments_info"}` by the rule of the official DETR's
-    `PostProcessPanoptic` (see `HfDetrImageProcessor.post_process_panoptic_segmentation`)."""
-    logits, mask_logits = segmentation_outputs(outputs)
+    `PostProcessPanoptic` (see `HfDetrImageProcessor.post_process_panoptic_segmentation`) from
+    checked outputs (`segmentation_outputs`): logits [B, N, K+1], mask logits [B, N, h, w]."""
     threshold = check_threshold("threshold", threshold)
     scores, labels = logits.float().softmax(-1).max(-1)  # [B, N]
     keep = labels.ne(logits.shape[-1] - 1) & (scores > threshold)  # [B, N]
