@@ -48,39 +48,42 @@ LEARNED_POSITION_MAX_SIZE = 50
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class HfDetrModelOutput(ModelOutput):
-    """Output of [`HfDetrModel`].
+    """Output of [`HfDetrModel`]; its fields and their order (so `outputs[i]`, `len(outputs)` and
+    `return_dict=False`) are those of transformers' `DetrModelOutput`, then hf_detr's own.
 
     last_hidden_state: [B, N, d] final decoder output (after the decoder's LayerNorm). In training with
         `num_query_groups` G > 1, every query dimension N here is G*N (group g: queries g*N..(g+1)*N-1).
-    intermediate_hidden_states: [L, B, N, d] every decoder layer's output after the decoder's
-        LayerNorm (the last equals `last_hidden_state`).
     encoder_last_hidden_state: [B, H*W, d] encoder output ("memory").
-    feature_mask: [B, H, W] bool, True where the feature map covers real (unpadded) pixels; gives the
-        feature map size for reshaping attention maps.
     *_hidden_states / *_attentions: per-layer tuples when requested.
-    With `pixel_values` a list of images of different sizes (`per_image_inputs`), the fields whose shape
-    depends on the image size are lists of per-image tensors without the batch dimension.
+    intermediate_hidden_states: [L, B, N, d] every decoder layer's output after the decoder's
+        LayerNorm (the last equals `last_hidden_state`); with `config.auxiliary_loss`, as transformers.
+    feature_mask: [B, H, W] bool, True where the feature map covers real (unpadded) pixels; it gives the
+        feature map size for reshaping attention maps. Only with `output_feature_mask=True` (or
+        `config.use_masks`).
     backbone_features / projected_features: with `config.use_masks` only (the segmentation model's mask
         head): the backbone's layer1, layer2, layer3 maps (strides 4, 8, 16), and [B, H*W, d] the input
         projection of its last map (the encoder input).
+    With `pixel_values` a list of images of different sizes (`per_image_inputs`), the fields whose shape
+    depends on the image size are lists of per-image tensors without the batch dimension.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
-    intermediate_hidden_states: torch.FloatTensor | None = None
-    encoder_last_hidden_state: torch.FloatTensor | None = None
-    feature_mask: torch.BoolTensor | None = None
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
     encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    intermediate_hidden_states: torch.FloatTensor | None = None
+    feature_mask: torch.BoolTensor | None = None
     backbone_features: tuple[torch.FloatTensor, ...] | None = None
     projected_features: torch.FloatTensor | None = None
 
 
 @dataclass
 class HfDetrObjectDetectionOutput(ModelOutput):
-    """Output of [`HfDetrForObjectDetection`].
+    """Output of [`HfDetrForObjectDetection`]; the fields of transformers' `DetrObjectDetectionOutput` in
+    its order, then hf_detr's own (None unless asked for).
 
     loss: weighted sum of all loss terms (when `labels` are given).
     loss_dict: every loss component, auxiliary ones with suffix `_{i}`.
@@ -98,13 +101,13 @@ class HfDetrObjectDetectionOutput(ModelOutput):
     pred_boxes: torch.FloatTensor | None = None
     auxiliary_outputs: list[dict[str, torch.Tensor]] | None = None
     last_hidden_state: torch.FloatTensor | None = None
-    encoder_last_hidden_state: torch.FloatTensor | None = None
-    feature_mask: torch.BoolTensor | None = None
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
     encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    feature_mask: torch.BoolTensor | None = None
     backbone_features: tuple[torch.FloatTensor, ...] | None = None
     projected_features: torch.FloatTensor | None = None
 
@@ -1030,10 +1033,13 @@ class HfDetrModel(HfDetrPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         return_intermediate: bool | None = None,
+        output_feature_mask: bool | None = None,
         **kwargs,
     ) -> HfDetrModelOutput | tuple:
         """pixel_values: [B, C, H, W] normalized images; pixel_mask: [B, H, W], 1 = real pixel, 0 = padding.
-        `pixel_values` may also be a list of [C, H, W] tensors, batched by size (`per_image_inputs`)."""
+        `pixel_values` may also be a list of [C, H, W] tensors, batched by size (`per_image_inputs`).
+        `return_intermediate` (default `config.auxiliary_loss`) returns every decoder layer's output;
+        `output_feature_mask` (default `config.use_masks`) the feature map's mask of real pixels."""
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = (
             self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
@@ -1041,11 +1047,14 @@ class HfDetrModel(HfDetrPreTrainedModel):
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if return_intermediate is None:
             return_intermediate = self.config.auxiliary_loss
+        if output_feature_mask is None:
+            output_feature_mask = self.config.use_masks
         _check_flags(
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=return_dict,
             return_intermediate=return_intermediate,
+            output_feature_mask=output_feature_mask,
         )
         _check_inputs(pixel_values, pixel_mask, self.config.num_channels, self.backbone)
 
@@ -1080,14 +1089,14 @@ class HfDetrModel(HfDetrPreTrainedModel):
 
         output = HfDetrModelOutput(
             last_hidden_state=decoded[-1],
-            intermediate_hidden_states=decoded if return_intermediate else None,
-            encoder_last_hidden_state=memory,
-            feature_mask=feature_mask,
             decoder_hidden_states=decoder_hidden,
             decoder_attentions=self_attentions,
             cross_attentions=cross_attentions,
+            encoder_last_hidden_state=memory,
             encoder_hidden_states=encoder_hidden,
             encoder_attentions=encoder_attentions,
+            intermediate_hidden_states=decoded if return_intermediate else None,
+            feature_mask=feature_mask if output_feature_mask else None,
             backbone_features=backbone_features if self.config.use_masks else None,
             projected_features=projected if self.config.use_masks else None,
         )
@@ -1114,6 +1123,7 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         output_auxiliary_outputs: bool | None = None,
+        output_feature_mask: bool | None = None,
         **kwargs,
     ) -> HfDetrObjectDetectionOutput | tuple:
         """pixel_values: [B, C, H, W], or a list of [C, H, W] tensors batched by size (`per_image_inputs`,
@@ -1124,7 +1134,8 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
 
         `output_auxiliary_outputs` (default: `config.auxiliary_loss` while training or given labels)
         also returns every other decoder layer's predictions. Inference leaves them out by default, as
-        transformers' DETR does: a per-layer list is no per-image output a pipeline could split."""
+        transformers' DETR does: a per-layer list is no per-image output a pipeline could split.
+        `output_feature_mask` also returns the feature map's mask of real pixels (for attention maps)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if output_auxiliary_outputs is None:
             output_auxiliary_outputs = self.config.auxiliary_loss and (self.training or labels is not None)
@@ -1136,6 +1147,7 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
             return_intermediate=layers_to_score,
+            output_feature_mask=output_feature_mask,
         )
         decoded = outputs.intermediate_hidden_states
         if decoded is None:
@@ -1162,13 +1174,13 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
             pred_boxes=all_boxes[-1],
             auxiliary_outputs=auxiliary_outputs,
             last_hidden_state=outputs.last_hidden_state,
-            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            feature_mask=outputs.feature_mask,
             decoder_hidden_states=outputs.decoder_hidden_states,
             decoder_attentions=outputs.decoder_attentions,
             cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
             encoder_hidden_states=outputs.encoder_hidden_states,
             encoder_attentions=outputs.encoder_attentions,
+            feature_mask=outputs.feature_mask,
             backbone_features=outputs.backbone_features,
             projected_features=outputs.projected_features,
         )

@@ -48,6 +48,8 @@ class HfDetrSegmentationOutput(ModelOutput):
         `pixel_values` given as a list of images of different sizes, a list of [N, H_i/4, W_i/4].
     auxiliary_outputs: the other decoder layers' `{"logits", "pred_boxes"}` (no masks), when requested
         or training with `config.auxiliary_loss`.
+    The fields and their order are transformers' `DetrSegmentationOutput`'s, then `feature_mask` (only
+    with `output_feature_mask=True`, as the detector's).
     """
 
     loss: torch.FloatTensor | None = None
@@ -57,13 +59,13 @@ class HfDetrSegmentationOutput(ModelOutput):
     pred_masks: torch.FloatTensor | None = None
     auxiliary_outputs: list[dict[str, torch.Tensor]] | None = None
     last_hidden_state: torch.FloatTensor | None = None
-    encoder_last_hidden_state: torch.FloatTensor | None = None
-    feature_mask: torch.BoolTensor | None = None
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
     cross_attentions: tuple[torch.FloatTensor, ...] | None = None
+    encoder_last_hidden_state: torch.FloatTensor | None = None
     encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    feature_mask: torch.BoolTensor | None = None
 
 
 class HfDetrAttentionMap(nn.Module):
@@ -214,6 +216,7 @@ class HfDetrForSegmentation(HfDetrPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         output_auxiliary_outputs: bool | None = None,
+        output_feature_mask: bool | None = None,
         **kwargs,
     ) -> HfDetrSegmentationOutput | tuple:
         """As [`HfDetrForObjectDetection.forward`]; `labels` also carry `masks` [n, H, W] (one binary mask
@@ -237,14 +240,16 @@ class HfDetrForSegmentation(HfDetrPreTrainedModel):
                 detection.logits, detection.pred_boxes, pred_masks, detection.auxiliary_outputs, labels
             )
         shared = {field.name for field in fields(HfDetrSegmentationOutput)}
+        if not output_auxiliary_outputs:  # computed only to be scored
+            shared.discard("auxiliary_outputs")
+        if not output_feature_mask:  # computed for the mask head
+            shared.discard("feature_mask")
         output = HfDetrSegmentationOutput(
             **{key: value for key, value in detection.items() if key in shared},  # the detector's fields
             loss=loss,
             loss_dict=loss_dict,
             pred_masks=pred_masks,
         )
-        if not output_auxiliary_outputs:  # computed only to be scored
-            output.auxiliary_outputs = None
         return output if return_dict else output.to_tuple()
 
     def predict_masks(self, detection: HfDetrObjectDetectionOutput) -> torch.Tensor:

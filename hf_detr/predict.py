@@ -234,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
             images = [image for _, image in batch]
             inputs = processor(images, device=device)
             with torch.no_grad():
-                outputs = model(**inputs, output_attentions=args.attention)
+                outputs = model(
+                    **inputs, output_attentions=args.attention, output_feature_mask=args.attention
+                )
             stems = [_unique_stem(path, used_names) for path, _ in batch]
             if task == "panoptic":
                 writer.panoptic(batch, stems, outputs, inputs.get("pixel_mask"))

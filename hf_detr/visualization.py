@@ -207,17 +207,28 @@ def draw_panoptic(
 # ---------------------------------------------------------------------------------------------------
 def decoder_attention_map(outputs, image_index: int, query: int) -> torch.Tensor:
     """The last decoder layer's cross-attention of one query, averaged over heads, on the unpadded
-    part of the feature map: [h, w], summing to 1 (the query's attention over the image)."""
-    attention = outputs.cross_attentions[-1][image_index].float().mean(0)[query]  # [H*W]
+    part of the feature map: [h, w], summing to 1 (the query's attention over the image). `outputs`
+    come from a model called with `output_attentions=True, output_feature_mask=True`."""
+    attention = _attentions(outputs, "cross_attentions")[-1][image_index].float().mean(0)[query]  # [H*W]
     return _unpadded(attention, outputs.feature_mask[image_index])
 
 
 def encoder_attention_map(outputs, image_index: int, row: int, column: int) -> torch.Tensor:
     """The last encoder layer's self-attention of the feature cell (row, column), averaged over heads:
     where that position of the image looks (paper figure 3). [h, w], summing to 1."""
+    attention = _attentions(outputs, "encoder_attentions")[-1][image_index].float().mean(0)  # [H*W, H*W]
     mask = outputs.feature_mask[image_index]  # [H, W]
-    attention = outputs.encoder_attentions[-1][image_index].float().mean(0)  # [H*W, H*W]
     return _unpadded(attention[row * mask.shape[1] + column], mask)
+
+
+def _attentions(outputs, name: str) -> tuple[torch.Tensor, ...]:
+    """`outputs.<name>`, once the outputs are known to carry it and the feature mask."""
+    if getattr(outputs, name, None) is None or getattr(outputs, "feature_mask", None) is None:
+        raise ValueError(
+            f"These outputs lack {name} or feature_mask: call the model with "
+            "output_attentions=True, output_feature_mask=True."
+        )
+    return getattr(outputs, name)
 
 
 def _unpadded(attention: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -82,6 +82,9 @@ def test_onnx_graph_is_valid_with_dynamic_axes_and_carries_the_metadata(exported
         "pixel_mask": ["batch", "height", "width"],
     }
     assert [o.name for o in proto.graph.output] == ["logits", "pred_boxes"]
+    with torch.no_grad():  # the leading entries of the eager model's tuple, as transformers' DETR
+        eager = model(*padded_batch([(64, 96)]))
+    assert list(eager.keys())[:2] == ["logits", "pred_boxes"]
     assert not {n.op_type for n in proto.graph.node} & {"If", "Loop"}  # no data-dependent control flow
     for path in paths.values():
         metadata = read_export_metadata(path)
@@ -118,6 +121,8 @@ def test_segmentation_model_exports_pred_masks(tmp_path):
     expected = eager_outputs(model, pixel_values, pixel_mask, names)
     actual = run_exported(load_exported(path), (pixel_values, pixel_mask))
     assert read_export_metadata(path)["outputs"] == list(names)
+    with torch.no_grad():
+        assert list(model(pixel_values, pixel_mask=pixel_mask).keys())[:3] == list(names)
     assert actual[2].shape == (3, config.num_queries, 32, 40)
     for name, e, a in zip(names, expected, actual):
         torch.testing.assert_close(a, e, atol=1e-4, rtol=0, msg=name)

@@ -18,7 +18,7 @@ def test_outputs_have_the_documented_shapes():
     model = tiny_model()
     pixel_values, pixel_mask = padded_batch([(96, 128), (128, 64)])
     with torch.no_grad():
-        outputs = model(pixel_values=pixel_values, pixel_mask=pixel_mask)
+        outputs = model(pixel_values=pixel_values, pixel_mask=pixel_mask, output_feature_mask=True)
     config = model.config
     assert outputs.logits.shape == (2, config.num_queries, config.num_labels + 1)
     assert outputs.pred_boxes.shape == (2, config.num_queries, 4)
@@ -76,7 +76,9 @@ def test_padding_gets_no_attention_and_weights_match_the_sdpa_path():
     pixel_values, pixel_mask = padded_batch([(128, 128), (64, 96)])
     with torch.no_grad():
         fast = model(pixel_values=pixel_values, pixel_mask=pixel_mask)
-        explicit = model(pixel_values=pixel_values, pixel_mask=pixel_mask, output_attentions=True)
+        explicit = model(
+            pixel_values=pixel_values, pixel_mask=pixel_mask, output_attentions=True, output_feature_mask=True
+        )
     assert max_abs_diff(fast.logits, explicit.logits) <= 1e-5
     padding = ~explicit.feature_mask[1].flatten()  # [h*w] of image 1
     assert padding.sum() == 16 - 2 * 3
@@ -156,11 +158,13 @@ def test_a_list_of_images_runs_by_size_and_gives_each_image_its_own_outputs_in_o
     batch_sizes = []
     model.model.backbone.register_forward_hook(lambda module, args, output: batch_sizes.append(len(args[0])))
     with torch.no_grad():
-        outputs = model([[images[0]], [images[1]], images[2:]], output_auxiliary_outputs=True)
+        outputs = model(
+            [[images[0]], [images[1]], images[2:]], output_auxiliary_outputs=True, output_feature_mask=True
+        )
         assert sorted(batch_sizes) == [1, 1, 2]
         logits, boxes = model(images, return_dict=False)[:2]
         base = model.model(images, output_hidden_states=True)  # intermediate states [L, B, N, d]
-        alone = [model(image[None], output_auxiliary_outputs=True) for image in images]
+        alone = [model(image[None], output_auxiliary_outputs=True, output_feature_mask=True) for image in images]
         base_alone = [model.model(image[None], output_hidden_states=True) for image in images]
     assert outputs.logits.shape == (4, *alone[0].logits.shape[1:]) and torch.equal(logits, outputs.logits)
     assert base.intermediate_hidden_states.shape[:2] == (model.config.decoder_layers, 4)

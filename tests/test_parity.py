@@ -337,3 +337,64 @@ def test_official_panoptic_checkpoint_with_250_classes_parity_1e4(tmp_path, dila
     ours = HfDetrForSegmentation.from_pretrained(target).eval()
     assert ours.config.num_labels == 250 and ours.config.dilation == dilation
     assert_segmentation_parity(ours, reference, TWO_SIZES)
+
+
+# --------------------------------------------------------------------------------------------------
+# Output structure: the same fields, order and tuples as transformers' DETR
+# --------------------------------------------------------------------------------------------------
+OUTPUT_FLAGS = [{}, {"output_attentions": True}, {"output_attentions": True, "output_hidden_states": True}]
+
+
+def _structure(value):
+    """Shapes in place of tensors, recursively (tuples, lists and dicts keep their layout)."""
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    if isinstance(value, (list, tuple)):
+        return [_structure(item) for item in value]
+    if isinstance(value, dict):  # loss_dict: hf_detr also logs the official class_error
+        return {key: _structure(item) for key, item in value.items() if key != "class_error"}
+    return value
+
+
+def assert_same_outputs(ours, reference, auxiliary_loss: bool, **inputs) -> None:
+    """Per flag set: the same field names in the same order, and `return_dict=False` tuples of the same
+    length and shapes; without auxiliary loss (transformers' official-equivalent path), equal values."""
+    for flags in OUTPUT_FLAGS:
+        with torch.no_grad():
+            expected, got = reference(**inputs, **flags), ours(**inputs, **flags)
+            expected_tuple = reference(**inputs, **flags, return_dict=False)
+            got_tuple = ours(**inputs, **flags, return_dict=False)
+        assert list(got.keys()) == list(expected.keys()), flags
+        assert _structure(got_tuple) == _structure(expected_tuple), flags
+        if not auxiliary_loss:
+            for index, value in enumerate(expected_tuple):
+                if isinstance(value, torch.Tensor) and value.is_floating_point():
+                    assert max_abs_diff(got_tuple[index], value) <= TOLERANCE, (flags, index)
+
+
+@pytest.mark.parametrize("auxiliary_loss", [False, True], ids=["plain", "auxiliary-loss"])
+def test_outputs_have_transformers_fields_order_and_tuples(tmp_path, auxiliary_loss):
+    reference = random_reference(_tiny_transformers_config(auxiliary_loss=auxiliary_loss))
+    ours = convert_transformers(reference, tmp_path)
+    reference.set_attn_implementation("eager")  # its SDPA path returns no attention weights
+    ours.config.auxiliary_loss = auxiliary_loss
+    pixel_values, pixel_mask = padded_batch(TWO_SIZES)
+    inputs = {"pixel_values": pixel_values, "pixel_mask": pixel_mask}
+    assert_same_outputs(ours.model, reference.model, auxiliary_loss, **inputs)
+    assert_same_outputs(ours, reference, auxiliary_loss, **inputs)
+    labels = [
+        {"class_labels": torch.tensor([1, 4]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3], [0.3, 0.6, 0.1, 0.1]])},
+        {"class_labels": torch.tensor([2]), "boxes": torch.tensor([[0.4, 0.5, 0.5, 0.5]])},
+    ]
+    assert_same_outputs(ours, reference, auxiliary_loss, labels=labels, **inputs)
+
+
+def test_segmentation_outputs_have_transformers_fields_order_and_tuples(tmp_path):
+    reference = random_segmentation_reference()
+    reference.save_pretrained(tmp_path / "transformers")
+    arguments = ["--source", "transformers", "--checkpoint", str(tmp_path / "transformers")]
+    assert convert_main([*arguments, "--output-dir", str(tmp_path / "hf_detr")]) == 0
+    ours = HfDetrForSegmentation.from_pretrained(tmp_path / "hf_detr").eval()
+    reference.set_attn_implementation("eager")
+    pixel_values, pixel_mask = padded_batch(TWO_SIZES)
+    assert_same_outputs(ours, reference, False, pixel_values=pixel_values, pixel_mask=pixel_mask)

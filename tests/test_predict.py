@@ -84,7 +84,10 @@ def test_attention_maps_are_distributions_over_the_unpadded_feature_map(coco_ima
     image = PIL.Image.open(coco_image_dir / "000000039769.png")
     inputs = processor([image, image.rotate(90, expand=True)])  # the second is padded on the right
     with torch.no_grad():
-        outputs = model(**inputs, output_attentions=True)
+        outputs = model(**inputs, output_attentions=True, output_feature_mask=True)
+        plain = model(**inputs, output_attentions=True)
+    with pytest.raises(ValueError, match="output_feature_mask=True"):
+        decoder_attention_map(plain, 0, query=3)
     landscape = decoder_attention_map(outputs, 0, query=3)
     portrait = decoder_attention_map(outputs, 1, query=3)
     # 128x170 and 170x128 in a 170x170 batch: a 6x6 feature map of which each image covers its part
