@@ -387,8 +387,8 @@ class HfDetrImageProcessor(BaseImageProcessor):
         if annotations is not None:
             annotations = [annotations] if isinstance(annotations, Mapping) else list(annotations)
             if len(annotations) != len(sources):
-                raise ValueError(
-                    f"Got {len(sources)} images but {len(annotations)} annotations: pass one annotation per image."
+                raise ValueError(  # transformers' message
+                    f"The number of images ({len(sources)}) and annotations ({len(annotations)}) do not match."
                 )
         if device is None:
             device = next(

@@ -63,9 +63,14 @@ def convert_annotation(
 
 def _validated_objects(annotation: Any, index: int) -> list[Mapping[str, Any]]:
     """The objects of a COCO detection annotation, each checked for a finite `bbox` and an integer id."""
-    if not isinstance(annotation, Mapping) or not isinstance(annotation.get("annotations"), (list, tuple)):
+    if (
+        not isinstance(annotation, Mapping)
+        or "image_id" not in annotation
+        or not isinstance(annotation.get("annotations"), (list, tuple))
+    ):  # transformers' message
         raise ValueError(
-            f"annotations[{index}] must be a COCO detection dict {{'image_id', 'annotations': [...]}}, "
+            f"Invalid COCO detection annotations: annotations[{index}] must be a dict "
+            "{'image_id', 'annotations': [...]}, "
             f"got {type(annotation).__name__} with keys {sorted(annotation) if isinstance(annotation, Mapping) else []}."
         )
     image_name = f"annotations[{index}] (image_id {annotation.get('image_id', '?')})"
@@ -248,11 +253,15 @@ def _panoptic_target(
 
 def _validated_segments(annotation: Any, index: int) -> list[Mapping[str, Any]]:
     """The `segments_info` of a COCO panoptic annotation, each checked for integer `id`/`category_id`."""
-    if not isinstance(annotation, Mapping) or not isinstance(annotation.get("segments_info"), (list, tuple)):
+    if (
+        not isinstance(annotation, Mapping)
+        or "image_id" not in annotation
+        or not isinstance(annotation.get("segments_info"), (list, tuple))
+    ):  # transformers' message
         keys = sorted(annotation) if isinstance(annotation, Mapping) else []
         raise ValueError(
-            f"annotations[{index}] must be a COCO panoptic dict {{'image_id', 'file_name', 'segments_info': "
-            f"[...]}} for format='coco_panoptic', got {type(annotation).__name__} with keys {keys}."
+            f"Invalid COCO panoptic annotations: annotations[{index}] must be a dict {{'image_id', 'file_name', "
+            f"'segments_info': [...]}} for format='coco_panoptic', got {type(annotation).__name__} with keys {keys}."
         )
     for number, segment in enumerate(annotation["segments_info"]):
         where = f"annotations[{index}] segments_info[{number}]"

@@ -339,6 +339,8 @@ def annotation_cases(draw):
     annotation = {"annotations": [draw(coco_objects(bad)) for _ in range(draw(st.integers(0, 4)))]}
     if not rare(draw, 10):
         annotation["image_id"] = pick(draw, "image_id", IMAGE_IDS, BAD_IMAGE_IDS, bad)
+    else:
+        bad.append("annotations")  # COCO's form (and transformers) require the image_id
     if rare(draw, 30):
         bad.append("annotations")
         annotation = draw(st.sampled_from([[annotation, annotation], "ann", {"image_id": 1}]))

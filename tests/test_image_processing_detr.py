@@ -303,12 +303,14 @@ def test_malformed_annotations_name_the_image_and_the_field(objects, message):
 
 
 def test_annotation_count_must_match_the_images():
-    with pytest.raises(ValueError, match="2 images but 1 annotations"):
+    with pytest.raises(ValueError, match=r"number of images \(2\) and annotations \(1\) do not match"):
         HfDetrImageProcessor()(
             [_small_image(), _small_image(1)], annotations=[{"image_id": 1, "annotations": []}]
         )
-    with pytest.raises(ValueError, match="COCO detection dict"):
+    with pytest.raises(ValueError, match="Invalid COCO detection annotations"):
         HfDetrImageProcessor()(_small_image(), annotations={"image_id": 1})
+    with pytest.raises(ValueError, match=r"Invalid COCO detection annotations.*keys \['annotations'\]"):
+        HfDetrImageProcessor()(_small_image(), annotations={"annotations": []})  # no image_id
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -439,3 +441,16 @@ def test_an_int_size_is_the_shorter_side_with_the_longer_at_most_1333_as_in_tran
         "shortest_edge": 42,
         "longest_edge": 1333,
     }
+
+
+def test_annotation_format_enum_survives_save_and_load(tmp_path):
+    """The format given as a string or as transformers' `AnnotationFormat` is the same setting, kept by
+    save_pretrained/from_pretrained (what transformers' legacy-annotation-format test checks)."""
+    from transformers.image_utils import AnnotationFormat
+
+    for given in ("coco_panoptic", AnnotationFormat.COCO_PANOPTIC, AnnotationFormat.COCO_DETECTION):
+        processor = HfDetrImageProcessor(format=given)
+        processor.save_pretrained(tmp_path)
+        reloaded = HfDetrImageProcessor.from_pretrained(tmp_path)
+        assert reloaded.format == processor.format == AnnotationFormat(given).value
+        assert reloaded.to_dict() == processor.to_dict()

@@ -57,3 +57,12 @@ def test_the_test_data_carries_its_attribution():
     for fact in ("COCO 2017 validation", "cocodataset.org", "CC BY 4.0", "Flickr"):
         assert fact in notes
     assert (REPO_ROOT / "tests" / "data" / "coco-val2017-39769" / "000000039769.png").is_file()
+
+
+def test_the_not_applicable_transformers_tests_are_documented():
+    from transformers_tests.not_applicable import NOT_APPLICABLE
+
+    notes = (REPO_ROOT / "docs" / "transformers-tests.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| `(test_\w+)` \|", notes, flags=re.MULTILINE))
+    assert listed == {key.rsplit("::", 1)[1] for key in NOT_APPLICABLE}
+    assert "Apache License" in (REPO_ROOT / "tests" / "transformers_tests" / "LICENSE").read_text()
