@@ -80,15 +80,6 @@ class Matches:
         """The entries of one layer's matches (selected without waiting on the device)."""
         return slice(self.layer_starts[layer], self.layer_starts[layer + 1])
 
-    def per_image(self, layer: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The official format for one layer: per image (query indices, target indices), sorted by query."""
-        selected = self.layer == layer
-        result = []
-        for image in range(batch_size):
-            keep = selected & (self.image == image)
-            result.append((self.query[keep].cpu(), self.target[keep].cpu()))
-        return result
-
 
 def _label_tensor(value: object, index: int, field: str) -> torch.Tensor:
     """A label field as a tensor, or a ValueError naming it (strings, ragged lists, None)."""
@@ -342,6 +333,15 @@ def groups_as_layers(tensor: torch.Tensor, num_groups: int) -> torch.Tensor:
     return grouped.permute(2, 0, 1, 3, 4).flatten(0, 1)
 
 
+def named_per_layer(losses: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
+    """{name: [L] values} -> {name: the output (last) layer's, name_{i}: auxiliary layer i's}, layer by layer."""
+    return {
+        name if layer == num_layers - 1 else f"{name}_{layer}": values[layer]
+        for layer in range(num_layers)
+        for name, values in losses.items()
+    }
+
+
 class SetCriterion:
     """The DETR loss over all decoder layers (official `SetCriterion` with `aux_loss=True`).
 
@@ -433,77 +433,28 @@ class SetCriterion:
         num_groups: int,
         pred_masks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Match every scored set (G groups x L layers) at once, then score each term."""
         layers_in_output = logits.shape[0]
         logits, boxes = groups_as_layers(logits, num_groups), groups_as_layers(boxes, num_groups)
-        num_layers, batch_size, num_queries, _ = logits.shape  # num_layers: G*L scored sets
+        num_sets, batch_size, num_queries, _ = logits.shape  # G*L scored sets
         device = logits.device
         targets = pad_targets(labels, batch_size, num_queries, device)
-        repeats = [1] * layers_in_output + [self.one_to_many_repeats] * (num_layers - layers_in_output)
+        repeats = [1] * layers_in_output + [self.one_to_many_repeats] * (num_sets - layers_in_output)
         matches = self.matcher(logits, boxes, targets, self.num_labels, repeats)
         num_boxes = self.num_boxes(targets.counts, device)
         if self.one_to_many_repeats > 1:  # [G*L]: the repeated targets' count
             num_boxes = num_boxes * torch.tensor(repeats, dtype=torch.float32).to(device, non_blocking=True)
 
-        # classification over all queries: matched -> target class, others -> no-object (index K)
-        no_object = self.num_labels
-        matched_classes = targets.class_labels[matches.image, matches.target]  # [M]
-        target_classes = torch.full((num_layers, batch_size, num_queries), no_object, device=device)
-        target_classes[matches.layer, matches.image, matches.query] = matched_classes
-        # [K+1]: 1 for the classes, eos_coefficient for no-object (built on the device: assigning a
-        # Python number to a CUDA tensor element waits for the device)
-        class_weights = F.pad(torch.ones(self.num_labels, device=device), (0, 1), value=self.eos_coefficient)
-        per_query = F.cross_entropy(
-            logits.flatten(0, 2), target_classes.flatten(), weight=class_weights, reduction="none"
-        ).view(num_layers, -1)
-        # F.cross_entropy's weighted mean, per layer
-        loss_ce = per_query.sum(1) / class_weights[target_classes].view(num_layers, -1).sum(1)  # [L]
-
-        # boxes of matched pairs
-        predicted = boxes[matches.layer, matches.image, matches.query]  # [M, 4]
-        target_boxes = targets.boxes[matches.image, matches.target]  # [M, 4]
-        l1 = (predicted - target_boxes).abs().sum(-1)
-        giou = 1 - generalized_box_iou(
-            box_convert(predicted, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy")
-        )
-        per_layer = torch.zeros(num_layers, device=device)
-        loss_bbox = per_layer.index_add(0, matches.layer, l1) / num_boxes
-        loss_giou = per_layer.index_add(0, matches.layer, giou) / num_boxes
-        if matches.layer.numel() == 0:  # keep the box head in the graph (DDP expects every gradient)
-            loss_bbox = loss_bbox + 0 * boxes.sum()
-            loss_giou = loss_giou + 0 * boxes.sum()
-
-        with torch.no_grad():
-            counts = torch.tensor(targets.counts, dtype=torch.float32).to(device, non_blocking=True)
-            predicted_objects = (logits.argmax(-1) != no_object).sum(-1).float()  # [L, B]
-            cardinality_error = (predicted_objects - counts).abs().mean(-1)  # [L]
-            if matches.layer.numel() == 0:
-                class_error = torch.full((), 100.0, device=device)  # the official accuracy of nothing is 0
-            else:
-                # top-1 accuracy over the output layer's matches (group 0), as a masked mean over all
-                # matches: selecting them with a boolean mask would wait for the device to count them
-                last = (matches.layer == layers_in_output - 1).float()  # [M]
-                matched_logits = logits[matches.layer, matches.image, matches.query]  # [M, K+1]
-                hits = (matched_logits.argmax(-1) == matched_classes).float()  # [M]
-                class_error = 100 - 100 * (hits * last).sum() / last.sum()
-
-        # [G*L] -> [L]: the mean over groups of each layer's losses, group 0's logged errors
-        loss_ce, loss_bbox, loss_giou = (
-            x.view(num_groups, -1).mean(0) for x in (loss_ce, loss_bbox, loss_giou)
-        )
-        cardinality_error = cardinality_error[:layers_in_output]
-        loss_dict: dict[str, torch.Tensor] = {}
-        for layer in range(layers_in_output):
-            suffix = "" if layer == layers_in_output - 1 else f"_{layer}"
-            loss_dict[f"loss_ce{suffix}"] = loss_ce[layer]
-            loss_dict[f"loss_bbox{suffix}"] = loss_bbox[layer]
-            loss_dict[f"loss_giou{suffix}"] = loss_giou[layer]
-            loss_dict[f"cardinality_error{suffix}"] = cardinality_error[layer]
-        loss_dict["class_error"] = class_error
-        total = (
-            self.weights["loss_ce"] * loss_ce.sum()
-            + self.weights["loss_bbox"] * loss_bbox.sum()
-            + self.weights["loss_giou"] * loss_giou.sum()
-        )
+        losses = {
+            "loss_ce": self.loss_labels(logits, targets, matches),
+            **self.loss_boxes(boxes, targets, matches, num_boxes),
+        }
+        # [G*L] -> [L]: the mean over groups of each layer's losses; the logged errors are group 0's
+        losses = {name: value.view(num_groups, -1).mean(0) for name, value in losses.items()}
+        total = sum(self.weights[name] * value.sum() for name, value in losses.items())
+        losses["cardinality_error"] = self.loss_cardinality(logits, targets)[:layers_in_output]
+        loss_dict = named_per_layer(losses, layers_in_output)
+        loss_dict["class_error"] = self.class_error(logits, targets, matches, layers_in_output - 1)
         if pred_masks is not None:
             output_layer = layers_in_output - 1
             layer_boxes = num_boxes[output_layer] if num_boxes.ndim else num_boxes
@@ -516,6 +467,64 @@ class SetCriterion:
                 + self.weights["loss_dice"] * loss_dict["loss_dice"]
             )
         return total, loss_dict
+
+    def loss_labels(self, logits: torch.Tensor, targets: PaddedTargets, matches: Matches) -> torch.Tensor:
+        """[S] cross-entropy over all queries of each scored set: a matched query's target is its
+        object's class, the others' is no-object (index K), weighted by `eos_coefficient`."""
+        num_sets, batch_size, num_queries, _ = logits.shape
+        device = logits.device
+        target_classes = torch.full((num_sets, batch_size, num_queries), self.num_labels, device=device)
+        matched_classes = targets.class_labels[matches.image, matches.target]  # [M]
+        target_classes[matches.layer, matches.image, matches.query] = matched_classes
+        # [K+1]: 1 for the classes, eos_coefficient for no-object (built on the device: assigning a
+        # Python number to a CUDA tensor element waits for the device)
+        class_weights = F.pad(torch.ones(self.num_labels, device=device), (0, 1), value=self.eos_coefficient)
+        per_query = F.cross_entropy(
+            logits.flatten(0, 2), target_classes.flatten(), weight=class_weights, reduction="none"
+        ).view(num_sets, -1)
+        # F.cross_entropy's weighted mean, per set
+        return per_query.sum(1) / class_weights[target_classes].view(num_sets, -1).sum(1)
+
+    @staticmethod
+    def loss_boxes(
+        boxes: torch.Tensor, targets: PaddedTargets, matches: Matches, num_boxes: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """loss_bbox and loss_giou [S]: L1 and 1 - GIoU of each set's matched pairs over `num_boxes`."""
+        predicted = boxes[matches.layer, matches.image, matches.query]  # [M, 4]
+        target_boxes = targets.boxes[matches.image, matches.target]  # [M, 4]
+        l1 = (predicted - target_boxes).abs().sum(-1)
+        giou = 1 - generalized_box_iou(
+            box_convert(predicted, "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy")
+        )
+        per_set = torch.zeros(boxes.shape[0], device=boxes.device)
+        loss_bbox = per_set.index_add(0, matches.layer, l1) / num_boxes
+        loss_giou = per_set.index_add(0, matches.layer, giou) / num_boxes
+        if matches.layer.numel() == 0:  # keep the box head in the graph (DDP expects every gradient)
+            loss_bbox = loss_bbox + 0 * boxes.sum()
+            loss_giou = loss_giou + 0 * boxes.sum()
+        return {"loss_bbox": loss_bbox, "loss_giou": loss_giou}
+
+    @torch.no_grad()
+    def loss_cardinality(self, logits: torch.Tensor, targets: PaddedTargets) -> torch.Tensor:
+        """[S] |#predicted objects - #targets| averaged over images (logged only)."""
+        counts = torch.tensor(targets.counts, dtype=torch.float32).to(logits.device, non_blocking=True)
+        predicted_objects = (logits.argmax(-1) != self.num_labels).sum(-1).float()  # [S, B]
+        return (predicted_objects - counts).abs().mean(-1)
+
+    @staticmethod
+    @torch.no_grad()
+    def class_error(
+        logits: torch.Tensor, targets: PaddedTargets, matches: Matches, layer: int
+    ) -> torch.Tensor:
+        """100 - top-1 accuracy of the matched queries of set `layer` (logged only), as a masked mean
+        over all matches: selecting them with a boolean mask would wait for the device to count them."""
+        if matches.layer.numel() == 0:
+            return torch.full((), 100.0, device=logits.device)  # the official accuracy of nothing is 0
+        selected = (matches.layer == layer).float()  # [M]
+        matched_logits = logits[matches.layer, matches.image, matches.query]  # [M, K+1]
+        matched_classes = targets.class_labels[matches.image, matches.target]  # [M]
+        hits = (matched_logits.argmax(-1) == matched_classes).float()  # [M]
+        return 100 - 100 * (hits * selected).sum() / selected.sum()
 
     @staticmethod
     def mask_losses(

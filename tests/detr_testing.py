@@ -120,3 +120,14 @@ def hub_detection_features(names: list[str]):
         "objects": {"id": List(Value("int64")), "area": List(Value("float32")),
                     "bbox": List(List(Value("float32"), length=4)), "category": List(ClassLabel(names=names))},
     })  # fmt: skip
+
+
+def matches_per_image(matches, layer: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The official matcher's format for one layer of `Matches`: per image (query indices, target
+    indices), sorted by query."""
+    selected = matches.layer == layer
+    result = []
+    for image in range(batch_size):
+        keep = selected & (matches.image == image)
+        result.append((matches.query[keep].cpu(), matches.target[keep].cpu()))
+    return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from detr_testing import padded_batch, tiny_hf_detr_config
+from detr_testing import matches_per_image, padded_batch, tiny_hf_detr_config
 from host_transfers import HostTransferCounter
 from transformers import DetrConfig
 from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
@@ -87,7 +87,7 @@ def test_assignment_equals_the_official_algorithm():
     reference = ReferenceMatcher(class_cost=1, bbox_cost=5, giou_cost=2)
     for layer in range(LAYERS):
         expected = reference({"logits": logits[layer], "pred_boxes": boxes[layer]}, labels)
-        for (queries, targets_), (ref_queries, ref_targets) in zip(matches.per_image(layer, BATCH), expected):
+        for (queries, targets_), (ref_queries, ref_targets) in zip(matches_per_image(matches, layer, BATCH), expected):
             assert torch.equal(queries, ref_queries) and torch.equal(targets_, ref_targets)
 
 
@@ -97,7 +97,7 @@ def test_class_error_is_100_minus_top1_accuracy_of_matched_queries():
     targets = pad_targets(labels, BATCH, QUERIES, torch.device("cpu"))
     matches = HungarianMatcher(1.0, 5.0, 2.0)(logits, boxes, targets, NUM_LABELS)
     correct = total = 0
-    for image, (queries, target_indices) in enumerate(matches.per_image(LAYERS - 1, BATCH)):
+    for image, (queries, target_indices) in enumerate(matches_per_image(matches, LAYERS - 1, BATCH)):
         predicted = logits[-1, image, queries].argmax(-1)
         correct += (predicted == labels[image]["class_labels"][target_indices]).sum().item()
         total += len(queries)

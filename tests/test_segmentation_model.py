@@ -10,7 +10,7 @@ import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
-from detr_testing import MODEL_FILES, padded_batch, tiny_hf_detr_config
+from detr_testing import MODEL_FILES, matches_per_image, padded_batch, tiny_hf_detr_config
 from host_transfers import HostTransferCounter
 from transformers import AutoModelForImageSegmentation, pipeline
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
@@ -162,7 +162,7 @@ def test_focal_and_dice_losses_equal_a_query_by_query_computation_within_1e6():
     targets = pad_targets(labels, 3, QUERIES, torch.device("cpu"))
     matches = HungarianMatcher(1.0, 5.0, 2.0)(logits, boxes, targets, NUM_LABELS)
     expected_focal, expected_dice = reference_mask_losses(
-        pred_masks, labels, matches.per_image(LAYERS - 1, 3), 5
+        pred_masks, labels, matches_per_image(matches, LAYERS - 1, 3), 5
     )
     assert loss_dict["loss_mask"].item() == pytest.approx(expected_focal, abs=1e-6)
     assert loss_dict["loss_dice"].item() == pytest.approx(expected_dice, abs=1e-6)
