@@ -184,6 +184,8 @@ def fold_frozen_batch_norm(module: nn.Module) -> int:
     folded = 0
     for conv, norm in pairs:
         if type(conv) is nn.Conv2d and type(norm) is FrozenBatchNorm2d:
+            # the classes are swapped in place (the subclasses add methods, no state): timm's blocks
+            # call `self.conv1`/`self.bn1` by name, so replacing the modules would need every block type
             norm.__class__ = HfDetrFoldedFrozenBatchNorm2d
             conv.__class__ = HfDetrConvFrozenBatchNorm2d
             conv.__dict__["folded_norm"] = norm  # a plain reference, not a registered submodule

@@ -17,7 +17,7 @@ from conftest import REPO_ROOT
 from test_training import TINY
 
 from hf_detr.data import DetectionDataset, load_detection_dataset, write_shapes_coco
-from hf_detr.training.setup import warn_fewer_processes
+from hf_detr.processes import warn_fewer_processes
 
 
 def folder_size(folder: Path) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 from pathlib import Path
@@ -66,3 +67,37 @@ def test_the_not_applicable_transformers_tests_are_documented():
     listed = set(re.findall(r"^\| `(test_\w+)` \|", notes, flags=re.MULTILINE))
     assert listed == {key.rsplit("::", 1)[1] for key in NOT_APPLICABLE}
     assert "Apache License" in (REPO_ROOT / "tests" / "transformers_tests" / "LICENSE").read_text()
+
+
+# The package's layers, lowest first: a module imports only from its own layer and the ones below.
+LAYERS = [
+    {"configuration_detr", "modeling_detr", "modeling_detr_segmentation", "loss_detr", "image_processing_detr",
+     "image_processing_detr_segmentation", "coco_panoptic_categories", "extras", "processes"},
+    {"data"},
+    {"evaluation"},
+    {"training"},
+]  # fmt: skip
+
+
+def _layer_of(module: str) -> int | None:
+    top = module.split(".")[0]
+    return next((index for index, names in enumerate(LAYERS) if top in names), None)
+
+
+def test_imports_flow_one_way_from_the_commands_down_to_the_model_files():
+    """Model files < data < evaluation < training (< the commands, which may import anything)."""
+    package = REPO_ROOT / "hf_detr"
+    upward = []
+    for path in package.rglob("*.py"):
+        module = ".".join(path.relative_to(package).with_suffix("").parts)
+        own = _layer_of(module)
+        if own is None:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level and node.module:
+                base = path.relative_to(package).parent.parts[: len(path.relative_to(package).parent.parts) - node.level + 1]
+                target = ".".join([*base, node.module])
+                layer = _layer_of(target)
+                if layer is not None and layer > own:
+                    upward.append(f"{module} imports {target}")
+    assert not upward, upward

@@ -11,7 +11,16 @@ from .coco_panoptic import load_coco_panoptic_folder
 from .collate import DetectionCollator, DetectionDataset, PanopticDataset, decode_record_image
 from .formats import load_detection_folder
 from .panoptic_sources import load_panoptic_dataset
-from .schema import category_ids, class_names, detection_features, is_panoptic, is_thing, panoptic_features
+from .schema import (
+    category_ids,
+    class_names,
+    detection_features,
+    is_panoptic,
+    is_thing,
+    panoptic_categories,
+    panoptic_features,
+    stuff_label_ids,
+)
 from .sources import load_detection_dataset
 from .transforms import RandomSizeCrop, detr_train_transforms, detr_val_size
 from .voc_folder import load_voc_folder
@@ -38,6 +47,8 @@ __all__ = [
     "load_panoptic_dataset",
     "load_voc_folder",
     "load_yolo_folder",
+    "panoptic_categories",
     "panoptic_features",
+    "stuff_label_ids",
     "write_shapes_coco",
 ]

@@ -139,11 +139,11 @@ def write_shapes_coco(
                      "categories": categories}  # fmt: skip
         (folder / "annotations" / f"instances_{split}.json").write_text(json.dumps(instances))
         panoptic_json = {"info": {"description": description}, "images": images, "annotations": panoptic,
-                         "categories": panoptic_categories(classes)}  # fmt: skip
+                         "categories": builtin_panoptic_categories(classes)}  # fmt: skip
         (folder / "annotations" / f"panoptic_{split}.json").write_text(json.dumps(panoptic_json))
 
 
-def panoptic_categories(classes: tuple[str, ...] = CLASSES) -> list[dict]:
+def builtin_panoptic_categories(classes: tuple[str, ...] = CLASSES) -> list[dict]:
     """The built-in set's panoptic categories: the shapes (things) and the background textures (stuff)."""
     names = [(name, 1, "shape") for name in classes] + [(name, 0, "background") for name in STUFF_CLASSES]
     return [
@@ -187,14 +187,6 @@ class ShapesScene:
     owner: np.ndarray
     texture: int
     num_classes: int = len(CLASSES)
-
-
-def draw_shapes_image(
-    rng: np.random.Generator,
-) -> tuple[PIL.Image.Image, list[tuple[int, list[float], float]]]:
-    """One image and its objects as (category id, [x, y, w, h], area)."""
-    scene = draw_shapes_scene(rng)
-    return scene.picture, scene.objects
 
 
 def draw_shapes_scene(rng: np.random.Generator, classes: tuple[str, ...] = CLASSES) -> ShapesScene:
@@ -327,8 +319,7 @@ __all__ = [
     "BuiltinSet",
     "ShapesScene",
     "builtin_dataset_folder",
-    "draw_shapes_image",
+    "builtin_panoptic_categories",
     "draw_shapes_scene",
-    "panoptic_categories",
     "write_shapes_coco",
 ]

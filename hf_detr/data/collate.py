@@ -26,9 +26,9 @@ from datasets import Image as ImageFeature
 from torchvision import tv_tensors
 from torchvision.ops import box_convert
 
-from ..evaluation.panoptic import id_map
 from ..image_processing_detr import HfDetrImageProcessor, decode_image
 from .folder_common import inside_folders
+from .panoptic_ids import id_map
 from .schema import PANOPTIC_MASK, image_folders
 
 logger = logging.getLogger("hf_detr.data")

@@ -117,6 +117,19 @@ def class_names(split: Any) -> list[str]:
     return list(split.features["objects"]["category"].feature.names)
 
 
+def panoptic_categories(split: Any, coco_ids: list[int]) -> list[dict[str, Any]]:
+    """The split's categories as PQ needs them: [{"id" (category id), "name", "isthing"}]."""
+    return [
+        {"id": int(cid), "name": name, "isthing": int(thing)}
+        for cid, name, thing in zip(coco_ids, class_names(split), is_thing(split))
+    ]
+
+
+def stuff_label_ids(split: Any) -> list[int]:
+    """The class ids of the split's stuff categories: fused into one segment each at post-processing."""
+    return [label for label, thing in enumerate(is_thing(split)) if not thing]
+
+
 MAX_CLASSES = 100_000  # more classes than any detection dataset has: a larger count is a typo
 
 
@@ -232,7 +245,9 @@ __all__ = [
     "image_folders",
     "is_panoptic",
     "is_thing",
+    "panoptic_categories",
     "panoptic_features",
     "set_category_ids",
     "set_image_folders",
+    "stuff_label_ids",
 ]

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from datasets import IterableDataset
 
-from .collate import DetectionDataset
+from .collate import DetectionCollator, DetectionDataset
 
 logger = logging.getLogger("hf_detr.data")
 
@@ -256,4 +256,14 @@ class StreamingLoader:
             yield waiting[number]
 
 
-__all__ = ["NumberedBatches", "StreamingDetectionDataset", "StreamingLoader"]
+def streaming_eval_loader(
+    split: Any, batch_size: int, num_workers: int, accelerator: Any, collator: DetectionCollator
+) -> StreamingLoader:
+    """Every image of a streamed split once: each process its part, undecodable images dropped."""
+    dataset = StreamingDetectionDataset(
+        split, rank=accelerator.process_index, world_size=accelerator.num_processes, batch_size=batch_size
+    )
+    return StreamingLoader(dataset, collator, accelerator.device, num_workers=num_workers)
+
+
+__all__ = ["NumberedBatches", "StreamingDetectionDataset", "StreamingLoader", "streaming_eval_loader"]

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
 
     from ..image_processing_detr import HfDetrImageProcessor
-    from ..training.setup import warn_fewer_processes
+    from ..processes import warn_fewer_processes
 
     accelerator = Accelerator()
     warn_fewer_processes(accelerator.num_processes)
@@ -152,7 +152,7 @@ def _evaluate_detection(args, accelerator, processor):
     evaluator = CocoEvaluator(ground_truth, mapping, backend=args.backend)
     collator = DetectionCollator(processor, num_threads=1 if args.num_workers else None)
     if args.streaming:  # every image once: each process reads its part of the stream
-        from ..training.streaming import streaming_eval_loader
+        from ..data.streaming import streaming_eval_loader
 
         loader = streaming_eval_loader(split, args.batch_size, args.num_workers, accelerator, collator)
     else:
@@ -178,8 +178,8 @@ def _evaluate_detection(args, accelerator, processor):
 
 def _evaluate_panoptic(args, accelerator, processor):
     from ..data import DetectionCollator, PanopticDataset, category_ids, load_panoptic_dataset
+    from ..data.schema import panoptic_categories, stuff_label_ids
     from ..modeling_detr_segmentation import HfDetrForSegmentation
-    from ..training.panoptic import panoptic_categories, stuff_label_ids
     from .coco_evaluator import format_stats, label_to_category_mapping
     from .loop import InstanceMasks, evaluate_panoptic_model
     from .panoptic import PanopticEvaluator

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..configuration_detr import HfDetrConfig
-from ..data import class_names, is_thing
+from ..data.schema import panoptic_categories
 from ..evaluation import PanopticEvaluator
 from ..modeling_detr import HfDetrForObjectDetection
 from ..modeling_detr_segmentation import HfDetrForSegmentation
@@ -142,19 +142,6 @@ def widen_class_head(detector: HfDetrForObjectDetection, names: list[str]) -> bo
     return True
 
 
-def panoptic_categories(split: Any, coco_ids: list[int]) -> list[dict[str, Any]]:
-    """The split's categories as PQ needs them: [{"id" (category id), "name", "isthing"}]."""
-    return [
-        {"id": int(cid), "name": name, "isthing": int(thing)}
-        for cid, name, thing in zip(coco_ids, class_names(split), is_thing(split))
-    ]
-
-
-def stuff_label_ids(split: Any) -> list[int]:
-    """The class ids of the split's stuff categories: fused into one segment each at post-processing."""
-    return [label for label, thing in enumerate(is_thing(split)) if not thing]
-
-
 def panoptic_evaluator_factory(split: Any, coco_ids: list[int]):
     categories = panoptic_categories(split, coco_ids)
     return lambda: PanopticEvaluator(categories, label_to_category_id=list(coco_ids))
@@ -162,9 +149,7 @@ def panoptic_evaluator_factory(split: Any, coco_ids: list[int]):
 
 __all__ = [
     "build_segmentation_model",
-    "panoptic_categories",
     "panoptic_evaluator_factory",
     "set_labels",
-    "stuff_label_ids",
     "widen_class_head",
 ]

@@ -9,9 +9,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,21 +30,19 @@ from ..data import (
     detr_val_size,
     load_detection_dataset,
     load_panoptic_dataset,
+    stuff_label_ids,
 )
 from ..evaluation import CocoEvaluator, label_to_category_mapping, split_to_coco
 from ..image_processing_detr import HfDetrImageProcessor, normalize_size
 from ..modeling_detr import HfDetrForObjectDetection
+from ..processes import warn_fewer_processes
 from .arguments import BUILTIN_PRESET, MODEL_SETTINGS, TrainingArguments
 from .batch_norm import BatchNormStatistics
 from .checkpoint_files import check_checkpoint_files
 from .checkpoints import TrainingState, read_training_state, recover_checkpoints, resolve_resume
 from .ema import EMA_FILE, ModelEma
 from .logs import JsonlLog, LogWindow
-from .panoptic import (
-    build_segmentation_model,
-    panoptic_evaluator_factory,
-    stuff_label_ids,
-)
+from .panoptic import build_segmentation_model, panoptic_evaluator_factory
 from .query_groups import set_query_groups
 from .streaming import StreamingLoader, streaming_loaders
 
@@ -403,27 +400,6 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
         ema=ema,
         batch_norm=BatchNormStatistics(accelerator.unwrap_model(model)),
     )
-
-
-MULTI_PROCESS_CPU_COMMAND = "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N"
-
-
-def warn_fewer_processes(num_processes: int, environ: Mapping[str, str] | None = None) -> bool:
-    """Warn (and return True) when a launcher asked for several processes but this run got one:
-    `accelerate launch --cpu --num_processes N` starts a single process, to which it hands
-    MASTER_ADDR and MASTER_PORT but no WORLD_SIZE (which a multi-process launch always sets)."""
-    environ = os.environ if environ is None else environ
-    if num_processes > 1 or "WORLD_SIZE" in environ:
-        return False
-    if not (environ.get("MASTER_ADDR") and environ.get("MASTER_PORT")):
-        return False
-    logger.warning(
-        "This run has 1 process, but a launcher asked for more: MASTER_ADDR and MASTER_PORT are set and "
-        "WORLD_SIZE is not (`accelerate launch --cpu --num_processes N` starts one process). For N "
-        "processes on CPU, launch with `%s ...`.",
-        MULTI_PROCESS_CPU_COMMAND,
-    )
-    return True
 
 
 def _accelerator(args: TrainingArguments, output_dir: Path) -> Any:

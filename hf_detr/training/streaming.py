@@ -17,7 +17,7 @@ import math
 from typing import Any
 
 from ..data.collate import DetectionCollator
-from ..data.streaming import StreamingDetectionDataset, StreamingLoader
+from ..data.streaming import StreamingDetectionDataset, StreamingLoader, streaming_eval_loader
 from ..data.transforms import detr_train_transforms
 
 logger = logging.getLogger("hf_detr.training")
@@ -81,16 +81,6 @@ def streaming_loaders(
             data[eval_name], args.batch_size, args.num_workers, accelerator, DetectionCollator(processor, num_threads=threads)
         )  # fmt: skip
     return train_dataset, train_loader, eval_loader, total_steps
-
-
-def streaming_eval_loader(
-    split: Any, batch_size: int, num_workers: int, accelerator: Any, collator: DetectionCollator
-) -> StreamingLoader:
-    """Every image of a streamed split once: each process its part, undecodable images dropped."""
-    dataset = StreamingDetectionDataset(
-        split, rank=accelerator.process_index, world_size=accelerator.num_processes, batch_size=batch_size
-    )
-    return StreamingLoader(dataset, collator, accelerator.device, num_workers=num_workers)
 
 
 __all__ = [
