@@ -164,22 +164,8 @@ def make_model_card(
     if dataset_type is None:
         dataset_type = datasets[0] if datasets else ("coco-panoptic" if segmentation else "coco")
     model_name = repo_id.split("/")[-1]
-    eval_results = [
-        EvalResult(
-            task_type=task_type,
-            task_name=task_name,
-            dataset_type=dataset_type,
-            dataset_name=dataset_name,
-            dataset_split=dataset_split,
-            metric_type=name.lower(),
-            metric_name=METRIC_NAMES[name],
-            metric_value=float(value),
-            source_name=source_name,
-            source_url=source_url,
-        )
-        for name, value in metrics.items()
-        for task_type, task_name in [_metric_task(name, segmentation)]
-    ]
+    dataset = {"dataset_type": dataset_type, "dataset_name": dataset_name, "dataset_split": dataset_split}
+    eval_results = _eval_results(metrics, segmentation, dataset, source_name, source_url)
     task = "image-segmentation" if segmentation else "object-detection"
     card_data = ModelCardData(
         model_name=model_name,
@@ -213,6 +199,31 @@ def make_model_card(
         evaluation_table=_evaluation_table(metrics, segmentation),
         label_summary=_label_summary(config),
     )
+
+
+def _eval_results(
+    metrics: Mapping[str, float],
+    segmentation: bool,
+    dataset: Mapping[str, str],
+    source_name: str | None,
+    source_url: str | None,
+) -> list[EvalResult]:
+    """The `model-index` entries: one per metric, under its task (detection, or panoptic / instance
+    segmentation for a segmentation model's PQ and mask AP)."""
+    return [
+        EvalResult(
+            task_type=task_type,
+            task_name=task_name,
+            **dataset,
+            metric_type=name.lower(),
+            metric_name=METRIC_NAMES[name],
+            metric_value=float(value),
+            source_name=source_name,
+            source_url=source_url,
+        )
+        for name, value in metrics.items()
+        for task_type, task_name in [_metric_task(name, segmentation)]
+    ]
 
 
 def _check_metric_names(metrics: Mapping[str, float], segmentation: bool) -> None:

@@ -186,6 +186,18 @@ def _within_limit(size: dict[str, int], param_name: str) -> dict[str, int]:
     return size
 
 
+def _annotation_list(annotations: Any, num_images: int) -> list[Any] | None:
+    """One annotation per image: a single dict becomes a list of one; the count must match."""
+    if annotations is None:
+        return None
+    annotations = [annotations] if isinstance(annotations, Mapping) else list(annotations)
+    if len(annotations) != num_images:
+        raise ValueError(  # transformers' message
+            f"The number of images ({num_images}) and annotations ({len(annotations)}) do not match."
+        )
+    return annotations
+
+
 def _check_output_sizes(output_sizes: list[tuple[int, int]], settings: Mapping[str, Any]) -> None:
     """Every image within `max_image_side()` once resized (or unresized), before the batch is allocated."""
     limit = max_image_side()
@@ -384,12 +396,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
         ]
         if not sources:
             raise ValueError("`images` is empty: pass at least one image.")
-        if annotations is not None:
-            annotations = [annotations] if isinstance(annotations, Mapping) else list(annotations)
-            if len(annotations) != len(sources):
-                raise ValueError(  # transformers' message
-                    f"The number of images ({len(sources)}) and annotations ({len(annotations)}) do not match."
-                )
+        annotations = _annotation_list(annotations, len(sources))
         if device is None:
             device = next(
                 (s.tensor.device for s in sources if s.tensor is not None and s.tensor.is_cuda), "cpu"
@@ -397,12 +404,39 @@ class HfDetrImageProcessor(BaseImageProcessor):
         device = torch.device(device)
 
         output_sizes = [
-            resized_size(s.height, s.width, settings["size"])
-            if settings["do_resize"]
-            else (s.height, s.width)
+            resized_size(s.height, s.width, settings["size"]) if settings["do_resize"] else (s.height, s.width)
             for s in sources
         ]
         _check_output_sizes(output_sizes, settings)
+        pixel_values, pixel_mask = self._pixels(sources, output_sizes, settings, device)
+        data = {"pixel_values": pixel_values}
+        if pixel_mask is not None:
+            data["pixel_mask"] = pixel_mask
+        if annotations is not None:
+            padded_size = tuple(pixel_values.shape[-2:]) if pixel_mask is not None else None
+            options = {
+                "annotation_format": settings["format"],
+                "normalize_boxes": settings["do_convert_annotations"],
+                "return_masks": return_segmentation_masks,
+                "masks_path": masks_path,
+            }
+            data["labels"] = [
+                convert_annotation(annotation, index, (s.height, s.width), size, padded_size, **options)
+                for index, (annotation, s, size) in enumerate(zip(annotations, sources, output_sizes))
+            ]
+        if return_tensors == "np":
+            data = _to_numpy(data)
+        return BatchFeature(data=data)
+
+    def _pixels(
+        self,
+        sources: list[_SourceImage],
+        output_sizes: list[tuple[int, int]],
+        settings: dict[str, Any],
+        device: torch.device,
+    ) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor | None]:
+        """pixel_values [B, C, H, W] (a list of [C, H, W] for unpadded images of different sizes) and,
+        padded, pixel_mask [B, H, W]: each image decoded, resized and normalized into its place."""
         channels = self._output_channels(sources, settings)
         scale, shift = self._affine(settings, channels)
         if settings["do_pad"]:
@@ -434,24 +468,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
                 pixel_values = targets[0][None]  # [1, C, H, W] without a copy
             else:
                 pixel_values = torch.stack(targets) if same_size else targets
-        data = {"pixel_values": pixel_values}
-        if pixel_mask is not None:
-            data["pixel_mask"] = pixel_mask
-        if annotations is not None:
-            padded_size = tuple(pixel_values.shape[-2:]) if pixel_mask is not None else None
-            options = {
-                "annotation_format": settings["format"],
-                "normalize_boxes": settings["do_convert_annotations"],
-                "return_masks": return_segmentation_masks,
-                "masks_path": masks_path,
-            }
-            data["labels"] = [
-                convert_annotation(annotation, index, (s.height, s.width), size, padded_size, **options)
-                for index, (annotation, s, size) in enumerate(zip(annotations, sources, output_sizes))
-            ]
-        if return_tensors == "np":
-            data = _to_numpy(data)
-        return BatchFeature(data=data)
+        return pixel_values, pixel_mask
 
     def _settings(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         names = (

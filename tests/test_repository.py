@@ -101,3 +101,13 @@ def test_imports_flow_one_way_from_the_commands_down_to_the_model_files():
                 if layer is not None and layer > own:
                     upward.append(f"{module} imports {target}")
     assert not upward, upward
+
+
+def test_no_function_of_the_package_is_longer_than_80_lines():
+    long = [
+        f"{path.relative_to(REPO_ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in (REPO_ROOT / "hf_detr").rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80
+    ]
+    assert not long, long

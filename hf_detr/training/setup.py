@@ -296,77 +296,35 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         args.save(output_dir / "training_args.json")
-
     warn_fewer_processes(accelerator.num_processes)
 
-    panoptic = args.task == "panoptic"
     splits = SplitChoice(args.train_split, args.eval_split)  # checked before any split is converted
-    # one process per machine converts a folder into the cache; the others then read its cache
-    with accelerator.local_main_process_first():
-        if panoptic:
-            data = load_panoptic_dataset(
-                args.dataset, split=splits, stuff_categories=args.stuff_categories or None
-            )
-        else:
-            data = load_detection_dataset(
-                args.dataset, split=splits, bbox_format=args.bbox_format, streaming=args.streaming
-            )
-    eval_name = splits.eval
+    data = _load_data(args, splits, accelerator)
     train_split = data[splits.train]
-    coco_ids = category_ids(train_split)
-    build = build_segmentation_model if panoptic else build_model
-    model = build(args, class_names(train_split), coco_ids)
-    if panoptic:  # fused into one segment per class at post-processing
-        model.config.stuff_label_ids = stuff_label_ids(train_split)
-    model = _synchronized_batch_norm(model, accelerator)
-
-    if args.streaming:  # each process reads its part of the stream (training/streaming.py)
-        train_dataset, train_loader, eval_loader, streamed_steps = streaming_loaders(
-            args, data, splits.train, eval_name, processor, accelerator
-        )
-    else:
-        dataset_class = PanopticDataset if panoptic else DetectionDataset
-        train_dataset = dataset_class(
-            train_split,
-            transforms=detr_train_transforms(args.image_scale, args.augmentation),
-            seed=args.seed,
-            on_error="replace",
-        )
-        train_loader, eval_loader = _loaders(args, train_dataset, data, eval_name, processor)
-    make_evaluator = None
-    if eval_name is not None and panoptic:
-        make_evaluator = panoptic_evaluator_factory(data[eval_name], coco_ids)
-    elif eval_name is not None:
-        ground_truth = split_to_coco(data[eval_name])
-        mapping = label_to_category_mapping(
-            model.config.id2label, ground_truth["categories"], coco_ids,
-            annotated_category_ids={a["category_id"] for a in ground_truth["annotations"]},
-        )  # fmt: skip
-        make_evaluator = lambda: CocoEvaluator(ground_truth, mapping)  # noqa: E731
+    model = _synchronized_batch_norm(_build_model(args, train_split), accelerator)
+    train_dataset, train_loader, eval_loader, streamed_steps = _data_loaders(
+        args, data, splits, processor, accelerator
+    )
+    make_evaluator = _evaluator_factory(args, model, data, splits.eval, category_ids(train_split))
 
     optimizer = torch.optim.AdamW(
         parameter_groups(model, args), lr=args.learning_rate, weight_decay=args.weight_decay
     )
     # before `prepare`: the copy must not share accelerate's mixed-precision forward with the model
     ema = ModelEma(model, args.ema_decay, args.ema_tau, accelerator.device) if args.ema else None
-    loaders = [] if args.streaming else [train_loader, *([eval_loader] if eval_loader else [])]
-    prepared = accelerator.prepare(model, optimizer, *loaders)  # a stream's loaders are not prepared
-    model, optimizer = prepared[:2]
+    model, optimizer, train_loader, eval_loader = _prepare(
+        args, accelerator, model, optimizer, train_loader, eval_loader
+    )
     if args.streaming:
         total_steps = streamed_steps
     else:
-        train_loader = prepared[2]
-        eval_loader = prepared[3] if eval_loader else None
         updates_per_epoch = max(1, math.ceil(len(train_loader) / args.gradient_accumulation_steps))
         total_steps = args.max_steps or args.epochs * updates_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: lr_factor(step, total_steps, args.warmup_steps, args.lr_drop, args.lr_scheduler_type),
     )
-    resume_path = _resume_path(args, accelerator, output_dir / "checkpoints")
-    state = _resumed_state(accelerator, scheduler, resume_path)
-    if ema is not None and resume_path is not None:
-        _resume_ema(ema, accelerator.unwrap_model(model), resume_path)
+    state = _resume(args, accelerator, output_dir, scheduler, ema, model)
     if args.report_to:
         accelerator.init_trackers(
             "hf_detr", config={k: v for k, v in args.to_dict().items() if not isinstance(v, list)}
@@ -384,7 +342,7 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
         make_evaluator=make_evaluator,
         processor=processor,
         data=data,
-        eval_name=eval_name,
+        eval_name=splits.eval,
         state=state,
         total_steps=total_steps,
         output_dir=output_dir,
@@ -400,6 +358,90 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
         ema=ema,
         batch_norm=BatchNormStatistics(accelerator.unwrap_model(model)),
     )
+
+
+def _data_loaders(
+    args: TrainingArguments, data: Any, splits: SplitChoice, processor: HfDetrImageProcessor, accelerator: Any
+) -> tuple[Any, Any, Any, int | None]:
+    """The training dataset, its loader, the evaluation loader (or None) and, for a stream, its step
+    count (each process reads its part of a stream: training/streaming.py)."""
+    if args.streaming:
+        return streaming_loaders(args, data, splits.train, splits.eval, processor, accelerator)
+    dataset_class = PanopticDataset if args.task == "panoptic" else DetectionDataset
+    train_dataset = dataset_class(
+        data[splits.train],
+        transforms=detr_train_transforms(args.image_scale, args.augmentation),
+        seed=args.seed,
+        on_error="replace",
+    )
+    train_loader, eval_loader = _loaders(args, train_dataset, data, splits.eval, processor)
+    return train_dataset, train_loader, eval_loader, None
+
+
+def _prepare(
+    args: TrainingArguments, accelerator: Any, model: Any, optimizer: Any, train_loader: Any, eval_loader: Any
+) -> tuple[Any, Any, Any, Any]:
+    """accelerate's `prepare` of the model, optimizer and loaders (a stream's loaders stay as they are)."""
+    loaders = [] if args.streaming else [train_loader, *([eval_loader] if eval_loader else [])]
+    prepared = accelerator.prepare(model, optimizer, *loaders)
+    if args.streaming:
+        return prepared[0], prepared[1], train_loader, eval_loader
+    return prepared[0], prepared[1], prepared[2], prepared[3] if eval_loader else None
+
+
+def _load_data(args: TrainingArguments, splits: SplitChoice, accelerator: Any) -> Any:
+    """The dataset of the run's task; one process per machine converts a folder into the cache, the
+    others then read its cache."""
+    with accelerator.local_main_process_first():
+        if args.task == "panoptic":
+            return load_panoptic_dataset(
+                args.dataset, split=splits, stuff_categories=args.stuff_categories or None
+            )
+        return load_detection_dataset(
+            args.dataset, split=splits, bbox_format=args.bbox_format, streaming=args.streaming
+        )
+
+
+def _build_model(args: TrainingArguments, train_split: Any) -> torch.nn.Module:
+    """The detector or segmentation model for the training split's classes."""
+    coco_ids = category_ids(train_split)
+    if args.task != "panoptic":
+        return build_model(args, class_names(train_split), coco_ids)
+    model = build_segmentation_model(args, class_names(train_split), coco_ids)
+    model.config.stuff_label_ids = stuff_label_ids(train_split)  # fused into one segment per class
+    return model
+
+
+def _evaluator_factory(
+    args: TrainingArguments, model: torch.nn.Module, data: Any, eval_name: str | None, coco_ids: list[int]
+) -> Callable[[], Any] | None:
+    """A new evaluator per evaluation: PQ for panoptic runs, COCO AP otherwise; None without eval split."""
+    if eval_name is None:
+        return None
+    if args.task == "panoptic":
+        return panoptic_evaluator_factory(data[eval_name], coco_ids)
+    ground_truth = split_to_coco(data[eval_name])
+    mapping = label_to_category_mapping(
+        model.config.id2label, ground_truth["categories"], coco_ids,
+        annotated_category_ids={a["category_id"] for a in ground_truth["annotations"]},
+    )  # fmt: skip
+    return lambda: CocoEvaluator(ground_truth, mapping)
+
+
+def _resume(
+    args: TrainingArguments,
+    accelerator: Any,
+    output_dir: Path,
+    scheduler: Any,
+    ema: ModelEma | None,
+    model: torch.nn.Module,
+) -> TrainingState:
+    """The training state of the checkpoint to resume from (a fresh one without), the EMA weights too."""
+    resume_path = _resume_path(args, accelerator, output_dir / "checkpoints")
+    state = _resumed_state(accelerator, scheduler, resume_path)
+    if ema is not None and resume_path is not None:
+        _resume_ema(ema, accelerator.unwrap_model(model), resume_path)
+    return state
 
 
 def _accelerator(args: TrainingArguments, output_dir: Path) -> Any:
