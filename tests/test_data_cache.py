@@ -81,6 +81,7 @@ def test_a_launch_with_fewer_processes_than_asked_is_warned_about(monkeypatch, c
     assert "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N" in warning.getMessage()
 
 
+@pytest.mark.multiprocess
 def test_two_cpu_processes_convert_each_split_once(tmp_path):
     root, out, cache = tmp_path / "shapes", tmp_path / "out", tmp_path / "cache"
     write_shapes_coco(root, {"train": 4, "val": 2})

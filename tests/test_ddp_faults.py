@@ -51,6 +51,7 @@ def _descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
+@pytest.mark.multiprocess
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads worker processes from /proc (Linux)")
 def test_two_cpu_processes_train_evaluate_and_save_and_a_killed_worker_ends_the_run_which_resumes(
     tmp_path, shapes

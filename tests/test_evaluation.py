@@ -228,6 +228,7 @@ def write_val_folder(root: Path, count: int = 7) -> Path:
     return root
 
 
+@pytest.mark.multiprocess
 def test_command_line_on_one_and_two_processes_gives_the_same_stats(tmp_path):
     from hf_detr.evaluation.cli import main
 

@@ -124,6 +124,7 @@ def test_the_schedule_comes_from_the_rows_the_source_states(tmp_path, shards):
     assert (dataset.samples_per_epoch, len(loader), total_steps) == (20, 5, 5)
 
 
+@pytest.mark.multiprocess
 def test_two_cpu_processes_train_and_evaluate_on_a_stream(tmp_path, shards):
     """2 processes (DDP), each on its 2 of the 4 training shards, step together for the whole schedule
     (the length is unknown: one epoch, each reading its part round and round); the evaluation after
