@@ -398,6 +398,7 @@ def test_builtin_set_is_deterministic_and_documented(tmp_path):
     assert split[0]["image"].size == (builtin.IMAGE_SIZE, builtin.IMAGE_SIZE)
 
 
+@pytest.mark.slow
 def test_the_fine_tuning_set_draws_three_other_shapes_and_loads_by_name():
     from hf_detr.data import builtin
 

@@ -58,6 +58,7 @@ def exported(tmp_path_factory):
     return model, paths
 
 
+@pytest.mark.slow  # the module's `exported` fixture exports twice (~15 s)
 @pytest.mark.parametrize("fmt", ["onnx", "pt2"])
 @pytest.mark.parametrize("sizes", UNSEEN_BATCHES, ids=["batch1", "batch3", "batch5"])
 def test_exported_graph_equals_eager_on_unseen_padded_batches(exported, fmt, sizes):
@@ -70,6 +71,7 @@ def test_exported_graph_equals_eager_on_unseen_padded_batches(exported, fmt, siz
         torch.testing.assert_close(a, e, atol=1e-4, rtol=0, msg=f"{fmt} {name}")
 
 
+@pytest.mark.slow  # the module's `exported` fixture exports twice (~15 s)
 def test_onnx_graph_is_valid_with_dynamic_axes_and_carries_the_metadata(exported):
     model, paths = exported
     proto = onnx.load(str(paths["onnx"]))
@@ -105,6 +107,7 @@ def test_export_without_pixel_mask_treats_every_pixel_as_real(tmp_path):
         torch.testing.assert_close(a, e, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_segmentation_model_exports_pred_masks(tmp_path):
     torch.manual_seed(0)
     config = tiny_hf_detr_config(
@@ -201,6 +204,7 @@ def test_compile_fullgraph_has_no_graph_breaks_and_equals_eager():
         torch.testing.assert_close(outputs.pred_boxes, expected[1], atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow  # the module's `exported` fixture exports twice (~15 s)
 def test_files_not_written_by_us_and_int8_of_a_pt2_are_clear_errors(tmp_path, exported, capsys):
     _, paths = exported
     bare = onnx.load(str(paths["onnx"]))

@@ -280,6 +280,7 @@ _THROUGH_THE_HUB = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_a_hub_id_is_converted_on_load_per_revision_and_by_the_converter(tmp_path):
     from hub_server import LocalHub
 

@@ -203,6 +203,7 @@ def _run(script: str, args: list[str], env: dict[str, str], cwd) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_push_and_pull_through_a_local_hub_then_offline_from_the_cache(tmp_path, coco_image_dir):
     from hub_server import LocalHub
 

@@ -17,6 +17,7 @@ from hf_detr.training import build_model, resolve_arguments, train
 pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
+@pytest.mark.slow
 def test_a_shortened_default_run_beats_the_untrained_model_and_fine_tunes_better_than_scratch(tmp_path):
     args = resolve_arguments({"output_dir": str(tmp_path / "run"), "max_steps": 150})
     assert args.preset == "builtin" and args.dataset is None
