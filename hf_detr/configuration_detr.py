@@ -53,7 +53,6 @@ SIZE_LIMITS: dict[str, tuple[int, int]] = {
     "decoder_ffn_dim": (1, 65536),
     "num_queries": (1, 10000),
     "num_query_groups": (1, 64),
-    "one_to_many_repeats": (1, 64),
     "num_channels": (1, 1024),
     "trainable_backbone_layers": (0, 5),
 }
@@ -106,11 +105,9 @@ class HfDetrConfig(PreTrainedConfig):
 
     `num_query_groups` (default 1: the paper) is a training option, Group DETR's one-to-many
     supervision (Chen et al., ICCV 2023): in training the decoder runs that many groups of
-    `num_queries` queries with shared weights, self-attention only within a group, each group matched
-    and scored on its own and the losses averaged over groups. In evaluation only group 0 runs, and
-    `save_pretrained` writes a plain DETR (group 0, `num_query_groups=1`). With
-    `one_to_many_repeats` k > 1, groups 1.. are matched to the targets repeated k times instead
-    (H-DETR's hybrid matching, Jia et al., CVPR 2023): each target gets up to k queries per group.
+    `num_queries` queries with shared weights, self-attention only within a group (their loss is the
+    training loop's, hf_detr.training.query_groups). In evaluation only group 0 runs, and
+    `save_pretrained` writes a plain DETR (group 0, `num_query_groups=1`).
 
     Segmentation arguments (paper section 4.4, [`HfDetrForSegmentation`]): `use_masks` makes the backbone
     return its stride-4, 8 and 16 feature maps for the mask head (the segmentation model sets it);
@@ -169,7 +166,6 @@ class HfDetrConfig(PreTrainedConfig):
     position_embedding_type: str = "sine"
     num_queries: int = 100
     num_query_groups: int = 1
-    one_to_many_repeats: int = 1
     # loss
     auxiliary_loss: bool = True
     class_cost: float = 1.0
@@ -309,11 +305,6 @@ class HfDetrConfig(PreTrainedConfig):
         if self.activation_function not in ACTIVATIONS:
             raise ValueError(
                 f"`activation_function` must be one of {ACTIVATIONS}, got {self.activation_function!r}."
-            )
-        if self.one_to_many_repeats > 1 and self.num_query_groups == 1:
-            raise ValueError(
-                "`one_to_many_repeats` > 1 matches the query groups after the first one-to-many, but "
-                "`num_query_groups` is 1: set num_query_groups to 2 or more."
             )
         self.validate_segmentation_fields()
         self.coco_category_ids = check_id_list("coco_category_ids", self.coco_category_ids)

@@ -324,15 +324,6 @@ def mask_losses(
     return focal.sum() / num_boxes, dice.sum() / num_boxes
 
 
-def groups_as_layers(tensor: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """[L, B, G*N, C] -> [G*L, B, N, C], set g*L + l holding group g of layer l."""
-    num_layers, batch_size, total_queries, channels = tensor.shape
-    if total_queries % num_groups:
-        raise ValueError(f"{total_queries} queries cannot form {num_groups} groups of equal size.")
-    grouped = tensor.view(num_layers, batch_size, num_groups, total_queries // num_groups, channels)
-    return grouped.permute(2, 0, 1, 3, 4).flatten(0, 1)
-
-
 def named_per_layer(losses: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
     """{name: [L] values} -> {name: the output (last) layer's, name_{i}: auxiliary layer i's}, layer by layer."""
     return {
@@ -342,6 +333,17 @@ def named_per_layer(losses: dict[str, torch.Tensor], num_layers: int) -> dict[st
     }
 
 
+@dataclass
+class ScoredSets:
+    """Every scored set's losses ([S] each: loss_ce, loss_bbox, loss_giou, cardinality_error) and what
+    they were computed from (the matches of all sets, the padded targets, the box count per set)."""
+
+    losses: dict[str, torch.Tensor]
+    matches: Matches
+    targets: PaddedTargets
+    num_boxes: torch.Tensor
+
+
 class SetCriterion:
     """The DETR loss over all decoder layers (official `SetCriterion` with `aux_loss=True`).
 
@@ -349,13 +351,8 @@ class SetCriterion:
     loss_bbox, loss_giou: L1 and 1 - GIoU of matched pairs, summed and divided by the number of target
     boxes (averaged over processes); cardinality_error: |#predicted objects - #targets| averaged over
     images (logged only); class_error: 100 - top-1 accuracy of the matched queries of the last layer
-    (logged only). Auxiliary layers i = 0..L-2 get the suffix `_{i}`.
-
-    With `num_groups` G > 1 (Group DETR training, the G*N queries in groups of N), each group is
-    matched and scored on its own, as if it were another decoder layer (so all of them still cross to
-    the host in one transfer), and each loss is the mean over groups; the logged errors are group 0's.
-    With `one_to_many_repeats` k > 1 the groups after group 0 are matched to the targets repeated k
-    times (H-DETR's hybrid matching) and their box losses divided by k times the number of boxes.
+    (logged only). Auxiliary layers i = 0..L-2 get the suffix `_{i}`. `score_sets` scores any stack of
+    query sets at once (training/query_groups.py scores Group DETR's groups with it).
 
     Given `pred_masks` (the segmentation model, paper section 4.4), the output layer's matched queries
     also get loss_mask (sigmoid focal) and loss_dice against the labels' `masks`; the auxiliary layers
@@ -370,12 +367,10 @@ class SetCriterion:
         class_loss_coefficient: float = 1.0,
         bbox_loss_coefficient: float = 5.0,
         giou_loss_coefficient: float = 2.0,
-        one_to_many_repeats: int = 1,
         mask_loss_coefficient: float = 1.0,
         dice_loss_coefficient: float = 1.0,
     ) -> None:
         self.num_labels = num_labels
-        self.one_to_many_repeats = one_to_many_repeats
         self.matcher = matcher
         self.eos_coefficient = eos_coefficient
         self.weights = {
@@ -396,7 +391,6 @@ class SetCriterion:
             config.class_loss_coefficient,
             config.bbox_loss_coefficient,
             config.giou_loss_coefficient,
-            config.one_to_many_repeats,
             config.mask_loss_coefficient,
             config.dice_loss_coefficient,
         )
@@ -406,67 +400,77 @@ class SetCriterion:
         logits: torch.Tensor,
         boxes: torch.Tensor,
         labels: Labels,
-        num_groups: int = 1,
         pred_masks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """logits [L, B, G*N, K+1], boxes [L, B, G*N, 4] (all decoder layers, the last is the output;
-        G = `num_groups` groups of N queries, group 0 first); pred_masks [B, N, h, w] mask logits of the
-        output layer (segmentation; `labels` then carry `masks` [n, H, W])."""
+        """logits [L, B, N, K+1], boxes [L, B, N, 4] (all decoder layers, the last is the output);
+        pred_masks [B, N, h, w] mask logits of the output layer (segmentation; `labels` then carry
+        `masks` [n, H, W])."""
         if logits.ndim == 3:
             logits, boxes = logits[None], boxes[None]
+        if pred_masks is not None:
+            _check_pred_masks(pred_masks, logits)
+            pred_masks = pred_masks.float()
+        with torch.autocast(device_type=logits.device.type, enabled=False):  # matching and loss in fp32
+            logits, boxes = logits.float(), boxes.float()
+            scored = self.score_sets(logits, boxes, labels)
+            class_error = self.class_error(logits, scored.targets, scored.matches, logits.shape[0] - 1)
+            total, loss_dict = self.total(scored.losses, class_error)
+            if pred_masks is not None:
+                total = self.add_mask_losses(total, loss_dict, pred_masks, labels, scored)
+        return total, loss_dict
+
+    def score_sets(
+        self, logits: torch.Tensor, boxes: torch.Tensor, labels: Labels, repeats: Sequence[int] | None = None
+    ) -> ScoredSets:
+        """Match every set of logits [S, B, N, K+1] and boxes [S, B, N, 4] at once (one host transfer)
+        and score each; `repeats[s]` > 1 matches set s to the targets repeated that many times and
+        divides its box losses by as many times the number of boxes."""
         if logits.shape[-1] != self.num_labels + 1:
             raise ValueError(
                 f"logits have {logits.shape[-1]} classes but the loss expects num_labels + 1 = {self.num_labels + 1}."
             )
-        if pred_masks is not None:
-            _check_pred_masks(pred_masks, logits, num_groups)
-            pred_masks = pred_masks.float()
-        device_type = logits.device.type
-        with torch.autocast(device_type=device_type, enabled=False):  # matching and loss in fp32
-            return self._compute(logits.float(), boxes.float(), labels, num_groups, pred_masks)
-
-    def _compute(
-        self,
-        logits: torch.Tensor,
-        boxes: torch.Tensor,
-        labels: Labels,
-        num_groups: int,
-        pred_masks: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Match every scored set (G groups x L layers) at once, then score each term."""
-        layers_in_output = logits.shape[0]
-        logits, boxes = groups_as_layers(logits, num_groups), groups_as_layers(boxes, num_groups)
-        num_sets, batch_size, num_queries, _ = logits.shape  # G*L scored sets
+        _, batch_size, num_queries, _ = logits.shape  # [S, B, N, K+1]
         device = logits.device
         targets = pad_targets(labels, batch_size, num_queries, device)
-        repeats = [1] * layers_in_output + [self.one_to_many_repeats] * (num_sets - layers_in_output)
         matches = self.matcher(logits, boxes, targets, self.num_labels, repeats)
         num_boxes = self.num_boxes(targets.counts, device)
-        if self.one_to_many_repeats > 1:  # [G*L]: the repeated targets' count
+        if repeats is not None and max(repeats) > 1:  # [S]: the repeated targets' count
             num_boxes = num_boxes * torch.tensor(repeats, dtype=torch.float32).to(device, non_blocking=True)
-
         losses = {
             "loss_ce": self.loss_labels(logits, targets, matches),
             **self.loss_boxes(boxes, targets, matches, num_boxes),
+            "cardinality_error": self.loss_cardinality(logits, targets),
         }
-        # [G*L] -> [L]: the mean over groups of each layer's losses; the logged errors are group 0's
-        losses = {name: value.view(num_groups, -1).mean(0) for name, value in losses.items()}
-        total = sum(self.weights[name] * value.sum() for name, value in losses.items())
-        losses["cardinality_error"] = self.loss_cardinality(logits, targets)[:layers_in_output]
-        loss_dict = named_per_layer(losses, layers_in_output)
-        loss_dict["class_error"] = self.class_error(logits, targets, matches, layers_in_output - 1)
-        if pred_masks is not None:
-            output_layer = layers_in_output - 1
-            layer_boxes = num_boxes[output_layer] if num_boxes.ndim else num_boxes
-            loss_dict["loss_mask"], loss_dict["loss_dice"] = self.mask_losses(
-                pred_masks, labels, targets.counts, matches, output_layer, layer_boxes
-            )
-            total = (
-                total
-                + self.weights["loss_mask"] * loss_dict["loss_mask"]
-                + self.weights["loss_dice"] * loss_dict["loss_dice"]
-            )
+        return ScoredSets(losses, matches, targets, num_boxes)
+
+    def total(
+        self, losses: dict[str, torch.Tensor], class_error: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted sum of the [L] loss terms of every layer, and every value named per layer."""
+        total = sum(
+            self.weights[name] * value.sum() for name, value in losses.items() if name in self.weights
+        )
+        loss_dict = named_per_layer(losses, len(losses["loss_ce"]))
+        loss_dict["class_error"] = class_error
         return total, loss_dict
+
+    def add_mask_losses(
+        self,
+        total: torch.Tensor,
+        loss_dict: dict[str, torch.Tensor],
+        pred_masks: torch.Tensor,
+        labels: Labels,
+        scored: ScoredSets,
+    ) -> torch.Tensor:
+        """`total` plus the weighted loss_mask and loss_dice of the output (last) layer, which go into
+        `loss_dict` too."""
+        output_layer = scored.matches.num_layers - 1
+        num_boxes = scored.num_boxes[output_layer] if scored.num_boxes.ndim else scored.num_boxes
+        loss_dict["loss_mask"], loss_dict["loss_dice"] = self.mask_losses(
+            pred_masks, labels, scored.targets.counts, scored.matches, output_layer, num_boxes
+        )
+        total = total + self.weights["loss_mask"] * loss_dict["loss_mask"]
+        return total + self.weights["loss_dice"] * loss_dict["loss_dice"]
 
     def loss_labels(self, logits: torch.Tensor, targets: PaddedTargets, matches: Matches) -> torch.Tensor:
         """[S] cross-entropy over all queries of each scored set: a matched query's target is its
@@ -560,9 +564,7 @@ class SetCriterion:
         return num_boxes.clamp(min=1)
 
 
-def _check_pred_masks(pred_masks: torch.Tensor, logits: torch.Tensor, num_groups: int) -> None:
-    if num_groups != 1:
-        raise ValueError(f"Mask losses support one query group only, got num_groups={num_groups}.")
+def _check_pred_masks(pred_masks: torch.Tensor, logits: torch.Tensor) -> None:
     expected = logits.shape[1:3]  # B, N
     if not isinstance(pred_masks, torch.Tensor) or pred_masks.ndim != 4 or pred_masks.shape[:2] != expected:
         shape = list(pred_masks.shape) if isinstance(pred_masks, torch.Tensor) else type(pred_masks).__name__
@@ -576,6 +578,7 @@ __all__ = [
     "HungarianMatcher",
     "Matches",
     "NonFiniteMatchingCostError",
+    "ScoredSets",
     "SetCriterion",
     "generalized_box_iou",
     "mask_losses",

@@ -647,8 +647,7 @@ class HfDetrPreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' `save_pretrained`, always of a plain DETR: a model trained with query groups is
-        written with group 0's queries only (`num_query_groups=1`, `one_to_many_repeats=1`), the model
-        evaluation runs.
+        written with group 0's queries only (`num_query_groups=1`), the model evaluation runs.
         Code-carrying checkpoints also map `AutoModel` to the base model."""
         if self._auto_class is not None:
             self.config.auto_map = {
@@ -665,12 +664,11 @@ class HfDetrPreTrainedModel(PreTrainedModel):
             else value
             for key, value in state_dict.items()
         }
-        repeats = self.config.one_to_many_repeats  # hybrid matching needs groups: plain DETR has neither
-        self.config.num_query_groups, self.config.one_to_many_repeats = 1, 1
+        self.config.num_query_groups = 1
         try:
             return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
         finally:
-            self.config.num_query_groups, self.config.one_to_many_repeats = num_groups, repeats
+            self.config.num_query_groups = num_groups
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -1192,18 +1190,29 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         self, logits: torch.Tensor, boxes: torch.Tensor, labels: list[dict[str, torch.Tensor]]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The set-prediction loss of [L, B, N, K+1] logits and [L, B, N, 4] boxes (all scored layers,
-        the last one being the output) against `labels`; G*N queries are G query groups."""
-        num_groups = logits.shape[2] // self.config.num_queries
-        return SetCriterion.from_config(self.config)(logits, boxes, labels, num_groups)
+        the last one being the output) against `labels`. The G*N queries of training with query groups
+        are scored by the training loop's `GroupedCriterion` (hf_detr.training.query_groups)."""
+        if logits.shape[2] != self.config.num_queries:
+            raise ValueError(
+                f"The model ran {logits.shape[2] // self.config.num_queries} query groups (Group DETR training); "
+                "their loss is hf_detr.training's GroupedCriterion (hf-detr-train uses it). Call the model "
+                "without labels and score its outputs with it, or set num_query_groups=1."
+            )
+        return SetCriterion.from_config(self.config)(logits, boxes, labels)
 
     def loss_from_outputs(
         self, outputs: HfDetrObjectDetectionOutput, labels: list[dict[str, torch.Tensor]]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of outputs computed without labels (e.g. by a training loop that handles failures)."""
+        return self.compute_loss(*self.scored_predictions(outputs), labels)
+
+    def scored_predictions(self, outputs: HfDetrObjectDetectionOutput) -> tuple[torch.Tensor, torch.Tensor]:
+        """The [L, B, N, K+1] logits and [L, B, N, 4] boxes the loss scores: every decoder layer's with
+        `config.auxiliary_loss`, else the output layer's (L = 1)."""
         auxiliary = (outputs.auxiliary_outputs or []) if self.config.auxiliary_loss else []
         logits = torch.stack([*(a["logits"] for a in auxiliary), outputs.logits])
         boxes = torch.stack([*(a["pred_boxes"] for a in auxiliary), outputs.pred_boxes])
-        return self.compute_loss(logits, boxes, labels)
+        return logits, boxes
 
 
 __all__ = [

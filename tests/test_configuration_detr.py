@@ -57,8 +57,6 @@ def test_num_labels_without_names_gives_generic_labels():
         ({"activation_function": "tanh"}, "activation_function"),
         ({"num_labels": 2, "coco_category_ids": [1]}, "coco_category_ids"),
         ({"num_query_groups": 0}, "num_query_groups"),
-        ({"num_query_groups": 2, "one_to_many_repeats": 0}, "one_to_many_repeats"),
-        ({"one_to_many_repeats": 3}, "one_to_many_repeats"),
     ],
 )
 def test_invalid_values_raise_value_error_naming_the_field(kwargs, field):
@@ -113,7 +111,7 @@ BAD_VALUES = [
     ("d_model", 256.0), ("d_model", "256"), ("d_model", True), ("encoder_ffn_dim", 10**7),
     ("decoder_ffn_dim", 0), ("num_queries", 10**6), ("num_queries", 100.5), ("encoder_attention_heads", 2048),
     ("decoder_attention_heads", -8), ("num_channels", 0), ("num_channels", 10**5), ("num_query_groups", 1000),
-    ("one_to_many_repeats", -3), ("trainable_backbone_layers", True), ("trainable_backbone_layers", "3"),
+    ("trainable_backbone_layers", True), ("trainable_backbone_layers", "3"),
     # flags must be real booleans
     ("auxiliary_loss", "yes"), ("auxiliary_loss", 1), ("dilation", "false"), ("use_pretrained_backbone", None),
     ("freeze_backbone_batch_norm", 0), ("use_masks", "true"),
@@ -171,7 +169,6 @@ def test_the_size_estimate_is_within_5_percent_of_the_built_model():
             "d_model": 128,
             "num_queries": 10,
             "num_query_groups": 2,
-            "one_to_many_repeats": 3,
         },
         {"class_cost": 1, "dropout": 0, "eos_coefficient": 0},  # integers are valid floats
         {"num_channels": 1, "trainable_backbone_layers": 0, "freeze_backbone_batch_norm": False},
@@ -292,7 +289,7 @@ BAD_SETTINGS = [
     ("time_limit_minutes", -1.0), ("warmup_steps", -1), ("num_workers", -1), ("logging_steps", 0),
     ("save_steps", 0), ("eval_top_k", 0), ("seed", -1), ("seed", 2**32), ("report_to", "wandb"),
     ("dilation", "yes"), ("encoder_layers", 1_000_000), ("ffn_dim", 10**6), ("dropout", 1.5),
-    ("backbone", "./resnet50"),
+    ("backbone", "./resnet50"), ("one_to_many_repeats", 0), ("one_to_many_repeats", 65),
 ]  # fmt: skip
 
 
@@ -301,6 +298,11 @@ def test_absurd_training_settings_raise_value_error_naming_the_setting(setting, 
     with pytest.raises(ValueError, match="Invalid training setting") as error:
         resolve_arguments({"dataset": "x", setting: value})
     assert setting in str(error.value) and repr(value)[:20] in str(error.value)
+
+
+def test_hybrid_matching_without_query_groups_is_refused_before_training():
+    with pytest.raises(ValueError, match="one_to_many_repeats > 1 .* num_query_groups to 2 or more"):
+        resolve_arguments({"dataset": "x", "one_to_many_repeats": 3, "num_query_groups": 1})
 
 
 def test_a_yaml_learning_rate_written_1e_4_is_the_number_it_means(tmp_path):

@@ -10,6 +10,7 @@ from transformers import AutoModelForObjectDetection, pipeline
 
 from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor
 from hf_detr.loss_detr import HungarianMatcher, SetCriterion
+from hf_detr.training.query_groups import GroupedCriterion, training_loss
 
 GROUPS = 3
 NO_DROPOUT = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
@@ -60,7 +61,7 @@ def test_grouped_loss_is_the_mean_of_the_per_group_losses():
     boxes = torch.rand(layers, batch_size, GROUPS * num_queries, 4, generator=generator) * 0.5 + 0.25
     labels = labels_for(batch_size)
     criterion = SetCriterion(classes, HungarianMatcher())
-    total, losses = criterion(logits, boxes, labels, num_groups=GROUPS)
+    total, losses = GroupedCriterion(criterion, GROUPS)(logits, boxes, labels)
     per_group = [
         criterion(logits[:, :, g * num_queries : (g + 1) * num_queries], boxes[:, :, g * num_queries : (g + 1) * num_queries], labels)
         for g in range(GROUPS)
@@ -82,15 +83,15 @@ def test_hybrid_matching_scores_later_groups_against_repeated_targets():
     boxes = torch.rand(layers, batch_size, GROUPS * num_queries, 4, generator=generator) * 0.5 + 0.25
     labels = labels_for(batch_size)
     repeated = [{key: torch.cat([value] * repeats) for key, value in target.items()} for target in labels]
-    hybrid = SetCriterion(classes, HungarianMatcher(), one_to_many_repeats=repeats)
     plain = SetCriterion(classes, HungarianMatcher())
-    total, losses = hybrid(logits, boxes, labels, num_groups=GROUPS)
+    total, losses = GroupedCriterion(plain, GROUPS, one_to_many_repeats=repeats)(logits, boxes, labels)
     per_group = [
         plain(logits[:, :, g * num_queries : (g + 1) * num_queries], boxes[:, :, g * num_queries : (g + 1) * num_queries], labels if g == 0 else repeated)
         for g in range(GROUPS)
     ]  # fmt: skip
     assert total.item() == pytest.approx(sum(t.item() for t, _ in per_group) / GROUPS, rel=1e-6)
-    assert total.item() != pytest.approx(plain(logits, boxes, labels, num_groups=GROUPS)[0].item(), rel=1e-3)
+    grouped_only = GroupedCriterion(plain, GROUPS)(logits, boxes, labels)[0]
+    assert total.item() != pytest.approx(grouped_only.item(), rel=1e-3)
     for key in ("loss_ce", "loss_bbox", "loss_giou_0"):
         expected = sum(d[key].item() for _, d in per_group) / GROUPS
         assert losses[key].item() == pytest.approx(expected, rel=1e-6), key
@@ -101,7 +102,7 @@ def test_all_groups_are_matched_with_one_host_transfer():
     pixel_values, pixel_mask = padded_batch([(64, 64), (64, 48)])
     outputs = model(pixel_values, pixel_mask)
     with HostTransferCounter() as counter:
-        model.loss_from_outputs(outputs, labels_for(2))
+        training_loss(model, one_to_many_repeats=2)(outputs, labels_for(2))
     assert counter.calls == ["cpu"]
 
 
@@ -109,13 +110,14 @@ def test_all_groups_are_matched_with_one_host_transfer():
 def test_a_model_trained_with_groups_saves_as_plain_detr_with_group_0s_outputs(
     tmp_path, coco_image_dir, one_to_many_repeats
 ):
-    model = grouped_model(one_to_many_repeats=one_to_many_repeats)
+    model = grouped_model()
+    loss = training_loss(model, one_to_many_repeats)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     pixel_values, pixel_mask = padded_batch([(64, 64), (64, 48)])
     model.train()
     for _ in range(2):  # every group's queries move
         optimizer.zero_grad()
-        model(pixel_values, pixel_mask, labels=labels_for(2)).loss.backward()
+        loss(model(pixel_values, pixel_mask), labels_for(2))[0].backward()
         optimizer.step()
     with torch.no_grad():
         training_group_0 = model(pixel_values, pixel_mask).logits[:, : model.config.num_queries]
@@ -126,8 +128,7 @@ def test_a_model_trained_with_groups_saves_as_plain_detr_with_group_0s_outputs(
     assert model.config.num_query_groups == GROUPS  # the live model keeps its groups
 
     loaded = AutoModelForObjectDetection.from_pretrained(tmp_path)
-    assert (loaded.config.num_query_groups, loaded.config.one_to_many_repeats) == (1, 1)
-    assert model.config.one_to_many_repeats == one_to_many_repeats
+    assert loaded.config.num_query_groups == 1
     assert loaded.model.query_position_embeddings.num_embeddings == model.config.num_queries
     with torch.no_grad():
         reloaded = loaded(pixel_values, pixel_mask)
@@ -138,3 +139,15 @@ def test_a_model_trained_with_groups_saves_as_plain_detr_with_group_0s_outputs(
         str(coco_image_dir / "000000039769.png"), threshold=0.0
     )
     assert len(detections) == model.config.num_queries
+
+
+def test_the_model_names_the_grouped_loss_when_asked_for_a_loss_of_several_groups():
+    model = grouped_model().train()
+    pixel_values, pixel_mask = padded_batch([(64, 64), (64, 48)])
+    with pytest.raises(ValueError, match="GroupedCriterion"):
+        model(pixel_values, pixel_mask, labels=labels_for(2))
+
+
+def test_hybrid_matching_needs_a_second_group():
+    with pytest.raises(ValueError, match="2 or more groups"):
+        GroupedCriterion(SetCriterion(5, HungarianMatcher()), 1, one_to_many_repeats=3)

@@ -136,7 +136,7 @@ class TrainingArguments:
         },
     )
     one_to_many_repeats: int = field(
-        default=HfDetrConfig.one_to_many_repeats,
+        default=1,
         metadata={
             "help": "H-DETR: query groups 1.. are matched to every target repeated k times (1: off)",
             "paper": True,
@@ -379,7 +379,6 @@ MODEL_SETTINGS: dict[str, tuple[str, ...]] = {
     "ffn_dim": ("encoder_ffn_dim", "decoder_ffn_dim"),
     "num_queries": ("num_queries",),
     "num_query_groups": ("num_query_groups",),
-    "one_to_many_repeats": ("one_to_many_repeats",),
     "dropout": ("dropout", "attention_dropout", "activation_dropout"),
     "freeze_backbone_batch_norm": ("freeze_backbone_batch_norm",),
     "trainable_backbone_layers": ("trainable_backbone_layers",),
@@ -678,6 +677,14 @@ def validate(arguments: TrainingArguments) -> None:
             a.metric_for_best_model in (None, *best_metric_names(a.task)),
             f"metric_for_best_model must be one of {', '.join(best_metric_names(a.task))} for "
             f"--task {a.task}, got {a.metric_for_best_model!r}",
+        ),
+        (
+            1 <= a.one_to_many_repeats <= 64,
+            f"one_to_many_repeats must be an integer in 1..64, got {a.one_to_many_repeats!r}",
+        ),
+        (
+            a.one_to_many_repeats == 1 or a.num_query_groups >= 2,
+            "one_to_many_repeats > 1 matches the query groups after the first: set num_query_groups to 2 or more",
         ),
         *_range_checks(arguments),
     ]

@@ -43,7 +43,7 @@ from .checkpoints import TrainingState, read_training_state, recover_checkpoints
 from .ema import EMA_FILE, ModelEma
 from .logs import JsonlLog, LogWindow
 from .panoptic import build_segmentation_model, panoptic_evaluator_factory
-from .query_groups import set_query_groups
+from .query_groups import set_query_groups, training_loss
 from .streaming import StreamingLoader, streaming_loaders
 
 logger = logging.getLogger("hf_detr.training")
@@ -107,7 +107,6 @@ def fine_tuning_model(
         )  # fmt: skip
     model.config.coco_category_ids = list(coco_ids)
     set_query_groups(model, args.num_query_groups)
-    model.config.one_to_many_repeats = args.one_to_many_repeats
     model.config.validate_detr_fields()
     return model
 
@@ -256,6 +255,7 @@ class TrainingRun:
     update_is_bad: bool = False  # some batch of the update being accumulated had a non-finite loss
     ema: ModelEma | None = None  # --ema: the moving average of the weights
     batch_norm: BatchNormStatistics | None = None  # trainable BatchNorm's statistics (restored when bad)
+    loss: Callable[[Any, list[dict[str, torch.Tensor]]], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
     last_stats: dict[str, Any] | None = None  # the latest evaluation's stats (every process)
     last_evaluator: Any = None  # the latest COCO evaluation (main process), for its report and plots
 
@@ -357,6 +357,7 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
         start_time=time.monotonic(),
         ema=ema,
         batch_norm=BatchNormStatistics(accelerator.unwrap_model(model)),
+        loss=training_loss(accelerator.unwrap_model(model), args.one_to_many_repeats),
     )
 
 

@@ -125,7 +125,7 @@ def train_batch(run: TrainingRun, batch: dict[str, Any], stop: StopRequest) -> l
             run.batch_norm.snapshot()
         outputs = run.model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])
         try:
-            loss, loss_dict = run.unwrapped.loss_from_outputs(outputs, batch["labels"])
+            loss, loss_dict = run.loss(outputs, batch["labels"])
             local_bad = (~torch.isfinite(loss.detach())).float()  # stays on the device
         except NonFiniteMatchingCostError:
             # keep every parameter in the graph so all processes run the same backward
