@@ -11,7 +11,8 @@ resized with PIL's nearest rule and padded like the pixels. Post-processing turn
 segmentation model (`logits`, `pred_masks`) into panoptic, instance or semantic maps with transformers'
 `DetrImageProcessor` signatures and output formats.
 
-Annotation conversion and the segmentation helpers live in `image_processing_detr_segmentation.py`.
+Annotation conversion lives in `image_processing_detr_annotations.py`, the post-processing helpers in
+`image_processing_detr_postprocessing.py`.
 Both are part of the self-contained "model files": relative imports of each other only, in one direction.
 """
 
@@ -42,12 +43,12 @@ from transformers.image_utils import (
     load_image,
 )
 
-from .image_processing_detr_segmentation import (
+from .image_processing_detr_annotations import convert_annotation
+from .image_processing_detr_postprocessing import (
     check_finite_outputs,
     check_threshold,
     check_top_k,
     checked_target_sizes,
-    convert_annotation,
     detr_panoptic_segments,
     run_length_encoding,
     segmentation_outputs,

@@ -344,7 +344,7 @@ class _Writer:
 
     def panoptic(self, batch: Batch, stems: list[str], outputs: Any, pixel_mask: torch.Tensor | None) -> None:
         """Segment records and the drawn panoptic map (`<stem>_panoptic.png`) of each image of one batch."""
-        from .image_processing_detr_segmentation import unpadded_segmentation_outputs
+        from .image_processing_detr_postprocessing import unpadded_segmentation_outputs
         from .visualization import draw_panoptic
 
         for index, ((path, image), stem) in enumerate(zip(batch, stems)):

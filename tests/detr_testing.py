@@ -8,13 +8,14 @@ import torch
 from torch import nn
 
 # The model files `save_pretrained` copies next to the weights of a code-carrying checkpoint (the
-# processor's module and, through its relative import, image_processing_detr_segmentation.py)
+# processor's module and, through its relative imports, its annotation and post-processing modules)
 MODEL_FILES = (
     "configuration_detr.py",
     "modeling_detr.py",
     "loss_detr.py",
     "image_processing_detr.py",
-    "image_processing_detr_segmentation.py",
+    "image_processing_detr_annotations.py",
+    "image_processing_detr_postprocessing.py",
 )
 
 TINY_TRANSFORMER = dict(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..image_processing_detr_segmentation import segmentation_outputs, target_size_list
+from ..image_processing_detr_postprocessing import segmentation_outputs, target_size_list
 from .coco_evaluator import (
     STAT_NAMES,
     _as_array,

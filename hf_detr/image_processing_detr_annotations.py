@@ -1,5 +1,4 @@
-"""Annotations and segmentation for HfDetrImageProcessor: COCO annotations to DETR targets, and the
-outputs of a segmentation model to panoptic and instance maps.
+"""COCO annotations to DETR targets, for HfDetrImageProcessor.
 
 Annotations come in COCO detection form (boxes, optionally polygon/RLE masks) or COCO panoptic form
 (segment ids in a PNG: id = R + 256 G + 256^2 B). A raw target holds numpy boxes (absolute x0, y0, x1, y1)
@@ -7,10 +6,8 @@ and areas in the original image, numpy class_labels and iscrowd, the image id, a
 masks [n, H, W]; it is then resized as the image was (masks with PIL's nearest rule) and padded like the
 pixels, as the official `ConvertCocoPolysToMask` and `coco_panoptic.py` of DETR (Carion et al. 2020).
 
-Post-processing follows transformers' `DetrImageProcessor` rules (from MaskFormer) and output formats.
-
-Part of the self-contained "model files". `image_processing_detr.py` imports this module; it imports no
-other module of the package.
+Part of the self-contained "model files": `image_processing_detr.py` imports this module; it imports
+only the value checks of `image_processing_detr_postprocessing.py`.
 """
 
 from __future__ import annotations
@@ -19,17 +16,16 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
-from torch.nn import functional as F
 from torchvision.ops import box_convert, masks_to_boxes
 
+from .image_processing_detr_postprocessing import is_finite_real, is_int64
+
 PANOPTIC_IMAGE_KEY = "panoptic_image"  # a decoded panoptic PNG carried in the annotation itself
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -85,7 +81,7 @@ def _validated_objects(annotation: Any, index: int) -> list[Mapping[str, Any]]:
         if (
             not isinstance(bbox, (list, tuple, np.ndarray))
             or len(bbox) != 4
-            or not all(_is_finite_real(v) for v in bbox)
+            or not all(is_finite_real(v) for v in bbox)
         ):
             raise ValueError(f"{where}: 'bbox' must be 4 finite numbers (x, y, w, h), got {bbox!r}.")
         if bbox[2] < 0 or bbox[3] < 0:
@@ -97,33 +93,15 @@ def _validated_objects(annotation: Any, index: int) -> list[Mapping[str, Any]]:
     return list(annotation["annotations"])
 
 
-def _is_finite_real(value: Any) -> bool:
-    """A finite int, float or numpy number, not a bool."""
-    return (
-        isinstance(value, (int, float, np.integer, np.floating))
-        and not isinstance(value, (bool, np.bool_))
-        and math.isfinite(value)
-    )
-
-
-def _is_int64(value: Any) -> bool:
-    """An int or numpy integer (not a bool) that fits in int64."""
-    return (
-        isinstance(value, (int, np.integer))
-        and not isinstance(value, (bool, np.bool_))
-        and INT64_MIN <= int(value) <= INT64_MAX
-    )
-
-
 def _check_object_fields(obj: Mapping[str, Any], where: str) -> None:
     """`category_id` a non-negative int64, `area` a non-negative finite number, `iscrowd` 0 or 1."""
     category = obj.get("category_id")
-    if not (_is_int64(category) and category >= 0):
+    if not (is_int64(category) and category >= 0):
         raise ValueError(f"{where}: 'category_id' must be an integer >= 0, got {category!r}.")
-    if "area" in obj and not (_is_finite_real(obj["area"]) and obj["area"] >= 0):
+    if "area" in obj and not (is_finite_real(obj["area"]) and obj["area"] >= 0):
         raise ValueError(f"{where}: 'area' must be a finite number >= 0, got {obj['area']!r}.")
     crowd = obj.get("iscrowd", 0)
-    if not (isinstance(crowd, (bool, np.bool_)) or (_is_int64(crowd) and crowd in (0, 1))):
+    if not (isinstance(crowd, (bool, np.bool_)) or (is_int64(crowd) and crowd in (0, 1))):
         raise ValueError(f"{where}: 'iscrowd' must be 0 or 1, got {crowd!r}.")
 
 
@@ -135,7 +113,7 @@ def image_id_of(annotation: Mapping[str, Any], index: int, default: int) -> int:
         value = value.reshape(-1)[0].item()  # e.g. the `image_id` tensor of a processed label
     if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
         value = int(value)
-    if not _is_int64(value):
+    if not is_int64(value):
         raise ValueError(
             f"annotations[{index}]: 'image_id' must be an integer within int64 (COCO image ids are ints), "
             f"got {value!r}."
@@ -267,7 +245,7 @@ def _validated_segments(annotation: Any, index: int) -> list[Mapping[str, Any]]:
         where = f"annotations[{index}] segments_info[{number}]"
         if not isinstance(segment, Mapping):
             raise ValueError(f"{where} must be a dict, got {type(segment).__name__}.")
-        if not _is_int64(segment.get("id")):
+        if not is_int64(segment.get("id")):
             raise ValueError(f"{where}: 'id' must be an integer, got {segment.get('id')!r}.")
         _check_object_fields(segment, where)
     return list(annotation["segments_info"])
@@ -373,261 +351,3 @@ def _pad_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     padded = torch.zeros(masks.shape[0], *size, dtype=torch.bool)
     padded[:, : masks.shape[1], : masks.shape[2]] = masks
     return padded
-
-
-# ----------------------------------------------------------------------------------------------------
-# Segmentation post-processing helpers
-# ----------------------------------------------------------------------------------------------------
-def segmentation_outputs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """`outputs.logits` [B, N, K+1] and `outputs.pred_masks` [B, N, h, w], checked."""
-    logits, masks = getattr(outputs, "logits", None), getattr(outputs, "pred_masks", None)
-    if not isinstance(logits, torch.Tensor) or not isinstance(masks, torch.Tensor):
-        raise TypeError(
-            "`outputs` must have tensors `logits` [B, N, K+1] and `pred_masks` [B, N, h, w] (the outputs "
-            f"of a DETR segmentation model), got logits={type(logits).__name__}, "
-            f"pred_masks={type(masks).__name__}."
-        )
-    if logits.ndim != 3 or masks.ndim != 4 or masks.shape[:2] != logits.shape[:2] or logits.shape[-1] < 2:
-        raise ValueError(
-            f"`outputs.logits` must be [B, N, K+1] and `outputs.pred_masks` [B, N, h, w] with the same B and "
-            f"N, got {list(logits.shape)} and {list(masks.shape)}."
-        )
-    check_finite_outputs({"logits": logits, "pred_masks": masks})
-    return logits, masks
-
-
-def check_finite_outputs(outputs: Mapping[str, torch.Tensor]) -> None:
-    """Model outputs must be real and finite: NaN or inf (a diverged model, usually) is an error naming
-    the output and the image instead of silently empty results."""
-    for name, tensor in outputs.items():
-        if not (tensor.is_floating_point() and tensor.ndim >= 1):
-            raise TypeError(f"`outputs.{name}` must be a floating tensor, got {tensor.dtype}.")
-        finite = torch.isfinite(tensor).flatten(1).all(1).tolist() if tensor.numel() else []
-        if not all(finite):
-            raise ValueError(
-                f"`outputs.{name}` of image {finite.index(False)} contains NaN or inf: the model's outputs "
-                "are not finite (a diverged model, or inputs the model could not take)."
-            )
-
-
-def check_threshold(name: str, value: Any) -> float:
-    """A threshold on scores, probabilities or area ratios: a number from 0 to 1 (1 keeps nothing)."""
-    if not (_is_finite_real(value) and 0 <= value <= 1):
-        raise ValueError(
-            f"`{name}` must be a number from 0 to 1 (scores are probabilities; 1 keeps nothing), got {value!r}."
-        )
-    return float(value)
-
-
-def check_top_k(top_k: Any) -> int | None:
-    """`top_k`: None or a positive int."""
-    if top_k is not None and not (_is_int64(top_k) and top_k > 0):
-        raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}.")
-    return None if top_k is None else int(top_k)
-
-
-def checked_target_sizes(target_sizes: Any, batch_size: int, integer: bool) -> list[tuple[float, float]]:
-    """`target_sizes` (a [B, 2] tensor or array, or a list of (height, width)) as a list of positive
-    finite (height, width) pairs, one per image; with `integer`, whole numbers of pixels (as ints)."""
-    sizes = target_sizes.tolist() if isinstance(target_sizes, (torch.Tensor, np.ndarray)) else target_sizes
-    kind = "whole numbers of pixels" if integer else "finite numbers"
-    message = (
-        f"`target_sizes` must hold one positive (height, width) per image ({batch_size}), as {kind}; "
-        f"got {target_sizes!r:.200}."
-    )
-    if not isinstance(sizes, (list, tuple)) or len(sizes) != batch_size:
-        raise ValueError(message)
-    checked = []
-    for size in sizes:
-        size = size.tolist() if isinstance(size, (torch.Tensor, np.ndarray)) else size
-        if not isinstance(size, (list, tuple)) or len(size) != 2:
-            raise ValueError(message)
-        if not all(_is_finite_real(v) and v > 0 and (not integer or float(v).is_integer()) for v in size):
-            raise ValueError(message)
-        checked.append(tuple(int(v) if integer else float(v) for v in size))
-    return checked
-
-
-def unpadded_segmentation_outputs(
-    outputs: Any, pixel_mask: torch.Tensor | None, index: int
-) -> SimpleNamespace:
-    """Image `index`'s `logits` [1, N, K+1] and `pred_masks` [1, N, h, w] cut to its unpadded part.
-
-    Post-processing resizes the whole mask map to the target size, so the padding that larger images
-    bring into a batch would stretch the masks; the official `PostProcessSegm` crops the same way.
-    """
-    masks = outputs.pred_masks[index : index + 1]  # [1, N, h, w] of the padded batch
-    if pixel_mask is not None:
-        padded_height, padded_width = pixel_mask.shape[-2:]
-        rows, columns = int(pixel_mask[index].any(1).sum()), int(pixel_mask[index].any(0).sum())
-        height = math.ceil(rows * masks.shape[-2] / padded_height)
-        width = math.ceil(columns * masks.shape[-1] / padded_width)
-        masks = masks[..., :height, :width]
-    return SimpleNamespace(logits=outputs.logits[index : index + 1], pred_masks=masks)
-
-
-def target_size_list(target_sizes: Any, batch_size: int) -> list[tuple[int, int] | None]:
-    """`target_sizes` as one (height, width) per image, or None per image when not given."""
-    if target_sizes is None:
-        return [None] * batch_size
-    return checked_target_sizes(target_sizes, batch_size, integer=True)
-
-
-def segments_per_image(
-    outputs: Any,
-    threshold: float,
-    mask_threshold: float,
-    overlap_mask_area_threshold: float,
-    label_ids_to_fuse: set[int],
-    target_sizes: Any,
-) -> list[dict[str, Any]]:
-    """Per image `{"segmentation", "segments_info"}` from the queries whose best class is an object
-    scoring above `threshold` (see `HfDetrImageProcessor.post_process_panoptic_segmentation`)."""
-    logits, mask_logits = segmentation_outputs(outputs)
-    threshold = check_threshold("threshold", threshold)
-    mask_threshold = check_threshold("mask_threshold", mask_threshold)
-    overlap_mask_area_threshold = check_threshold("overlap_mask_area_threshold", overlap_mask_area_threshold)
-    probabilities = mask_logits.float().sigmoid()  # [B, N, h, w]
-    scores, labels = logits.float().softmax(-1).max(-1)  # [B, N]
-    keep = labels.ne(logits.shape[-1] - 1) & (scores > threshold)  # [B, N]
-    thresholds = (mask_threshold, overlap_mask_area_threshold)
-    results = []
-    for i, size in enumerate(target_size_list(target_sizes, len(logits))):
-        kept = (probabilities[i][keep[i]], scores[i][keep[i]], labels[i][keep[i]])
-        results.append(_image_segments(*kept, size, *thresholds, label_ids_to_fuse))
-    return results
-
-
-def _image_segments(
-    probabilities: torch.Tensor,
-    scores: torch.Tensor,
-    labels: torch.Tensor,
-    size: tuple[int, int] | None,
-    mask_threshold: float,
-    overlap_mask_area_threshold: float,
-    label_ids_to_fuse: set[int],
-) -> dict[str, Any]:
-    """The kept queries of one image (mask probabilities [M, h, w], scores [M], labels [M]) -> segments."""
-    height, width = size if size is not None else probabilities.shape[-2:]
-    if len(scores) == 0:
-        segmentation = torch.full((height, width), -1, dtype=torch.int32, device=probabilities.device)
-        return {"segmentation": segmentation, "segments_info": []}
-    if size is not None:
-        probabilities = F.interpolate(probabilities[None], size=size, mode="bilinear", align_corners=False)[0]
-    weighted = probabilities * scores[:, None, None]  # [M, H, W]
-    owner = weighted.argmax(0)  # [H, W]: the query each pixel goes to
-    won = torch.bincount(owner.flatten(), minlength=len(scores))  # [M]
-    own = (weighted >= mask_threshold).flatten(1).sum(1)  # [M]
-    # the ratio in float32, compared in float64 with the threshold, as transformers' `.item() >`
-    valid = (won > 0) & (own > 0) & ((won / own).double() > overlap_mask_area_threshold)
-    segment_of_query, segments = _number_segments(
-        valid.tolist(), labels.tolist(), scores.tolist(), label_ids_to_fuse
-    )
-    lookup = torch.tensor(segment_of_query, dtype=torch.int32, device=owner.device)  # [M]
-    return {"segmentation": lookup[owner], "segments_info": segments}
-
-
-def _number_segments(
-    valid: list[bool], labels: list[int], scores: list[float], label_ids_to_fuse: set[int]
-) -> tuple[list[int], list[dict[str, Any]]]:
-    """Segment id of each query (0 if none) in query order; queries of a fused label share one id."""
-    segment_of_query, segments, fused, last_id = [0] * len(valid), [], {}, 0
-    for query, (is_segment, label, score) in enumerate(zip(valid, labels, scores)):
-        if not is_segment:
-            continue
-        should_fuse = label in label_ids_to_fuse
-        if should_fuse and label in fused:
-            segment_id = fused[label]
-        else:
-            last_id += 1
-            segment_id = last_id
-            if should_fuse:
-                fused[label] = segment_id
-        segment_of_query[query] = segment_id
-        segments.append(
-            {"id": segment_id, "label_id": label, "was_fused": should_fuse, "score": round(score, 6)}
-        )
-    return segment_of_query, segments
-
-
-def detr_panoptic_segments(
-    logits: torch.Tensor,
-    mask_logits: torch.Tensor,
-    threshold: float,
-    stuff_label_ids: set[int],
-    processed_sizes: list[tuple[int, int]],
-    target_sizes: list[tuple[int, int] | None],
-) -> list[dict[str, Any]]:
-    """Per image `{"segmentation", "segments_info"}` by the rule of the official DETR's
-    `PostProcessPanoptic` (see `HfDetrImageProcessor.post_process_panoptic_segmentation`) from
-    checked outputs (`segmentation_outputs`): logits [B, N, K+1], mask logits [B, N, h, w]."""
-    threshold = check_threshold("threshold", threshold)
-    scores, labels = logits.float().softmax(-1).max(-1)  # [B, N]
-    keep = labels.ne(logits.shape[-1] - 1) & (scores > threshold)  # [B, N]
-    results = []
-    for i, (processed, target) in enumerate(zip(processed_sizes, target_sizes)):
-        masks = mask_logits[i][keep[i]].float()  # [M, h, w]
-        masks = F.interpolate(masks[:, None], size=processed, mode="bilinear", align_corners=False)[:, 0]
-        kept = (scores[i][keep[i]], labels[i][keep[i]])
-        results.append(_detr_image_segments(masks, *kept, target or processed, stuff_label_ids))
-    return results
-
-
-def _detr_image_segments(
-    masks: torch.Tensor,
-    scores: torch.Tensor,
-    labels: torch.Tensor,
-    size: tuple[int, int],
-    stuff_label_ids: set[int],
-) -> dict[str, Any]:
-    """One image's kept queries (mask logits [M, h, w] at the processed size, scores [M], labels [M])
-    -> segments: each pixel to the query of the highest mask logit, the queries of one stuff class
-    merged into the first, then queries of 4 pixels or less dropped and the map made again (without
-    merging), until none is that small."""
-    first_of_label: dict[int, int] = {}
-    merged = [first_of_label.setdefault(label, query) if label in stuff_label_ids else query
-              for query, label in enumerate(labels.tolist())]  # fmt: skip
-    owner, areas = _query_map(masks, size, torch.tensor(merged, dtype=torch.long))
-    while len(areas) and min(areas) <= 4:
-        large = torch.tensor([area > 4 for area in areas])
-        masks, scores, labels = masks[large], scores[large], labels[large]
-        owner, areas = _query_map(masks, size, None)
-    segments = [
-        {"id": query + 1, "label_id": label, "was_fused": label in stuff_label_ids, "score": round(score, 6)}
-        for query, (label, score) in enumerate(zip(labels.tolist(), scores.tolist()))
-    ]
-    segmentation = (owner + 1 if len(areas) else owner).to(torch.int32)  # ids from 1; 0: no segment
-    return {"segmentation": segmentation, "segments_info": segments}
-
-
-def _query_map(
-    masks: torch.Tensor, size: tuple[int, int], merged: torch.Tensor | None
-) -> tuple[torch.Tensor, list[int]]:
-    """The query of each pixel at `size` (height, width) and each query's pixel count: the argmax of
-    the softmax over queries at the masks' size (`merged`: the query each query's pixels go to), then a
-    nearest resize with PIL, as the official code resizes its PNG."""
-    height, width = masks.shape[-2:]
-    if len(masks) == 0:
-        return torch.zeros(size, dtype=torch.long), []
-    owner = masks.flatten(1).transpose(0, 1).softmax(-1).argmax(-1).view(height, width)  # [h, w]
-    if merged is not None:
-        owner = merged.to(owner.device)[owner]
-    picture = PIL.Image.fromarray(owner.cpu().numpy().astype(np.int32))  # mode "I"
-    owner = torch.from_numpy(
-        np.asarray(picture.resize((size[1], size[0]), PIL.Image.NEAREST), dtype=np.int64)
-    )
-    return owner, torch.bincount(owner.flatten(), minlength=len(masks)).tolist()
-
-
-def run_length_encoding(segmentation: torch.Tensor) -> list[list[int]]:
-    """Per segment id (increasing), `[start, length, ...]` runs of its row-major pixels, starts from 1."""
-    flat = segmentation.flatten().cpu()
-    change = torch.ones_like(flat, dtype=torch.bool)
-    change[1:] = flat[1:] != flat[:-1]
-    starts = change.nonzero().flatten()  # [R] 0-based run starts
-    lengths = torch.diff(starts, append=torch.tensor([len(flat)]))
-    values = flat[starts]
-    order = torch.sort(values, stable=True).indices  # runs grouped by id, in pixel order within an id
-    pairs = torch.stack([starts[order] + 1, lengths[order]], 1)  # [R, 2]
-    counts = torch.unique_consecutive(values[order], return_counts=True)[1].tolist()
-    return [group.flatten().tolist() for group in torch.split(pairs, counts)]
