@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from .coco_panoptic_categories import COCO_PANOPTIC_NUM_LABELS, coco_panoptic_label_fields
+from .commands import add_traceback_argument
 from .configuration_detr import COCO_DETECTION_LABELS, HfDetrConfig
-from .extras import add_traceback_argument
 from .image_processing_detr import HfDetrImageProcessor
 from .modeling_detr import HfDetrForObjectDetection
 from .modeling_detr_segmentation import HfDetrForSegmentation

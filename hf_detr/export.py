@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .commands import add_traceback_argument
 from .configuration_detr import HfDetrConfig
-from .extras import add_traceback_argument, require_extra
+from .extras import require_extra
 from .image_processing_detr import HfDetrImageProcessor
 from .modeling_detr import HfDetrForObjectDetection
 from .modeling_detr_segmentation import HfDetrForSegmentation

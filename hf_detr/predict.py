@@ -40,7 +40,7 @@ from typing import Any, TextIO
 import torch
 from tqdm.auto import tqdm
 
-from .extras import add_traceback_argument, positive_int, probability, run_command
+from .commands import add_traceback_argument, positive_int, probability, run_command
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TASKS = ("detection", "panoptic")

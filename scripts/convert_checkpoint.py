@@ -2,7 +2,7 @@
 
 import sys
 
-from hf_detr.extras import convert_command
+from hf_detr.commands import convert_command
 
 if __name__ == "__main__":
     sys.exit(convert_command())

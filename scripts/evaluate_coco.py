@@ -4,7 +4,7 @@ Not named evaluate.py: that would shadow the `evaluate` package."""
 
 import sys
 
-from hf_detr.extras import evaluate_command
+from hf_detr.commands import evaluate_command
 
 if __name__ == "__main__":
     sys.exit(evaluate_command())

@@ -2,7 +2,7 @@
 
 import sys
 
-from hf_detr.extras import predict_command
+from hf_detr.commands import predict_command
 
 if __name__ == "__main__":
     sys.exit(predict_command())

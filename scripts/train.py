@@ -2,7 +2,7 @@
 
 import sys
 
-from hf_detr.extras import train_command
+from hf_detr.commands import train_command
 
 if __name__ == "__main__":
     sys.exit(train_command())

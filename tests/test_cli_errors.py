@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT
 
-from hf_detr.extras import TRACEBACK_ENV, describe_error, report_error, run_command
+from hf_detr.commands import TRACEBACK_ENV, describe_error, report_error, run_command
 from hf_detr.predict import main as predict_main
 
 HINT = f"run with --traceback or {TRACEBACK_ENV}=1 for the details"

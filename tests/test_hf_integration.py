@@ -655,7 +655,7 @@ _WITHOUT_TRAIN_EXTRA = textwrap.dedent(
     import PIL.Image
     from transformers import pipeline
     import hf_detr
-    from hf_detr.extras import evaluate_command, train_command
+    from hf_detr.commands import evaluate_command, train_command
 
     detections = pipeline("object-detection", model=sys.argv[1])(PIL.Image.new("RGB", (80, 60)), threshold=0.0)
     print("detections", len(detections))

@@ -9,7 +9,8 @@ from .builtin import builtin_dataset_folder, write_shapes_coco
 from .coco_folder import load_coco_folder
 from .coco_panoptic import load_coco_panoptic_folder
 from .collate import DetectionCollator, DetectionDataset, PanopticDataset, decode_record_image
-from .formats import load_detection_folder
+from .detection_sources import load_detection_dataset
+from .folder_layouts import load_detection_folder
 from .panoptic_sources import load_panoptic_dataset
 from .schema import (
     category_ids,
@@ -21,7 +22,6 @@ from .schema import (
     panoptic_features,
     stuff_label_ids,
 )
-from .sources import load_detection_dataset
 from .transforms import RandomSizeCrop, detr_train_transforms, detr_val_size
 from .voc_folder import load_voc_folder
 from .yolo_folder import load_yolo_folder

@@ -53,7 +53,7 @@ from .coco_columns import (
     read_instances_columns,
 )
 from .coco_json import checked_categories, coco_tables, read_json
-from .folder_common import (
+from .folder_reading import (
     SplitColumns,
     SplitRequest,
     as_id,

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .folder_common import check_class_names, examples, repeated, short_text, shown
+from .folder_reading import check_class_names, examples, repeated, short_text, shown
 from .schema import logger
 
 TABLES = ("images", "annotations", "categories")

@@ -25,7 +25,7 @@ from .coco_folder import (
     read_coco_json,
     valid_objects,
 )
-from .folder_common import SplitColumns, SplitRequest, as_id, examples, relative_name, repeated, short_text
+from .folder_reading import SplitColumns, SplitRequest, as_id, examples, relative_name, repeated, short_text
 from .schema import PANOPTIC_MASK, logger, panoptic_features
 
 

@@ -27,7 +27,7 @@ from torchvision import tv_tensors
 from torchvision.ops import box_convert
 
 from ..image_processing_detr import HfDetrImageProcessor, decode_image
-from .folder_common import inside_folders
+from .folder_reading import inside_folders
 from .panoptic_ids import id_map
 from .schema import PANOPTIC_MASK, image_folders
 

@@ -26,10 +26,10 @@ from datasets import (
 
 from .coco_folder import valid_objects
 from .coco_panoptic import is_coco_panoptic_folder, load_coco_panoptic_folder
-from .folder_common import SplitRequest
+from .detection_sources import PROBLEM, drop_unusable_records, load_source, size_problem
+from .folder_reading import SplitRequest
 from .panoptic_ids import id_map
 from .schema import PANOPTIC_MASK, ObjectChecker, is_panoptic, logger, panoptic_features, set_category_ids
-from .sources import PROBLEM, drop_unusable_records, load_source, size_problem
 
 PNG_COLUMNS = (PANOPTIC_MASK, "mask", "label", "annotation", "segmentation")
 SEGMENT_KEYS = ("id", "category_id", "iscrowd", "area", "bbox")

@@ -34,7 +34,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 
 from .coco_folder import cached_dataset, checked_size, default_cache_dir, valid_objects
-from .folder_common import (
+from .folder_reading import (
     IMAGE_SUFFIXES,
     SplitColumns,
     SplitRequest,

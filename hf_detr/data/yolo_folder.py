@@ -36,7 +36,7 @@ from typing import Any
 from datasets import Dataset, DatasetDict
 
 from .coco_folder import cached_dataset, default_cache_dir, valid_objects
-from .folder_common import (
+from .folder_reading import (
     SplitColumns,
     SplitRequest,
     as_id,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..extras import add_traceback_argument, positive_int, probability, run_command
+from ..commands import add_traceback_argument, positive_int, probability, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..commands import add_traceback_argument
 from ..configuration_detr import HfDetrConfig
 from ..evaluation.coco_evaluator import STAT_NAMES
-from ..extras import add_traceback_argument
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from ..extras import run_command
+from ..commands import run_command
 from .arguments import parse_args
 from .panoptic import stage_to_run, training_stages
 from .trainer import TrainingStopped, train

@@ -35,7 +35,7 @@ from ..evaluation.report import write_evaluation_report
 from ..loss_detr import NonFiniteMatchingCostError
 from .arguments import TrainingArguments, best_metric
 from .checkpoints import checkpoint_path, disk_full_errors, save_checkpoint, write_training_state
-from .output import save_final_model
+from .final_model import save_final_model
 from .setup import TrainingRun, setup_run
 
 EVAL_REPORT_DIR = "eval"  # OUTPUT_DIR/eval: the latest evaluation's eval_results.json and plots

@@ -18,7 +18,7 @@ from typing import Any
 from datasets import DatasetDict
 
 from .coco_folder import is_coco_folder, load_coco_folder
-from .folder_common import SplitRequest
+from .folder_reading import SplitRequest
 from .voc_folder import is_voc_folder, load_voc_folder
 from .yolo_folder import is_yolo_folder, load_yolo_folder
 

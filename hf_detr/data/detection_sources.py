@@ -2,7 +2,7 @@
 
 Sources: the built-in synthetic set (no argument, or "builtin:shapes-new-v1" for the fine-tuning
 set), a local COCO, YOLO or Pascal VOC folder (the layout
-detected: hf_detr.data.formats), a `save_to_disk` folder, local parquet/arrow files, or a Hub dataset name. Hub detection datasets differ in their box format
+detected: hf_detr.data.folder_layouts), a `save_to_disk` folder, local parquet/arrow files, or a Hub dataset name. Hub detection datasets differ in their box format
 (`detection-datasets/coco` stores x0, y0, x1, y1; `cppe-5` COCO's x, y, w, h), so `bbox_format` is
 explicit and checked against the data. Records with a repeated image id or a size that disagrees with
 the image are left out with a counted warning (`normalize_split`); objects follow the one rule of every
@@ -33,7 +33,8 @@ from datasets import (
     load_from_disk,
 )
 
-from .folder_common import (
+from .folder_layouts import is_detection_folder, load_detection_folder
+from .folder_reading import (
     SplitRequest,
     image_header,
     log_skipped_images,
@@ -41,7 +42,6 @@ from .folder_common import (
     report_shared_images,
     requested_splits,
 )
-from .formats import is_detection_folder, load_detection_folder
 from .schema import (
     MAX_CLASSES,
     ObjectChecker,
