@@ -236,9 +236,7 @@ class HfDetrForSegmentation(HfDetrPreTrainedModel):
         pred_masks = self.predict_masks(detection)
         loss = loss_dict = None
         if labels is not None:
-            loss, loss_dict = self.compute_loss(
-                detection.logits, detection.pred_boxes, pred_masks, detection.auxiliary_outputs, labels
-            )
+            loss, loss_dict = self.compute_loss(*self.scored_predictions(detection), pred_masks, labels)
         shared = {field.name for field in fields(HfDetrSegmentationOutput)}
         if not output_auxiliary_outputs:  # computed only to be scored
             shared.discard("auxiliary_outputs")
@@ -269,24 +267,21 @@ class HfDetrForSegmentation(HfDetrPreTrainedModel):
         logits: torch.Tensor,
         boxes: torch.Tensor,
         pred_masks: torch.Tensor,
-        auxiliary_outputs: list[dict[str, torch.Tensor]] | None,
         labels: list[dict[str, torch.Tensor]],
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The detector's set-prediction loss of the last layer (and of the auxiliary ones with
-        `config.auxiliary_loss`) plus the last layer's mask losses."""
-        auxiliary = (auxiliary_outputs or []) if self.config.auxiliary_loss else []
-        all_logits = torch.stack([*(a["logits"] for a in auxiliary), logits])  # [L, B, N, K+1]
-        all_boxes = torch.stack([*(a["pred_boxes"] for a in auxiliary), boxes])  # [L, B, N, 4]
-        criterion = SetCriterion.from_config(self.config)
-        return criterion(all_logits, all_boxes, labels, pred_masks=pred_masks)
+        """The detector's set-prediction loss of the scored layers' [L, B, N, K+1] logits and [L, B, N, 4]
+        boxes plus the last layer's mask losses."""
+        return SetCriterion.from_config(self.config)(logits, boxes, labels, pred_masks=pred_masks)
 
     def loss_from_outputs(
         self, outputs: HfDetrSegmentationOutput, labels: list[dict[str, torch.Tensor]]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of outputs computed without labels (e.g. by a training loop that handles failures)."""
-        return self.compute_loss(
-            outputs.logits, outputs.pred_boxes, outputs.pred_masks, outputs.auxiliary_outputs, labels
-        )
+        return self.compute_loss(*self.scored_predictions(outputs), outputs.pred_masks, labels)
+
+    def scored_predictions(self, outputs: HfDetrSegmentationOutput) -> tuple[torch.Tensor, torch.Tensor]:
+        """As the detector's: the [L, B, N, K+1] logits and [L, B, N, 4] boxes the loss scores."""
+        return self.detr.scored_predictions(outputs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' `save_pretrained`; a code-carrying checkpoint maps AutoConfig and

@@ -10,7 +10,8 @@ from transformers import AutoModelForObjectDetection, pipeline
 
 from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor
 from hf_detr.loss_detr import HungarianMatcher, SetCriterion
-from hf_detr.training.query_groups import GroupedCriterion, training_loss
+from hf_detr.training.loss import training_loss
+from hf_detr.training.query_groups import GroupedCriterion
 
 GROUPS = 3
 NO_DROPOUT = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
@@ -151,3 +152,25 @@ def test_the_model_names_the_grouped_loss_when_asked_for_a_loss_of_several_group
 def test_hybrid_matching_needs_a_second_group():
     with pytest.raises(ValueError, match="2 or more groups"):
         GroupedCriterion(SetCriterion(5, HungarianMatcher()), 1, one_to_many_repeats=3)
+
+
+def test_without_groups_the_training_loss_is_the_models_own():
+    """The training loop's loss (criterion built once per run) equals the model's `loss_from_outputs`, for
+    a detector and for a segmentation model (mask losses included)."""
+    from hf_detr import HfDetrForSegmentation
+
+    pixel_values, pixel_mask = padded_batch([(64, 64), (64, 48)])
+    labels = labels_for(2)
+    for index, label in enumerate(labels):
+        height, width = pixel_values.shape[-2:]
+        label["masks"] = torch.zeros(len(label["boxes"]), height, width, dtype=torch.bool)
+        label["masks"][:, : 20 + index, : 30 + index] = True
+    torch.manual_seed(0)
+    segmentation = HfDetrForSegmentation(tiny_hf_detr_config(use_masks=True, d_model=64, **NO_DROPOUT))
+    for model in (HfDetrForObjectDetection(tiny_hf_detr_config(**NO_DROPOUT)), segmentation):
+        model.train()
+        outputs = model(pixel_values, pixel_mask)
+        expected_total, expected = model.loss_from_outputs(outputs, labels)
+        total, losses = training_loss(model)(outputs, labels)
+        assert torch.equal(total, expected_total) and losses.keys() == expected.keys()
+        assert ("loss_mask" in losses) == model.config.use_masks

@@ -3,7 +3,7 @@ al., CVPR 2023): the extra groups a model trains with, and their loss around the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -77,15 +77,4 @@ class GroupedCriterion:
             return self.criterion.total(losses, class_error)
 
 
-def training_loss(model: nn.Module, one_to_many_repeats: int = 1) -> Callable:
-    """What the training loop calls on (outputs, labels): the model's own loss, or with query groups the
-    grouped loss (built once for the run)."""
-    if model.config.num_query_groups == 1:
-        return model.loss_from_outputs
-    grouped = GroupedCriterion(
-        SetCriterion.from_config(model.config), model.config.num_query_groups, one_to_many_repeats
-    )
-    return lambda outputs, labels: grouped(*model.scored_predictions(outputs), labels)
-
-
-__all__ = ["GroupedCriterion", "groups_as_layers", "set_query_groups", "training_loss"]
+__all__ = ["GroupedCriterion", "groups_as_layers", "set_query_groups"]

@@ -42,8 +42,9 @@ from .checkpoint_files import check_checkpoint_files
 from .checkpoints import TrainingState, read_training_state, recover_checkpoints, resolve_resume
 from .ema import EMA_FILE, ModelEma
 from .logs import JsonlLog, LogWindow
+from .loss import training_loss
 from .panoptic import build_segmentation_model, panoptic_evaluator_factory
-from .query_groups import set_query_groups, training_loss
+from .query_groups import set_query_groups
 from .streaming import StreamingLoader, streaming_loaders
 
 logger = logging.getLogger("hf_detr.training")
