@@ -196,25 +196,31 @@ def resolve_arguments_config(num_labels: int, **kwargs):
                         num_labels=num_labels, freeze_backbone_batch_norm=False, trainable_backbone_layers=5, **kwargs)  # fmt: skip
 
 
+def patch_training_loss(monkeypatch, wrap) -> None:
+    """The training loop's loss (built by hf_detr.training.loss.training_loss) replaced by wrap(loss)."""
+    import hf_detr.training.setup as setup
+
+    real = setup.training_loss
+    monkeypatch.setattr(setup, "training_loss", lambda model, *args: wrap(real(model, *args)))
+
+
 def test_non_finite_losses_skip_the_update_and_too_many_stop_the_run(tmp_path, shapes, monkeypatch):
-    real = HfDetrForObjectDetection.loss_from_outputs
     calls = []
 
-    def sometimes_nan(self, outputs, labels):
-        calls.append(1)
-        loss, loss_dict = real(self, outputs, labels)
-        return (loss * float("nan"), loss_dict) if len(calls) in (2, 3) else (loss, loss_dict)
+    def sometimes_nan(loss):
+        def patched(outputs, labels):
+            calls.append(1)
+            total, loss_dict = loss(outputs, labels)
+            return (total * float("nan"), loss_dict) if len(calls) in (2, 3) else (total, loss_dict)
 
-    monkeypatch.setattr(HfDetrForObjectDetection, "loss_from_outputs", sometimes_nan)
+        return patched
+
+    patch_training_loss(monkeypatch, sometimes_nan)
     result = train(arguments(tmp_path / "nan", shapes, max_steps=5))
     assert result.nonfinite_steps == 2 and result.global_step == 5 and result.stop_reason == "completed"
     assert [e["step"] for e in events(tmp_path / "nan", "skipped_nonfinite")] == [2, 3]
 
-    monkeypatch.setattr(
-        HfDetrForObjectDetection,
-        "loss_from_outputs",
-        lambda self, outputs, labels: (outputs.logits.sum() * float("nan"), {}),
-    )
+    patch_training_loss(monkeypatch, lambda loss: lambda outputs, labels: (outputs.logits.sum() * float("nan"), {}))
     with pytest.raises(
         TrainingStopped, match="3 consecutive updates had a non-finite loss.*lower the learning rate"
     ):
@@ -226,16 +232,18 @@ def test_diverged_predictions_are_a_skipped_update_not_a_crash(tmp_path, shapes,
     """NaN predictions make the matcher raise; the loop turns it into a skipped update."""
     from hf_detr.loss_detr import NonFiniteMatchingCostError
 
-    real = HfDetrForObjectDetection.loss_from_outputs
     calls = []
 
-    def matcher_fails_once(self, outputs, labels):
-        calls.append(1)
-        if len(calls) == 2:
-            raise NonFiniteMatchingCostError("the model's logits contain NaN")
-        return real(self, outputs, labels)
+    def matcher_fails_once(loss):
+        def patched(outputs, labels):
+            calls.append(1)
+            if len(calls) == 2:
+                raise NonFiniteMatchingCostError("the model's logits contain NaN")
+            return loss(outputs, labels)
 
-    monkeypatch.setattr(HfDetrForObjectDetection, "loss_from_outputs", matcher_fails_once)
+        return patched
+
+    patch_training_loss(monkeypatch, matcher_fails_once)
     assert train(arguments(tmp_path / "run", shapes, max_steps=3)).nonfinite_steps == 1
 
 
