@@ -323,3 +323,20 @@ def test_an_encoder_decoder_as_transformers_detr_config_says():
     from transformers import DetrConfig
 
     assert HfDetrConfig().is_encoder_decoder is DetrConfig().is_encoder_decoder is True
+
+
+def test_config_overrides_set_any_model_field_and_name_the_setting_when_wrong():
+    """transformers' --config_overrides: the box and GIoU weights have no flag of their own."""
+    args = resolve_arguments({"dataset": "x", "config_overrides": "bbox_loss_coefficient=3, giou_loss_coefficient=1.5"})
+    kwargs = args.model_config_kwargs()
+    assert (kwargs["bbox_loss_coefficient"], kwargs["giou_loss_coefficient"]) == (3, 1.5)
+    assert HfDetrConfig(**kwargs).bbox_loss_coefficient == 3
+    for text, message in [
+        ("bbox_loss=3", "'bbox_loss' is not an HfDetrConfig field"),
+        ("use_masks=true", "'use_masks' is not an HfDetrConfig field"),
+        ("bbox_loss_coefficient", "is not key=value"),
+        ("bbox_loss_coefficient=-1", r"config_overrides.*bbox_loss_coefficient"),
+        ("activation_function=tanh", r"config_overrides.*activation_function"),
+    ]:
+        with pytest.raises(ValueError, match=f"Invalid training setting.*{message}"):
+            resolve_arguments({"dataset": "x", "config_overrides": text})

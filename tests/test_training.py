@@ -188,6 +188,16 @@ def test_fine_tuning_with_query_groups_keeps_the_checkpoints_queries_as_group_0(
     assert torch.equal(queries[:5], source.model.query_position_embeddings.weight)
 
 
+def test_config_overrides_reach_fresh_and_fine_tuned_models(tmp_path, shapes):
+    source = HfDetrForObjectDetection(resolve_arguments_config(num_labels=3))
+    source.save_pretrained(tmp_path / "source")
+    overrides = "bbox_loss_coefficient=3,giou_cost=1.5"
+    for init_from in (None, str(tmp_path / "source")):
+        args = arguments(tmp_path / "run", shapes, init_from=init_from, config_overrides=overrides)
+        config = build_model(args, ["circle", "square", "triangle"], [1, 2, 3]).config
+        assert (config.bbox_loss_coefficient, config.giou_cost) == (3, 1.5), init_from
+
+
 def resolve_arguments_config(num_labels: int, **kwargs):
     from hf_detr import HfDetrConfig
 

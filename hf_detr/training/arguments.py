@@ -142,6 +142,12 @@ class TrainingArguments:
             "paper": True,
         },
     )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={
+            "help": "other HfDetrConfig fields, as transformers': 'bbox_loss_coefficient=3,giou_cost=1'"
+        },
+    )
     dropout: float = field(
         default=HfDetrConfig.dropout,
         metadata={
@@ -360,8 +366,9 @@ class TrainingArguments:
         return dataclasses.asdict(self)
 
     def model_config_kwargs(self) -> dict[str, Any]:
-        """The `HfDetrConfig` fields these settings choose (see MODEL_SETTINGS)."""
-        return {key: getattr(self, name) for name, keys in MODEL_SETTINGS.items() for key in keys}
+        """The `HfDetrConfig` fields these settings choose (see MODEL_SETTINGS), then `config_overrides`."""
+        settings = {key: getattr(self, name) for name, keys in MODEL_SETTINGS.items() for key in keys}
+        return {**settings, **parse_config_overrides(self.config_overrides)}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -769,6 +776,34 @@ def _range_checks(arguments: TrainingArguments) -> list[tuple[bool, str]]:
     return checks
 
 
+# HfDetrConfig fields that hf-detr-train fills from the dataset or the model class, never from overrides
+NOT_OVERRIDABLE = ("coco_category_ids", "stuff_label_ids", "use_masks", "is_encoder_decoder")
+
+
+def parse_config_overrides(text: str | None) -> dict[str, Any]:
+    """`key=value,key=value` -> {HfDetrConfig field: value}; values read as JSON (numbers, true/false,
+    lists), else as strings. `ValueError` naming the setting for an unknown field or a malformed pair."""
+    if not text:
+        return {}
+    fields_ = set(HfDetrConfig.__annotations__) - set(NOT_OVERRIDABLE)
+    overrides: dict[str, Any] = {}
+    for pair in text.split(","):
+        key, separator, value = pair.partition("=")
+        key = key.strip()
+        if not separator or not key:
+            raise ValueError(f"Invalid training setting config_overrides: {pair!r} is not key=value.")
+        if key not in fields_:
+            raise ValueError(
+                f"Invalid training setting config_overrides: {key!r} is not an HfDetrConfig field hf-detr-train "
+                f"lets you set; the fields: {', '.join(sorted(fields_))}."
+            )
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value.strip()
+    return overrides
+
+
 def _check_model_settings(arguments: TrainingArguments) -> None:
     """Build the run's HfDetrConfig once now (no model), so that a bad model setting fails before any
     data loads, named by its setting as well as by the config field it sets."""
@@ -776,6 +811,8 @@ def _check_model_settings(arguments: TrainingArguments) -> None:
         HfDetrConfig(**arguments.model_config_kwargs())
     except ValueError as error:
         named = [s for s, keys in MODEL_SETTINGS.items() if any(f"`{key}`" in str(error) for key in keys)]
+        overridden = parse_config_overrides(arguments.config_overrides)
+        named += ["config_overrides"] if any(f"`{key}`" in str(error) for key in overridden) else []
         setting = f" (setting {', '.join(named)})" if named else ""
         raise ValueError(f"Invalid training setting{setting}: {error}") from error
 
@@ -791,5 +828,6 @@ __all__ = [
     "best_metric",
     "build_parser",
     "parse_args",
+    "parse_config_overrides",
     "resolve_arguments",
 ]

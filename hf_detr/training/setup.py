@@ -36,7 +36,7 @@ from ..evaluation import CocoEvaluator, label_to_category_mapping, split_to_coco
 from ..image_processing_detr import HfDetrImageProcessor, normalize_size
 from ..modeling_detr import HfDetrForObjectDetection
 from ..processes import warn_fewer_processes
-from .arguments import BUILTIN_PRESET, MODEL_SETTINGS, TrainingArguments
+from .arguments import BUILTIN_PRESET, MODEL_SETTINGS, TrainingArguments, parse_config_overrides
 from .batch_norm import BatchNormStatistics
 from .checkpoint_files import check_checkpoint_files
 from .checkpoints import TrainingState, read_training_state, recover_checkpoints, resolve_resume
@@ -94,6 +94,7 @@ def fine_tuning_model(
     of the classes both share (by name) keep the checkpoint's weights."""
     names = list(labels["id2label"].values())
     settings = {key: getattr(args, name) for name in FINE_TUNING_SETTINGS for key in MODEL_SETTINGS[name]}
+    settings.update(parse_config_overrides(args.config_overrides))
     model = HfDetrForObjectDetection.from_pretrained(args.init_from, **settings)
     old_names = list(model.config.id2label.values())
     if old_names != names:
