@@ -334,6 +334,7 @@ def test_config_overrides_set_any_model_field_and_name_the_setting_when_wrong():
     for text, message in [
         ("bbox_loss=3", "'bbox_loss' is not an HfDetrConfig field"),
         ("use_masks=true", "'use_masks' is not an HfDetrConfig field"),
+        ("checkpoint_resolver=x", "'checkpoint_resolver' is not an HfDetrConfig field"),
         ("bbox_loss_coefficient", "is not key=value"),
         ("bbox_loss_coefficient=-1", r"config_overrides.*bbox_loss_coefficient"),
         ("activation_function=tanh", r"config_overrides.*activation_function"),

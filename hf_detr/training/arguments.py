@@ -785,7 +785,9 @@ def parse_config_overrides(text: str | None) -> dict[str, Any]:
     lists), else as strings. `ValueError` naming the setting for an unknown field or a malformed pair."""
     if not text:
         return {}
-    fields_ = set(HfDetrConfig.__annotations__) - set(NOT_OVERRIDABLE)
+    # the dataclass fields HfDetrConfig declares (not transformers' generic ones, not class settings)
+    declared = {spec.name for spec in fields(HfDetrConfig)} & set(HfDetrConfig.__annotations__)
+    fields_ = declared - set(NOT_OVERRIDABLE)
     overrides: dict[str, Any] = {}
     for pair in text.split(","):
         key, separator, value = pair.partition("=")
