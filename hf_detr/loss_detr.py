@@ -336,10 +336,12 @@ def named_per_layer(losses: dict[str, torch.Tensor], num_layers: int) -> dict[st
 @dataclass
 class ScoredSets:
     """Every scored set's losses ([S] each: loss_ce, loss_bbox, loss_giou, cardinality_error) and what
-    they were computed from (the matches of all sets, the padded targets, the box count per set)."""
+    they were computed from (the matches of all sets, their target classes [M], the padded targets, the
+    box count per set)."""
 
     losses: dict[str, torch.Tensor]
     matches: Matches
+    matched_classes: torch.Tensor
     targets: PaddedTargets
     num_boxes: torch.Tensor
 
@@ -413,7 +415,7 @@ class SetCriterion:
         with torch.autocast(device_type=logits.device.type, enabled=False):  # matching and loss in fp32
             logits, boxes = logits.float(), boxes.float()
             scored = self.score_sets(logits, boxes, labels)
-            class_error = self.class_error(logits, scored.targets, scored.matches, logits.shape[0] - 1)
+            class_error = self.class_error(logits, scored, logits.shape[0] - 1)
             total, loss_dict = self.total(scored.losses, class_error)
             if pred_masks is not None:
                 total = self.add_mask_losses(total, loss_dict, pred_masks, labels, scored)
@@ -436,12 +438,13 @@ class SetCriterion:
         num_boxes = self.num_boxes(targets.counts, device)
         if repeats is not None and max(repeats) > 1:  # [S]: the repeated targets' count
             num_boxes = num_boxes * torch.tensor(repeats, dtype=torch.float32).to(device, non_blocking=True)
+        matched_classes = targets.class_labels[matches.image, matches.target]  # [M]
         losses = {
-            "loss_ce": self.loss_labels(logits, targets, matches),
+            "loss_ce": self.loss_labels(logits, matches, matched_classes),
             **self.loss_boxes(boxes, targets, matches, num_boxes),
             "cardinality_error": self.loss_cardinality(logits, targets),
         }
-        return ScoredSets(losses, matches, targets, num_boxes)
+        return ScoredSets(losses, matches, matched_classes, targets, num_boxes)
 
     def total(
         self, losses: dict[str, torch.Tensor], class_error: torch.Tensor
@@ -472,13 +475,15 @@ class SetCriterion:
         total = total + self.weights["loss_mask"] * loss_dict["loss_mask"]
         return total + self.weights["loss_dice"] * loss_dict["loss_dice"]
 
-    def loss_labels(self, logits: torch.Tensor, targets: PaddedTargets, matches: Matches) -> torch.Tensor:
+    def loss_labels(
+        self, logits: torch.Tensor, matches: Matches, matched_classes: torch.Tensor
+    ) -> torch.Tensor:
         """[S] cross-entropy over all queries of each scored set: a matched query's target is its
-        object's class, the others' is no-object (index K), weighted by `eos_coefficient`."""
+        object's class (`matched_classes` [M]), the others' is no-object (index K), weighted by
+        `eos_coefficient`."""
         num_sets, batch_size, num_queries, _ = logits.shape
         device = logits.device
         target_classes = torch.full((num_sets, batch_size, num_queries), self.num_labels, device=device)
-        matched_classes = targets.class_labels[matches.image, matches.target]  # [M]
         target_classes[matches.layer, matches.image, matches.query] = matched_classes
         # [K+1]: 1 for the classes, eos_coefficient for no-object (built on the device: assigning a
         # Python number to a CUDA tensor element waits for the device)
@@ -517,17 +522,15 @@ class SetCriterion:
 
     @staticmethod
     @torch.no_grad()
-    def class_error(
-        logits: torch.Tensor, targets: PaddedTargets, matches: Matches, layer: int
-    ) -> torch.Tensor:
+    def class_error(logits: torch.Tensor, scored: ScoredSets, layer: int) -> torch.Tensor:
         """100 - top-1 accuracy of the matched queries of set `layer` (logged only), as a masked mean
         over all matches: selecting them with a boolean mask would wait for the device to count them."""
+        matches = scored.matches
         if matches.layer.numel() == 0:
             return torch.full((), 100.0, device=logits.device)  # the official accuracy of nothing is 0
         selected = (matches.layer == layer).float()  # [M]
         matched_logits = logits[matches.layer, matches.image, matches.query]  # [M, K+1]
-        matched_classes = targets.class_labels[matches.image, matches.target]  # [M]
-        hits = (matched_logits.argmax(-1) == matched_classes).float()  # [M]
+        hits = (matched_logits.argmax(-1) == scored.matched_classes).float()  # [M]
         return 100 - 100 * (hits * selected).sum() / selected.sum()
 
     @staticmethod

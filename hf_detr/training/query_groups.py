@@ -71,9 +71,7 @@ class GroupedCriterion:
                 else value[:num_layers]
                 for name, value in scored.losses.items()
             }
-            class_error = self.criterion.class_error(
-                sets_logits, scored.targets, scored.matches, num_layers - 1
-            )
+            class_error = self.criterion.class_error(sets_logits, scored, num_layers - 1)
             return self.criterion.total(losses, class_error)
 
 

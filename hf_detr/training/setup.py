@@ -254,10 +254,11 @@ class TrainingRun:
     window: LogWindow
     progress: Any  # tqdm
     start_time: float
+    # the loss of (outputs, labels), its criterion built once for the run (training/loss.py)
+    loss: Callable[[Any, list[dict[str, torch.Tensor]]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
     update_is_bad: bool = False  # some batch of the update being accumulated had a non-finite loss
     ema: ModelEma | None = None  # --ema: the moving average of the weights
     batch_norm: BatchNormStatistics | None = None  # trainable BatchNorm's statistics (restored when bad)
-    loss: Callable[[Any, list[dict[str, torch.Tensor]]], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None
     last_stats: dict[str, Any] | None = None  # the latest evaluation's stats (every process)
     last_evaluator: Any = None  # the latest COCO evaluation (main process), for its report and plots
 
