@@ -4,11 +4,13 @@
 prediction and the processor's file paths (as displayed: the EXIF orientation applied, as `datasets`,
 transformers' pipelines and PIL-based tools show it, and the loaders size it; 16-bit scaled to 8 bits;
 RGB), applies the augmentation seeded by (seed, epoch, index), and yields the image with its
-annotation in COCO format. Images that cannot be decoded, and stored paths that lead outside the
-dataset folders a folder loader recorded (`image_folders`: a symlink changed since), are skipped with
-a counted warning. `DetectionCollator` turns a list of samples into `pixel_values`,
-`pixel_mask` and `labels` with `HfDetrImageProcessor`: the very code that prepares images at
-inference.
+annotation: in COCO format, or augmented, the tensors the augmentation moved (`AugmentedAnnotation`,
+hf_detr/data/augmented.py: the labels are built from them; read as a mapping it is the COCO format).
+Images that cannot be decoded, and stored paths that lead outside the dataset folders a folder loader
+recorded (`image_folders`: a symlink changed since), are skipped with a counted warning.
+`DetectionCollator` turns a list of samples into `pixel_values`, `pixel_mask` and `labels` with
+`HfDetrImageProcessor`: the very code that prepares images at inference (and converts COCO annotations;
+augmented ones become labels directly).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torchvision import tv_tensors
 from torchvision.ops import box_convert
 
 from ..image_processing_detr import HfDetrImageProcessor, decode_image
+from .augmented import AugmentedAnnotation, AugmentedDetection, AugmentedPanoptic, coco_form
 from .folder_reading import inside_folders
 from .panoptic_ids import id_map
 from .schema import PANOPTIC_MASK, image_folders
@@ -44,11 +47,13 @@ class DetectionDataset(torch.utils.data.Dataset):
     """A split of the common schema as a map-style torch dataset of {"image", "annotation"} samples.
 
     `annotation` is COCO detection format ({"image_id", "annotations": [{"bbox", "category_id",
-    "area", "iscrowd"}]}) with `category_id` = the split's contiguous class id (the model's label id).
-    An image that cannot be decoded is skipped with a counted warning (`skipped`): with
-    `on_error="skip"` (evaluation) the sample is None and the collator drops it; with
-    `on_error="replace"` (training) the next decodable sample takes its place, so batches keep their
-    size and every process of a distributed run keeps stepping together.
+    "area", "iscrowd"}]}) with `category_id` = the split's contiguous class id (the model's label id);
+    with `transforms`, an `AugmentedDetection`: the augmented boxes (corners), class ids, crowd flags and
+    ids, which read as a mapping give that COCO format (built only when read). An image that cannot be
+    decoded is skipped with a counted warning (`skipped`): with `on_error="skip"` (evaluation) the
+    sample is None and the collator drops it; with `on_error="replace"` (training) the next decodable
+    sample takes its place, so batches keep their size and every process of a distributed run keeps
+    stepping together.
     """
 
     def __init__(
@@ -126,17 +131,11 @@ class DetectionDataset(torch.utils.data.Dataset):
                 "annotation": {"image_id": record["image_id"], "annotations": annotations},
             }
         out = self._augment(image, record, index)
-        # augmented boxes carry their own area (as the official crop does); only COCO evaluation reads it
-        boxes = box_convert(out["boxes"].as_subclass(torch.Tensor), "xyxy", "xywh")
-        annotations = [
-            {"bbox": box.tolist(), "category_id": int(label), "area": float(box[2] * box[3]), "iscrowd": int(crowd),
-             "id": int(i)}
-            for box, label, crowd, i in zip(boxes, out["labels"], out["iscrowd"], out["ids"])
-        ]  # fmt: skip
-        return {
-            "image": out["image"],
-            "annotation": {"image_id": record["image_id"], "annotations": annotations},
-        }
+        boxes = out["boxes"]  # corners, as the augmentation left them: the collator's labels come from them
+        annotation = AugmentedDetection(
+            record["image_id"], tuple(boxes.canvas_size), boxes, out["labels"], out["iscrowd"], out["ids"]
+        )
+        return {"image": out["image"], "annotation": annotation}
 
     def _augment(
         self, image: PIL.Image.Image, record: dict[str, Any], index: int, **extra: Any
@@ -146,7 +145,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         objects = record["objects"]
         sample = {
             "image": image,
-            # corners, not (x, y, w, h): clamped to the canvas exactly, so border boxes stay valid
+            # corners, not (x, y, w, h): clamped to the canvas exactly, so border boxes stay valid. The
+            # first of the training path's two box conversions; the labels' normalized (cx, cy, w, h)
+            # is the second (hf_detr/data/augmented.py), as in the official DETR
             "boxes": tv_tensors.BoundingBoxes(
                 box_convert(
                     torch.tensor(objects["bbox"], dtype=torch.float32).reshape(-1, 4), "xywh", "xyxy"
@@ -171,7 +172,9 @@ class DetectionDataset(torch.utils.data.Dataset):
 class PanopticDataset(DetectionDataset):
     """A panoptic split (hf_detr.data.schema) as samples whose `annotation` is COCO panoptic with the
     decoded PNG: {"image_id", "segments_info": [{"id", "category_id", "iscrowd"}], "panoptic_image":
-    ids [H, W]} (category ids are the split's class ids), for `HfDetrImageProcessor(format="coco_panoptic")`.
+    ids [H, W]} (category ids are the split's class ids), for `HfDetrImageProcessor(format="coco_panoptic")`;
+    with `transforms`, an `AugmentedPanoptic` (the augmented masks, one per segment, read as a mapping:
+    that COCO panoptic format).
 
     The augmentation moves one mask per segment with the image (nearest resize, as torchvision does
     masks); a segment whose pixels leave the picture is dropped with its box. Segments absent from the
@@ -209,10 +212,14 @@ class PanopticDataset(DetectionDataset):
             )
             out = self._augment(image, record, index, masks=tv_tensors.Mask(masks))  # masks [n, H, W]
             kept = out["masks"].flatten(1).any(1)  # a crop may keep a box but none of a segment's pixels
-            segment_ids = out["ids"][kept]
-            image, labels, crowds = out["image"], out["labels"][kept], out["iscrowd"][kept]
-            ids = (out["masks"][kept].long() * segment_ids[:, None, None]).sum(0).numpy()  # [h, w]
-            objects = {"id": segment_ids.tolist(), "category": labels.tolist(), "iscrowd": crowds.tolist()}
+            annotation = AugmentedPanoptic(
+                record["image_id"],
+                out["masks"][kept],
+                out["labels"][kept],
+                out["iscrowd"][kept],
+                out["ids"][kept],
+            )
+            return {"image": out["image"], "annotation": annotation}
         segments = [
             {"id": int(i), "category_id": int(c), "iscrowd": int(crowd)}
             for i, c, crowd in zip(objects["id"], objects["category"], objects["iscrowd"])
@@ -272,8 +279,15 @@ class DetectionCollator:
     validation samples are resized by the processor (`size`). Samples that are None (undecodable
     images) are dropped. Extra keyword arguments go to the processor (e.g. `num_threads=1` inside
     DataLoader workers, `format="coco_panoptic"` for `PanopticDataset` samples). With
-    `keep_annotations` the batch also carries the samples' annotations as they came (`annotations`), for
-    evaluation against the original resolution.
+    `keep_annotations` the batch also carries the samples' annotations as they came (`annotations`;
+    augmented ones in their COCO form), for evaluation against the original resolution.
+
+    A sample's `annotation` is a COCO annotation (users' samples, evaluation) or the `AugmentedAnnotation`
+    of a training sample (hf_detr/data/augmented.py). When every sample of a batch has augmented ones and
+    the processor does not resize, the processor prepares the pixels only and the labels are built from
+    the augmented tensors: the same labels as the processor's conversion of their COCO form, with two
+    box conversions on the whole training path instead of five. Otherwise every annotation goes through
+    the processor (augmented ones in their COCO form).
     """
 
     def __init__(
@@ -292,15 +306,44 @@ class DetectionCollator:
         samples = [s for s in samples if s is not None]
         if not samples:
             return {}
+        annotations = [s["annotation"] for s in samples]
+        from_tensors = self._labels_from_tensors(annotations)
         batch = self.processor(
             [s["image"] for s in samples],
-            annotations=[s["annotation"] for s in samples],
+            annotations=None if from_tensors else [coco_form(a) for a in annotations],
             do_resize=self.do_resize,
             **self.processor_kwargs,
         )
+        if from_tensors:
+            batch["labels"] = self._augmented_labels(annotations, batch)
         if self.keep_annotations:
-            return {**batch, "annotations": [s["annotation"] for s in samples]}
+            return {**batch, "annotations": [coco_form(a) for a in annotations]}
         return dict(batch)
+
+    def _setting(self, name: str) -> Any:
+        """The processor setting this collator calls it with (an override of None: the processor's own)."""
+        value = self.do_resize if name == "do_resize" else self.processor_kwargs.get(name)
+        return getattr(self.processor, name) if value is None else value
+
+    def _labels_from_tensors(self, annotations: list[Any]) -> bool:
+        """Whether the labels are built from augmented tensors: every annotation augmented, and the
+        processor would neither resize nor leave the boxes unnormalized nor return numpy arrays."""
+        return (
+            all(isinstance(a, AugmentedAnnotation) for a in annotations)
+            and self._setting("do_resize") is False
+            and self._setting("do_convert_annotations") is True
+            and self.processor_kwargs.get("return_tensors") != "np"
+        )
+
+    def _augmented_labels(self, annotations: list[AugmentedAnnotation], batch: Any) -> list[dict[str, Any]]:
+        """The labels the processor would give `annotations` in this batch (masks padded as its pixels)."""
+        padded_size = tuple(batch["pixel_values"].shape[-2:]) if "pixel_mask" in batch else None
+        annotation_format = getattr(self._setting("format"), "value", self._setting("format"))
+        return_masks = self.processor_kwargs.get("return_segmentation_masks")
+        return [
+            annotation.labels(index, padded_size, annotation_format, return_masks)
+            for index, annotation in enumerate(annotations)
+        ]
 
 
 __all__ = ["DetectionCollator", "DetectionDataset", "PanopticDataset", "decode_record_image", "sample_seed"]
