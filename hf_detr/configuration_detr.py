@@ -6,14 +6,14 @@ Part of the self-contained "model files": only relative imports of the other mod
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 from transformers import PreTrainedConfig
 from transformers.utils import logging
+
+from .validation_detr import check_config, check_label_arguments, short_repr
 
 logger = logging.get_logger(__name__)
 
@@ -34,38 +34,6 @@ COCO_DETECTION_LABELS: tuple[str, ...] = (
     "N/A", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven",
     "toaster", "sink", "refrigerator", "N/A", "book", "clock", "vase", "scissors", "teddy bear",
     "hair drier", "toothbrush",
-)  # fmt: skip
-
-POSITION_EMBEDDING_TYPES = ("sine", "learned")
-ACTIVATIONS = ("relu", "gelu", "silu")
-
-# Inclusive bounds of the integer fields. Every published DETR lies far inside them (the paper: 6+6
-# layers, d_model 256, FFN 2048, 8 heads, 100 queries; later DETRs: up to 900 queries, Group DETR's 11
-# groups, H-DETR's 6 repeats); they are there so that a typo or a corrupted config.json is a ValueError
-# before the model allocates anything (a million encoder layers would otherwise build for minutes).
-SIZE_LIMITS: dict[str, tuple[int, int]] = {
-    "d_model": (1, 65536),
-    "encoder_layers": (1, 64),
-    "decoder_layers": (1, 64),
-    "encoder_attention_heads": (1, 1024),
-    "decoder_attention_heads": (1, 1024),
-    "encoder_ffn_dim": (1, 65536),
-    "decoder_ffn_dim": (1, 65536),
-    "num_queries": (1, 10000),
-    "num_query_groups": (1, 64),
-    "num_channels": (1, 1024),
-    "trainable_backbone_layers": (0, 5),
-}
-MAX_NUM_LABELS = 100_000  # LVIS has 1203 classes, V3Det 13204
-# The sizes together may not give a transformer of more weights than this (16 GB in float32; DETR-R50's
-# transformer has 17.8M): each size within its bound can still multiply to an absurd model.
-MAX_TRANSFORMER_PARAMETERS = 4_000_000_000
-BOOL_FIELDS = ("dilation", "use_pretrained_backbone", "freeze_backbone_batch_norm", "auxiliary_loss")
-PROBABILITY_FIELDS = ("dropout", "attention_dropout", "activation_dropout")  # floats in [0, 1)
-# matcher costs and loss weights: finite floats >= 0
-WEIGHT_FIELDS = (
-    "class_cost", "bbox_cost", "giou_cost", "class_loss_coefficient", "bbox_loss_coefficient",
-    "giou_loss_coefficient", "eos_coefficient",
 )  # fmt: skip
 
 
@@ -126,7 +94,7 @@ class HfDetrConfig(PreTrainedConfig):
     record the 53 COCO panoptic stuff categories.
 
     Every field is checked when the config is built, from code or from a config.json, before any model
-    memory is allocated: integers within `SIZE_LIMITS` (not floats, bools or strings), true/false flags,
+    memory is allocated: integers within `validation_detr.SIZE_LIMITS` (not floats, bools or strings), true/false flags,
     dropouts in [0, 1), matcher costs and loss weights finite and >= 0, a transformer of at most
     `MAX_TRANSFORMER_PARAMETERS` weights, a backbone that is a timm name and not a path. A bad value is a
     `ValueError` naming the field and showing the value.
@@ -210,7 +178,7 @@ class HfDetrConfig(PreTrainedConfig):
         if not isinstance(config_dict, dict):
             raise ValueError(
                 f"An HfDetrConfig must be built from a JSON object (a dict of field names to values), got "
-                f"{type(config_dict).__name__}: {_short_repr(config_dict)}."
+                f"{type(config_dict).__name__}: {short_repr(config_dict)}."
             )
         model_type = config_dict.get("model_type", cls.model_type)
         if model_type != cls.model_type:
@@ -262,7 +230,7 @@ class HfDetrConfig(PreTrainedConfig):
         if not isinstance(config_dict, dict):
             raise ValueError(
                 f"{json_file} must hold a JSON object (field names to values), got a JSON "
-                f"{_json_kind(config_dict)}: {_short_repr(config_dict)}."
+                f"{_json_kind(config_dict)}: {short_repr(config_dict)}."
             )
         return config_dict
 
@@ -277,78 +245,8 @@ class HfDetrConfig(PreTrainedConfig):
         return diff
 
     def validate_detr_fields(self) -> None:
-        """Raise `ValueError` naming the first field whose value cannot build a DETR: types and bounds
-        first (SIZE_LIMITS, BOOL_FIELDS, PROBABILITY_FIELDS, WEIGHT_FIELDS), then how fields fit together."""
-        for name, (low, high) in SIZE_LIMITS.items():
-            setattr(self, name, check_integer(name, getattr(self, name), low, high))
-        for name in BOOL_FIELDS:
-            check_bool(name, getattr(self, name))
-        for name in PROBABILITY_FIELDS:
-            check_float(name, getattr(self, name), high=1.0)
-        for name in WEIGHT_FIELDS:
-            check_float(name, getattr(self, name))
-        check_transformer_size(self)
-        for name in ("encoder_attention_heads", "decoder_attention_heads"):
-            if self.d_model % getattr(self, name):
-                raise ValueError(
-                    f"`d_model` ({self.d_model}) must be divisible by `{name}` ({getattr(self, name)})."
-                )
-        if self.d_model % 2:
-            raise ValueError(f"`d_model` must be even (half of it encodes y, half x), got {self.d_model}.")
-        if not 1 <= self.num_labels <= MAX_NUM_LABELS:
-            raise ValueError(f"`num_labels` must be in 1..{MAX_NUM_LABELS}, got {self.num_labels}.")
-        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
-            raise ValueError(
-                f"`position_embedding_type` must be one of {POSITION_EMBEDDING_TYPES}, "
-                f"got {self.position_embedding_type!r}."
-            )
-        if self.activation_function not in ACTIVATIONS:
-            raise ValueError(
-                f"`activation_function` must be one of {ACTIVATIONS}, got {self.activation_function!r}."
-            )
-        self.validate_segmentation_fields()
-        self.coco_category_ids = check_id_list("coco_category_ids", self.coco_category_ids)
-        if self.coco_category_ids is not None and len(self.coco_category_ids) != self.num_labels:
-            raise ValueError(
-                f"`coco_category_ids` must have one entry per label ({self.num_labels}), "
-                f"got {len(self.coco_category_ids)}."
-            )
-        self.validate_stuff_label_ids()
-        validate_backbone_name(self.backbone)
-
-    def validate_stuff_label_ids(self) -> None:
-        """Raise `ValueError` unless `stuff_label_ids` is None or distinct label ids (0..num_labels-1)."""
-        ids = self.stuff_label_ids
-        if ids is None:
-            return
-        integers = isinstance(ids, (list, tuple)) and all(
-            isinstance(i, int) and not isinstance(i, bool) for i in ids
-        )
-        if not integers:
-            raise ValueError(f"`stuff_label_ids` must be a list of label ids (integers), got {ids!r}.")
-        outside = sorted(i for i in ids if not 0 <= i < self.num_labels)
-        if outside or len(set(ids)) != len(ids):
-            problem = f"ids outside 0..{self.num_labels - 1}: {outside}" if outside else "repeated ids"
-            raise ValueError(f"`stuff_label_ids` has {problem}.")
-        self.stuff_label_ids = list(ids)
-
-    def validate_segmentation_fields(self) -> None:
-        """Raise `ValueError` naming the first segmentation field that cannot build the mask head."""
-        for name in ("mask_loss_coefficient", "dice_loss_coefficient"):
-            check_float(name, getattr(self, name))
-        check_bool("use_masks", self.use_masks)
-        if not self.use_masks:
-            return
-        if self.num_query_groups != 1:
-            raise ValueError(
-                f"`use_masks` (the segmentation model) supports `num_query_groups` = 1 only, got "
-                f"{self.num_query_groups}."
-            )
-        if self.d_model % 16:
-            raise ValueError(
-                f"With `use_masks`, `d_model` must be a multiple of 16 (the mask head narrows it to d/2, d/4, "
-                f"d/8 and d/16 channels), got {self.d_model}."
-            )
+        """Raise `ValueError` naming the first field whose value cannot build a DETR (`check_config`)."""
+        check_config(self)
 
 
 def resolve_checkpoint(
@@ -373,11 +271,6 @@ def _int_keys(mapping: dict) -> dict[int, Any]:
         return dict(mapping)
 
 
-def _short_repr(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _json_kind(value: Any) -> str:
     """What JSON calls the type of a decoded value."""
     kinds = {
@@ -389,150 +282,6 @@ def _json_kind(value: Any) -> str:
         float: "number",
     }
     return kinds.get(type(value), type(value).__name__)
-
-
-def _got(value: Any) -> str:
-    """`value` as an error message shows it: its repr, and its type unless it is a plain number."""
-    shown = _short_repr(value)
-    return shown if type(value) in (int, float) else f"{shown} ({type(value).__name__})"
-
-
-def check_integer(name: str, value: Any, low: int, high: int) -> int:
-    """`value` as an `int` if it is an integer (not a bool, float or string) in low..high, else `ValueError`."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
-        raise ValueError(f"`{name}` must be an integer in {low}..{high}, got {_got(value)}.")
-    return int(value)
-
-
-def check_bool(name: str, value: Any) -> None:
-    """`ValueError` unless `value` is True or False (not 1, "yes" or "true")."""
-    if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be true or false, got {_got(value)}.")
-
-
-def check_float(name: str, value: Any, high: float | None = None) -> None:
-    """`ValueError` unless `value` is a finite number (int or float, not bool or str) >= 0, and below
-    `high` when given."""
-    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not (number and math.isfinite(value) and value >= 0 and (high is None or value < high)):
-        kind = f"a number in [0, {high:g})" if high is not None else "a number >= 0 and finite"
-        raise ValueError(f"`{name}` must be {kind}, got {_got(value)}.")
-
-
-def check_id_list(name: str, ids: Any) -> list[int] | None:
-    """`ids` as a list of `int` if it is None or a list of integers >= 0, else `ValueError`."""
-    if ids is None:
-        return None
-    valid = isinstance(ids, (list, tuple)) and all(
-        isinstance(i, numbers.Integral) and not isinstance(i, bool) and i >= 0 for i in ids
-    )
-    if not valid:
-        raise ValueError(f"`{name}` must be a list of integers >= 0 or null, got {_got(ids)}.")
-    return [int(i) for i in ids]
-
-
-def _is_label_id(key: Any) -> bool:
-    """An id2label key: an integer >= 0, or its string (JSON keys are strings)."""
-    if isinstance(key, str):
-        return key.isdigit()
-    return isinstance(key, int) and not isinstance(key, bool) and key >= 0
-
-
-def check_label_arguments(id2label: Any, label2id: Any, num_labels: Any) -> None:
-    """Before transformers builds the labels: `num_labels` a bounded integer, `id2label` a dict of ids
-    (integers or their strings, as JSON keys are) to names, `label2id` a dict."""
-    if num_labels is not None:
-        check_integer("num_labels", num_labels, 1, MAX_NUM_LABELS)
-    if id2label is not None:
-        valid = isinstance(id2label, dict) and all(
-            _is_label_id(key) and isinstance(name, str) for key, name in id2label.items()
-        )
-        if not valid:
-            raise ValueError(
-                f"`id2label` must map label ids (0, 1, ...) to names (strings), got {_got(id2label)}."
-            )
-        if not 1 <= len(id2label) <= MAX_NUM_LABELS:
-            raise ValueError(f"`id2label` must name 1..{MAX_NUM_LABELS} labels, got {len(id2label)}.")
-    if label2id is not None and not isinstance(label2id, dict):
-        raise ValueError(f"`label2id` must map label names to ids, got {_got(label2id)}.")
-
-
-def transformer_parameters(config: HfDetrConfig) -> int:
-    """About how many weights the transformer and heads have (the leading terms): attention 4d^2 per
-    attention, FFN 2*d*ffn, queries and the class head."""
-    d = config.d_model
-    encoder = config.encoder_layers * (4 * d * d + 2 * d * config.encoder_ffn_dim)
-    decoder = config.decoder_layers * (8 * d * d + 2 * d * config.decoder_ffn_dim)
-    queries = config.num_queries * config.num_query_groups * d
-    return encoder + decoder + queries + d * (config.num_labels + 1) + 2 * d * d
-
-
-def check_transformer_size(config: HfDetrConfig) -> None:
-    """`ValueError` when the size fields, each within its bound, add up to an absurd model."""
-    count = transformer_parameters(config)
-    if count > MAX_TRANSFORMER_PARAMETERS:
-        sizes = ", ".join(
-            f"`{name}`={getattr(config, name)}"
-            for name in ("d_model", "encoder_layers", "decoder_layers", "encoder_ffn_dim", "decoder_ffn_dim")
-        )
-        raise ValueError(
-            f"{sizes} give a transformer of about {count / 1e9:.1f}B weights, more than the "
-            f"{MAX_TRANSFORMER_PARAMETERS / 1e9:g}B an HfDetrConfig allows (DETR-R50's has 0.018B)."
-        )
-
-
-def _looks_like_a_path(name: str) -> bool:
-    """A file or Hub path rather than a timm model name (timm names hold letters, digits, '_' and one
-    '.'): separators, '..', '~', a scheme such as 'hf-hub:' or 'local-dir:', an absolute path."""
-    return any(part in name for part in ("/", "\\", "..", ":")) or name.startswith("~") or os.path.isabs(name)
-
-
-def validate_backbone_name(backbone: str) -> None:
-    """Check that `backbone` names a timm ResNet, optionally with a pretrained tag timm knows
-    (`resnet50.a1_in1k`), and is not a path: the backbone is always built from timm's registry."""
-    import timm
-    from timm.models import model_entrypoint
-
-    if not isinstance(backbone, str) or not backbone:
-        raise ValueError(f"`backbone` must name a timm ResNet such as 'resnet50', got {_got(backbone)}.")
-    architecture, _, tag = backbone.partition(".")
-    # an existing file or folder counts as a path unless timm knows the name (a folder named resnet50
-    # in the working directory must not break loading)
-    if _looks_like_a_path(backbone) or (not timm.is_model(architecture) and os.path.exists(backbone)):
-        raise ValueError(
-            f"`backbone` must be a timm model name such as 'resnet50' or 'resnet50.a1_in1k', not a path: "
-            f"got {backbone!r}. The backbone is built from timm's registry; its weights travel in the "
-            f"checkpoint (model.safetensors)."
-        )
-    if not architecture or not timm.is_model(architecture):
-        raise ValueError(
-            f"`backbone` must name a timm ResNet such as 'resnet18', 'resnet34', 'resnet50' or "
-            f"'resnet101', got {backbone!r}."
-        )
-    if model_entrypoint(architecture).__module__ != "timm.models.resnet":
-        raise ValueError(
-            f"`backbone` must be a ResNet from timm.models.resnet (e.g. 'resnet50'), got {backbone!r}."
-        )
-    if tag and not _known_pretrained_tag(backbone):
-        raise ValueError(
-            f"`backbone` {backbone!r} has a pretrained tag timm does not know for {architecture!r}; "
-            f"known: {_first(timm.list_pretrained(architecture + '.*'))}."
-        )
-
-
-def _first(names: list[str], count: int = 6) -> str:
-    """The first `count` names, and how many more."""
-    shown = ", ".join(names[:count]) or "none"
-    return shown + (f" and {len(names) - count} more" if len(names) > count else "")
-
-
-def _known_pretrained_tag(backbone: str) -> bool:
-    from timm.models import get_pretrained_cfg
-
-    try:
-        return get_pretrained_cfg(backbone) is not None
-    except RuntimeError:  # timm: "Invalid pretrained tag (...) for ..."
-        return False
 
 
 __all__ = ["COCO_DETECTION_LABELS", "HfDetrConfig"]

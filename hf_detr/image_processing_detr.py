@@ -18,48 +18,48 @@ Both are part of the self-contained "model files": relative imports of each othe
 
 from __future__ import annotations
 
-import io
-import math
 import os
 import sys
-import warnings
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from types import FrameType, SimpleNamespace
-from typing import Any, BinaryIO, ClassVar
+from types import FrameType
+from typing import Any, ClassVar
 
 import numpy as np
-import PIL.Image
 import torch
-from torch.nn import functional as F
-from torchvision.ops import box_convert
-from torchvision.transforms.v2 import functional as TF
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import (
     IMAGENET_DEFAULT_MEAN,
     IMAGENET_DEFAULT_STD,
     PILImageResampling,
-    load_image,
 )
 
 from .image_processing_detr_annotations import convert_annotation
+from .image_processing_detr_images import (
+    decode_image,
+    displayed_size,
+    exif_orientation,
+    load_source,
+    make_pixels,
+)
 from .image_processing_detr_postprocessing import (
-    check_finite_outputs,
-    check_threshold,
-    check_top_k,
+    SemanticSegmentationPostProcessorOutput,
     checked_target_sizes,
     detr_panoptic_segments,
+    object_detections,
     run_length_encoding,
     segmentation_outputs,
     segments_per_image,
+    semantic_maps,
     target_size_list,
 )
-
-try:  # transformers >= 5.x: the output type of semantic post-processing with scores
-    from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
-except ImportError:  # pragma: no cover - older 5.x releases
-    SemanticSegmentationPostProcessorOutput = BatchFeature
+from .validation_detr import (
+    check_bool,
+    check_float,
+    check_positive_integer,
+    check_threshold,
+    is_finite_real,
+    is_integer,
+)
 
 DEFAULT_SIZE = {"shortest_edge": 800, "longest_edge": 1333}
 # The largest image side, in pixels, the processor makes: `size` and `pad_size` values, and every image
@@ -84,37 +84,7 @@ FLAG_SETTINGS = (
     "do_pad",
     "do_convert_annotations",
 )
-SIXTEEN_BIT_PIL_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-EXIF_ORIENTATION = 0x0112  # the EXIF tag: 1 = as stored, 2-8 = mirrored and/or rotated on display
-# how each EXIF orientation turns the stored pixels into the displayed ones (PIL.ImageOps.exif_transpose's)
-_ORIENTATION_TRANSPOSE = {
-    2: PIL.Image.Transpose.FLIP_LEFT_RIGHT,
-    3: PIL.Image.Transpose.ROTATE_180,
-    4: PIL.Image.Transpose.FLIP_TOP_BOTTOM,
-    5: PIL.Image.Transpose.TRANSPOSE,
-    6: PIL.Image.Transpose.ROTATE_270,
-    7: PIL.Image.Transpose.TRANSVERSE,
-    8: PIL.Image.Transpose.ROTATE_90,
-}
 ANNOTATION_FORMATS = ("coco_detection", "coco_panoptic")
-_TORCH_INTERPOLATION = {
-    PILImageResampling.NEAREST: TF.InterpolationMode.NEAREST,
-    PILImageResampling.BILINEAR: TF.InterpolationMode.BILINEAR,
-    PILImageResampling.BICUBIC: TF.InterpolationMode.BICUBIC,
-}
-
-
-@dataclass
-class _SourceImage:
-    """One input image before resizing: a PIL image (8-bit content) or a CHW tensor, and its size."""
-
-    pil: PIL.Image.Image | None
-    tensor: torch.Tensor | None
-    height: int
-    width: int
-    channels: int
-    orientation: int = 1  # a file's EXIF orientation, applied when it is decoded (`exif_orientation`)
-    path: str | None = None  # the file it is decoded from (in a worker thread), for error messages
 
 
 def get_size_with_aspect_ratio(height: int, width: int, size: int, max_size: int | None) -> tuple[int, int]:
@@ -150,13 +120,13 @@ def resized_size(height: int, width: int, size: Mapping[str, int]) -> tuple[int,
 
 def normalize_size(size: Any, param_name: str = "size") -> dict[str, int]:
     """Accept the transformers size forms (and an int shorter side); reject anything else by name."""
-    if _is_integer(size) and size > 0:
+    if is_integer(size) and size > 0:
         return _within_limit({"shortest_edge": int(size)}, param_name)
     if isinstance(size, Mapping):
         size = {k: v for k, v in size.items() if v is not None}
         if "max_size" in size:  # the legacy spelling of longest_edge
             size["longest_edge"] = size.pop("max_size")
-        if set(size) in SIZE_FORMS and all(_is_integer(v) and v > 0 for v in size.values()):
+        if set(size) in SIZE_FORMS and all(is_integer(v) and v > 0 for v in size.values()):
             return _within_limit({key: int(value) for key, value in size.items()}, param_name)
     raise ValueError(
         f"`{param_name}` must be a positive int (the shorter side) or a dict with keys {{'shortest_edge', "
@@ -215,40 +185,14 @@ def _check_output_sizes(output_sizes: list[tuple[int, int]], settings: Mapping[s
         )
 
 
-def _is_integer(value: Any) -> bool:
-    """An int or numpy integer, not a bool."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_real(value: Any) -> bool:
-    """A real number (int, float or numpy scalar), not a bool."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, (bool, np.bool_)
-    )
-
-
-def _finite_number(name: str, value: Any, positive: bool = False) -> float:
-    """`value` as a float, or a ValueError naming `name` unless it is a finite (positive) real number."""
-    if not _is_real(value) or not math.isfinite(value) or (positive and value <= 0):
-        kind = "a finite positive number" if positive else "a finite number"
-        raise ValueError(f"`{name}` must be {kind}, got {value!r}.")
-    return float(value)
-
-
 def channel_values(name: str, value: Any, positive: bool = False) -> np.ndarray:
     """`image_mean` / `image_std`: one finite number, or one per channel (float64 array)."""
     values = value.tolist() if isinstance(value, (np.ndarray, torch.Tensor)) else value
     values = list(values) if isinstance(values, (list, tuple)) else [values]
-    if not values or not all(_is_real(v) and math.isfinite(v) and (v > 0 or not positive) for v in values):
+    if not values or not all(is_finite_real(v) and (v > 0 or not positive) for v in values):
         kind = "positive finite numbers" if positive else "finite numbers"
         raise ValueError(f"`{name}` must be a number or a list of {kind} (one per channel), got {value!r}.")
     return np.asarray(values, dtype=np.float64)
-
-
-def _flag(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"`{name}` must be True or False, got {value!r}.")
-    return bool(value)
 
 
 class HfDetrImageProcessor(BaseImageProcessor):
@@ -316,9 +260,9 @@ class HfDetrImageProcessor(BaseImageProcessor):
         **kwargs,
     ) -> None:
         kwargs.pop("image_processor_type", None)
-        if "max_size" in kwargs or _is_integer(size):  # an int is the shorter side, the longer at most 1333
+        if "max_size" in kwargs or is_integer(size):  # an int is the shorter side, the longer at most 1333
             size = {  # (or the legacy `max_size`), as transformers' DetrImageProcessor reads them
-                "shortest_edge": size if _is_integer(size) else 800,
+                "shortest_edge": size if is_integer(size) else 800,
                 "longest_edge": kwargs.pop("max_size", DEFAULT_SIZE["longest_edge"]),
             }
         super().__init__(**kwargs)
@@ -393,7 +337,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
         if return_tensors not in ("pt", "np", None):
             raise ValueError(f"`return_tensors` must be 'pt' or 'np', got {return_tensors!r}.")
         sources = [
-            self._load(image, index, input_data_format) for index, image in enumerate(_as_list(images))
+            load_source(image, index, input_data_format) for index, image in enumerate(_as_list(images))
         ]
         if not sources:
             raise ValueError("`images` is empty: pass at least one image.")
@@ -405,11 +349,13 @@ class HfDetrImageProcessor(BaseImageProcessor):
         device = torch.device(device)
 
         output_sizes = [
-            resized_size(s.height, s.width, settings["size"]) if settings["do_resize"] else (s.height, s.width)
+            resized_size(s.height, s.width, settings["size"])
+            if settings["do_resize"]
+            else (s.height, s.width)
             for s in sources
         ]
         _check_output_sizes(output_sizes, settings)
-        pixel_values, pixel_mask = self._pixels(sources, output_sizes, settings, device)
+        pixel_values, pixel_mask = make_pixels(sources, output_sizes, settings, device)
         data = {"pixel_values": pixel_values}
         if pixel_mask is not None:
             data["pixel_mask"] = pixel_mask
@@ -429,48 +375,6 @@ class HfDetrImageProcessor(BaseImageProcessor):
             data = _to_numpy(data)
         return BatchFeature(data=data)
 
-    def _pixels(
-        self,
-        sources: list[_SourceImage],
-        output_sizes: list[tuple[int, int]],
-        settings: dict[str, Any],
-        device: torch.device,
-    ) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor | None]:
-        """pixel_values [B, C, H, W] (a list of [C, H, W] for unpadded images of different sizes) and,
-        padded, pixel_mask [B, H, W]: each image decoded, resized and normalized into its place."""
-        channels = self._output_channels(sources, settings)
-        scale, shift = self._affine(settings, channels)
-        if settings["do_pad"]:
-            batch_height, batch_width = self._padded_size(output_sizes, settings)
-            # uninitialised: each worker writes its image and zeroes its own padding (in parallel)
-            pixel_values = torch.empty(len(sources), channels, batch_height, batch_width, device=device)
-            # boolean (1 byte): an int64 mask of a large batch costs as much to write as the pixels
-            pixel_mask = torch.empty(len(sources), batch_height, batch_width, dtype=torch.bool, device=device)
-            targets = [pixel_values[i, :, :h, :w] for i, (h, w) in enumerate(output_sizes)]
-        else:
-            pixel_mask = None
-            targets = [torch.empty(channels, h, w, device=device) for h, w in output_sizes]
-
-        def work(index: int) -> None:
-            _decode_file(sources[index], index)
-            self._resize_into(sources[index], targets[index], settings, scale, shift)
-            if pixel_mask is not None:
-                height, width = output_sizes[index]
-                _fill_padding(pixel_values[index], height, width, 0)
-                _fill_padding(pixel_mask[index], height, width, False)
-                pixel_mask[index, :height, :width] = True
-
-        self._run(work, len(sources), settings["num_threads"])
-        _check_finite_pixels(sources, targets)
-
-        if not settings["do_pad"]:
-            same_size = len(set(output_sizes)) == 1
-            if len(targets) == 1:
-                pixel_values = targets[0][None]  # [1, C, H, W] without a copy
-            else:
-                pixel_values = torch.stack(targets) if same_size else targets
-        return pixel_values, pixel_mask
-
     def _settings(self, overrides: Mapping[str, Any]) -> dict[str, Any]:
         names = (
             "do_convert_rgb", "do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize",
@@ -486,173 +390,17 @@ class HfDetrImageProcessor(BaseImageProcessor):
             name: getattr(self, name) if overrides.get(name) is None else overrides[name] for name in names
         }
         for name in FLAG_SETTINGS:
-            settings[name] = _flag(name, settings[name])
+            settings[name] = check_bool(name, settings[name], error=TypeError)
         settings["size"] = normalize_size(settings["size"])
         if settings["pad_size"] is not None:
             settings["pad_size"] = normalize_size(settings["pad_size"], "pad_size")
         settings["resample"] = _resample(settings["resample"])
-        settings["rescale_factor"] = _finite_number(
-            "rescale_factor", settings["rescale_factor"], positive=True
-        )
+        settings["rescale_factor"] = check_float("rescale_factor", settings["rescale_factor"], positive=True)
         settings["image_mean"] = channel_values("image_mean", settings["image_mean"])
         settings["image_std"] = channel_values("image_std", settings["image_std"], positive=True)
-        threads = settings["num_threads"]
-        if threads is not None and not (_is_integer(threads) and threads > 0):
-            raise ValueError(f"`num_threads` must be a positive int or None, got {threads!r}.")
+        settings["num_threads"] = check_positive_integer("num_threads", settings["num_threads"])
         settings["format"] = _annotation_format(settings["format"])
         return settings
-
-    def _load(self, image: Any, index: int, input_data_format: str | None) -> _SourceImage:
-        """Open or wrap one input without decoding pixels where that can wait (file paths)."""
-        if isinstance(image, (str, os.PathLike)):
-            path = os.fspath(image)
-            if os.path.isfile(path):
-                try:
-                    opened = PIL.Image.open(path)  # lazy: only the header is read here
-                    orientation = exif_orientation(opened)
-                except (OSError, SyntaxError, ValueError) as error:
-                    raise ValueError(
-                        f"images[{index}]: cannot read {path!r} as an image ({error})."
-                    ) from error
-                _check_size(index, opened.height, opened.width)
-                width, height = displayed_size(opened.width, opened.height, orientation)
-                channels = len(opened.getbands())
-                return _SourceImage(opened, None, height, width, channels, orientation, path=path)
-            try:
-                image = load_image(path)  # URLs and base64, EXIF rotation applied
-            except Exception as error:
-                raise ValueError(f"images[{index}]: cannot load {path!r} as an image ({error}).") from error
-        if isinstance(image, PIL.Image.Image):
-            width, height = image.size
-            _check_size(index, height, width)
-            return _SourceImage(image, None, height, width, len(image.getbands()))
-        if isinstance(image, np.ndarray):
-            image = torch.from_numpy(np.ascontiguousarray(image))
-        if not isinstance(image, torch.Tensor):
-            raise ValueError(
-                f"images[{index}] is a {type(image).__name__}; expected a PIL image, numpy array, torch tensor, "
-                "file path or URL."
-            )
-        return self._wrap_tensor(image, index, input_data_format)
-
-    def _wrap_tensor(self, image: torch.Tensor, index: int, input_data_format: str | None) -> _SourceImage:
-        grayscale = image.ndim == 2  # [H, W]: no channel dimension, whatever input_data_format says
-        if grayscale:
-            image = image[None]
-        if image.ndim != 3:
-            raise ValueError(
-                f"images[{index}] has shape {list(image.shape)}; expected [H, W], [C, H, W] or [H, W, C] "
-                "(a 4-D input is a batch: pass it as a list or a 4-D array)."
-            )
-        if not grayscale and _channels_last(image.shape, input_data_format, index):
-            image = image.permute(2, 0, 1)
-        channels, height, width = image.shape
-        _check_size(index, height, width)
-        if image.dtype == torch.uint16:
-            image = _sixteen_to_eight_bit(image)  # 16-bit content to 8-bit range, so 1/255 still holds
-        if image.dtype == torch.uint8 and not image.is_cuda and channels in (1, 3, 4):
-            # 8-bit content takes the PIL path: the same resize as transformers' PIL backend
-            array = image.permute(1, 2, 0).numpy()
-            pil = PIL.Image.fromarray(array[..., 0] if channels == 1 else array)
-            return _SourceImage(pil, None, height, width, channels)
-        if not (image.is_floating_point() or image.dtype == torch.uint8):
-            raise ValueError(f"images[{index}] has dtype {image.dtype}; expected uint8, uint16 or float.")
-        return _SourceImage(None, image, height, width, channels)
-
-    def _output_channels(self, sources: list[_SourceImage], settings: Mapping[str, Any]) -> int:
-        counts = {3 if settings["do_convert_rgb"] else _native_channels(s) for s in sources}
-        if len(counts) > 1:
-            raise ValueError(
-                f"The images have different channel counts {sorted(counts)}; use do_convert_rgb=True or "
-                "pass images of one kind."
-            )
-        channels = counts.pop()
-        for name in ("image_mean", "image_std"):
-            if settings["do_normalize"] and len(settings[name]) not in (1, channels):
-                raise ValueError(
-                    f"`{name}` has {len(settings[name])} values but the images have {channels} channels."
-                )
-        return channels
-
-    @staticmethod
-    def _affine(settings: Mapping[str, Any], channels: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel (scale, shift) so that out = pixel * scale + shift does rescale and normalize."""
-        scale = np.full(channels, settings["rescale_factor"] if settings["do_rescale"] else 1.0)
-        shift = np.zeros(channels)
-        if settings["do_normalize"]:
-            mean = np.broadcast_to(settings["image_mean"], (channels,))
-            std = np.broadcast_to(settings["image_std"], (channels,))
-            scale, shift = scale / std, -mean / std
-        largest = 255.0 * np.abs(scale) + np.abs(shift)  # of an 8-bit image; float images are checked after
-        if not (np.isfinite(largest).all() and largest.max() < np.finfo(np.float32).max):
-            raise ValueError(
-                f"`rescale_factor` ({settings['rescale_factor']!r}), `image_mean` and `image_std` "
-                f"({settings['image_std'].tolist()}) scale pixels beyond the float32 range."
-            )
-        return scale, shift
-
-    def _padded_size(self, sizes: list[tuple[int, int]], settings: Mapping[str, Any]) -> tuple[int, int]:
-        height = max(h for h, _ in sizes)
-        width = max(w for _, w in sizes)
-        if settings["pad_size"] is None:
-            return height, width
-        pad_height, pad_width = settings["pad_size"]["height"], settings["pad_size"]["width"]
-        if height > pad_height or width > pad_width:
-            raise ValueError(
-                f"`pad_size` {pad_height}x{pad_width} is smaller than a resized image ({height}x{width})."
-            )
-        return pad_height, pad_width
-
-    @staticmethod
-    def _run(work, count: int, num_threads: int | None) -> None:
-        workers = min(count, num_threads or min(os.cpu_count() or 1, 8))
-        if workers <= 1:
-            for index in range(count):
-                work(index)
-            return
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(work, range(count)))
-
-    def _resize_into(
-        self,
-        source: _SourceImage,
-        target: torch.Tensor,
-        settings: Mapping[str, Any],
-        scale: np.ndarray,
-        shift: np.ndarray,
-    ) -> None:
-        """Resize one image and write `pixel * scale + shift` into `target` [C, h, w] (a view of the batch)."""
-        height, width = target.shape[-2:]
-        resample = PILImageResampling(settings["resample"])
-        if source.pil is not None and target.device.type == "cpu":
-            image = _pil_to_mode(source, settings["do_convert_rgb"])
-            if (image.height, image.width) != (height, width):
-                image = image.resize((width, height), resample=resample)
-            pixels = torch.from_numpy(np.asarray(image).copy())  # [h, w] or [h, w, C] uint8
-            pixels = pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)
-        else:
-            if source.pil is not None:  # 8-bit content for a GPU batch: decode here, resize there
-                image = _pil_to_mode(source, settings["do_convert_rgb"])
-                array = np.asarray(image)
-                pixels = torch.from_numpy(array[..., None] if array.ndim == 2 else array.copy()).permute(
-                    2, 0, 1
-                )
-            else:
-                pixels = source.tensor
-                if settings["do_convert_rgb"]:
-                    pixels = _tensor_to_rgb(pixels)
-            pixels = pixels.to(target.device, non_blocking=True)
-            if tuple(pixels.shape[-2:]) != (height, width):
-                interpolation = _TORCH_INTERPOLATION.get(resample, TF.InterpolationMode.BILINEAR)
-                floating = pixels if pixels.is_floating_point() else pixels.float()
-                pixels = TF.resize(floating, [height, width], interpolation=interpolation, antialias=True)
-                if source.tensor is None or not source.tensor.is_floating_point():
-                    pixels = pixels.round_().clamp_(0, 255)  # an 8-bit image stays on the 8-bit grid
-            if settings["do_rescale"] and source.tensor is not None and source.tensor.is_floating_point():
-                _warn_if_already_rescaled(pixels)
-        target.copy_(pixels)
-        target.mul_(torch.as_tensor(scale, dtype=torch.float32).to(target.device)[:, None, None])
-        target.add_(torch.as_tensor(shift, dtype=torch.float32).to(target.device)[:, None, None])
 
     # ------------------------------------------------------------------------------------------------
     # Post-processing
@@ -671,36 +419,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
         the image; without `target_sizes` they stay normalized in [0, 1]. With `top_k`, the best `top_k`
         (query, class) pairs over all queries and classes are taken first, then `threshold` applies.
         """
-        outputs, from_numpy = _tensor_outputs(outputs, ("logits", "pred_boxes"))
-        logits, boxes = _detection_outputs(outputs)  # [B, N, K+1], [B, N, 4]
-        threshold, top_k = check_threshold("threshold", threshold), check_top_k(top_k)
-        batch_size = logits.shape[0]
-        probabilities = logits.float().softmax(-1)[..., :-1]  # [B, N, K]
-        corners = box_convert(boxes.float(), "cxcywh", "xyxy")
-        if target_sizes is None:
-            sizes = torch.ones(batch_size, 2, device=boxes.device)
-        else:
-            checked = checked_target_sizes(target_sizes, batch_size, integer=False)
-            sizes = torch.tensor(checked, dtype=torch.float32).reshape(batch_size, 2).to(boxes.device)
-        scale = sizes.flip(-1).repeat(1, 2)[:, None, :]  # [B, 1, 4] = (w, h, w, h)
-        corners = torch.minimum(corners.clamp(min=0) * scale, scale)
-        if top_k is not None:
-            flat = probabilities.flatten(1)  # [B, N*K]
-            scores, index = flat.topk(min(top_k, flat.shape[1]), dim=1)
-            num_classes = probabilities.shape[-1]
-            labels = index % num_classes
-            corners = corners.gather(1, (index // num_classes)[..., None].expand(-1, -1, 4))
-        else:
-            scores, labels = probabilities.max(-1)
-        results = []
-        for image_scores, image_labels, image_boxes in zip(scores, labels, corners):
-            keep = image_scores > threshold
-            results.append(
-                {"scores": image_scores[keep], "labels": image_labels[keep], "boxes": image_boxes[keep]}
-            )
-        if from_numpy:  # numpy in (an exported model's outputs), numpy out
-            results = [{key: value.numpy() for key, value in result.items()} for result in results]
-        return results
+        return object_detections(outputs, threshold, target_sizes, top_k)
 
     def post_process_semantic_segmentation(
         self,
@@ -715,20 +434,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
         `target_sizes` before the argmax. With `return_segmentation_scores`, each item also carries
         `segmentation_scores` [K, H, W].
         """
-        logits, mask_logits = segmentation_outputs(outputs)
-        classes = logits.float().softmax(-1)[..., :-1]  # [B, N, K]
-        scores = torch.einsum("bqc,bqhw->bchw", classes, mask_logits.float().sigmoid())  # [B, K, h, w]
-        results = []
-        for image_scores, size in zip(scores, target_size_list(target_sizes, len(scores))):
-            if size is not None:
-                image_scores = F.interpolate(
-                    image_scores[None], size=size, mode="bilinear", align_corners=False
-                )[0]
-            results.append(
-                SemanticSegmentationPostProcessorOutput(
-                    data={"segmentation": image_scores.argmax(0), "segmentation_scores": image_scores}
-                )
-            )
+        results = semantic_maps(outputs, target_sizes)
         if return_segmentation_scores:
             return results
         return [result["segmentation"] for result in results]
@@ -823,45 +529,12 @@ class HfDetrImageProcessor(BaseImageProcessor):
 # ----------------------------------------------------------------------------------------------------
 # Input helpers
 # ----------------------------------------------------------------------------------------------------
-def _tensor_outputs(outputs: Any, names: tuple[str, ...]) -> tuple[Any, bool]:
-    """Model outputs with fields `names` -> an object with those fields as tensors, and whether they
-    were numpy arrays. Takes a model's output, any object with the fields, or a mapping such as
-    `dict(zip(output_names, onnx_session.run(...)))`."""
-    if isinstance(outputs, Mapping):
-        missing = [name for name in names if name not in outputs]
-        if missing:
-            raise KeyError(f"`outputs` has no {', '.join(missing)}; it has {sorted(outputs)}.")
-        values = {name: outputs[name] for name in names}
-    else:
-        values = {name: getattr(outputs, name, None) for name in names}
-    if all(isinstance(value, np.ndarray) for value in values.values()):
-        return SimpleNamespace(**{k: torch.from_numpy(np.asarray(v)) for k, v in values.items()}), True
-    return SimpleNamespace(**values), False
-
-
-def _detection_outputs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """`outputs.logits` [B, N, K+1] and `outputs.pred_boxes` [B, N, 4], checked (finite included)."""
-    logits, boxes = outputs.logits, outputs.pred_boxes
-    if not isinstance(logits, torch.Tensor) or not isinstance(boxes, torch.Tensor):
-        raise TypeError(
-            "`outputs` must have tensors (or numpy arrays) `logits` [B, N, K+1] and `pred_boxes` [B, N, 4], got "
-            f"logits={type(logits).__name__}, pred_boxes={type(boxes).__name__}."
-        )
-    if logits.ndim != 3 or logits.shape[-1] < 2 or tuple(boxes.shape) != (*logits.shape[:2], 4):
-        raise ValueError(
-            f"`outputs.logits` must be [B, N, K+1] (K >= 1) and `outputs.pred_boxes` [B, N, 4] with the same B "
-            f"and N, got {list(logits.shape)} and {list(boxes.shape)}."
-        )
-    check_finite_outputs({"logits": logits, "pred_boxes": boxes})
-    return logits, boxes
-
-
 def _label_ids(label_ids_to_fuse: Any) -> set[int]:
     """`label_ids_to_fuse`: None or a collection of integer class ids."""
     if label_ids_to_fuse is None:
         return set()
     labels = list(label_ids_to_fuse) if isinstance(label_ids_to_fuse, (set, frozenset, list, tuple)) else None
-    if labels is None or not all(_is_integer(label) for label in labels):
+    if labels is None or not all(is_integer(label) for label in labels):
         raise ValueError(
             f"`label_ids_to_fuse` must be a set or list of int class ids, got {label_ids_to_fuse!r}."
         )
@@ -878,41 +551,6 @@ def _as_list(images: Any) -> list[Any]:
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
         return list(images)
     return [images]
-
-
-def exif_orientation(image: PIL.Image.Image) -> int:
-    """The EXIF orientation (1-8) of an opened image, read from its header without decoding the pixels;
-    1 (as stored) when there is none or it is invalid. A PNG's EXIF counts only before its pixels (PIL
-    would decode the whole file to look for one after them), for the loaders and the decoder alike."""
-    if image.format == "PNG" and "exif" not in image.info:
-        return 1
-    value = image.getexif().get(EXIF_ORIENTATION, 1)
-    return value if isinstance(value, int) and value in _ORIENTATION_TRANSPOSE else 1
-
-
-def displayed_size(width: int, height: int, orientation: int) -> tuple[int, int]:
-    """(width, height) as displayed of stored pixels `width` x `height` with an EXIF `orientation`."""
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-
-
-def decode_image(source: str | os.PathLike | bytes | BinaryIO) -> PIL.Image.Image:
-    """An encoded image (a file path, its bytes or a binary file) as training, evaluation, prediction and
-    the processor's file paths all see it: RGB, 8 bits per channel, as displayed (the EXIF orientation
-    applied, `exif_orientation`), 16-bit values scaled to 8 bits, transparency composited onto white.
-    PIL's errors (OSError, ValueError, DecompressionBombError) are raised as they come."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        source = io.BytesIO(source)
-    opened = PIL.Image.open(source)
-    try:
-        orientation = exif_orientation(opened)
-        opened.load()
-        decoded = _eight_bit(_oriented(opened, orientation), convert_rgb=True)
-    except BaseException:
-        opened.close()
-        raise
-    if decoded is not opened:
-        opened.close()
-    return decoded
 
 
 # transformers pipelines (module, class) whose `preprocess` calls the processor on one image and whose
@@ -948,142 +586,14 @@ def called_by_pipeline(processor: Any, frame: FrameType | None) -> bool:
     )
 
 
-def _decode_file(source: _SourceImage, index: int) -> None:
-    """Decode a lazily opened image (a file path, or a PIL image from `PIL.Image.open`) now, so that a
-    truncated or corrupt file is an error naming it."""
-    if source.pil is None:
-        return
-    try:
-        source.pil.load()  # a no-op for decoded images
-    except (OSError, SyntaxError, ValueError) as error:
-        what = repr(source.path) if source.path is not None else "the PIL image"
-        raise ValueError(f"images[{index}]: cannot decode {what} ({error}).") from error
-
-
-def _check_finite_pixels(sources: list[_SourceImage], targets: list[torch.Tensor]) -> None:
-    """Float inputs must give finite pixel values (8-bit ones do, with the checked rescale and
-    normalization): NaN or inf, or values beyond float32, are an error naming the image. One
-    device-to-host copy for the whole batch."""
-    floating = [i for i, s in enumerate(sources) if s.tensor is not None and s.tensor.is_floating_point()]
-    if not floating:
-        return
-    finite = torch.stack([torch.isfinite(targets[i]).all() for i in floating]).cpu()
-    for index, ok in zip(floating, finite.tolist()):
-        if not ok:
-            source = sources[index].tensor
-            problem = (
-                "contains NaN or inf"
-                if not torch.isfinite(source).all()
-                else "has values beyond float32 range"
-            )
-            raise ValueError(
-                f"images[{index}] {problem} (dtype {source.dtype}): images must hold finite pixel values."
-            )
-
-
 def _resample(value: Any) -> int:
     """`resample` as an int, one of PIL's filters (PILImageResampling)."""
     valid = [int(member) for member in PILImageResampling]
-    if not _is_integer(value) or int(value) not in valid:
+    if not is_integer(value) or int(value) not in valid:
         raise ValueError(
             f"`resample` must be one of PIL's filters {valid} (PILImageResampling), got {value!r}."
         )
     return int(value)
-
-
-def _fill_padding(image: torch.Tensor, height: int, width: int, value: float) -> None:
-    """Fill everything of `image` [..., H, W] outside its top-left `height` x `width` region."""
-    image[..., :height, width:].fill_(value)
-    image[..., height:, :].fill_(value)
-
-
-def _check_size(index: int, height: int, width: int) -> None:
-    if height == 0 or width == 0:
-        raise ValueError(f"images[{index}] is empty ({height}x{width} pixels).")
-
-
-def _channels_last(shape: torch.Size, input_data_format: str | None, index: int) -> bool:
-    if input_data_format is not None:
-        if input_data_format not in ("channels_first", "channels_last"):
-            raise ValueError(
-                f"`input_data_format` must be 'channels_first' or 'channels_last', got {input_data_format!r}."
-            )
-        return input_data_format == "channels_last"
-    first, last = shape[0] in (1, 3, 4), shape[-1] in (1, 3, 4)
-    if first and last:
-        warnings.warn(
-            f"images[{index}] has an ambiguous shape {list(shape)}; assuming channels first. Pass "
-            "input_data_format='channels_last' if the channels come last.",
-            stacklevel=4,
-        )
-        return False
-    if not (first or last):
-        raise ValueError(
-            f"images[{index}] has shape {list(shape)}: cannot find a channel dimension of size 1, 3 or 4."
-        )
-    return last
-
-
-def _sixteen_to_eight_bit(image: torch.Tensor) -> torch.Tensor:
-    """16-bit pixel values (0..65535) to the 8-bit range (0..255), rounding."""
-    return (image.to(torch.float32) / 257.0).round_().clamp_(0, 255).to(torch.uint8)
-
-
-def _native_channels(source: _SourceImage) -> int:
-    if source.pil is not None:
-        return 1 if source.pil.mode in ("L", *SIXTEEN_BIT_PIL_MODES) else len(source.pil.getbands())
-    return source.channels
-
-
-def _pil_to_mode(source: _SourceImage, convert_rgb: bool) -> PIL.Image.Image:
-    """Decode (applying a file's EXIF orientation) and convert to RGB (or keep the native 8-bit mode)."""
-    return _eight_bit(_oriented(source.pil, source.orientation), convert_rgb)
-
-
-def _oriented(image: PIL.Image.Image, orientation: int) -> PIL.Image.Image:
-    """The pixels as displayed: `image` mirrored and/or rotated as its EXIF `orientation` says."""
-    method = _ORIENTATION_TRANSPOSE.get(orientation)
-    return image if method is None else image.transpose(method)
-
-
-def _eight_bit(image: PIL.Image.Image, convert_rgb: bool) -> PIL.Image.Image:
-    """8-bit content: 16-bit values brought to the 8-bit range (grayscale), then RGB when `convert_rgb`
-    (transparency composited onto white, as transformers does; palette, CMYK, grayscale converted)."""
-    if image.mode in SIXTEEN_BIT_PIL_MODES:
-        eight_bit = (np.asarray(image, dtype=np.float32) / 257.0).round().clip(0, 255).astype(np.uint8)
-        image = PIL.Image.fromarray(eight_bit, mode="L")
-    if not convert_rgb or image.mode == "RGB":
-        return image
-    if "A" in image.getbands() or image.info.get("transparency") is not None:
-        rgba = image.convert("RGBA")
-        background = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return PIL.Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def _tensor_to_rgb(pixels: torch.Tensor) -> torch.Tensor:
-    """[1|3|4, H, W] -> [3, H, W]: grayscale repeated, alpha composited onto white."""
-    if pixels.shape[0] == 1:
-        return pixels.expand(3, -1, -1)
-    if pixels.shape[0] == 4:
-        white = 255.0 if not pixels.is_floating_point() or pixels.max() > 1 else 1.0
-        alpha = pixels[3:].float() / white
-        return (pixels[:3].float() * alpha + white * (1 - alpha)).to(pixels.dtype)
-    return pixels
-
-
-def _warn_if_already_rescaled(pixels: torch.Tensor) -> None:
-    if (
-        pixels.device.type == "cpu"
-        and pixels.numel()
-        and float(pixels.max()) <= 1.0
-        and float(pixels.min()) >= 0
-    ):
-        warnings.warn(
-            "It looks like you are trying to rescale already rescaled images (float values in [0, 1]). "
-            "Pass do_rescale=False if the images are already scaled.",
-            stacklevel=5,
-        )
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ masks [n, H, W]; it is then resized as the image was (masks with PIL's nearest r
 pixels, as the official `ConvertCocoPolysToMask` and `coco_panoptic.py` of DETR (Carion et al. 2020).
 
 Part of the self-contained "model files": `image_processing_detr.py` imports this module; it imports
-only the value checks of `image_processing_detr_postprocessing.py`.
+only the value checks of `validation_detr.py`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import PIL.Image
 import torch
 from torchvision.ops import box_convert, masks_to_boxes
 
-from .image_processing_detr_postprocessing import is_finite_real, is_int64
+from .validation_detr import is_finite_real, is_int64
 
 PANOPTIC_IMAGE_KEY = "panoptic_image"  # a decoded panoptic PNG carried in the annotation itself
 

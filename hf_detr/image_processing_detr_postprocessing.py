@@ -2,8 +2,8 @@
 reads, and the outputs of a segmentation model as panoptic and instance maps (transformers' rules and
 output formats, and the official `PostProcessPanoptic`).
 
-Part of the self-contained "model files": `image_processing_detr.py` imports this module; it imports no
-other module of the package.
+Part of the self-contained "model files": `image_processing_detr.py` imports this module; it imports
+only the value checks of `validation_detr.py`.
 """
 
 from __future__ import annotations
@@ -17,29 +17,106 @@ import numpy as np
 import PIL.Image
 import torch
 from torch.nn import functional as F
+from torchvision.ops import box_convert
+from transformers.image_processing_utils import BatchFeature
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+from .validation_detr import check_positive_integer, check_threshold, is_finite_real
+
+try:  # transformers >= 5.x: the output type of semantic post-processing with scores
+    from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
+except ImportError:  # pragma: no cover - older 5.x releases
+    SemanticSegmentationPostProcessorOutput = BatchFeature
 
 
 # ----------------------------------------------------------------------------------------------------
-# Checks of values
+# Detections and semantic maps
 # ----------------------------------------------------------------------------------------------------
-def is_finite_real(value: Any) -> bool:
-    """A finite int, float or numpy number, not a bool."""
-    return (
-        isinstance(value, (int, float, np.integer, np.floating))
-        and not isinstance(value, (bool, np.bool_))
-        and math.isfinite(value)
-    )
+def object_detections(outputs: Any, threshold: Any, target_sizes: Any, top_k: Any) -> list[dict[str, Any]]:
+    """`HfDetrImageProcessor.post_process_object_detection`: softmax, drop the no-object column, best
+    class per query (or the best `top_k` (query, class) pairs); corners scaled to `target_sizes`."""
+    outputs, from_numpy = _tensor_outputs(outputs, ("logits", "pred_boxes"))
+    logits, boxes = _detection_outputs(outputs)  # [B, N, K+1], [B, N, 4]
+    threshold, top_k = check_threshold("threshold", threshold), check_positive_integer("top_k", top_k)
+    batch_size = logits.shape[0]
+    probabilities = logits.float().softmax(-1)[..., :-1]  # [B, N, K]
+    corners = box_convert(boxes.float(), "cxcywh", "xyxy")
+    if target_sizes is None:
+        sizes = torch.ones(batch_size, 2, device=boxes.device)
+    else:
+        checked = checked_target_sizes(target_sizes, batch_size, integer=False)
+        sizes = torch.tensor(checked, dtype=torch.float32).reshape(batch_size, 2).to(boxes.device)
+    scale = sizes.flip(-1).repeat(1, 2)[:, None, :]  # [B, 1, 4] = (w, h, w, h)
+    corners = torch.minimum(corners.clamp(min=0) * scale, scale)
+    if top_k is not None:
+        flat = probabilities.flatten(1)  # [B, N*K]
+        scores, index = flat.topk(min(top_k, flat.shape[1]), dim=1)
+        num_classes = probabilities.shape[-1]
+        labels = index % num_classes
+        corners = corners.gather(1, (index // num_classes)[..., None].expand(-1, -1, 4))
+    else:
+        scores, labels = probabilities.max(-1)
+    results = []
+    for image_scores, image_labels, image_boxes in zip(scores, labels, corners):
+        keep = image_scores > threshold
+        results.append(
+            {"scores": image_scores[keep], "labels": image_labels[keep], "boxes": image_boxes[keep]}
+        )
+    if from_numpy:  # numpy in (an exported model's outputs), numpy out
+        results = [{key: value.numpy() for key, value in result.items()} for result in results]
+    return results
 
 
-def is_int64(value: Any) -> bool:
-    """An int or numpy integer (not a bool) that fits in int64."""
-    return (
-        isinstance(value, (int, np.integer))
-        and not isinstance(value, (bool, np.bool_))
-        and INT64_MIN <= int(value) <= INT64_MAX
-    )
+def semantic_maps(outputs: Any, target_sizes: Any) -> list[SemanticSegmentationPostProcessorOutput]:
+    """`HfDetrImageProcessor.post_process_semantic_segmentation`: per class the sum over queries of
+    p(class | query) times the query's mask probability, resized (bilinear) before the argmax."""
+    logits, mask_logits = segmentation_outputs(outputs)
+    classes = logits.float().softmax(-1)[..., :-1]  # [B, N, K]
+    scores = torch.einsum("bqc,bqhw->bchw", classes, mask_logits.float().sigmoid())  # [B, K, h, w]
+    results = []
+    for image_scores, size in zip(scores, target_size_list(target_sizes, len(scores))):
+        if size is not None:
+            image_scores = F.interpolate(image_scores[None], size=size, mode="bilinear", align_corners=False)[
+                0
+            ]
+        results.append(
+            SemanticSegmentationPostProcessorOutput(
+                data={"segmentation": image_scores.argmax(0), "segmentation_scores": image_scores}
+            )
+        )
+        return results
+
+
+def _tensor_outputs(outputs: Any, names: tuple[str, ...]) -> tuple[Any, bool]:
+    """Model outputs with fields `names` -> an object with those fields as tensors, and whether they
+    were numpy arrays. Takes a model's output, any object with the fields, or a mapping such as
+    `dict(zip(output_names, onnx_session.run(...)))`."""
+    if isinstance(outputs, Mapping):
+        missing = [name for name in names if name not in outputs]
+        if missing:
+            raise KeyError(f"`outputs` has no {', '.join(missing)}; it has {sorted(outputs)}.")
+        values = {name: outputs[name] for name in names}
+    else:
+        values = {name: getattr(outputs, name, None) for name in names}
+    if all(isinstance(value, np.ndarray) for value in values.values()):
+        return SimpleNamespace(**{k: torch.from_numpy(np.asarray(v)) for k, v in values.items()}), True
+    return SimpleNamespace(**values), False
+
+
+def _detection_outputs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """`outputs.logits` [B, N, K+1] and `outputs.pred_boxes` [B, N, 4], checked (finite included)."""
+    logits, boxes = outputs.logits, outputs.pred_boxes
+    if not isinstance(logits, torch.Tensor) or not isinstance(boxes, torch.Tensor):
+        raise TypeError(
+            "`outputs` must have tensors (or numpy arrays) `logits` [B, N, K+1] and `pred_boxes` [B, N, 4], got "
+            f"logits={type(logits).__name__}, pred_boxes={type(boxes).__name__}."
+        )
+    if logits.ndim != 3 or logits.shape[-1] < 2 or tuple(boxes.shape) != (*logits.shape[:2], 4):
+        raise ValueError(
+            f"`outputs.logits` must be [B, N, K+1] (K >= 1) and `outputs.pred_boxes` [B, N, 4] with the same B "
+            f"and N, got {list(logits.shape)} and {list(boxes.shape)}."
+        )
+    check_finite_outputs({"logits": logits, "pred_boxes": boxes})
+    return logits, boxes
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -75,22 +152,6 @@ def check_finite_outputs(outputs: Mapping[str, torch.Tensor]) -> None:
                 f"`outputs.{name}` of image {finite.index(False)} contains NaN or inf: the model's outputs "
                 "are not finite (a diverged model, or inputs the model could not take)."
             )
-
-
-def check_threshold(name: str, value: Any) -> float:
-    """A threshold on scores, probabilities or area ratios: a number from 0 to 1 (1 keeps nothing)."""
-    if not (is_finite_real(value) and 0 <= value <= 1):
-        raise ValueError(
-            f"`{name}` must be a number from 0 to 1 (scores are probabilities; 1 keeps nothing), got {value!r}."
-        )
-    return float(value)
-
-
-def check_top_k(top_k: Any) -> int | None:
-    """`top_k`: None or a positive int."""
-    if top_k is not None and not (is_int64(top_k) and top_k > 0):
-        raise ValueError(f"`top_k` must be a positive int or None, got {top_k!r}.")
-    return None if top_k is None else int(top_k)
 
 
 def checked_target_sizes(target_sizes: Any, batch_size: int, integer: bool) -> list[tuple[float, float]]:

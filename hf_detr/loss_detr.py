@@ -23,6 +23,12 @@ from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_convert, sigmoid_focal_loss
 
 from .configuration_detr import HfDetrConfig
+from .validation_detr import (
+    check_labels_on_host,
+    check_pred_masks,
+    checked_label_tensors,
+    checked_mask_labels,
+)
 
 Labels = Sequence[Mapping[str, torch.Tensor]]
 
@@ -81,52 +87,12 @@ class Matches:
         return slice(self.layer_starts[layer], self.layer_starts[layer + 1])
 
 
-def _label_tensor(value: object, index: int, field: str) -> torch.Tensor:
-    """A label field as a tensor, or a ValueError naming it (strings, ragged lists, None)."""
-    if isinstance(value, torch.Tensor):
-        return value
-    try:
-        return torch.as_tensor(np.asarray(value) if isinstance(value, (list, tuple)) else value)
-    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
-        raise ValueError(
-            f"labels[{index}]['{field}'] must be a tensor or a list of numbers, got {type(value).__name__} "
-            f"({error})."
-        ) from error
-
-
 def pad_targets(labels: Labels, batch_size: int, num_queries: int, device: torch.device) -> PaddedTargets:
     """Check the structure of `labels` (host-side metadata only) and pad them into tensors on `device`."""
-    if not isinstance(labels, Sequence) or isinstance(labels, (str, bytes)) or len(labels) != batch_size:
-        count = len(labels) if isinstance(labels, Sequence) else type(labels).__name__
-        raise ValueError(f"`labels` must be a list with one dict per image ({batch_size}), got {count}.")
-    class_labels, boxes = [], []
-    for index, target in enumerate(labels):
-        if not isinstance(target, Mapping) or "class_labels" not in target or "boxes" not in target:
-            raise ValueError(f"labels[{index}] must be a dict with 'class_labels' and 'boxes'.")
-        # non-blocking copies: a blocking host-to-device copy would wait for the queued forward pass
-        ids = _label_tensor(target["class_labels"], index, "class_labels").to(device, non_blocking=True)
-        box = _label_tensor(target["boxes"], index, "boxes")
-        if box.is_complex() or box.dtype == torch.bool:
-            raise ValueError(f"labels[{index}]['boxes'] must hold real numbers, got {box.dtype}.")
-        box = box.to(device, torch.float32, non_blocking=True)
-        if ids.ndim != 1:
-            raise ValueError(f"labels[{index}]['class_labels'] must be 1-D, got shape {list(ids.shape)}.")
-        if box.ndim == 1 and box.numel() == 0:
-            box = box.reshape(0, 4)
-        if box.ndim != 2 or box.shape[-1] != 4 or box.shape[0] != ids.shape[0]:
-            raise ValueError(
-                f"labels[{index}]['boxes'] must have shape [{ids.shape[0]}, 4] (one normalized cx, cy, w, h "
-                f"box per class label), got {list(box.shape)}."
-            )
-        if ids.is_complex() or ids.dtype == torch.bool:
-            raise ValueError(f"labels[{index}]['class_labels'] must hold integer class ids, got {ids.dtype}.")
-        if ids.shape[0] > num_queries:
-            raise ValueError(
-                f"labels[{index}] has {ids.shape[0]} objects but the model has only {num_queries} queries "
-                "(config.num_queries): DETR predicts at most one object per query."
-            )
-        class_labels.append(ids)
-        boxes.append(box)
+    checked = checked_label_tensors(labels, batch_size, num_queries)
+    # non-blocking copies: a blocking host-to-device copy would wait for the queued forward pass
+    class_labels = [ids.to(device, non_blocking=True) for ids, _ in checked]
+    boxes = [box.to(device, torch.float32, non_blocking=True) for _, box in checked]
     counts = [len(ids) for ids in class_labels]
     raw = torch.nn.utils.rnn.pad_sequence([ids.float() for ids in class_labels], batch_first=True)
     padded_ids = torch.nn.utils.rnn.pad_sequence([ids.long() for ids in class_labels], batch_first=True)
@@ -193,7 +159,7 @@ class HungarianMatcher:
         cost_np = host[: sizes[0]].reshape(cost.shape)
         raw_ids = host[sizes[0] : sum(sizes)].reshape(targets.raw_class_labels.shape)
         boxes_np = host[sum(sizes) :].reshape(targets.boxes.shape)
-        validate_targets_on_host(raw_ids, boxes_np, targets.counts, num_labels)
+        check_labels_on_host(raw_ids, boxes_np, targets.counts, num_labels)
 
         for image, count in enumerate(targets.counts):
             # an error path: further synchronisation is fine here
@@ -223,40 +189,6 @@ class HungarianMatcher:
         return Matches(flat[0], flat[1], flat[2], flat[3], num_layers, tuple(layer_starts))
 
 
-BOX_TOLERANCE = 1e-3  # rounding of normalized coordinates: 1.0000001 is still inside the image
-
-
-def validate_targets_on_host(
-    raw_ids: np.ndarray, boxes: np.ndarray, counts: list[int], num_labels: int
-) -> None:
-    """Class ids must be integers in [0, num_labels); boxes finite normalized (cx, cy, w, h) in [0, 1]
-    (boxes in pixels are the usual mistake: reported here, not as a diverged training)."""
-    for image, count in enumerate(counts):
-        ids = raw_ids[image, :count]
-        bad = ids[(ids != np.round(ids)) | (ids < 0) | (ids >= num_labels)]
-        if bad.size:
-            raise ValueError(
-                f"labels[{image}]['class_labels'] contains class id {bad[0]:g}, but the model has "
-                f"num_labels={num_labels} (valid ids are the integers 0..{num_labels - 1})."
-            )
-        image_boxes = boxes[image, :count]
-        if not np.isfinite(image_boxes).all():
-            raise ValueError(f"labels[{image}]['boxes'] contains NaN or inf.")
-        if (image_boxes[:, 2:] < 0).any():
-            raise ValueError(
-                f"labels[{image}]['boxes'] has a negative width or height; boxes must be normalized "
-                "(cx, cy, w, h)."
-            )
-        outside = ((image_boxes < -BOX_TOLERANCE) | (image_boxes > 1 + BOX_TOLERANCE)).any(1)
-        if outside.any():
-            number = int(np.flatnonzero(outside)[0])
-            raise ValueError(
-                f"labels[{image}]['boxes'][{number}] = {image_boxes[number].tolist()} is not a normalized "
-                "(cx, cy, w, h) box: every value must lie in [0, 1] (divide pixel boxes by the image's width "
-                "and height, as HfDetrImageProcessor does)."
-            )
-
-
 def _non_finite_cost_message(image: int, logits: torch.Tensor, boxes: torch.Tensor) -> str:
     culprits = [
         name for name, tensor in (("logits", logits), ("pred_boxes", boxes)) if not tensor.isfinite().all()
@@ -277,21 +209,7 @@ def stack_target_masks(labels: Labels, counts: list[int], device: torch.device) 
     the official `nested_tensor_from_tensor_list`) and concatenated: [sum n_b, H, W] float32 on `device`.
 
     Only host-side metadata is checked (the shapes), so nothing waits on the device."""
-    masks = []
-    for index, (target, count) in enumerate(zip(labels, counts)):
-        if "masks" not in target:
-            raise ValueError(
-                f"labels[{index}] has no 'masks': a segmentation model needs one [n, H, W] mask per object."
-            )
-        mask = torch.as_tensor(target["masks"])
-        if mask.is_complex() or mask.ndim != 3 or mask.shape[0] != count:
-            if count == 0 and mask.numel() == 0:
-                continue
-            raise ValueError(
-                f"labels[{index}]['masks'] must be a real tensor of shape [{count}, height, width] (one mask "
-                f"per class label), got {mask.dtype} of shape {list(mask.shape)}."
-            )
-        masks.append(mask)
+    masks = checked_mask_labels(labels, counts)
     if not masks:
         return torch.zeros((0, 1, 1), device=device)
     height = max(mask.shape[1] for mask in masks)
@@ -410,7 +328,7 @@ class SetCriterion:
         if logits.ndim == 3:
             logits, boxes = logits[None], boxes[None]
         if pred_masks is not None:
-            _check_pred_masks(pred_masks, logits)
+            check_pred_masks(pred_masks, logits)
             pred_masks = pred_masks.float()
         with torch.autocast(device_type=logits.device.type, enabled=False):  # matching and loss in fp32
             logits, boxes = logits.float(), boxes.float()
@@ -565,16 +483,6 @@ class SetCriterion:
             torch.distributed.all_reduce(num_boxes)
             num_boxes = num_boxes / torch.distributed.get_world_size()
         return num_boxes.clamp(min=1)
-
-
-def _check_pred_masks(pred_masks: torch.Tensor, logits: torch.Tensor) -> None:
-    expected = logits.shape[1:3]  # B, N
-    if not isinstance(pred_masks, torch.Tensor) or pred_masks.ndim != 4 or pred_masks.shape[:2] != expected:
-        shape = list(pred_masks.shape) if isinstance(pred_masks, torch.Tensor) else type(pred_masks).__name__
-        raise ValueError(
-            f"`pred_masks` must have shape [batch, queries, height, width] = [{expected[0]}, {expected[1]}, h, w], "
-            f"got {shape}."
-        )
 
 
 __all__ = [

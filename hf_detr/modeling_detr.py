@@ -18,7 +18,6 @@ import functools
 import inspect
 import itertools
 import math
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_detr import HfDetrConfig, resolve_checkpoint
 from .loss_detr import SetCriterion
+from .validation_detr import check_model_inputs
 
 # Stages of a torchvision/timm ResNet from the top down; `trainable_backbone_layers=k` trains the first k.
 BACKBONE_STAGES_TOP_DOWN = ("layer4", "layer3", "layer2", "layer1", "conv1")
@@ -737,168 +737,6 @@ def _all_true_without_sync(mask: torch.Tensor) -> bool:
     return mask.device.type == "cpu" and bool(mask.all())
 
 
-# normalized pixels are a few units; beyond this, activations (and trainable BatchNorm statistics)
-# head for overflow, so such inputs are an error rather than a model full of inf or NaN
-PIXEL_VALUE_LIMIT = 1e4
-# The most encoder tokens (feature-map cells) one image may give: 16384, a 128x128 map, from a 4096x4096
-# image at stride 32 (2048x2048 at DC5's stride 16). The paper's largest setting, DC5 at 800x1333, gives
-# 4200. Attention grows with the square of the count: an 8000x8000 image (62500 tokens) computes for
-# minutes. Raise it with the environment variable HF_DETR_MAX_ENCODER_TOKENS=<tokens>, or in code by
-# setting this module's `MAX_ENCODER_TOKENS` (read at each forward).
-MAX_ENCODER_TOKENS = 16384
-MAX_ENCODER_TOKENS_ENV = "HF_DETR_MAX_ENCODER_TOKENS"
-
-
-def _check_flags(**flags: object) -> None:
-    """The forward's switches must be booleans (a string such as "False" would read as True)."""
-    for name, value in flags.items():
-        if not isinstance(value, bool):
-            raise TypeError(f"`{name}` must be True, False or None, got {value!r}.")
-
-
-def _check_inputs(
-    pixel_values: torch.Tensor,
-    pixel_mask: torch.Tensor | None,
-    num_channels: int,
-    backbone: HfDetrBackbone | None = None,
-) -> None:
-    """Check the model's inputs before the backbone sees them (so that no input leaves NaN in the model).
-
-    Shapes, types and devices always; with `backbone`, also what the backbone can take: at most
-    `max_encoder_tokens()` feature-map cells per image, a training-mode batch of one image whose feature
-    map is 1x1 under trainable BatchNorm, finite pixel values within +-PIXEL_VALUE_LIMIT, and a mask with
-    real pixels in every image and in its feature map. The values are read in one device-to-host copy
-    (none on the CPU); skipped while torch.compile or torch.export trace."""
-    _check_input_types(pixel_values, pixel_mask, num_channels)
-    if backbone is None or torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return
-    stride = backbone.body.feature_info.reduction()[-1]  # 32, or 16 with dilation
-    height, width = pixel_values.shape[-2:]
-    feature_size = (-(-height // stride), -(-width // stride))  # a timm ResNet's map: ceil(side / stride)
-    _check_encoder_tokens((height, width), feature_size, stride)
-    _check_batch_norm_batch(pixel_values.shape[0], (height, width), feature_size, stride, backbone)
-    _check_input_values(pixel_values, pixel_mask, feature_size, stride)
-
-
-def max_encoder_tokens() -> int:
-    """The most encoder tokens per image: HF_DETR_MAX_ENCODER_TOKENS when set, else `MAX_ENCODER_TOKENS`."""
-    text = os.environ.get(MAX_ENCODER_TOKENS_ENV, "").strip()
-    if not text:
-        return MAX_ENCODER_TOKENS
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{MAX_ENCODER_TOKENS_ENV} must be a whole number, 1 or more, got {text!r}.")
-    return int(text)
-
-
-def _check_encoder_tokens(size: tuple[int, int], feature_size: tuple[int, int], stride: int) -> None:
-    """Refuse, before the backbone runs, images whose feature map exceeds `max_encoder_tokens()`."""
-    tokens, limit = feature_size[0] * feature_size[1], max_encoder_tokens()
-    if tokens > limit:
-        raise ValueError(
-            f"`pixel_values` of {size[0]}x{size[1]} pixels give {tokens} encoder tokens (a {feature_size[0]}x"
-            f"{feature_size[1]} feature map at stride {stride}), beyond the limit of {limit} "
-            f"({MAX_ENCODER_TOKENS_ENV}): resize the images (HfDetrImageProcessor's default size keeps them "
-            f"within 800x1333 pixels), or raise the limit with {MAX_ENCODER_TOKENS_ENV}=<tokens>."
-        )
-
-
-def _check_input_types(
-    pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None, num_channels: int
-) -> None:
-    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
-        shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
-        raise ValueError(
-            f"`pixel_values` must be a tensor of shape [batch, channels, height, width] (or a list of "
-            f"[channels, height, width] tensors, one per image), got {shape}."
-        )
-    if pixel_values.shape[1] != num_channels:
-        raise ValueError(
-            f"`pixel_values` has {pixel_values.shape[1]} channels but the model expects "
-            f"config.num_channels={num_channels}."
-        )
-    if not pixel_values.is_floating_point():
-        raise ValueError(
-            f"`pixel_values` must be a floating tensor (normalized pixels), got {pixel_values.dtype}; "
-            "use HfDetrImageProcessor to prepare images."
-        )
-    if 0 in pixel_values.shape:
-        raise ValueError(f"`pixel_values` is empty: shape {list(pixel_values.shape)}.")
-    if pixel_mask is None:
-        return
-    if not isinstance(pixel_mask, torch.Tensor):
-        raise TypeError(
-            f"`pixel_mask` must be a torch tensor [batch, height, width] (1 = real pixel), got "
-            f"{type(pixel_mask).__name__}; convert it with torch.as_tensor."
-        )
-    expected = (pixel_values.shape[0], *pixel_values.shape[2:])
-    if tuple(pixel_mask.shape) != expected:
-        raise ValueError(
-            f"`pixel_mask` must have shape [batch, height, width] = {list(expected)}, "
-            f"got {list(pixel_mask.shape)}."
-        )
-    if pixel_mask.is_complex():
-        raise ValueError(
-            f"`pixel_mask` must be a bool or integer tensor (1 = real pixel), got {pixel_mask.dtype}."
-        )
-    if pixel_mask.device != pixel_values.device:
-        raise ValueError(
-            f"`pixel_mask` is on {pixel_mask.device} but `pixel_values` on {pixel_values.device}: put both on "
-            "one device."
-        )
-
-
-def _check_batch_norm_batch(
-    batch_size: int, size: tuple[int, int], feature_size: tuple[int, int], stride: int, backbone: nn.Module
-) -> None:
-    """Trainable BatchNorm in training mode needs more than one value per channel in every map: a batch
-    of one image whose stride-`stride` map is 1x1 cannot be normalized (torch fails half-way, after the
-    earlier layers updated their statistics)."""
-    if batch_size * feature_size[0] * feature_size[1] > 1:
-        return
-    training = [
-        m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
-    ]
-    if training:
-        raise ValueError(
-            f"A training-mode batch of one {size[0]}x{size[1]} image gives a 1x1 feature map (stride {stride}), "
-            "which the backbone's trainable BatchNorm cannot normalize: train with 2 or more images per batch, "
-            f"images larger than {stride} pixels on one side (at least {stride + 1}), or "
-            "freeze_backbone_batch_norm=True."
-        )
-
-
-def _check_input_values(
-    pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None, feature_size: tuple[int, int], stride: int
-) -> None:
-    """Per image: finite pixels within +-PIXEL_VALUE_LIMIT, a real pixel, a real feature-map cell."""
-    magnitude = pixel_values.detach().abs().amax(dim=(1, 2, 3)).float()  # [B], NaN where any pixel is
-    columns = [magnitude]
-    if pixel_mask is not None:
-        mask = pixel_mask.detach() != 0
-        # the feature mask as HfDetrBackbone makes it: nearest-neighbour downsampling
-        feature_mask = F.interpolate(mask[:, None].float(), size=feature_size)[:, 0]
-        columns += [mask.flatten(1).any(1).float(), feature_mask.flatten(1).amax(1)]
-    values = torch.stack(columns, 1)
-    if values.device.type != "cpu":
-        values = values.cpu()  # the one device-to-host copy of the check
-    for index, row in enumerate(values.tolist()):
-        if not math.isfinite(row[0]):
-            raise ValueError(f"`pixel_values` of image {index} contains NaN or inf.")
-        if row[0] > PIXEL_VALUE_LIMIT:
-            raise ValueError(
-                f"`pixel_values` of image {index} reach {row[0]:.3g}, beyond +-{PIXEL_VALUE_LIMIT:g}: the model "
-                "takes normalized pixels (about -3..3); prepare images with HfDetrImageProcessor."
-            )
-        if len(row) > 1 and not row[1]:
-            raise ValueError(f"`pixel_mask` of image {index} has no real pixel (it is all padding).")
-        if len(row) > 1 and not row[2]:
-            raise ValueError(
-                f"`pixel_mask` of image {index} has real pixels only where the stride-{stride} feature map "
-                "samples none (the top-left pixel of each cell): pad images bottom-right, as "
-                "HfDetrImageProcessor does."
-            )
-
-
 # --------------------------------------------------------------------------------------------------
 # Per-image inputs: images of different sizes, unpadded
 # --------------------------------------------------------------------------------------------------
@@ -1049,14 +887,15 @@ class HfDetrModel(HfDetrPreTrainedModel):
             return_intermediate = self.config.auxiliary_loss
         if output_feature_mask is None:
             output_feature_mask = self.config.use_masks
-        _check_flags(
+        flags = dict(
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=return_dict,
             return_intermediate=return_intermediate,
             output_feature_mask=output_feature_mask,
         )
-        _check_inputs(pixel_values, pixel_mask, self.config.num_channels, self.backbone)
+        stride = self.backbone.body.feature_info.reduction()[-1]  # 32, or 16 with dilation
+        check_model_inputs(pixel_values, pixel_mask, self.config.num_channels, self.backbone, stride, flags)
 
         pixel_values = _model_dtype_input(pixel_values, self.input_projection.weight)
         batch_size, _, height, width = pixel_values.shape

@@ -162,7 +162,7 @@ class HfDetrForSegmentation(HfDetrPreTrainedModel):
         if not config.use_masks:
             config = copy.deepcopy(config)
             config.use_masks = True
-            config.validate_segmentation_fields()
+            config.validate_detr_fields()
         super().__init__(config)
         self.detr = HfDetrForObjectDetection(config)
         heads = config.encoder_attention_heads
@@ -179,7 +179,7 @@ class HfDetrForSegmentation(HfDetrPreTrainedModel):
             raise TypeError(f"`detector` must be an HfDetrForObjectDetection, got {type(detector).__name__}.")
         config = copy.deepcopy(detector.config)
         config.use_masks = True
-        config.validate_segmentation_fields()
+        config.validate_detr_fields()
         model = cls(config)
         model.detr.load_state_dict(detector.state_dict())
         return model.to(detector.device)

@@ -15,7 +15,9 @@ MODEL_FILES = (
     "loss_detr.py",
     "image_processing_detr.py",
     "image_processing_detr_annotations.py",
+    "image_processing_detr_images.py",
     "image_processing_detr_postprocessing.py",
+    "validation_detr.py",
 )
 
 TINY_TRANSFORMER = dict(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hf_detr import COCO_DETECTION_LABELS, HfDetrConfig, HfDetrForObjectDetection
-from hf_detr.configuration_detr import transformer_parameters
+from hf_detr.validation_detr import transformer_parameters
 from hf_detr.hub import OFFICIAL_CHECKPOINTS, official_config
 from hf_detr.training import parse_args, resolve_arguments
 from hf_detr.training.arguments import PRESETS

@@ -77,13 +77,15 @@ def test_checkpoints_carry_their_code_and_auto_map(known_checkpoint):
         assert {f"{module}.py" for module in relative} <= set(MODEL_FILES), (name, relative)
     assert set(MODEL_FILES) == {
         "configuration_detr.py", "modeling_detr.py", "loss_detr.py", "image_processing_detr.py",
-        "image_processing_detr_annotations.py", "image_processing_detr_postprocessing.py",
+        "image_processing_detr_annotations.py", "image_processing_detr_images.py",
+        "image_processing_detr_postprocessing.py", "validation_detr.py",
     }  # fmt: skip
 
 
 def test_processor_modules_import_each_other_in_one_direction():
     """transformers copies a module's relative imports recursively: the processor module imports its
-    annotation and post-processing modules, which import no model file back (no cycle)."""
+    annotation, image and post-processing modules and the checks, which import no model file back (no
+    cycle); the checks import nothing."""
     directory = REPO_ROOT / "hf_detr"
 
     def relative_imports(name: str) -> set[str]:
@@ -91,10 +93,13 @@ def test_processor_modules_import_each_other_in_one_direction():
         return set(re.findall(r"^\s*from\s+\.(\S+)\s+import", text, flags=re.MULTILINE))
 
     assert relative_imports("image_processing_detr.py") == {
-        "image_processing_detr_annotations", "image_processing_detr_postprocessing"
+        "image_processing_detr_annotations", "image_processing_detr_images", "image_processing_detr_postprocessing",
+        "validation_detr",
     }  # fmt: skip
-    assert relative_imports("image_processing_detr_annotations.py") == {"image_processing_detr_postprocessing"}
-    assert relative_imports("image_processing_detr_postprocessing.py") == set()
+    assert relative_imports("image_processing_detr_annotations.py") == {"validation_detr"}
+    assert relative_imports("image_processing_detr_postprocessing.py") == {"validation_detr"}
+    assert relative_imports("image_processing_detr_images.py") == set()
+    assert relative_imports("validation_detr.py") == set()
 
 
 def test_transformers_detr_checkpoints_still_load_transformers_classes(tmp_path):
@@ -356,7 +361,7 @@ def test_code_carrying_checkpoint_loads_without_the_package(tmp_path, coco_image
     processor.save_pretrained(tmp_path / "processor")
     assert {path.name for path in (tmp_path / "processor").iterdir()} == {
         "preprocessor_config.json", "image_processing_detr.py", "image_processing_detr_annotations.py",
-        "image_processing_detr_postprocessing.py",
+        "image_processing_detr_images.py", "image_processing_detr_postprocessing.py", "validation_detr.py",
     }  # fmt: skip
     annotation, outputs = _panoptic_case(tmp_path / "case")
     image = str(coco_image_dir / "000000039769.png")

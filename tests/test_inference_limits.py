@@ -14,7 +14,7 @@ import pytest
 import torch
 from detr_testing import tiny_hf_detr_config
 
-from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor, image_processing_detr, modeling_detr
+from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor, image_processing_detr, validation_detr
 from hf_detr.export import processor_from_metadata, read_export_metadata
 from hf_detr.predict import main as predict_main
 
@@ -155,7 +155,7 @@ def test_the_token_limit_is_set_by_the_environment_or_the_module_constant(tiny_m
     with pytest.raises(ValueError, match=f"25 encoder tokens .*beyond the limit of 24 \\({TOKENS_ENV}\\)"):
         tiny_model(pixel_values=image)
     monkeypatch.delenv(TOKENS_ENV)
-    monkeypatch.setattr(modeling_detr, "MAX_ENCODER_TOKENS", 20)
+    monkeypatch.setattr(validation_detr, "MAX_ENCODER_TOKENS", 20)
     with pytest.raises(ValueError, match="beyond the limit of 20"):
         tiny_model(pixel_values=image)
 

@@ -72,7 +72,8 @@ def test_the_not_applicable_transformers_tests_are_documented():
 # The package's layers, lowest first: a module imports only from its own layer and the ones below.
 LAYERS = [
     {"configuration_detr", "modeling_detr", "modeling_detr_segmentation", "loss_detr", "image_processing_detr",
-     "image_processing_detr_annotations", "image_processing_detr_postprocessing", "coco_panoptic_categories", "extras", "commands", "processes"},
+     "image_processing_detr_annotations", "image_processing_detr_images", "image_processing_detr_postprocessing",
+     "validation_detr", "coco_panoptic_categories", "extras", "commands", "processes"},
     {"data"},
     {"evaluation"},
     {"training"},
