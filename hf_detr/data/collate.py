@@ -131,9 +131,9 @@ class DetectionDataset(torch.utils.data.Dataset):
                 "annotation": {"image_id": record["image_id"], "annotations": annotations},
             }
         out = self._augment(image, record, index)
-        boxes = out["boxes"]  # corners, as the augmentation left them: the collator's labels come from them
+        # the boxes as corners, as the augmentation left them: the collator's labels come from them
         annotation = AugmentedDetection(
-            record["image_id"], tuple(boxes.canvas_size), boxes, out["labels"], out["iscrowd"], out["ids"]
+            record["image_id"], augmented_size(out), out["boxes"], out["labels"], out["iscrowd"], out["ids"]
         )
         return {"image": out["image"], "annotation": annotation}
 
@@ -238,6 +238,17 @@ class PanopticDataset(DetectionDataset):
             image_id, int((~present).sum()), self.dropped_segments,
         )  # fmt: skip
         return {key: [v for v, keep in zip(values, present) if keep] for key, values in objects.items()}
+
+
+def augmented_size(out: dict[str, Any]) -> tuple[int, int]:
+    """(height, width) of an augmented image, as the processor reads it: a PIL image's size, else the
+    boxes' canvas (transforms.v2 keeps it the image's), else a [..., H, W] tensor's last two sides."""
+    image, boxes = out["image"], out["boxes"]
+    if isinstance(image, PIL.Image.Image):
+        return image.height, image.width
+    if isinstance(boxes, tv_tensors.BoundingBoxes):
+        return tuple(boxes.canvas_size)
+    return tuple(image.shape[-2:])
 
 
 def size_problem(image: PIL.Image.Image, record: dict[str, Any]) -> str | None:
