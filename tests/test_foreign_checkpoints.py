@@ -226,7 +226,7 @@ def test_predict_and_init_from_take_a_transformers_folder(tmp_path, reference, c
     written = (tmp_path / "from-transformers" / "detections.jsonl").read_text()
     assert written and written == (tmp_path / "from-converted" / "detections.jsonl").read_text()
 
-    args = resolve_arguments({"dataset": str(shapes), "init_from": str(source), "dropout": 0.0})
+    args = resolve_arguments({"dataset": str(shapes), "init_from": str(source), "config_overrides": "dropout=0.0"})
     names = list(reference.config.id2label.values())
     model = build_model(args, names, list(range(1, len(names) + 1)))
     converted = HfDetrForObjectDetection.from_pretrained(tmp_path / "converted").state_dict()

@@ -9,15 +9,18 @@ import pytest
 from safetensors.torch import load_file
 from test_segmentation_model import tiny_segmentation_config
 from test_training import TINY as DETECTION_TINY
-from test_training import events
+from test_training import TINY_MODEL, events
 
 from hf_detr import HfDetrForSegmentation
 from hf_detr.evaluation.cli import main as evaluate_main
 from hf_detr.training import resolve_arguments, train
+from hf_detr.training.arguments import format_config_overrides
 from hf_detr.training.setup import parameter_groups
 
 # the detection loop's tiny model, at the built-in images' scale, evaluated only at the end
-TINY = {**DETECTION_TINY, "image_scale": 0.16, "dropout": 0.0, "eval_epochs": None, "augmentation": "flip"}
+NO_DROPOUT = {"dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0}
+TINY = {**DETECTION_TINY, "config_overrides": format_config_overrides({**TINY_MODEL, **NO_DROPOUT}),
+        "image_scale": 0.16, "eval_epochs": None, "augmentation": "flip"}  # fmt: skip
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
@@ -123,7 +126,8 @@ def test_detector_steps_runs_the_papers_two_stages_and_a_rerun_keeps_the_first(t
     stage_dir = output / "detector-stage"
     stage_args = json.loads((stage_dir / "training_args.json").read_text())
     assert stage_args["max_steps"] == 3 and not stage_args["freeze_detector"]
-    assert stage_args["mask_loss_coefficient"] == stage_args["dice_loss_coefficient"] == 0.0
+    overrides = stage_args["config_overrides"]
+    assert overrides["mask_loss_coefficient"] == overrides["dice_loss_coefficient"] == 0.0
     detector = load_file(stage_dir / "model.safetensors")
     final = load_file(output / "model.safetensors")
     trained_in_stage_1 = [k for k in detector if k.startswith("detr.")]

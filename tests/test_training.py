@@ -15,7 +15,7 @@ import torch
 from conftest import REPO_ROOT
 from safetensors.torch import load_file
 
-from hf_detr import HfDetrForObjectDetection
+from hf_detr import HfDetrConfig, HfDetrForObjectDetection
 from hf_detr.training import (
     TrainingArguments,
     TrainingStopped,
@@ -24,20 +24,36 @@ from hf_detr.training import (
     resolve_arguments,
     train,
 )
+from hf_detr.training.arguments import format_config_overrides, parse_config_overrides
 from hf_detr.training.setup import lr_factor, parameter_groups, training_processor
 
+# the tiny model's HfDetrConfig fields (--config-overrides) and the run's other settings
+TINY_MODEL = {
+    "backbone": "resnet18", "d_model": 32, "encoder_layers": 1, "decoder_layers": 2, "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "num_queries": 5, "dropout": 0.1,
+    "attention_dropout": 0.1, "activation_dropout": 0.1, "freeze_backbone_batch_norm": False,
+    "trainable_backbone_layers": 5,
+}  # fmt: skip
 TINY = {
-    "backbone": "resnet18", "d_model": 32, "encoder_layers": 1, "decoder_layers": 2, "attention_heads": 2,
-    "ffn_dim": 64, "num_queries": 5, "image_scale": 0.1, "batch_size": 2, "num_workers": 0, "dropout": 0.1,
-    "freeze_backbone_batch_norm": False, "trainable_backbone_layers": 5, "learning_rate": 1e-3,
-    "backbone_learning_rate": 1e-4, "logging_steps": 1, "eval_epochs": 100,
+    "config_overrides": format_config_overrides(TINY_MODEL), "image_scale": 0.1, "batch_size": 2, "num_workers": 0,
+    "learning_rate": 1e-3, "backbone_learning_rate": 1e-4, "logging_steps": 1, "eval_epochs": 100,
 }  # fmt: skip
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
 def arguments(output_dir: Path, dataset: Path | str, **overrides) -> TrainingArguments:
-    return resolve_arguments({**TINY, "dataset": str(dataset), "output_dir": str(output_dir), **overrides})
+    """The tiny run's settings with `overrides`; their `config_overrides` (text or dict) on the tiny model's."""
+    model = {**TINY_MODEL, **parse_config_overrides(overrides.pop("config_overrides", None))}
+    return resolve_arguments(
+        {
+            **TINY,
+            "dataset": str(dataset),
+            "output_dir": str(output_dir),
+            **overrides,
+            "config_overrides": model,
+        }
+    )
 
 
 def events(output_dir: Path, kind: str) -> list[dict]:
@@ -72,7 +88,9 @@ def test_training_saves_a_pipeline_ready_model_with_its_settings_and_logs(tmp_pa
     )
     out = tmp_path / "run"
     saved = json.loads((out / "training_args.json").read_text())
-    assert saved["max_steps"] == 3 and saved["preset"] == "paper" and saved["d_model"] == 32
+    assert (
+        saved["max_steps"] == 3 and saved["preset"] == "paper" and saved["config_overrides"]["d_model"] == 32
+    )
     checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert checkpoints == ["step-00000002", "step-00000003"]  # the last 2 kept
     train_lines = events(out, "train")
@@ -129,8 +147,9 @@ def test_fine_tuning_to_other_names_gives_a_new_class_head_and_takes_the_runs_tr
     names = ["circle", "square", "triangle"]
     source = HfDetrForObjectDetection(resolve_arguments_config(num_labels=3, id2label=dict(enumerate(names))))
     source.save_pretrained(tmp_path / "source")
-    settings = {"trainable_backbone_layers": 0, "freeze_backbone_batch_norm": True, "dropout": 0.0}
-    args = arguments(tmp_path / "ft", shapes, init_from=str(tmp_path / "source"), **settings)
+    settings = {"trainable_backbone_layers": 0, "freeze_backbone_batch_norm": True, "dropout": 0.0,
+                "attention_dropout": 0.0}  # fmt: skip
+    args = arguments(tmp_path / "ft", shapes, init_from=str(tmp_path / "source"), config_overrides=settings)
     model = build_model(args, ["star", "cross", "ring"], [1, 2, 3])
     head = "class_labels_classifier.weight"
     assert not torch.equal(model.state_dict()[head], source.state_dict()[head])  # same shape, new classes
@@ -169,11 +188,11 @@ def test_a_resumed_run_with_query_groups_ends_as_an_uninterrupted_one_and_saves_
     assert full.global_step == resumed.global_step == 4
     checkpoint = load_file(tmp_path / "resumed" / "checkpoints" / "step-00000002" / "model.safetensors")
     assert (
-        checkpoint["model.query_position_embeddings.weight"].shape[0] == 3 * TINY["num_queries"]
+        checkpoint["model.query_position_embeddings.weight"].shape[0] == 3 * TINY_MODEL["num_queries"]
     )  # all groups
     a = load_file(tmp_path / "full" / "model.safetensors")
     b = load_file(tmp_path / "resumed" / "model.safetensors")
-    assert a["model.query_position_embeddings.weight"].shape[0] == TINY["num_queries"]  # group 0 only
+    assert a["model.query_position_embeddings.weight"].shape[0] == TINY_MODEL["num_queries"]  # group 0 only
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) <= 1e-6
     assert json.loads((tmp_path / "full" / "config.json").read_text())["num_query_groups"] == 1
 
@@ -230,7 +249,9 @@ def test_non_finite_losses_skip_the_update_and_too_many_stop_the_run(tmp_path, s
     assert result.nonfinite_steps == 2 and result.global_step == 5 and result.stop_reason == "completed"
     assert [e["step"] for e in events(tmp_path / "nan", "skipped_nonfinite")] == [2, 3]
 
-    patch_training_loss(monkeypatch, lambda loss: lambda outputs, labels: (outputs.logits.sum() * float("nan"), {}))
+    patch_training_loss(
+        monkeypatch, lambda loss: lambda outputs, labels: (outputs.logits.sum() * float("nan"), {})
+    )
     with pytest.raises(
         TrainingStopped, match="3 consecutive updates had a non-finite loss.*lower the learning rate"
     ):
@@ -303,8 +324,11 @@ def test_defaults_are_the_paper_recipe_for_user_data():
         1e-4,
         0.1,
     )
-    assert (args.batch_size, args.lr_drop, args.auxiliary_loss, args.epochs) == (2, 2 / 3, True, 300)
-    assert args.freeze_backbone_batch_norm and args.trainable_backbone_layers == 3
+    assert (args.batch_size, args.lr_drop, args.epochs, args.config_overrides) == (2, 2 / 3, 300, {})
+    config = HfDetrConfig(**args.model_config_kwargs())  # the paper's model: HfDetrConfig's defaults
+    assert (
+        config.auxiliary_loss and config.freeze_backbone_batch_norm and config.trainable_backbone_layers == 3
+    )
     scale, processor = training_processor(args)  # image_scale none: 1, the paper's 800/1333 px
     assert scale == 1.0 and processor.size == {"shortest_edge": 800, "longest_edge": 1333}
     assert resolve_arguments({}).preset == "builtin"
@@ -313,12 +337,22 @@ def test_defaults_are_the_paper_recipe_for_user_data():
 def test_config_files_and_flags(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("learning-rate: 0.0003\nbatch_size: 4\nreport_to: [tensorboard]\n")
-    args = parse_args(["--config", str(config), "--batch-size", "8", "--dataset", "/data/coco", "--dilation"])
-    assert (args.learning_rate, args.batch_size, args.report_to, args.dilation) == (
+    argv = [
+        "--config",
+        str(config),
+        "--batch-size",
+        "8",
+        "--dataset",
+        "/data/coco",
+        "--config-overrides",
+        "dilation=true",
+    ]
+    args = parse_args(argv)
+    assert (args.learning_rate, args.batch_size, args.report_to, args.config_overrides) == (
         3e-4,
         8,
         ["tensorboard"],
-        True,
+        {"dilation": True},
     )
     (tmp_path / "bad.json").write_text(json.dumps({"learning_rat": 1}))
     with pytest.raises(ValueError, match="learning_rat"):
@@ -359,9 +393,11 @@ def test_learning_rate_schedule_and_groups():
 
 def test_unreachable_pretrained_backbone_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    args = arguments(tmp_path, "unused", pretrained_backbone=True)
+    args = arguments(tmp_path, "unused", config_overrides="use_pretrained_backbone=true")
     start = time.monotonic()
-    with pytest.raises(RuntimeError, match="pretrained resnet18 backbone.*without --pretrained-backbone"):
+    with pytest.raises(
+        RuntimeError, match="pretrained resnet18 backbone.*without --config-overrides use_pretr"
+    ):
         build_model(args, ["a"], [1])
     assert time.monotonic() - start < 60
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import types
 import typing
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -81,52 +84,16 @@ class TrainingArguments:
     num_workers: int = field(
         default=2, metadata={"help": "DataLoader worker processes per training process (0: load in line)"}
     )
-    # model (defaults: HfDetrConfig's; MODEL_SETTINGS says which config fields each one sets)
+    # model: a new one, or a checkpoint to fine-tune; its HfDetrConfig fields through config_overrides
     init_from: str | None = field(
         default=None,
         metadata={"help": "fine-tune from this checkpoint (directory or Hub repo id); none: a new model"},
     )
-    backbone: str = field(
-        default=HfDetrConfig.backbone,
+    config_overrides: dict[str, Any] = field(
+        default_factory=dict,
         metadata={
-            "help": "timm ResNet of the backbone (resnet50: DETR, resnet101: DETR-R101)",
-            "paper": True,
+            "help": "HfDetrConfig fields, as transformers': 'num_queries=50,dropout=0' (docs/training.md)"
         },
-    )
-    pretrained_backbone: bool = field(
-        default=HfDetrConfig.use_pretrained_backbone,
-        metadata={"help": "start the backbone from timm's ImageNet weights (from the Hub; the paper does)"},
-    )
-    dilation: bool = field(
-        default=HfDetrConfig.dilation,
-        metadata={
-            "help": "dilate the last backbone stage (DC5 models: output stride 16, not 32)",
-            "paper": True,
-        },
-    )
-    d_model: int = field(
-        default=HfDetrConfig.d_model, metadata={"help": "transformer width (hidden size)", "paper": True}
-    )
-    encoder_layers: int = field(
-        default=HfDetrConfig.encoder_layers, metadata={"help": "transformer encoder layers", "paper": True}
-    )
-    decoder_layers: int = field(
-        default=HfDetrConfig.decoder_layers, metadata={"help": "transformer decoder layers", "paper": True}
-    )
-    attention_heads: int = field(
-        default=HfDetrConfig.encoder_attention_heads,
-        metadata={"help": "attention heads of every encoder and decoder layer", "paper": True},
-    )
-    ffn_dim: int = field(
-        default=HfDetrConfig.encoder_ffn_dim,
-        metadata={
-            "help": "hidden size of the feed-forward network of every transformer layer",
-            "paper": True,
-        },
-    )
-    num_queries: int = field(
-        default=HfDetrConfig.num_queries,
-        metadata={"help": "object queries: the most objects detected in one image", "paper": True},
     )
     num_query_groups: int = field(
         default=HfDetrConfig.num_query_groups,
@@ -139,51 +106,6 @@ class TrainingArguments:
         default=1,
         metadata={
             "help": "H-DETR: query groups 1.. are matched to every target repeated k times (1: off)",
-            "paper": True,
-        },
-    )
-    config_overrides: str | None = field(
-        default=None,
-        metadata={
-            "help": "other HfDetrConfig fields, as transformers': 'bbox_loss_coefficient=3,giou_cost=1'"
-        },
-    )
-    dropout: float = field(
-        default=HfDetrConfig.dropout,
-        metadata={
-            "help": "dropout probability of the transformer (attention, activations, residuals)",
-            "paper": True,
-        },
-    )
-    freeze_backbone_batch_norm: bool = field(
-        default=HfDetrConfig.freeze_backbone_batch_norm,
-        metadata={
-            "help": "frozen BatchNorm in the backbone (false: it learns, for a scratch backbone)",
-            "paper": True,
-        },
-    )
-    trainable_backbone_layers: int = field(
-        default=HfDetrConfig.trainable_backbone_layers,
-        metadata={
-            "help": "backbone stages that train, counted from the top (0-5; 3: layer2-4)",
-            "paper": True,
-        },
-    )
-    auxiliary_loss: bool = field(
-        default=HfDetrConfig.auxiliary_loss,
-        metadata={
-            "help": "add the loss of every decoder layer's output, not only the last one's",
-            "paper": True,
-        },
-    )
-    eos_coefficient: float = field(
-        default=HfDetrConfig.eos_coefficient,
-        metadata={"help": "weight of the no-object class in the classification loss", "paper": True},
-    )
-    class_loss_coefficient: float = field(
-        default=HfDetrConfig.class_loss_coefficient,
-        metadata={
-            "help": "weight of the classification loss (the matching's class cost stays 1)",
             "paper": True,
         },
     )
@@ -200,14 +122,6 @@ class TrainingArguments:
         metadata={
             "help": "panoptic: first train the detector for N optimizer steps, then the mask head alone"
         },
-    )
-    mask_loss_coefficient: float = field(
-        default=HfDetrConfig.mask_loss_coefficient,
-        metadata={"help": "panoptic: weight of the masks' sigmoid focal loss", "paper": True},
-    )
-    dice_loss_coefficient: float = field(
-        default=HfDetrConfig.dice_loss_coefficient,
-        metadata={"help": "panoptic: weight of the masks' DICE loss", "paper": True},
     )
     # optimisation
     epochs: int = field(
@@ -362,62 +276,161 @@ class TrainingArguments:
         },
     )
 
+    def __post_init__(self) -> None:
+        # transformers' text ('key=value,...'), a mapping (a config file's, Python's) or none
+        self.config_overrides = parse_config_overrides(self.config_overrides)
+
+    def __getattr__(self, name: str) -> Any:
+        """A deprecated model flag read as a setting (MODEL_FLAGS): its HfDetrConfig field in a new model."""
+        flag = MODEL_FLAGS.get(name)
+        if flag is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        key = flag.fields[0]
+        warnings.warn(
+            f"TrainingArguments.{name} is deprecated: read config_overrides[{key!r}] (unset: HfDetrConfig's).",
+            DeprecatedFlagWarning, stacklevel=2,
+        )  # fmt: skip
+        return self.config_overrides.get(key, getattr(HfDetrConfig, key))
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def model_config_kwargs(self) -> dict[str, Any]:
-        """The `HfDetrConfig` fields these settings choose (see MODEL_SETTINGS), then `config_overrides`."""
-        settings = {key: getattr(self, name) for name, keys in MODEL_SETTINGS.items() for key in keys}
-        return {**settings, **parse_config_overrides(self.config_overrides)}
+        """The `HfDetrConfig` fields of a new model of this run: `config_overrides` and the query groups."""
+        return {**self.config_overrides, "num_query_groups": self.num_query_groups}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
-# Each model setting of a run and the HfDetrConfig fields it sets (one setting may set several).
-MODEL_SETTINGS: dict[str, tuple[str, ...]] = {
-    "backbone": ("backbone",),
-    "pretrained_backbone": ("use_pretrained_backbone",),
-    "dilation": ("dilation",),
-    "d_model": ("d_model",),
-    "encoder_layers": ("encoder_layers",),
-    "decoder_layers": ("decoder_layers",),
-    "attention_heads": ("encoder_attention_heads", "decoder_attention_heads"),
-    "ffn_dim": ("encoder_ffn_dim", "decoder_ffn_dim"),
-    "num_queries": ("num_queries",),
-    "num_query_groups": ("num_query_groups",),
-    "dropout": ("dropout", "attention_dropout", "activation_dropout"),
-    "freeze_backbone_batch_norm": ("freeze_backbone_batch_norm",),
-    "trainable_backbone_layers": ("trainable_backbone_layers",),
-    "auxiliary_loss": ("auxiliary_loss",),
-    "eos_coefficient": ("eos_coefficient",),
-    "class_loss_coefficient": ("class_loss_coefficient",),
-    "mask_loss_coefficient": ("mask_loss_coefficient",),
-    "dice_loss_coefficient": ("dice_loss_coefficient",),
+class DeprecatedFlagWarning(FutureWarning):
+    """A model setting given by its own flag (MODEL_FLAGS) rather than by --config-overrides."""
+
+
+@dataclass(frozen=True)
+class ModelFlag:
+    """The HfDetrConfig `fields` a model setting's own flag sets. A fine-tuning run sets them on its
+    checkpoint too when `on_checkpoints` (how the model trains: the run's value, else HfDetrConfig's
+    default); otherwise the checkpoint keeps its own (its weights' shapes, its backbone)."""
+
+    fields: tuple[str, ...]
+    on_checkpoints: bool = False
+
+
+# The model settings that had flags of their own before --config-overrides, and the HfDetrConfig fields
+# each sets: the one table of them, for new models and fine-tuned checkpoints alike. hf-detr-train
+# still takes the flags (and a config file or resolve_arguments the names), deprecated, as
+# --config-overrides of their fields.
+MODEL_FLAGS: dict[str, ModelFlag] = {
+    "backbone": ModelFlag(("backbone",)),
+    "pretrained_backbone": ModelFlag(("use_pretrained_backbone",)),
+    "dilation": ModelFlag(("dilation",)),
+    "d_model": ModelFlag(("d_model",)),
+    "encoder_layers": ModelFlag(("encoder_layers",)),
+    "decoder_layers": ModelFlag(("decoder_layers",)),
+    "attention_heads": ModelFlag(("encoder_attention_heads", "decoder_attention_heads")),
+    "ffn_dim": ModelFlag(("encoder_ffn_dim", "decoder_ffn_dim")),
+    "num_queries": ModelFlag(("num_queries",)),
+    "dropout": ModelFlag(("dropout", "attention_dropout", "activation_dropout"), on_checkpoints=True),
+    "freeze_backbone_batch_norm": ModelFlag(("freeze_backbone_batch_norm",), on_checkpoints=True),
+    "trainable_backbone_layers": ModelFlag(("trainable_backbone_layers",), on_checkpoints=True),
+    "auxiliary_loss": ModelFlag(("auxiliary_loss",), on_checkpoints=True),
+    "eos_coefficient": ModelFlag(("eos_coefficient",), on_checkpoints=True),
+    "class_loss_coefficient": ModelFlag(("class_loss_coefficient",), on_checkpoints=True),
+    "mask_loss_coefficient": ModelFlag(("mask_loss_coefficient",), on_checkpoints=True),
+    "dice_loss_coefficient": ModelFlag(("dice_loss_coefficient",), on_checkpoints=True),
 }
+
+
+def fine_tuning_overrides(arguments: TrainingArguments) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(The HfDetrConfig fields a fine-tuning run sets on its checkpoint, the overrides it leaves to the
+    checkpoint): every field of an `on_checkpoints` setting (the run's value, else HfDetrConfig's
+    default) and every override of a field without a flag; the other flags' fields stay the
+    checkpoint's (their overrides, the second dict, are for new models)."""
+    overrides = arguments.config_overrides
+    applied: dict[str, Any] = {}
+    kept: dict[str, Any] = {}
+    for flag in MODEL_FLAGS.values():
+        for key in flag.fields:
+            if flag.on_checkpoints:
+                applied[key] = overrides.get(key, getattr(HfDetrConfig, key))
+            elif key in overrides:
+                kept[key] = overrides[key]
+    applied.update({key: value for key, value in overrides.items() if key not in applied and key not in kept})
+    return applied, kept
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def deprecated_flags_to_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` (settings by name) with the deprecated model flags among them moved into
+    `config_overrides` (a dict), one `DeprecatedFlagWarning` each; a flag and a `config_overrides` key
+    of the same field is a `ValueError` (set it once)."""
+    flags = [name for name in values if name in MODEL_FLAGS]
+    if not flags:
+        return values
+    values = dict(values)
+    overrides = parse_config_overrides(values.get("config_overrides"))
+    moved: dict[str, Any] = {}
+    for name in flags:
+        assigned = dict.fromkeys(MODEL_FLAGS[name].fields, values.pop(name))
+        clash = next((key for key in assigned if key in overrides), None)
+        if clash is not None:
+            raise ValueError(
+                f"Invalid training setting: {flag_name(name)} (deprecated) and --config-overrides both set "
+                f"{clash}; set it once, in --config-overrides."
+            )
+        warnings.warn(
+            f"{flag_name(name)} is deprecated: use --config-overrides \"{format_config_overrides(assigned)}\".",
+            DeprecatedFlagWarning, stacklevel=3,
+        )  # fmt: skip
+        moved.update(assigned)
+    values["config_overrides"] = {**overrides, **moved}
+    return values
+
+
+def _taking_deprecated_flags(init: Any) -> Any:
+    """`TrainingArguments(...)` takes the deprecated model flags too (as `config_overrides`)."""
+
+    @functools.wraps(init)
+    def __init__(self: TrainingArguments, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **deprecated_flags_to_overrides(kwargs))
+
+    return __init__
+
+
+TrainingArguments.__init__ = _taking_deprecated_flags(TrainingArguments.__init__)  # type: ignore[method-assign]
 
 # The built-in dataset's preset, chosen by measurement (benchmarks/RESULTS.md, "Main job"): a small
 # DETR trained from scratch within a 15-minute budget on a 2-core CPU.
 BUILTIN_PRESET: dict[str, Any] = {
-    # timm's 0.47M-parameter ResNet learns shapes from scratch; ResNet-18 stayed at AP50 0.07 for 600 updates
-    "backbone": "test_resnet",
-    "dilation": True,  # stride 16: an 8x8 map of a 128 px image instead of 4x4
-    "d_model": 128,
-    "encoder_layers": 2,
-    "decoder_layers": 2,
-    "attention_heads": 4,
-    "ffn_dim": 512,
-    "num_queries": 10,
-    "dropout": 0.0,
-    "freeze_backbone_batch_norm": False,  # a scratch backbone needs BatchNorm that learns
-    "trainable_backbone_layers": 5,  # the stem too: it is random
+    "config_overrides": {
+        # timm's 0.47M-parameter ResNet learns shapes from scratch; ResNet-18 stayed at AP50 0.07 for 600 updates
+        "backbone": "test_resnet",
+        "dilation": True,  # stride 16: an 8x8 map of a 128 px image instead of 4x4
+        "d_model": 128,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "encoder_attention_heads": 4,
+        "decoder_attention_heads": 4,
+        "encoder_ffn_dim": 512,
+        "decoder_ffn_dim": 512,
+        "num_queries": 10,
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+        "activation_dropout": 0.0,
+        "freeze_backbone_batch_norm": False,  # a scratch backbone needs BatchNorm that learns
+        "trainable_backbone_layers": 5,  # the stem too: it is random
+        "class_loss_coefficient": 3.0,  # the classes are the bottleneck: loss_ce sits at ln 4 for hundreds of updates
+    },
     "image_scale": 0.16,  # 800 px -> 128 px, the built-in images' size
     "augmentation": "flip",
     "batch_size": 16,
     "learning_rate": 2e-4,  # 5e-4 never learned the classes; 1e-4 and 4e-4 learned slower
     "backbone_learning_rate": 1e-3,  # a small scratch backbone learns fastest at 5x the transformer's
     "warmup_steps": 50,
-    "class_loss_coefficient": 3.0,  # the classes are the bottleneck: loss_ce sits at ln 4 for hundreds of updates
     "num_query_groups": 2,  # H-DETR's hybrid matching: a second group of 10 queries (training only)...
     "one_to_many_repeats": 3,  # ...matched to every target repeated 3 times; the saved model is plain DETR
     "lr_drop": 0.8,  # x0.1 for the last 240 updates
@@ -482,7 +495,7 @@ def _field_type(annotation: Any) -> tuple[type, bool, bool]:
         hint = args[0]
     if typing.get_origin(hint) is list:
         return typing.get_args(hint)[0], optional, True
-    return hint, optional, False
+    return typing.get_origin(hint) or hint, optional, False  # dict[str, Any] -> dict
 
 
 def _parse_bool(text: str) -> bool:
@@ -517,14 +530,36 @@ def build_parser() -> argparse.ArgumentParser:
             if optional:
                 converter = _or_none(converter)
             parser.add_argument(flag, type=converter, help=help_text)
+    _add_deprecated_flags(parser)
     add_traceback_argument(parser)
     return parser
+
+
+def _add_deprecated_flags(parser: argparse.ArgumentParser) -> None:
+    """The model settings' own flags (MODEL_FLAGS), each one help line naming its --config-overrides."""
+    group = parser.add_argument_group("deprecated model settings (each one is a --config-overrides)")
+    placeholders = {bool: "true|false", int: "N", float: "X", str: "NAME"}
+    for name, flag in MODEL_FLAGS.items():
+        base = config_field_type(flag.fields[0])
+        assigned = ",".join(f"{key}={placeholders[base]}" for key in flag.fields)
+        help_text = f"deprecated: --config-overrides {assigned}"
+        if base is bool:
+            group.add_argument(
+                flag_name(name), type=_parse_bool, nargs="?", const=True, metavar="BOOL", help=help_text
+            )
+        else:
+            group.add_argument(flag_name(name), type=base, metavar=placeholders[base], help=help_text)
+
+
+def config_field_type(key: str) -> type:
+    """The type of an HfDetrConfig field (its annotation's base type)."""
+    return _field_type(HfDetrConfig.__annotations__[key])[0]
 
 
 def _help_text(spec: dataclasses.Field) -> str:
     """A field's one-line help (its metadata's "help") and its default, "the paper's" where it is."""
     default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()  # type: ignore[misc]
-    if default is None or default == []:
+    if default is None or default == [] or default == {}:
         shown = "none"
     elif isinstance(default, bool):
         shown = str(default).lower()
@@ -562,10 +597,18 @@ def _load_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ValueError(f"{path} must hold a mapping of setting names to values.")
     floats = {spec.name for spec in fields(TrainingArguments) if _field_type(spec.type)[0] is float}
-    return {
+    floats |= {name for name, flag in MODEL_FLAGS.items() if config_field_type(flag.fields[0]) is float}
+    values = {
         key.replace("-", "_"): _yaml_float(value) if key.replace("-", "_") in floats else value
         for key, value in values.items()
     }
+    overrides = values.get("config_overrides")
+    if isinstance(overrides, dict):  # config_overrides as a mapping: its float fields alike
+        values["config_overrides"] = {
+            key: _yaml_float(value) if key in HfDetrConfig.__annotations__ and config_field_type(key) is float else value
+            for key, value in overrides.items()
+        }  # fmt: skip
+    return values
 
 
 def _yaml_float(value: Any) -> Any:
@@ -580,11 +623,13 @@ def _yaml_float(value: Any) -> Any:
 
 def resolve_arguments(cli: dict[str, Any], file_values: dict[str, Any] | None = None) -> TrainingArguments:
     """Merge defaults < preset < file < flags and validate the names."""
-    file_values = dict(file_values or {})
     known = {spec.name for spec in fields(TrainingArguments)}
-    unknown = sorted(set(file_values) - known)
+    unknown = sorted(set(file_values or {}) - known - set(MODEL_FLAGS))
     if unknown:
         raise ValueError(f"Unknown setting(s) {unknown} in the config file; valid settings: {sorted(known)}.")
+    # the deprecated model flags become config_overrides, per source: a file's, then the flags'
+    file_values = deprecated_flags_to_overrides(dict(file_values or {}))
+    cli = deprecated_flags_to_overrides(dict(cli))
     explicit = {**file_values, **cli}
     dataset = explicit.get("dataset")
     builtin = "builtin-panoptic" if explicit.get("task") == "panoptic" else "builtin"
@@ -592,6 +637,12 @@ def resolve_arguments(cli: dict[str, Any], file_values: dict[str, Any] | None = 
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; expected one of {sorted(PRESETS)}.")
     merged = {**PRESETS[preset], **explicit, "preset": preset}
+    # the model's fields one by one: the preset's < the file's < the flags'
+    merged["config_overrides"] = {
+        key: value
+        for source in (PRESETS[preset], file_values, cli)
+        for key, value in parse_config_overrides(source.get("config_overrides")).items()
+    }
     for name in ("max_steps", "train_split", "image_scale", "eval_split", "init_from", "resume_from_checkpoint", "stop_after_steps",
                  "save_steps", "eval_steps", "eval_epochs", "detector_steps", "mask_head_learning_rate", "eval_top_k", "push_to_hub", "time_limit_minutes", "dataset",
                  "early_stopping_patience", "metric_for_best_model"):  # fmt: skip
@@ -723,7 +774,10 @@ def _check_setting_types(arguments: TrainingArguments) -> None:
         )
 
 
-TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+TYPE_NAMES = {
+    bool: "true or false", int: "an integer", float: "a number", str: "a string",
+    dict: "a mapping of HfDetrConfig fields to values",
+}  # fmt: skip
 
 
 def _is_of_type(value: Any, base: type) -> bool:
@@ -776,34 +830,75 @@ def _range_checks(arguments: TrainingArguments) -> list[tuple[bool, str]]:
     return checks
 
 
-# HfDetrConfig fields that hf-detr-train fills from the dataset or the model class, never from overrides
-NOT_OVERRIDABLE = ("coco_category_ids", "stuff_label_ids", "use_masks", "is_encoder_decoder")
+# HfDetrConfig fields that hf-detr-train fills from the dataset, the model class or a setting of its own
+NOT_OVERRIDABLE = {
+    "coco_category_ids": "the dataset's",
+    "stuff_label_ids": "the dataset's",
+    "use_masks": "--task's",
+    "is_encoder_decoder": "the model class's",
+    "num_query_groups": "--num-query-groups's (training only)",
+}
 
 
-def parse_config_overrides(text: str | None) -> dict[str, Any]:
-    """`key=value,key=value` -> {HfDetrConfig field: value}; values read as JSON (numbers, true/false,
-    lists), else as strings. `ValueError` naming the setting for an unknown field or a malformed pair."""
-    if not text:
-        return {}
-    # the dataclass fields HfDetrConfig declares (not transformers' generic ones, not class settings)
+def overridable_fields() -> set[str]:
+    """The HfDetrConfig fields config_overrides may set: the dataclass fields HfDetrConfig declares (not
+    transformers' generic ones, not class settings such as checkpoint_resolver), but NOT_OVERRIDABLE."""
     declared = {spec.name for spec in fields(HfDetrConfig)} & set(HfDetrConfig.__annotations__)
-    fields_ = declared - set(NOT_OVERRIDABLE)
-    overrides: dict[str, Any] = {}
-    for pair in text.split(","):
-        key, separator, value = pair.partition("=")
-        key = key.strip()
-        if not separator or not key:
-            raise ValueError(f"Invalid training setting config_overrides: {pair!r} is not key=value.")
-        if key not in fields_:
+    return declared - set(NOT_OVERRIDABLE)
+
+
+def parse_config_overrides(overrides: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """`key=value,key=value` (transformers' --config_overrides; values read as JSON: numbers,
+    true/false, lists; else as strings), or a mapping (a config file's, Python's) -> {HfDetrConfig
+    field: value}. `ValueError` naming the setting for an unknown field or a malformed pair."""
+    if overrides is None or (
+        isinstance(overrides, str) and overrides.strip().lower() in ("", "none", "null")
+    ):
+        return {}
+    if isinstance(overrides, Mapping):
+        pairs = list(overrides.items())
+    elif isinstance(overrides, str):
+        pairs = [_override_pair(pair) for pair in overrides.split(",")]
+    else:
+        raise ValueError(
+            "Invalid training setting config_overrides: expected 'key=value,...' or a mapping of HfDetrConfig "
+            f"fields to values, got {overrides!r} ({type(overrides).__name__})."
+        )
+    allowed = overridable_fields()
+    for key, _ in pairs:
+        if key not in allowed:
+            set_by = f" ({NOT_OVERRIDABLE[key]})" if key in NOT_OVERRIDABLE else ""
             raise ValueError(
                 f"Invalid training setting config_overrides: {key!r} is not an HfDetrConfig field hf-detr-train "
-                f"lets you set; the fields: {', '.join(sorted(fields_))}."
+                f"lets you set{set_by}; the fields: {', '.join(sorted(allowed))}."
             )
+    return dict(pairs)
+
+
+def _override_pair(pair: str) -> tuple[str, Any]:
+    key, separator, value = pair.partition("=")
+    key = key.strip()
+    if not separator or not key:
+        raise ValueError(f"Invalid training setting config_overrides: {pair!r} is not key=value.")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value.strip()
+
+
+def format_config_overrides(overrides: Mapping[str, Any]) -> str:
+    """{field: value} -> 'key=value,...' as --config-overrides reads it (text bare where JSON would not
+    read it as something else)."""
+    return ",".join(f"{key}={_override_text(value)}" for key, value in overrides.items())
+
+
+def _override_text(value: Any) -> str:
+    if isinstance(value, str):
         try:
-            overrides[key] = json.loads(value)
+            json.loads(value)
         except json.JSONDecodeError:
-            overrides[key] = value.strip()
-    return overrides
+            return value
+    return json.dumps(value)
 
 
 def _check_model_settings(arguments: TrainingArguments) -> None:
@@ -812,23 +907,24 @@ def _check_model_settings(arguments: TrainingArguments) -> None:
     try:
         HfDetrConfig(**arguments.model_config_kwargs())
     except ValueError as error:
-        named = [s for s, keys in MODEL_SETTINGS.items() if any(f"`{key}`" in str(error) for key in keys)]
-        overridden = parse_config_overrides(arguments.config_overrides)
-        named += ["config_overrides"] if any(f"`{key}`" in str(error) for key in overridden) else []
-        setting = f" (setting {', '.join(named)})" if named else ""
-        raise ValueError(f"Invalid training setting{setting}: {error}") from error
+        setting = "num_query_groups" if "`num_query_groups`" in str(error) else "config_overrides"
+        raise ValueError(f"Invalid training setting (setting {setting}): {error}") from error
 
 
 __all__ = [
     "BUILTIN_PANOPTIC_PRESET",
     "BUILTIN_PRESET",
     "COCO_METRICS",
-    "MODEL_SETTINGS",
+    "MODEL_FLAGS",
     "PANOPTIC_METRICS",
     "PRESETS",
+    "DeprecatedFlagWarning",
     "TrainingArguments",
     "best_metric",
     "build_parser",
+    "deprecated_flags_to_overrides",
+    "fine_tuning_overrides",
+    "format_config_overrides",
     "parse_args",
     "parse_config_overrides",
     "resolve_arguments",

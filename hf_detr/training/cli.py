@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 from ..commands import run_command
-from .arguments import parse_args
+from .arguments import DeprecatedFlagWarning, TrainingArguments, parse_args
 from .panoptic import stage_to_run, training_stages
 from .trainer import TrainingStopped, train
 
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("hf_detr").setLevel(logging.INFO)
     # one "Saving current state to ..." line per checkpoint (accelerate.accelerator), not one per file
     logging.getLogger("accelerate.checkpointing").setLevel(logging.WARNING)
-    args = parse_args(argv)
+    args = parse_args_announcing_deprecations(argv)
     stages = training_stages(args)  # panoptic with detector_steps: the detector, then the mask head
     for number, stage in enumerate(stages, start=1):
         stage = stage_to_run(stage, is_last=number == len(stages))
@@ -55,6 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"Model saved to {result.output_dir}")
     return result.exit_code
+
+
+def parse_args_announcing_deprecations(argv: list[str] | None) -> TrainingArguments:
+    """`parse_args`, each deprecated model flag announced in one `warning:` line on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeprecatedFlagWarning)
+        try:
+            return parse_args(argv)
+        finally:
+            for warning in caught:
+                if issubclass(warning.category, DeprecatedFlagWarning):
+                    print(f"warning: {warning.message}", file=sys.stderr)
+                else:  # any other warning as Python shows it
+                    warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from ..data.schema import panoptic_categories
 from ..evaluation import PanopticEvaluator
 from ..modeling_detr import HfDetrForObjectDetection
 from ..modeling_detr_segmentation import HfDetrForSegmentation
-from .arguments import TrainingArguments
+from .arguments import TrainingArguments, fine_tuning_overrides
 from .checkpoints import latest_checkpoint
 
 logger = logging.getLogger("hf_detr.training")
@@ -56,9 +56,10 @@ def build_segmentation_model(
         set_labels(model, names)
     config = model.config
     config.coco_category_ids = list(coco_ids)
-    config.auxiliary_loss = args.auxiliary_loss
-    config.mask_loss_coefficient = args.mask_loss_coefficient
-    config.dice_loss_coefficient = args.dice_loss_coefficient
+    run_settings, _ = fine_tuning_overrides(args)  # the losses' settings: the run's, on a checkpoint too
+    config.auxiliary_loss = run_settings["auxiliary_loss"]
+    config.mask_loss_coefficient = run_settings["mask_loss_coefficient"]
+    config.dice_loss_coefficient = run_settings["dice_loss_coefficient"]
     if args.freeze_detector:
         model.freeze_detector()
         if new_classes:  # classes the detector never saw: their rows must learn
@@ -80,8 +81,8 @@ def training_stages(args: TrainingArguments) -> list[TrainingArguments]:
     detector_dir = str(Path(args.output_dir) / DETECTOR_STAGE_DIR)
     detector_stage = dataclasses.replace(
         args, detector_steps=None, max_steps=args.detector_steps, freeze_detector=False,
-        mask_loss_coefficient=0.0, dice_loss_coefficient=0.0, mask_head_learning_rate=None,
-        output_dir=detector_dir, eval_steps=None, eval_epochs=None, push_to_hub=None,
+        config_overrides={**args.config_overrides, "mask_loss_coefficient": 0.0, "dice_loss_coefficient": 0.0},
+        mask_head_learning_rate=None, output_dir=detector_dir, eval_steps=None, eval_epochs=None, push_to_hub=None,
     )  # fmt: skip
     mask_stage = dataclasses.replace(args, detector_steps=None, init_from=detector_dir, freeze_detector=True)
     return [detector_stage, mask_stage]

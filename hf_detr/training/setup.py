@@ -36,7 +36,7 @@ from ..evaluation import CocoEvaluator, label_to_category_mapping, split_to_coco
 from ..image_processing_detr import HfDetrImageProcessor, normalize_size
 from ..modeling_detr import HfDetrForObjectDetection
 from ..processes import warn_fewer_processes
-from .arguments import BUILTIN_PRESET, MODEL_SETTINGS, TrainingArguments, parse_config_overrides
+from .arguments import BUILTIN_PRESET, TrainingArguments, fine_tuning_overrides, format_config_overrides
 from .batch_norm import BatchNormStatistics
 from .checkpoint_files import check_checkpoint_files
 from .checkpoints import TrainingState, read_training_state, recover_checkpoints, resolve_resume
@@ -56,9 +56,10 @@ EVAL_SPLIT_NAMES = ("val", "validation", "valid", "val2017", "test")
 # Model, optimizer, schedule
 # ---------------------------------------------------------------------------------------------------
 def build_model(args: TrainingArguments, names: list[str], coco_ids: list[int]) -> HfDetrForObjectDetection:
-    """A model for the dataset's classes: from scratch, or fine-tuned from `init_from`: its architecture
-    and weights, with the run's training settings (FINE_TUNING_SETTINGS, query groups) and the class
-    head re-initialised when the class names differ."""
+    """A model for the dataset's classes: from scratch (`config_overrides` on HfDetrConfig's defaults), or
+    fine-tuned from `init_from`: its architecture and weights, with the run's training settings
+    (`fine_tuning_overrides`, the query groups) and the class head re-initialised when the class names
+    differ."""
     id2label = dict(enumerate(names))
     labels = {"id2label": id2label, "label2id": {name: index for index, name in id2label.items()}}
     if args.init_from:
@@ -67,24 +68,13 @@ def build_model(args: TrainingArguments, names: list[str], coco_ids: list[int]) 
     try:
         return HfDetrForObjectDetection(config)
     except Exception as error:  # network errors come in many types (OSError, httpx, hub errors)
-        if not args.pretrained_backbone:
+        if not config.use_pretrained_backbone:
             raise
         raise RuntimeError(
             f"Could not get the pretrained {config.backbone} backbone weights from the Hugging Face Hub ({error}). "
-            "Make the Hub reachable (and HF_HUB_OFFLINE unset), or train from scratch without --pretrained-backbone."
+            "Make the Hub reachable (and HF_HUB_OFFLINE unset), or train from scratch without "
+            "--config-overrides use_pretrained_backbone=true."
         ) from error
-
-
-# The model settings a fine-tuning run takes from its arguments rather than from the checkpoint: they
-# change what trains and how, not the weights' shapes (the official code builds the model from args too)
-FINE_TUNING_SETTINGS = (
-    "dropout",
-    "freeze_backbone_batch_norm",
-    "trainable_backbone_layers",
-    "auxiliary_loss",
-    "eos_coefficient",
-    "class_loss_coefficient",
-)
 
 
 def fine_tuning_model(
@@ -93,9 +83,9 @@ def fine_tuning_model(
     """`init_from`'s model with the run's training settings; for other classes, a class head whose rows
     of the classes both share (by name) keep the checkpoint's weights."""
     names = list(labels["id2label"].values())
-    settings = {key: getattr(args, name) for name in FINE_TUNING_SETTINGS for key in MODEL_SETTINGS[name]}
-    settings.update(parse_config_overrides(args.config_overrides))
+    settings, for_new_models = fine_tuning_overrides(args)
     model = HfDetrForObjectDetection.from_pretrained(args.init_from, **settings)
+    warn_checkpoint_keeps(args.init_from, model.config, for_new_models)
     old_names = list(model.config.id2label.values())
     if old_names != names:
         model.class_labels_classifier = class_head_for(model.class_labels_classifier, old_names, names)
@@ -111,6 +101,18 @@ def fine_tuning_model(
     set_query_groups(model, args.num_query_groups)
     model.config.validate_detr_fields()
     return model
+
+
+def warn_checkpoint_keeps(checkpoint: str, config: HfDetrConfig, for_new_models: dict[str, Any]) -> None:
+    """One line when the run's overrides of the architecture (a preset's, a flag's) differ from the
+    checkpoint's, which a fine-tuned model keeps."""
+    differing = {key: value for key, value in for_new_models.items() if getattr(config, key, None) != value}
+    if differing:
+        theirs = {key: getattr(config, key, None) for key in differing}
+        logger.warning(
+            "Fine-tuning keeps %s's %s; the run's %s apply to new models only.",
+            checkpoint, format_config_overrides(theirs), format_config_overrides(differing),
+        )  # fmt: skip
 
 
 def class_head_for(old: torch.nn.Linear, old_names: list[str], names: list[str]) -> torch.nn.Linear:
@@ -329,9 +331,7 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
     )
     state = _resume(args, accelerator, output_dir, scheduler, ema, model)
     if args.report_to:
-        accelerator.init_trackers(
-            "hf_detr", config={k: v for k, v in args.to_dict().items() if not isinstance(v, list)}
-        )
+        accelerator.init_trackers("hf_detr", config=tracker_config(args))
     return TrainingRun(
         args=args,
         accelerator=accelerator,
@@ -362,6 +362,12 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
         batch_norm=BatchNormStatistics(accelerator.unwrap_model(model)),
         loss=training_loss(accelerator.unwrap_model(model), args.one_to_many_repeats),
     )
+
+
+def tracker_config(args: TrainingArguments) -> dict[str, Any]:
+    """The settings as the trackers take them (no lists): the model's overrides under their field names."""
+    settings = {**args.to_dict(), **args.config_overrides}
+    return {key: value for key, value in settings.items() if not isinstance(value, (list, dict))}
 
 
 def _data_loaders(
