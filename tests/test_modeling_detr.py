@@ -58,6 +58,33 @@ def test_without_auxiliary_loss_only_the_last_layer_is_scored_even_if_others_are
     assert torch.equal(model.loss_from_outputs(outputs, labels)[0], plain.loss)
 
 
+def test_the_loss_scores_the_forwards_stacked_layers_without_copying_them():
+    """scored_predictions hands the loss the [L, B, N, ...] heads `forward` computed (the outputs are
+    views of them); outputs rebuilt elsewhere (here: copied fields) are stacked instead, to the same
+    values and gradients."""
+    model = tiny_model(auxiliary_loss=True).train()
+    pixel_values, pixel_mask = padded_batch([(64, 64), (64, 32)])
+    outputs = model(pixel_values=pixel_values, pixel_mask=pixel_mask)
+    logits, boxes = model.scored_predictions(outputs)
+    assert logits.shape[0] == boxes.shape[0] == model.config.decoder_layers
+    assert logits.data_ptr() == outputs.auxiliary_outputs[0]["logits"].data_ptr()  # no copy
+    assert boxes.data_ptr() == outputs.auxiliary_outputs[0]["pred_boxes"].data_ptr()
+    rebuilt = type(outputs)(
+        logits=outputs.logits.clone(),
+        pred_boxes=outputs.pred_boxes.clone(),
+        auxiliary_outputs=[{key: value.clone() for key, value in a.items()} for a in outputs.auxiliary_outputs],
+    )
+    stacked_logits, stacked_boxes = model.scored_predictions(rebuilt)
+    assert stacked_logits.data_ptr() != logits.data_ptr()
+    assert torch.equal(stacked_logits, logits) and torch.equal(stacked_boxes, boxes)
+    gradients = []
+    for scored in ((logits, boxes), (stacked_logits, stacked_boxes)):
+        model.zero_grad()
+        (scored[0].square().sum() + scored[1].sum()).backward(retain_graph=True)
+        gradients.append(model.class_labels_classifier.weight.grad.clone())
+    assert torch.equal(gradients[0], gradients[1])
+
+
 def test_auxiliary_loss_flag_does_not_change_predictions():
     """Official behaviour (transformers' DETR changes its predictions with this flag)."""
     with_aux = tiny_model(auxiliary_loss=True)
