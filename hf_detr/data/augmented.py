@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torchvision.ops import box_convert, masks_to_boxes
 
@@ -83,16 +84,19 @@ class AugmentedAnnotation(Mapping):
         raise NotImplementedError
 
     def _labels(
-        self, class_labels: torch.Tensor, corners: torch.Tensor, area: torch.Tensor, iscrowd: torch.Tensor
+        self, class_labels: torch.Tensor, corners: np.ndarray, area: torch.Tensor, iscrowd: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """The label dict in the processor's key order, `corners` (x0, y0, x1, y1 pixels) normalized to
-        (cx, cy, w, h) by the unpadded image size (the official `Normalize`)."""
+        """The label dict in the processor's key order, `corners` ([n, 4] float32 x0, y0, x1, y1 pixels)
+        as (cx, cy, w, h) normalized by the unpadded image size (the official `Normalize`): the second
+        and last box conversion of the training path."""
         height, width = self.size
-        scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+        x0, y0, x1, y1 = corners.T
+        boxes = np.stack(((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0), axis=-1).reshape(-1, 4)
+        boxes /= np.asarray([width, height, width, height], dtype=np.float32)
         return {
             "image_id": torch.tensor([self.image_id]),
             "class_labels": class_labels,
-            "boxes": box_convert(corners, "xyxy", "cxcywh") / scale,  # the 2nd (and last) box conversion
+            "boxes": torch.from_numpy(boxes),
             "area": area,
             "iscrowd": iscrowd,
             "orig_size": torch.tensor([height, width]),
@@ -137,38 +141,30 @@ class AugmentedDetection(AugmentedAnnotation):
         dropped; the area is the augmented box's, before clipping. None (the processor's conversion decides)
         for masks, which augmented detection samples have none of, and for values the processor refuses
         (non-finite boxes, negative extents or areas, negative class ids)."""
-        sides = self.boxes[:, 2:] - self.boxes[:, :2]  # (w, h), as the COCO form's
+        # numpy: its operations on a few boxes cost a fraction of torch's
+        boxes = self.boxes.numpy().astype(np.float32, copy=False)  # [n, 4]
+        sides = boxes[:, 2:] - boxes[:, :2]  # (w, h), as the COCO form's
         area = sides[:, 0] * sides[:, 1]
-        if return_masks or not _acceptable(self.boxes, sides, area, self.class_ids):
+        class_ids = self.class_ids.numpy().astype(np.int64, copy=False)
+        if return_masks or not _acceptable(boxes, sides, area, class_ids):
             return None
-        objects = self.iscrowd == 0
-        corners = self.boxes[objects]
+        objects = self.iscrowd.numpy() == 0
         height, width = self.size
-        corners = torch.stack(
-            (
-                corners[:, 0].clamp(0, width),
-                corners[:, 1].clamp(0, height),
-                corners[:, 2].clamp(0, width),
-                corners[:, 3].clamp(0, height),
-            ),
-            dim=1,
-        )
+        corners = boxes[objects].clip(0, np.asarray([width, height, width, height], dtype=np.float32))
         keep = (corners[:, 2] > corners[:, 0]) & (corners[:, 3] > corners[:, 1])
         return self._labels(
-            self.class_ids[objects][keep],
+            torch.from_numpy(class_ids[objects][keep]),
             corners[keep],
-            area[objects][keep],
+            torch.from_numpy(area[objects][keep]),
             torch.zeros(int(keep.sum()), dtype=torch.int64),
         )
 
 
-def _acceptable(
-    boxes: torch.Tensor, sides: torch.Tensor, area: torch.Tensor, class_ids: torch.Tensor
-) -> bool:
+def _acceptable(boxes: np.ndarray, sides: np.ndarray, area: np.ndarray, class_ids: np.ndarray) -> bool:
     """Whether the processor's checks of the COCO form pass: finite (x, y, w, h) with w, h >= 0, a finite
     area and class ids >= 0 (it raises otherwise, naming the object)."""
-    values = torch.cat((boxes[:, :2], sides, area[:, None]), dim=1)
-    return bool(torch.isfinite(values).all() and (sides >= 0).all() and (class_ids >= 0).all())
+    finite = np.isfinite(boxes[:, :2]).all() and np.isfinite(sides).all() and np.isfinite(area).all()
+    return bool(finite and (sides >= 0).all() and (class_ids >= 0).all())
 
 
 class AugmentedPanoptic(AugmentedAnnotation):
@@ -212,7 +208,7 @@ class AugmentedPanoptic(AugmentedAnnotation):
             return None
         labels = self._labels(
             self.class_ids.clone(),
-            masks_to_boxes(self.masks).float(),
+            masks_to_boxes(self.masks).numpy(),
             self.masks.flatten(1).sum(1).to(torch.float32),
             self.iscrowd.clone(),
         )
