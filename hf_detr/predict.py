@@ -41,6 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .commands import add_traceback_argument, positive_int, probability, run_command
+from .video import is_video_source
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 TASKS = ("detection", "panoptic")
@@ -53,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="hf-detr-predict", description="Detect objects or segment images (panoptic) and draw them."
     )
     parser.add_argument("--model", required=True, help="a save_pretrained directory or a Hub repo id")
-    parser.add_argument("images", nargs="+", help="image files, directories or glob patterns")
+    parser.add_argument(
+        "images", nargs="+", metavar="SOURCE",
+        help="image files, directories or glob patterns; video files, webcam indexes (0) or stream URLs",
+    )  # fmt: skip
     parser.add_argument(
         "--output-dir", type=Path, required=True,
         help="directory for the drawn images and detections.jsonl (segments.jsonl when panoptic)",
@@ -92,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--panoptic-rule", choices=("detr", "transformers"), default="detr",
         help="panoptic: the official DETR's post-processing (default) or transformers' (score-weighted masks)",
     )  # fmt: skip
+    parser.add_argument(
+        "--every", type=positive_int, default=1, help="videos: detect every N-th frame, 1 or more (default: 1)"
+    )
+    parser.add_argument(
+        "--max-frames", type=positive_int, default=None, help="videos: stop after N detected frames (default: all)"
+    )
+    parser.add_argument(
+        "--track", action="store_true", help="videos: follow objects across frames (ByteTrack ids, track_id)"
+    )
     add_traceback_argument(parser)
     return parser
 
@@ -201,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     from .image_processing_detr import HfDetrImageProcessor
     from .modeling_detr import HfDetrForObjectDetection
     from .modeling_detr_segmentation import HfDetrForSegmentation
+    from .predict_video import INTERRUPTED, predict_videos
 
     pixel = _attention_pixel(args.attention_pixel, parser)
     config = HfDetrConfig.from_pretrained(args.model)
@@ -214,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--attention and --top-k apply to --task detection only.")
     if task == "detection" and args.fuse_labels:
         parser.error("--fuse-labels applies to --task panoptic only.")
-    files, missing = expand_inputs(args.images)
+    videos = [source for source in args.images if is_video_source(source) and not Path(source).is_dir()]
+    if videos and (task == "panoptic" or args.attention):
+        parser.error("videos, webcams and streams run --task detection, without --attention.")
+    files, missing = expand_inputs([source for source in args.images if source not in videos])
     failures = [f"{pattern}: no such file, directory or matching image" for pattern in missing]
     device = torch.device(args.device)
     model_class = HfDetrForSegmentation if is_segmentation_config(config) else HfDetrForObjectDetection
@@ -242,11 +259,14 @@ def main(argv: list[str] | None = None) -> int:
                 writer.panoptic(batch, stems, outputs, inputs.get("pixel_mask"))
             else:
                 writer.detections(batch, stems, outputs)
+        frames, interrupted = predict_videos(videos, model, processor, args, names, out, failures) if videos else (0, False)
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
-    print(
-        f"{len(files) - sum(1 for f in failures if not f.endswith('matching image'))} image(s) written to {args.output_dir}"
-    )
+    pictures = len(files) - sum(1 for f in failures if not f.endswith("matching image"))
+    print(f"{pictures} image(s){f' and {frames} video frame(s)' if videos else ''} written to {args.output_dir}")
+    if interrupted:
+        print("Interrupted (Ctrl-C): what was written so far is kept.", file=sys.stderr)
+        return INTERRUPTED
     return 1 if failures else 0
 
 

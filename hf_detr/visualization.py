@@ -47,9 +47,11 @@ def draw_detections(
     labels: Sequence[int],
     scores: Sequence[float],
     names: dict[int, str],
+    track_ids: Sequence[int] | None = None,
 ) -> PIL.Image.Image:
     """The image with each box ([n, 4] absolute x0, y0, x1, y1) outlined in its class colour and
-    labelled "name score" on a filled tag above it (inside it when there is no room)."""
+    labelled "name score" ("#track name score" with `track_ids`) on a filled tag above it (inside it
+    when there is no room)."""
     image = image.convert("RGB")
     width, height = image.size
     pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # [3, H, W] uint8
@@ -59,8 +61,9 @@ def draw_detections(
     canvas = PIL.Image.fromarray(pixels.permute(1, 2, 0).numpy())
     draw = PIL.ImageDraw.Draw(canvas)
     font = PIL.ImageFont.load_default(size=font_size(width, height))
-    for box, label, score in zip(boxes.tolist(), labels, scores):
-        text = f"{names.get(int(label), str(int(label)))} {float(score):.2f}"
+    prefixes = [f"#{int(track)} " for track in track_ids] if track_ids is not None else [""] * len(labels)
+    for box, label, score, prefix in zip(boxes.tolist(), labels, scores, prefixes):
+        text = f"{prefix}{names.get(int(label), str(int(label)))} {float(score):.2f}"
         tag_width, tag_height = _tag_size(draw, text, font)
         x = min(max(0, box[0]), max(0, width - tag_width))
         y = box[1] - tag_height if box[1] >= tag_height else box[1]

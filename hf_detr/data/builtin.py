@@ -34,6 +34,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,6 +223,19 @@ def draw_shapes_scene(rng: np.random.Generator, classes: tuple[str, ...] = CLASS
         objects.append((class_index + 1, bbox, float(mask.sum())))
         owner[y0 : y0 + size, x0 : x0 + size][mask > 0] = len(objects)
     return ShapesScene(canvas, objects, owner, texture, len(classes))
+
+
+def shapes_clip_frames(num_frames: int, seed: int = SEED, speed: float = 1.5) -> Iterator[np.ndarray]:
+    """[IMAGE_SIZE, IMAGE_SIZE, 3] uint8 RGB frames of a camera panning over a 2x2 mosaic of built-in
+    scenes, `speed` pixels a frame and back (a test clip: there is no video offline)."""
+    rng = np.random.default_rng(seed)
+    tiles = [np.asarray(draw_shapes_scene(rng).picture) for _ in range(4)]
+    mosaic = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)  # [2S, 2S, 3]
+    for index in range(num_frames):
+        travelled = index * speed % (2 * IMAGE_SIZE)
+        x = round(IMAGE_SIZE - abs(IMAGE_SIZE - travelled))  # 0 .. IMAGE_SIZE and back
+        y = x // 2
+        yield mosaic[y : y + IMAGE_SIZE, x : x + IMAGE_SIZE].copy()
 
 
 def _shape_mask(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
