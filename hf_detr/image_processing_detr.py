@@ -1,19 +1,14 @@
 """HfDetrImageProcessor: images (and COCO annotations) in, padded batches out; predictions back to boxes
-and segmentation maps.
+and segmentation maps, with transformers' `DetrImageProcessor` signatures and output formats.
 
 Preprocessing follows the official DETR evaluation transform: resize so the shorter side is 800 and the
 longer at most 1333 (PIL bilinear on 8-bit images, exactly as transformers' PIL backend), rescale to
 [0, 1], normalize with the ImageNet mean and std, pad bottom-right to the batch maximum with a
-`pixel_mask` (1 = real pixel). Each image is decoded, resized and normalized in a worker thread (PIL and
-torch release the GIL) and written once into the preallocated padded batch. Annotations come in COCO
-detection form (boxes, optionally polygon/RLE masks) or COCO panoptic form (PNG segment ids); masks are
-resized with PIL's nearest rule and padded like the pixels. Post-processing turns the outputs of a
-segmentation model (`logits`, `pred_masks`) into panoptic, instance or semantic maps with transformers'
-`DetrImageProcessor` signatures and output formats.
+`pixel_mask` (1 = real pixel).
 
-Annotation conversion lives in `image_processing_detr_annotations.py`, the post-processing helpers in
-`image_processing_detr_postprocessing.py`.
-Both are part of the self-contained "model files": relative imports of each other only, in one direction.
+Images are loaded and resized in `image_processing_detr_images.py`, annotations converted in
+`image_processing_detr_annotations.py`, outputs post-processed in `image_processing_detr_postprocessing.py`:
+with this file, part of the self-contained "model files" (relative imports in one direction only).
 """
 
 from __future__ import annotations
@@ -59,6 +54,7 @@ from .validation_detr import (
     check_threshold,
     is_finite_real,
     is_integer,
+    limit_from_environment,
 )
 
 DEFAULT_SIZE = {"shortest_edge": 800, "longest_edge": 1333}
@@ -137,12 +133,7 @@ def normalize_size(size: Any, param_name: str = "size") -> dict[str, int]:
 
 def max_image_side() -> int:
     """The largest image side in force: HF_DETR_MAX_IMAGE_SIDE when set, else `MAX_IMAGE_SIDE`."""
-    text = os.environ.get(MAX_IMAGE_SIDE_ENV, "").strip()
-    if not text:
-        return MAX_IMAGE_SIDE
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{MAX_IMAGE_SIDE_ENV} must be a whole number of pixels, 1 or more, got {text!r}.")
-    return int(text)
+    return limit_from_environment(MAX_IMAGE_SIDE_ENV, MAX_IMAGE_SIDE, " of pixels")
 
 
 def _within_limit(size: dict[str, int], param_name: str) -> dict[str, int]:
@@ -268,8 +259,8 @@ class HfDetrImageProcessor(BaseImageProcessor):
         super().__init__(**kwargs)
         self.do_convert_rgb = do_convert_rgb
         self.do_resize = do_resize
-        self.size = normalize_size(DEFAULT_SIZE if size is None else size)
-        self.resample = _resample(resample)
+        self.size = DEFAULT_SIZE if size is None else size
+        self.resample = resample
         self.do_rescale = do_rescale
         self.rescale_factor = rescale_factor
         self.do_normalize = do_normalize
@@ -280,13 +271,15 @@ class HfDetrImageProcessor(BaseImageProcessor):
             IMAGENET_DEFAULT_STD if image_std is None else np.atleast_1d(image_std).tolist()
         )
         self.do_pad = do_pad
-        self.pad_size = None if pad_size is None else normalize_size(pad_size, "pad_size")
-        if self.pad_size is not None and set(self.pad_size) != {"height", "width"}:
-            raise ValueError(f"`pad_size` must be a dict with 'height' and 'width', got {pad_size!r}.")
+        self.pad_size = pad_size
         self.do_convert_annotations = do_convert_annotations
         self.num_threads = num_threads
-        self.format = _annotation_format(format)
-        self._settings({})  # every argument checked now, by name, rather than at the first call
+        self.format = format
+        settings = self._settings({})  # every argument checked now, by name, rather than at the first call
+        for name in ("size", "pad_size", "resample", "format"):  # kept in their normalised forms
+            setattr(self, name, settings[name])
+        if self.pad_size is not None and set(self.pad_size) != {"height", "width"}:
+            raise ValueError(f"`pad_size` must be a dict with 'height' and 'width', got {pad_size!r}.")
 
     # ------------------------------------------------------------------------------------------------
     # Preprocessing
@@ -510,9 +503,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
         logits, mask_logits = segmentation_outputs(outputs)
         targets = target_size_list(target_sizes, len(logits))
         if processed_sizes is not None:
-            processed = [
-                (int(h), int(w)) for h, w in checked_target_sizes(processed_sizes, len(logits), integer=True)
-            ]
+            processed = checked_target_sizes(processed_sizes, len(logits), integer=True)
         else:
             processed = [self._processed_size(target, mask_logits.shape[-2:]) for target in targets]
         threshold = 0.85 if threshold is None else threshold
@@ -606,17 +597,15 @@ def _annotation_format(value: Any) -> str:
     return name
 
 
-def _to_numpy(data: dict[str, Any]) -> dict[str, Any]:
-    def convert(value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            return value.cpu().numpy()
-        if isinstance(value, list):
-            return [convert(v) for v in value]
-        if isinstance(value, dict):
-            return {k: convert(v) for k, v in value.items()}
-        return value
-
-    return {key: convert(value) for key, value in data.items()}
+def _to_numpy(value: Any) -> Any:
+    """Every tensor in (nested lists and dicts of) `value` as a numpy array."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu().numpy()
+    if isinstance(value, list):
+        return [_to_numpy(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_numpy(v) for k, v in value.items()}
+    return value
 
 
 __all__ = ["HfDetrImageProcessor", "decode_image", "displayed_size", "exif_orientation"]

@@ -55,6 +55,17 @@ def is_int64(value: Any) -> bool:
     return is_integer(value) and INT64_MIN <= int(value) <= INT64_MAX
 
 
+def limit_from_environment(variable: str, default: int, unit: str = "") -> int:
+    """The environment variable `variable` when set (a whole number, 1 or more; `unit` says of what),
+    else `default`."""
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{variable} must be a whole number{unit}, 1 or more, got {text!r}.")
+    return int(text)
+
+
 def check_integer(name: str, value: Any, low: int, high: int) -> int:
     """`value` as an `int` if it is an integer (not a bool, float or string) in low..high, else `ValueError`."""
     if not is_integer(value) or not low <= value <= high:
@@ -177,7 +188,16 @@ def check_config(config: Any) -> None:
     if config.d_model % 2:
         raise ValueError(f"`d_model` must be even (half of it encodes y, half x), got {config.d_model}.")
     check_integer("num_labels", config.num_labels, 1, MAX_NUM_LABELS)
-    check_segmentation_fields(config)
+    if config.use_masks and config.num_query_groups != 1:
+        raise ValueError(
+            f"`use_masks` (the segmentation model) supports `num_query_groups` = 1 only, got "
+            f"{config.num_query_groups}."
+        )
+    if config.use_masks and config.d_model % 16:
+        raise ValueError(
+            f"With `use_masks`, `d_model` must be a multiple of 16 (the mask head narrows it to d/2, d/4, "
+            f"d/8 and d/16 channels), got {config.d_model}."
+        )
     config.coco_category_ids = check_id_list("coco_category_ids", config.coco_category_ids)
     if config.coco_category_ids is not None and len(config.coco_category_ids) != config.num_labels:
         raise ValueError(
@@ -186,22 +206,6 @@ def check_config(config: Any) -> None:
         )
     config.stuff_label_ids = check_id_list("stuff_label_ids", config.stuff_label_ids, below=config.num_labels)
     check_backbone_name(config.backbone)
-
-
-def check_segmentation_fields(config: Any) -> None:
-    """With `use_masks`, the fields the mask head needs."""
-    if not config.use_masks:
-        return
-    if config.num_query_groups != 1:
-        raise ValueError(
-            f"`use_masks` (the segmentation model) supports `num_query_groups` = 1 only, got "
-            f"{config.num_query_groups}."
-        )
-    if config.d_model % 16:
-        raise ValueError(
-            f"With `use_masks`, `d_model` must be a multiple of 16 (the mask head narrows it to d/2, d/4, "
-            f"d/8 and d/16 channels), got {config.d_model}."
-        )
 
 
 def check_label_arguments(id2label: Any, label2id: Any, num_labels: Any) -> None:
@@ -324,11 +328,11 @@ def check_model_inputs(
     """Check the model's inputs before the backbone sees them (so that no input leaves NaN in the model).
 
     The forward's switches (`flags`) are booleans; shapes, types and devices always; then what the
-    backbone (of output `stride`) can take: at most `max_encoder_tokens()` feature-map cells per image,
-    a training-mode batch of one image whose feature map is 1x1 under trainable BatchNorm, finite pixel
-    values within +-PIXEL_VALUE_LIMIT, and a mask with real pixels in every image and in its feature
-    map. The values are read in one device-to-host copy (none on the CPU); skipped while torch.compile
-    or torch.export trace."""
+    backbone (of output `stride`) can take: at most `MAX_ENCODER_TOKENS` (or HF_DETR_MAX_ENCODER_TOKENS)
+    feature-map cells per image, a training-mode batch of one image whose feature map is 1x1 under
+    trainable BatchNorm, finite pixel values within +-PIXEL_VALUE_LIMIT, and a mask with real pixels in
+    every image and in its feature map. The values are read in one device-to-host copy (none on the
+    CPU); skipped while torch.compile or torch.export trace."""
     for name, value in flags.items():  # a string such as "False" would read as True
         check_bool(name, value, error=TypeError)
     _check_input_types(pixel_values, pixel_mask, num_channels)
@@ -336,31 +340,17 @@ def check_model_inputs(
         return
     height, width = pixel_values.shape[-2:]
     feature_size = (-(-height // stride), -(-width // stride))  # a timm ResNet's map: ceil(side / stride)
-    _check_encoder_tokens((height, width), feature_size, stride)
-    _check_batch_norm_batch(pixel_values.shape[0], (height, width), feature_size, stride, backbone)
-    _check_input_values(pixel_values, pixel_mask, feature_size, stride)
-
-
-def max_encoder_tokens() -> int:
-    """The most encoder tokens per image: HF_DETR_MAX_ENCODER_TOKENS when set, else `MAX_ENCODER_TOKENS`."""
-    text = os.environ.get(MAX_ENCODER_TOKENS_ENV, "").strip()
-    if not text:
-        return MAX_ENCODER_TOKENS
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"{MAX_ENCODER_TOKENS_ENV} must be a whole number, 1 or more, got {text!r}.")
-    return int(text)
-
-
-def _check_encoder_tokens(size: tuple[int, int], feature_size: tuple[int, int], stride: int) -> None:
-    """Refuse, before the backbone runs, images whose feature map exceeds `max_encoder_tokens()`."""
-    tokens, limit = feature_size[0] * feature_size[1], max_encoder_tokens()
+    tokens = feature_size[0] * feature_size[1]
+    limit = limit_from_environment(MAX_ENCODER_TOKENS_ENV, MAX_ENCODER_TOKENS)
     if tokens > limit:
         raise ValueError(
-            f"`pixel_values` of {size[0]}x{size[1]} pixels give {tokens} encoder tokens (a {feature_size[0]}x"
+            f"`pixel_values` of {height}x{width} pixels give {tokens} encoder tokens (a {feature_size[0]}x"
             f"{feature_size[1]} feature map at stride {stride}), beyond the limit of {limit} "
             f"({MAX_ENCODER_TOKENS_ENV}): resize the images (HfDetrImageProcessor's default size keeps them "
             f"within 800x1333 pixels), or raise the limit with {MAX_ENCODER_TOKENS_ENV}=<tokens>."
         )
+    _check_batch_norm_batch(pixel_values.shape[0], (height, width), feature_size, stride, backbone)
+    _check_input_values(pixel_values, pixel_mask, feature_size, stride)
 
 
 def _check_input_types(
