@@ -85,7 +85,13 @@ def make_pixels(
             _fill_padding(pixel_mask[index], height, width, False)
             pixel_mask[index, :height, :width] = True
 
-    _run(work, len(sources), settings["num_threads"])
+    workers = min(len(sources), settings["num_threads"] or min(os.cpu_count() or 1, 8))
+    if workers <= 1:
+        for index in range(len(sources)):
+            work(index)
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(work, range(len(sources))))
     _check_finite_pixels(sources, targets)
 
     if not settings["do_pad"]:
@@ -142,8 +148,8 @@ def _wrap_tensor(image: torch.Tensor, index: int, input_data_format: str | None)
         image = image.permute(2, 0, 1)
     channels, height, width = image.shape
     _check_size(index, height, width)
-    if image.dtype == torch.uint16:
-        image = _sixteen_to_eight_bit(image)  # 16-bit content to 8-bit range, so 1/255 still holds
+    if image.dtype == torch.uint16:  # 16-bit content (0..65535) to 8-bit range, so 1/255 still holds
+        image = (image.to(torch.float32) / 257.0).round_().clamp_(0, 255).to(torch.uint8)
     if image.dtype == torch.uint8 and not image.is_cuda and channels in (1, 3, 4):
         # 8-bit content takes the PIL path: the same resize as transformers' PIL backend
         array = image.permute(1, 2, 0).numpy()
@@ -200,16 +206,6 @@ def _padded_size(sizes: list[tuple[int, int]], settings: Mapping[str, Any]) -> t
     return pad_height, pad_width
 
 
-def _run(work, count: int, num_threads: int | None) -> None:
-    workers = min(count, num_threads or min(os.cpu_count() or 1, 8))
-    if workers <= 1:
-        for index in range(count):
-            work(index)
-        return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(work, range(count)))
-
-
 def _resize_into(
     source: SourceImage,
     target: torch.Tensor,
@@ -220,30 +216,23 @@ def _resize_into(
     """Resize one image and write `pixel * scale + shift` into `target` [C, h, w] (a view of the batch)."""
     height, width = target.shape[-2:]
     resample = PILImageResampling(settings["resample"])
-    if source.pil is not None and target.device.type == "cpu":
-        image = _pil_to_mode(source, settings["do_convert_rgb"])
-        if (image.height, image.width) != (height, width):
-            image = image.resize((width, height), resample=resample)
+    if source.pil is not None:  # decoded (with a file's EXIF orientation) to RGB or its native 8-bit mode
+        image = _eight_bit(_oriented(source.pil, source.orientation), settings["do_convert_rgb"])
+        if target.device.type == "cpu" and (image.height, image.width) != (height, width):
+            image = image.resize((width, height), resample=resample)  # a GPU batch resizes there
         pixels = torch.from_numpy(np.asarray(image).copy())  # [h, w] or [h, w, C] uint8
         pixels = pixels[None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)
     else:
-        if source.pil is not None:  # 8-bit content for a GPU batch: decode here, resize there
-            image = _pil_to_mode(source, settings["do_convert_rgb"])
-            array = np.asarray(image)
-            pixels = torch.from_numpy(array[..., None] if array.ndim == 2 else array.copy()).permute(2, 0, 1)
-        else:
-            pixels = source.tensor
-            if settings["do_convert_rgb"]:
-                pixels = _tensor_to_rgb(pixels)
-        pixels = pixels.to(target.device, non_blocking=True)
-        if tuple(pixels.shape[-2:]) != (height, width):
-            interpolation = _TORCH_INTERPOLATION.get(resample, TF.InterpolationMode.BILINEAR)
-            floating = pixels if pixels.is_floating_point() else pixels.float()
-            pixels = TF.resize(floating, [height, width], interpolation=interpolation, antialias=True)
-            if source.tensor is None or not source.tensor.is_floating_point():
-                pixels = pixels.round_().clamp_(0, 255)  # an 8-bit image stays on the 8-bit grid
-        if settings["do_rescale"] and source.tensor is not None and source.tensor.is_floating_point():
-            _warn_if_already_rescaled(pixels)
+        pixels = _tensor_to_rgb(source.tensor) if settings["do_convert_rgb"] else source.tensor
+    pixels = pixels.to(target.device, non_blocking=True)
+    if tuple(pixels.shape[-2:]) != (height, width):
+        interpolation = _TORCH_INTERPOLATION.get(resample, TF.InterpolationMode.BILINEAR)
+        floating = pixels if pixels.is_floating_point() else pixels.float()
+        pixels = TF.resize(floating, [height, width], interpolation=interpolation, antialias=True)
+        if source.tensor is None or not source.tensor.is_floating_point():
+            pixels = pixels.round_().clamp_(0, 255)  # an 8-bit image stays on the 8-bit grid
+    if settings["do_rescale"] and source.tensor is not None and source.tensor.is_floating_point():
+        _warn_if_already_rescaled(pixels)
     target.copy_(pixels)
     target.mul_(torch.as_tensor(scale, dtype=torch.float32).to(target.device)[:, None, None])
     target.add_(torch.as_tensor(shift, dtype=torch.float32).to(target.device)[:, None, None])
@@ -350,20 +339,10 @@ def _channels_last(shape: torch.Size, input_data_format: str | None, index: int)
     return last
 
 
-def _sixteen_to_eight_bit(image: torch.Tensor) -> torch.Tensor:
-    """16-bit pixel values (0..65535) to the 8-bit range (0..255), rounding."""
-    return (image.to(torch.float32) / 257.0).round_().clamp_(0, 255).to(torch.uint8)
-
-
 def _native_channels(source: SourceImage) -> int:
     if source.pil is not None:
         return 1 if source.pil.mode in ("L", *SIXTEEN_BIT_PIL_MODES) else len(source.pil.getbands())
     return source.channels
-
-
-def _pil_to_mode(source: SourceImage, convert_rgb: bool) -> PIL.Image.Image:
-    """Decode (applying a file's EXIF orientation) and convert to RGB (or keep the native 8-bit mode)."""
-    return _eight_bit(_oriented(source.pil, source.orientation), convert_rgb)
 
 
 def _oriented(image: PIL.Image.Image, orientation: int) -> PIL.Image.Image:
