@@ -28,9 +28,6 @@ from .validation_detr import is_finite_real, is_int64
 PANOPTIC_IMAGE_KEY = "panoptic_image"  # a decoded panoptic PNG carried in the annotation itself
 
 
-# ----------------------------------------------------------------------------------------------------
-# Annotations
-# ----------------------------------------------------------------------------------------------------
 def convert_annotation(
     annotation: Any,
     index: int,
@@ -52,57 +49,73 @@ def convert_annotation(
     else:
         target = _detection_target(annotation, index, original_size, bool(return_masks))
     target = _resize_target(target, original_size, output_size, normalize_boxes)
-    if "masks" in target and padded_size is not None:
-        target["masks"] = _pad_masks(target["masks"], padded_size)
+    if "masks" in target and padded_size is not None:  # padded bottom-right with False, as the pixels
+        masks = target["masks"]
+        target["masks"] = torch.zeros(len(masks), *padded_size, dtype=torch.bool)
+        target["masks"][:, : masks.shape[1], : masks.shape[2]] = masks
     return target
 
 
-def _validated_objects(annotation: Any, index: int) -> list[Mapping[str, Any]]:
-    """The objects of a COCO detection annotation, each checked for a finite `bbox` and an integer id."""
-    if (
-        not isinstance(annotation, Mapping)
-        or "image_id" not in annotation
-        or not isinstance(annotation.get("annotations"), (list, tuple))
-    ):  # transformers' message
-        raise ValueError(
-            f"Invalid COCO detection annotations: annotations[{index}] must be a dict "
-            "{'image_id', 'annotations': [...]}, "
-            f"got {type(annotation).__name__} with keys {sorted(annotation) if isinstance(annotation, Mapping) else []}."
+def _checked_items(annotation: Any, index: int, field: str) -> list[Mapping[str, Any]]:
+    """The objects (`field` "annotations") of a COCO detection annotation or the segments ("segments_info")
+    of a panoptic one, each checked: a finite `bbox` (objects), an integer `id` (segments), and for
+    both a `category_id` integer >= 0 within int64, an `area` finite and >= 0, an `iscrowd` 0 or 1."""
+    panoptic = field == "segments_info"
+    if not (
+        isinstance(annotation, Mapping)
+        and "image_id" in annotation
+        and isinstance(annotation.get(field), (list, tuple))
+    ):
+        keys = sorted(annotation) if isinstance(annotation, Mapping) else []
+        expected = (
+            "{'image_id', 'file_name', 'segments_info': [...]} for format='coco_panoptic'"
+            if panoptic
+            else "{'image_id', 'annotations': [...]}"
         )
-    image_name = f"annotations[{index}] (image_id {annotation.get('image_id', '?')})"
-    for number, obj in enumerate(annotation["annotations"]):
-        where = f"{image_name}, object {number}"
+        raise ValueError(  # transformers' message
+            f"Invalid COCO {'panoptic' if panoptic else 'detection'} annotations: annotations[{index}] must be "
+            f"a dict {expected}, got {type(annotation).__name__} with keys {keys}."
+        )
+    for number, obj in enumerate(annotation[field]):
+        where = (
+            f"annotations[{index}] segments_info[{number}]"
+            if panoptic
+            else f"annotations[{index}] (image_id {annotation['image_id']}), object {number}"
+        )
         if not isinstance(obj, Mapping):
             raise ValueError(f"{where} must be a dict, got {type(obj).__name__}.")
-        for field in ("bbox", "category_id"):
-            if field not in obj:
-                raise ValueError(f"{where} has no '{field}'.")
-        bbox = obj["bbox"]
-        if (
-            not isinstance(bbox, (list, tuple, np.ndarray))
-            or len(bbox) != 4
-            or not all(is_finite_real(v) for v in bbox)
-        ):
-            raise ValueError(f"{where}: 'bbox' must be 4 finite numbers (x, y, w, h), got {bbox!r}.")
-        if bbox[2] < 0 or bbox[3] < 0:
-            raise ValueError(
-                f"{where}: 'bbox' {list(bbox)!r} has a negative width or height; COCO boxes are "
-                "(x, y, width, height)."
-            )
-        _check_object_fields(obj, where)
-    return list(annotation["annotations"])
+        if panoptic and not is_int64(obj.get("id")):
+            raise ValueError(f"{where}: 'id' must be an integer, got {obj.get('id')!r}.")
+        if not panoptic:
+            _check_bbox(obj, where)
+        category = obj.get("category_id")
+        if not (is_int64(category) and category >= 0):
+            raise ValueError(f"{where}: 'category_id' must be an integer >= 0, got {category!r}.")
+        if "area" in obj and not (is_finite_real(obj["area"]) and obj["area"] >= 0):
+            raise ValueError(f"{where}: 'area' must be a finite number >= 0, got {obj['area']!r}.")
+        crowd = obj.get("iscrowd", 0)
+        if not (isinstance(crowd, (bool, np.bool_)) or (is_int64(crowd) and crowd in (0, 1))):
+            raise ValueError(f"{where}: 'iscrowd' must be 0 or 1, got {crowd!r}.")
+    return list(annotation[field])
 
 
-def _check_object_fields(obj: Mapping[str, Any], where: str) -> None:
-    """`category_id` a non-negative int64, `area` a non-negative finite number, `iscrowd` 0 or 1."""
-    category = obj.get("category_id")
-    if not (is_int64(category) and category >= 0):
-        raise ValueError(f"{where}: 'category_id' must be an integer >= 0, got {category!r}.")
-    if "area" in obj and not (is_finite_real(obj["area"]) and obj["area"] >= 0):
-        raise ValueError(f"{where}: 'area' must be a finite number >= 0, got {obj['area']!r}.")
-    crowd = obj.get("iscrowd", 0)
-    if not (isinstance(crowd, (bool, np.bool_)) or (is_int64(crowd) and crowd in (0, 1))):
-        raise ValueError(f"{where}: 'iscrowd' must be 0 or 1, got {crowd!r}.")
+def _check_bbox(obj: Mapping[str, Any], where: str) -> None:
+    """A detection object has a `category_id` and a `bbox` of 4 finite numbers (x, y, w, h), w and h >= 0."""
+    for field in ("bbox", "category_id"):
+        if field not in obj:
+            raise ValueError(f"{where} has no '{field}'.")
+    bbox = obj["bbox"]
+    if (
+        not isinstance(bbox, (list, tuple, np.ndarray))
+        or len(bbox) != 4
+        or not all(is_finite_real(v) for v in bbox)
+    ):
+        raise ValueError(f"{where}: 'bbox' must be 4 finite numbers (x, y, w, h), got {bbox!r}.")
+    if bbox[2] < 0 or bbox[3] < 0:
+        raise ValueError(
+            f"{where}: 'bbox' {list(bbox)!r} has a negative width or height; COCO boxes are "
+            "(x, y, width, height)."
+        )
 
 
 def image_id_of(annotation: Mapping[str, Any], index: int, default: int) -> int:
@@ -126,7 +139,7 @@ def _detection_target(
 ) -> dict[str, Any]:
     """COCO detection objects: crowds dropped, boxes xywh -> xyxy clipped to the image, empty boxes dropped."""
     height, width = original_size
-    objects = [obj for obj in _validated_objects(annotation, index) if not obj.get("iscrowd", 0)]
+    objects = [obj for obj in _checked_items(annotation, index, "annotations") if not obj.get("iscrowd", 0)]
     boxes = np.asarray([obj["bbox"] for obj in objects], dtype=np.float32).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
@@ -207,7 +220,7 @@ def _panoptic_target(
 ) -> dict[str, Any]:
     """COCO panoptic segments: one bool mask per segment id, boxes around the masks (official
     `coco_panoptic.py`: `masks_to_boxes`, last pixel index as x1, y1), areas from `segments_info`."""
-    segments = _validated_segments(annotation, index)
+    segments = _checked_items(annotation, index, "segments_info")
     ids = torch.as_tensor([int(segment["id"]) for segment in segments], dtype=torch.int64)
     id_map = _panoptic_ids(annotation, index, original_size, masks_path)  # [H, W]
     masks = id_map[None] == ids[:, None, None]  # [n, H, W]
@@ -215,7 +228,7 @@ def _panoptic_target(
     if missing:
         found = torch.unique(id_map)[:10].tolist()
         raise ValueError(
-            f"annotations[{index}] (image_id {annotation.get('image_id', '?')}): segment id(s) {missing} of "
+            f"annotations[{index}] (image_id {annotation['image_id']}): segment id(s) {missing} of "
             f"'segments_info' do not occur in the panoptic PNG (its ids include {found})."
         )
     area = [segment.get("area", float(mask.sum())) for segment, mask in zip(segments, masks)]
@@ -227,28 +240,6 @@ def _panoptic_target(
         "iscrowd": np.asarray([int(s.get("iscrowd", 0)) for s in segments], dtype=np.int64),
         "masks": masks,
     }
-
-
-def _validated_segments(annotation: Any, index: int) -> list[Mapping[str, Any]]:
-    """The `segments_info` of a COCO panoptic annotation, each checked for integer `id`/`category_id`."""
-    if (
-        not isinstance(annotation, Mapping)
-        or "image_id" not in annotation
-        or not isinstance(annotation.get("segments_info"), (list, tuple))
-    ):  # transformers' message
-        keys = sorted(annotation) if isinstance(annotation, Mapping) else []
-        raise ValueError(
-            f"Invalid COCO panoptic annotations: annotations[{index}] must be a dict {{'image_id', 'file_name', "
-            f"'segments_info': [...]}} for format='coco_panoptic', got {type(annotation).__name__} with keys {keys}."
-        )
-    for number, segment in enumerate(annotation["segments_info"]):
-        where = f"annotations[{index}] segments_info[{number}]"
-        if not isinstance(segment, Mapping):
-            raise ValueError(f"{where} must be a dict, got {type(segment).__name__}.")
-        if not is_int64(segment.get("id")):
-            raise ValueError(f"{where}: 'id' must be an integer, got {segment.get('id')!r}.")
-        _check_object_fields(segment, where)
-    return list(annotation["segments_info"])
 
 
 def _panoptic_ids(
@@ -344,10 +335,3 @@ def _resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     rows = _nearest_indices(masks.shape[-2], size[0])
     columns = _nearest_indices(masks.shape[-1], size[1])
     return masks[:, rows][:, :, columns]
-
-
-def _pad_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Pad bottom-right with False to `size`, as the pixels are padded."""
-    padded = torch.zeros(masks.shape[0], *size, dtype=torch.bool)
-    padded[:, : masks.shape[1], : masks.shape[2]] = masks
-    return padded
