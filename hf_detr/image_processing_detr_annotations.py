@@ -73,8 +73,8 @@ def _checked_items(annotation: Any, index: int, field: str) -> list[Mapping[str,
             else "{'image_id', 'annotations': [...]}"
         )
         raise ValueError(  # transformers' message
-            f"Invalid COCO {'panoptic' if panoptic else 'detection'} annotations: annotations[{index}] must be "
-            f"a dict {expected}, got {type(annotation).__name__} with keys {keys}."
+            f"Invalid COCO {'panoptic' if panoptic else 'detection'} annotations: annotations[{index}] must "
+            f"be a dict {expected}, got {type(annotation).__name__} with keys {keys}."
         )
     for number, obj in enumerate(annotation[field]):
         where = (

@@ -32,8 +32,7 @@ except ImportError:  # pragma: no cover - older 5.x releases
 # Detections and semantic maps
 # ----------------------------------------------------------------------------------------------------
 def object_detections(outputs: Any, threshold: Any, target_sizes: Any, top_k: Any) -> list[dict[str, Any]]:
-    """`HfDetrImageProcessor.post_process_object_detection`: softmax, drop the no-object column, best
-    class per query (or the best `top_k` (query, class) pairs); corners scaled to `target_sizes`."""
+    """The work of `HfDetrImageProcessor.post_process_object_detection` (see there)."""
     outputs, from_numpy = _tensor_outputs(outputs, ("logits", "pred_boxes"))
     logits, boxes = _detection_outputs(outputs)  # [B, N, K+1], [B, N, 4]
     threshold, top_k = check_threshold("threshold", threshold), check_positive_integer("top_k", top_k)
@@ -67,8 +66,7 @@ def object_detections(outputs: Any, threshold: Any, target_sizes: Any, top_k: An
 
 
 def semantic_maps(outputs: Any, target_sizes: Any) -> list[SemanticSegmentationPostProcessorOutput]:
-    """`HfDetrImageProcessor.post_process_semantic_segmentation`: per class the sum over queries of
-    p(class | query) times the query's mask probability, resized (bilinear) before the argmax."""
+    """The work of `HfDetrImageProcessor.post_process_semantic_segmentation` (see there)."""
     logits, mask_logits = segmentation_outputs(outputs)
     classes = logits.float().softmax(-1)[..., :-1]  # [B, N, K]
     scores = torch.einsum("bqc,bqhw->bchw", classes, mask_logits.float().sigmoid())  # [B, K, h, w]
@@ -83,7 +81,7 @@ def semantic_maps(outputs: Any, target_sizes: Any) -> list[SemanticSegmentationP
                 data={"segmentation": image_scores.argmax(0), "segmentation_scores": image_scores}
             )
         )
-        return results
+    return results
 
 
 def _tensor_outputs(outputs: Any, names: tuple[str, ...]) -> tuple[Any, bool]:

@@ -242,15 +242,6 @@ def mask_losses(
     return focal.sum() / num_boxes, dice.sum() / num_boxes
 
 
-def named_per_layer(losses: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
-    """{name: [L] values} -> {name: the output (last) layer's, name_{i}: auxiliary layer i's}, layer by layer."""
-    return {
-        name if layer == num_layers - 1 else f"{name}_{layer}": values[layer]
-        for layer in range(num_layers)
-        for name, values in losses.items()
-    }
-
-
 @dataclass
 class ScoredSets:
     """Every scored set's losses ([S] each: loss_ce, loss_bbox, loss_giou, cardinality_error) and what
@@ -371,7 +362,12 @@ class SetCriterion:
         total = sum(
             self.weights[name] * value.sum() for name, value in losses.items() if name in self.weights
         )
-        loss_dict = named_per_layer(losses, len(losses["loss_ce"]))
+        num_layers = len(losses["loss_ce"])
+        loss_dict = {  # layer by layer: the output (last) layer's by name, auxiliary layer i's as name_{i}
+            name if layer == num_layers - 1 else f"{name}_{layer}": values[layer]
+            for layer in range(num_layers)
+            for name, values in losses.items()
+        }
         loss_dict["class_error"] = class_error
         return total, loss_dict
 
@@ -383,15 +379,25 @@ class SetCriterion:
         labels: Labels,
         scored: ScoredSets,
     ) -> torch.Tensor:
-        """`total` plus the weighted loss_mask and loss_dice of the output (last) layer, which go into
-        `loss_dict` too."""
-        output_layer = scored.matches.num_layers - 1
+        """`total` plus the weighted loss_mask and loss_dice of the output (last) layer's matched queries,
+        which go into `loss_dict` too: pred_masks [B, N, h, w] against the labels' masks, selected without
+        waiting on the device."""
+        matches, counts, device = scored.matches, scored.targets.counts, pred_masks.device
+        output_layer = matches.num_layers - 1
         num_boxes = scored.num_boxes[output_layer] if scored.num_boxes.ndim else scored.num_boxes
-        loss_dict["loss_mask"], loss_dict["loss_dice"] = self.mask_losses(
-            pred_masks, labels, scored.targets.counts, scored.matches, output_layer, num_boxes
+        selected = matches.layer_slice(output_layer)
+        image, query, target = matches.image[selected], matches.query[selected], matches.target[selected]
+        target_masks = stack_target_masks(labels, counts, device)  # [sum n_b, H, W]
+        first_mask = torch.as_tensor(np.cumsum([0, *counts[:-1]])).to(device, non_blocking=True)  # [B]
+        loss_mask, loss_dice = mask_losses(
+            pred_masks[image, query], target_masks[first_mask[image] + target], num_boxes
         )
-        total = total + self.weights["loss_mask"] * loss_dict["loss_mask"]
-        return total + self.weights["loss_dice"] * loss_dict["loss_dice"]
+        if selected.stop == selected.start:  # keep the mask head in the graph (DDP expects every gradient)
+            loss_mask = loss_mask + 0 * pred_masks.sum()
+            loss_dice = loss_dice + 0 * pred_masks.sum()
+        loss_dict["loss_mask"], loss_dict["loss_dice"] = loss_mask, loss_dice
+        total = total + self.weights["loss_mask"] * loss_mask
+        return total + self.weights["loss_dice"] * loss_dice
 
     def loss_labels(
         self, logits: torch.Tensor, matches: Matches, matched_classes: torch.Tensor
@@ -450,30 +456,6 @@ class SetCriterion:
         matched_logits = logits[matches.layer, matches.image, matches.query]  # [M, K+1]
         hits = (matched_logits.argmax(-1) == scored.matched_classes).float()  # [M]
         return 100 - 100 * (hits * selected).sum() / selected.sum()
-
-    @staticmethod
-    def mask_losses(
-        pred_masks: torch.Tensor,
-        labels: Labels,
-        counts: list[int],
-        matches: Matches,
-        layer: int,
-        num_boxes: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """loss_mask and loss_dice of `layer`'s matched queries: pred_masks [B, N, h, w] against the
-        labels' masks, selected without waiting on the device."""
-        selected = matches.layer_slice(layer)
-        image, query, target = matches.image[selected], matches.query[selected], matches.target[selected]
-        device = pred_masks.device
-        target_masks = stack_target_masks(labels, counts, device)  # [sum n_b, H, W]
-        first_mask = torch.as_tensor(np.cumsum([0, *counts[:-1]])).to(device, non_blocking=True)  # [B]
-        loss_mask, loss_dice = mask_losses(
-            pred_masks[image, query], target_masks[first_mask[image] + target], num_boxes
-        )
-        if selected.stop == selected.start:  # keep the mask head in the graph (DDP expects every gradient)
-            loss_mask = loss_mask + 0 * pred_masks.sum()
-            loss_dice = loss_dice + 0 * pred_masks.sum()
-        return loss_mask, loss_dice
 
     @staticmethod
     def num_boxes(counts: list[int], device: torch.device) -> torch.Tensor:
