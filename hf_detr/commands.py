@@ -163,6 +163,11 @@ def export_command() -> int:
     return run_command("hf_detr.export")
 
 
+def demo_command() -> int:
+    """`hf-detr-demo`."""
+    return run_command("hf_detr.demo")
+
+
 def evaluate_command() -> int:
     """`hf-detr-evaluate`."""
     return run_command("hf_detr.evaluation.cli")
@@ -172,6 +177,7 @@ __all__ = [
     "TRACEBACK_ENV",
     "add_traceback_argument",
     "convert_command",
+    "demo_command",
     "describe_error",
     "evaluate_command",
     "export_command",

@@ -339,7 +339,7 @@ class _Writer:
         detections = self.processor.post_process_object_detection(
             outputs, self.args.threshold, sizes, top_k=self.args.top_k
         )
-        queries = _query_of_detections(outputs, detections, self.args.threshold, self.args.top_k)
+        queries = query_of_detections(outputs, detections, self.args.threshold, self.args.top_k)
         for index, ((path, image), detection, stem) in enumerate(zip(batch, detections, stems)):
             for record in detection_records(str(path), detection, self.names):
                 self.out.write(json.dumps(record) + "\n")
@@ -383,7 +383,7 @@ class _Writer:
             )
 
 
-def _query_of_detections(outputs, detections, threshold: float, top_k: int | None) -> list[list[int]]:
+def query_of_detections(outputs, detections, threshold: float, top_k: int | None) -> list[list[int]]:
     """For each kept detection, the query that produced it (post-processing does not return it)."""
     probabilities = outputs.logits.float().softmax(-1)[..., :-1]  # [B, N, K]
     result = []

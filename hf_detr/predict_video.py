@@ -79,7 +79,7 @@ def predict_videos(
             stem += "_"
         used.add(stem)
         try:
-            frames, interrupted = _predict_video(
+            frames, interrupted = predict_video(
                 source, args.output_dir / f"{stem}.mkv", model, processor, args, names, out
             )
         except VideoError as error:
@@ -91,7 +91,7 @@ def predict_videos(
     return done, False
 
 
-def _predict_video(
+def predict_video(
     source: str,
     path: Path,
     model: Any,
@@ -150,4 +150,4 @@ def _pil(image: Any) -> Any:
     return PIL.Image.fromarray(image)
 
 
-__all__ = ["frame_records", "predict_videos", "video_stem"]
+__all__ = ["frame_records", "predict_video", "predict_videos", "video_stem"]

@@ -16,8 +16,17 @@ COMMANDS = {
     "hf-detr-predict": ("hf_detr.predict", "hf_detr.predict"),
     "hf-detr-export": ("hf_detr.export", "hf_detr.export"),
     "hf-detr-convert": ("hf_detr.convert", "hf_detr.convert"),
+    "hf-detr-demo": ("hf_detr.demo", "hf_detr.demo"),
 }
 ONLY_DEFAULT = re.compile(r"^\(?\s*default\b", re.IGNORECASE)
+
+
+def test_every_console_script_is_checked_here():
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert set(pyproject["project"]["scripts"]) == set(COMMANDS)
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
