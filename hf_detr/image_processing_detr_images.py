@@ -76,14 +76,17 @@ def make_pixels(
         pixel_mask = None
         targets = [torch.empty(channels, h, w, device=device) for h, w in output_sizes]
 
+    inference = torch.is_inference_mode_enabled()  # thread-local: the workers enter it as the caller is
+
     def work(index: int) -> None:
-        _decode_file(sources[index], index)
-        _resize_into(sources[index], targets[index], settings, scale, shift)
-        if pixel_mask is not None:
-            height, width = output_sizes[index]
-            _fill_padding(pixel_values[index], height, width, 0)
-            _fill_padding(pixel_mask[index], height, width, False)
-            pixel_mask[index, :height, :width] = True
+        with torch.inference_mode(inference):
+            _decode_file(sources[index], index)
+            _resize_into(sources[index], targets[index], settings, scale, shift)
+            if pixel_mask is not None:
+                height, width = output_sizes[index]
+                _fill_padding(pixel_values[index], height, width, 0)
+                _fill_padding(pixel_mask[index], height, width, False)
+                pixel_mask[index, :height, :width] = True
 
     workers = min(len(sources), settings["num_threads"] or min(os.cpu_count() or 1, 8))
     if workers <= 1:

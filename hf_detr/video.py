@@ -180,7 +180,7 @@ def detect_frames(
 ) -> Iterator[FrameDetections]:
     """Detections of each frame, `batch_size` frames per forward pass, exactly as pictures of the same
     pixels get them (`processor` on the RGB arrays, then `post_process_object_detection`)."""
-    device = next(model.parameters()).device
+    device = next((parameter.device for parameter in model.parameters()), torch.device("cpu"))
     for batch in batched(frames, batch_size):
         inputs = processor([frame.image for frame in batch], device=device)
         with torch.no_grad():

@@ -454,3 +454,14 @@ def test_annotation_format_enum_survives_save_and_load(tmp_path):
         reloaded = HfDetrImageProcessor.from_pretrained(tmp_path)
         assert reloaded.format == processor.format == AnnotationFormat(given).value
         assert reloaded.to_dict() == processor.to_dict()
+
+
+def test_the_processor_works_inside_inference_mode_with_worker_threads():
+    """Inference mode is thread-local: the workers that write the batch enter it as the caller is."""
+    images = [np.full((40, 30 + 10 * i, 3), 60 * i, dtype=np.uint8) for i in range(3)]
+    processor = HfDetrImageProcessor(size={"shortest_edge": 32, "longest_edge": 64}, num_threads=3)
+    expected = processor(images)
+    with torch.inference_mode():
+        inside = processor(images)
+    assert torch.equal(inside["pixel_values"], expected["pixel_values"])
+    assert torch.equal(inside["pixel_mask"], expected["pixel_mask"])
