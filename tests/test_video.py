@@ -226,3 +226,17 @@ def test_the_shapes_clip_is_a_smooth_pan():
     frames = list(shapes_clip_frames(4, speed=2))
     assert frames[0].shape == (128, 128, 3) and frames[0].dtype == np.uint8
     assert np.array_equal(frames[1][:-1, :-2], frames[0][1:, 2:])  # moved 2 pixels right, 1 down
+
+
+def test_frame_detections_go_straight_into_supervision(checkpoint, clip):
+    """The README's supervision example: `sv.Detections.from_transformers` reads hf_detr's detections."""
+    import supervision as sv
+
+    model = HfDetrForObjectDetection.from_pretrained(checkpoint).eval()
+    processor = HfDetrImageProcessor.from_pretrained(checkpoint)
+    result = next(detect_video(model, processor, str(clip), threshold=0.0))
+    detections = sv.Detections.from_transformers(result.detections, id2label=model.config.id2label)
+    assert np.array_equal(detections.xyxy, result.detections["boxes"].numpy())
+    assert list(detections.data["class_name"]) == [model.config.id2label[int(i)] for i in result.detections["labels"]]
+    annotated = sv.BoxAnnotator().annotate(result.frame.image.copy(), detections)
+    assert annotated.shape == result.frame.image.shape and not np.array_equal(annotated, result.frame.image)
