@@ -128,9 +128,7 @@ def freeze_batch_norm(module: nn.Module) -> nn.Module:
                 frozen.running_var.copy_(module.running_var)
         return frozen
     for name, child in module.named_children():
-        replacement = freeze_batch_norm(child)
-        if replacement is not child:
-            setattr(module, name, replacement)
+        setattr(module, name, freeze_batch_norm(child))
     return module
 
 
@@ -193,12 +191,6 @@ def fold_frozen_batch_norm(module: nn.Module) -> int:
     return folded + sum(fold_frozen_batch_norm(child) for child in children.values())
 
 
-def trainable_backbone_stages(trainable_layers: int) -> tuple[str, ...]:
-    """Names of the ResNet stages that train, as torchvision's detection models choose them."""
-    stages = BACKBONE_STAGES_TOP_DOWN[:trainable_layers]
-    return (*stages, "bn1") if trainable_layers == 5 else stages
-
-
 class HfDetrBackbone(nn.Module):
     """A timm ResNet giving the last stage's feature map (stride 32, or 16 with `dilation`), the pixel
     mask resized to it, and with `config.use_masks` the maps of layer1, layer2 and layer3 (strides 4, 8,
@@ -213,7 +205,8 @@ class HfDetrBackbone(nn.Module):
         import timm
 
         name = config.backbone
-        pretrained = config.use_pretrained_backbone and not _building_on_meta_device()
+        # no download while transformers builds a model skeleton on the meta device (in `from_pretrained`)
+        pretrained = config.use_pretrained_backbone and torch.empty(0).device.type != "meta"
         if pretrained and "." not in name:
             name = f"{name}.tv_in1k"  # the torchvision ImageNet weights the official DETR started from
         self.body = timm.create_model(
@@ -231,12 +224,12 @@ class HfDetrBackbone(nn.Module):
         self.stage_channels: tuple[int, ...] = tuple(self.body.feature_info.channels())
         self.num_channels: int = self.stage_channels[-1]
 
-        self.trainable_stages = trainable_backbone_stages(config.trainable_backbone_layers)
+        # the stages that train, as torchvision's detection models choose them (5: the stem's bn1 too)
+        layers = config.trainable_backbone_layers
+        self.trainable_stages = (*BACKBONE_STAGES_TOP_DOWN[:layers], *(("bn1",) if layers == 5 else ()))
         for stage_name, stage in self.body.named_children():
             if stage_name not in self.trainable_stages or config.freeze_backbone_batch_norm:
-                replacement = freeze_batch_norm(stage)
-                if replacement is not stage:
-                    setattr(self.body, stage_name, replacement)
+                setattr(self.body, stage_name, freeze_batch_norm(stage))
         self.freeze_stages()
         fold_frozen_batch_norm(self.body)
         # channels-last activations and weights are what oneDNN and cuDNN convolutions run fastest on
@@ -263,11 +256,6 @@ class HfDetrBackbone(nn.Module):
         # nearest-neighbour downsampling of the mask, as the official code does
         feature_mask = F.interpolate(pixel_mask[:, None].float(), size=features.shape[-2:])[:, 0]
         return features, feature_mask.bool(), tuple(earlier)
-
-
-def _building_on_meta_device() -> bool:
-    """True while transformers builds a model skeleton on the meta device (inside `from_pretrained`)."""
-    return torch.empty(0).device.type == "meta"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,10 +318,7 @@ class HfDetrLearnedPositionEmbedding(nn.Module):
         return pos.flatten(0, 1)[None].expand(batch_size, -1, -1)  # [B, h*w, d]
 
 
-def build_position_embedding(config: HfDetrConfig) -> nn.Module:
-    if config.position_embedding_type == "sine":
-        return HfDetrSinePositionEmbedding(config.d_model)
-    return HfDetrLearnedPositionEmbedding(config.d_model)
+POSITION_EMBEDDINGS = {"sine": HfDetrSinePositionEmbedding, "learned": HfDetrLearnedPositionEmbedding}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -406,6 +391,13 @@ class HfDetrFeedForward(nn.Module):
         return self.fc2(hidden)
 
 
+def _add_and_norm(
+    layer: nn.Module, norm: nn.Module, hidden: torch.Tensor, update: torch.Tensor
+) -> torch.Tensor:
+    """A post-norm residual step of `layer`: norm(hidden + dropout(update))."""
+    return norm(hidden + F.dropout(update, layer.dropout, layer.training))
+
+
 class HfDetrEncoderLayer(nn.Module):
     """Post-norm encoder layer: self-attention with positions on q and k, then the FFN."""
 
@@ -427,13 +419,8 @@ class HfDetrEncoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         query_key = hidden_states + position_embeddings  # [B, HW, d]
         attended, weights = self.self_attn(query_key, query_key, hidden_states, key_mask, need_weights)
-        hidden_states = self.self_attn_layer_norm(
-            hidden_states + F.dropout(attended, self.dropout, self.training)
-        )
-        hidden_states = self.final_layer_norm(
-            hidden_states + F.dropout(self.mlp(hidden_states), self.dropout, self.training)
-        )
-        return hidden_states, weights
+        hidden_states = _add_and_norm(self, self.self_attn_layer_norm, hidden_states, attended)
+        return _add_and_norm(self, self.final_layer_norm, hidden_states, self.mlp(hidden_states)), weights
 
 
 class HfDetrDecoderLayer(nn.Module):
@@ -463,20 +450,14 @@ class HfDetrDecoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """`num_groups` > 1 (Group DETR training): the G*N queries self-attend within their group of N
         only; self-attention weights then come as [B*G, heads, N, N]."""
-        query_key = hidden_states + query_position_embeddings  # [B, G*N, d]
         batch_size, num_queries, d = hidden_states.shape
         by_group = (batch_size * num_groups, num_queries // num_groups, d)  # [B*G, N, d]: groups as batch
+        query_key = (hidden_states + query_position_embeddings).reshape(by_group)
         attended, self_weights = self.self_attn(
-            query_key.reshape(by_group),
-            query_key.reshape(by_group),
-            hidden_states.reshape(by_group),
-            None,
-            need_weights,
+            query_key, query_key, hidden_states.reshape(by_group), None, need_weights
         )
-        attended = attended.reshape(batch_size, num_queries, d)
-        hidden_states = self.self_attn_layer_norm(
-            hidden_states + F.dropout(attended, self.dropout, self.training)
-        )
+        attended = attended.reshape(batch_size, num_queries, d)  # [B, G*N, d]
+        hidden_states = _add_and_norm(self, self.self_attn_layer_norm, hidden_states, attended)
         attended, cross_weights = self.encoder_attn(
             hidden_states + query_position_embeddings,
             memory_with_positions,
@@ -484,12 +465,8 @@ class HfDetrDecoderLayer(nn.Module):
             memory_mask,
             need_weights,
         )
-        hidden_states = self.encoder_attn_layer_norm(
-            hidden_states + F.dropout(attended, self.dropout, self.training)
-        )
-        hidden_states = self.final_layer_norm(
-            hidden_states + F.dropout(self.mlp(hidden_states), self.dropout, self.training)
-        )
+        hidden_states = _add_and_norm(self, self.encoder_attn_layer_norm, hidden_states, attended)
+        hidden_states = _add_and_norm(self, self.final_layer_norm, hidden_states, self.mlp(hidden_states))
         return hidden_states, self_weights, cross_weights
 
 
@@ -701,17 +678,12 @@ class HfDetrPreTrainedModel(PreTrainedModel):
                 init.uniform_(module.weight)
             else:
                 init.normal_(module.weight)
-        elif isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm2d, FrozenBatchNorm2d)):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-            if isinstance(module, nn.BatchNorm2d):
+            if isinstance(module, (nn.BatchNorm2d, FrozenBatchNorm2d)):
                 init.zeros_(module.running_mean)
                 init.ones_(module.running_var)
-        elif isinstance(module, FrozenBatchNorm2d):
-            init.ones_(module.weight)
-            init.zeros_(module.bias)
-            init.zeros_(module.running_mean)
-            init.ones_(module.running_var)
 
 
 def _default_bias_init(module: nn.Linear | nn.Conv2d) -> None:
@@ -719,22 +691,6 @@ def _default_bias_init(module: nn.Linear | nn.Conv2d) -> None:
         fan_in = module.weight[0].numel()
         bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
         init.uniform_(module.bias, -bound, bound)
-
-
-def _model_dtype_input(pixel_values: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Cast floating inputs to the weights' dtype (e.g. fp32 images into a bf16 model) unless autocast
-    already manages dtypes."""
-    if pixel_values.dtype != reference.dtype and not torch.is_autocast_enabled(pixel_values.device.type):
-        return pixel_values.to(reference.dtype)
-    return pixel_values
-
-
-def _all_true_without_sync(mask: torch.Tensor) -> bool:
-    """`mask.all()` where reading it costs no device-to-host synchronisation (eager CPU tensors). While
-    torch.compile or torch.export traces, False: the graph keeps the masked path for every input."""
-    if torch.compiler.is_compiling():
-        return False
-    return mask.device.type == "cpu" and bool(mask.all())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -809,22 +765,16 @@ def _forward_by_size(
     for indices in groups.values():
         batch = images[indices[0]][None] if len(indices) == 1 else torch.stack([images[i] for i in indices])
         outputs.append(forward(model, batch, **{**arguments, "return_dict": True}))  # batch: [G, C, H, W]
-    order = [index for indices in groups.values() for index in indices]
-    merged = outputs[0] if len(outputs) == 1 else _merge_outputs(outputs, order)
+    merged = outputs[0]
+    if len(outputs) > 1:  # one output of all images, in input order
+        order = [index for indices in groups.values() for index in indices]  # input indices, group by group
+        position = sorted(range(len(order)), key=order.__getitem__)  # position[input index]: place in order
+        fields = {}
+        for name in merged:  # the fields that are not None
+            values = [output[name] for output in outputs]
+            fields[name] = _merge_field(values, position, OUTPUT_BATCH_DIMS.get(name, 0))
+        merged = type(merged)(**fields)
     return merged if return_dict else merged.to_tuple()
-
-
-def _merge_outputs(outputs: list[ModelOutput], order: list[int]) -> ModelOutput:
-    """The outputs of image groups -> one output of all images in input order (`order[i]`: the input
-    index of the i-th image of the concatenated groups)."""
-    position = [0] * len(order)  # position[input index] = place in the concatenated groups
-    for place, index in enumerate(order):
-        position[index] = place
-    merged = {
-        name: _merge_field([output[name] for output in outputs], position, OUTPUT_BATCH_DIMS.get(name, 0))
-        for name in outputs[0]  # the fields that are not None
-    }
-    return type(outputs[0])(**merged)
 
 
 def _merge_field(values: list[Any], position: list[int], batch_dim: int = 0) -> Any:
@@ -853,7 +803,7 @@ class HfDetrModel(HfDetrPreTrainedModel):
         super().__init__(config)
         self.backbone = HfDetrBackbone(config)
         self.input_projection = nn.Conv2d(self.backbone.num_channels, config.d_model, kernel_size=1)
-        self.position_embedding = build_position_embedding(config)
+        self.position_embedding = POSITION_EMBEDDINGS[config.position_embedding_type](config.d_model)
         # Group DETR training: num_query_groups groups of num_queries rows; group 0 comes first
         self.query_position_embeddings = nn.Embedding(
             config.num_queries * config.num_query_groups, config.d_model
@@ -878,15 +828,14 @@ class HfDetrModel(HfDetrPreTrainedModel):
         `pixel_values` may also be a list of [C, H, W] tensors, batched by size (`per_image_inputs`).
         `return_intermediate` (default `config.auxiliary_loss`) returns every decoder layer's output;
         `output_feature_mask` (default `config.use_masks`) the feature map's mask of real pixels."""
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        config = self.config
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+            config.output_hidden_states if output_hidden_states is None else output_hidden_states
         )
-        return_dict = self.config.return_dict if return_dict is None else return_dict
-        if return_intermediate is None:
-            return_intermediate = self.config.auxiliary_loss
-        if output_feature_mask is None:
-            output_feature_mask = self.config.use_masks
+        return_dict = config.return_dict if return_dict is None else return_dict
+        return_intermediate = config.auxiliary_loss if return_intermediate is None else return_intermediate
+        output_feature_mask = config.use_masks if output_feature_mask is None else output_feature_mask
         flags = dict(
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
@@ -895,9 +844,11 @@ class HfDetrModel(HfDetrPreTrainedModel):
             output_feature_mask=output_feature_mask,
         )
         stride = self.backbone.body.feature_info.reduction()[-1]  # 32, or 16 with dilation
-        check_model_inputs(pixel_values, pixel_mask, self.config.num_channels, self.backbone, stride, flags)
+        check_model_inputs(pixel_values, pixel_mask, config.num_channels, self.backbone, stride, flags)
 
-        pixel_values = _model_dtype_input(pixel_values, self.input_projection.weight)
+        # the weights' dtype (fp32 images into a bf16 model, say) unless autocast already manages dtypes
+        if not torch.is_autocast_enabled(pixel_values.device.type):
+            pixel_values = pixel_values.to(self.input_projection.weight.dtype)
         batch_size, _, height, width = pixel_values.shape
         if pixel_mask is None:
             pixel_mask = torch.ones((batch_size, height, width), dtype=torch.bool, device=pixel_values.device)
@@ -906,14 +857,16 @@ class HfDetrModel(HfDetrPreTrainedModel):
         projected = self.input_projection(features).flatten(2).transpose(1, 2)  # [B, h*w, d]
         positions = self.position_embedding(feature_mask).to(projected.dtype)  # [B, h*w, d]
         key_mask = feature_mask.flatten(1)[:, None, None, :]  # [B, 1, 1, h*w], True = attend
-        if _all_true_without_sync(feature_mask):
-            key_mask = None  # lets SDPA take its unmasked fast path
+        # SDPA's unmasked fast path where all is real and reading that costs no device-to-host sync (eager
+        # CPU tensors; a graph traced by torch.compile or torch.export keeps the masked path for every input)
+        if not torch.compiler.is_compiling() and key_mask.device.type == "cpu" and bool(key_mask.all()):
+            key_mask = None
 
         memory, encoder_hidden, encoder_attentions = self.encoder(
             projected, positions, key_mask, output_attentions, output_hidden_states
         )
-        num_groups = self.config.num_query_groups if self.training else 1  # evaluation: group 0 only
-        query_positions = self.query_position_embeddings.weight[: num_groups * self.config.num_queries]
+        num_groups = config.num_query_groups if self.training else 1  # evaluation: group 0 only
+        query_positions = self.query_position_embeddings.weight[: num_groups * config.num_queries]
         query_positions = query_positions.to(memory.dtype)[None].expand(batch_size, -1, -1)  # [B, G*N, d]
         decoded, decoder_hidden, self_attentions, cross_attentions = self.decoder(
             query_positions,
@@ -936,8 +889,8 @@ class HfDetrModel(HfDetrPreTrainedModel):
             encoder_attentions=encoder_attentions,
             intermediate_hidden_states=decoded if return_intermediate else None,
             feature_mask=feature_mask if output_feature_mask else None,
-            backbone_features=backbone_features if self.config.use_masks else None,
-            projected_features=projected if self.config.use_masks else None,
+            backbone_features=backbone_features if config.use_masks else None,
+            projected_features=projected if config.use_masks else None,
         )
         return output if return_dict else output.to_tuple()
 
@@ -1012,38 +965,37 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
             logits=all_logits[-1],
             pred_boxes=all_boxes[-1],
             auxiliary_outputs=auxiliary_outputs,
-            last_hidden_state=outputs.last_hidden_state,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
-            cross_attentions=outputs.cross_attentions,
-            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            encoder_hidden_states=outputs.encoder_hidden_states,
-            encoder_attentions=outputs.encoder_attentions,
-            feature_mask=outputs.feature_mask,
-            backbone_features=outputs.backbone_features,
-            projected_features=outputs.projected_features,
+            # the base model's fields (those not None) but the decoder's stacked layers
+            **{key: value for key, value in outputs.items() if key != "intermediate_hidden_states"},
         )
         return output if return_dict else output.to_tuple()
 
     def compute_loss(
-        self, logits: torch.Tensor, boxes: torch.Tensor, labels: list[dict[str, torch.Tensor]]
+        self,
+        logits: torch.Tensor,
+        boxes: torch.Tensor,
+        labels: list[dict[str, torch.Tensor]],
+        pred_masks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The set-prediction loss of [L, B, N, K+1] logits and [L, B, N, 4] boxes (all scored layers,
-        the last one being the output) against `labels`. The G*N queries of training with query groups
-        are scored by the training loop's `GroupedCriterion` (hf_detr.training.query_groups)."""
+        the last one being the output) against `labels`, plus with `pred_masks` [B, N, h, w] (the
+        segmentation model's) the output layer's mask losses. The G*N queries of training with query
+        groups are scored by the training loop's `GroupedCriterion` (hf_detr.training.query_groups)."""
         if logits.shape[2] != self.config.num_queries:
             raise ValueError(
                 f"The model ran {logits.shape[2] // self.config.num_queries} query groups (Group DETR training); "
                 "their loss is hf_detr.training's GroupedCriterion (hf-detr-train uses it). Call the model "
                 "without labels and score its outputs with it, or set num_query_groups=1."
             )
-        return SetCriterion.from_config(self.config)(logits, boxes, labels)
+        return SetCriterion.from_config(self.config)(logits, boxes, labels, pred_masks=pred_masks)
 
     def loss_from_outputs(
         self, outputs: HfDetrObjectDetectionOutput, labels: list[dict[str, torch.Tensor]]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss of outputs computed without labels (e.g. by a training loop that handles failures)."""
-        return self.compute_loss(*self.scored_predictions(outputs), labels)
+        return self.compute_loss(
+            *self.scored_predictions(outputs), labels, getattr(outputs, "pred_masks", None)
+        )
 
     def scored_predictions(self, outputs: HfDetrObjectDetectionOutput) -> tuple[torch.Tensor, torch.Tensor]:
         """The [L, B, N, K+1] logits and [L, B, N, 4] boxes the loss scores: every decoder layer's with
@@ -1055,11 +1007,12 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         # `forward` computes every layer's heads as one [L, B, N, ...] tensor and returns views of it:
         # score that tensor itself rather than a copy (stacking, and splitting its gradient, costs ~5 ms
         # a CPU step). Outputs rebuilt elsewhere (merged per-image outputs, fp32 conversion) are stacked.
-        layers = {key: [*(a[key] for a in auxiliary), last] for key, last in (("logits", logits), ("pred_boxes", boxes))}
-        stacked = {key: _one_tensor_of(tensors) for key, tensors in layers.items()}
-        if stacked["logits"] is not None and stacked["pred_boxes"] is not None:
-            return stacked["logits"], stacked["pred_boxes"]
-        return torch.stack(layers["logits"]), torch.stack(layers["pred_boxes"])
+        logits_layers = [*(a["logits"] for a in auxiliary), logits]
+        boxes_layers = [*(a["pred_boxes"] for a in auxiliary), boxes]
+        stacked = (_one_tensor_of(logits_layers), _one_tensor_of(boxes_layers))
+        if stacked[0] is None or stacked[1] is None:
+            return torch.stack(logits_layers), torch.stack(boxes_layers)
+        return stacked
 
 
 def _one_tensor_of(layers: list[torch.Tensor]) -> torch.Tensor | None:

@@ -24,7 +24,6 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_detr import HfDetrConfig, mask_head_channels
-from .loss_detr import SetCriterion
 from .modeling_detr import (
     HfDetrBackbone,
     HfDetrForObjectDetection,
@@ -95,12 +94,6 @@ class HfDetrAttentionMap(nn.Module):
         return weights.view(*scores.shape[:3], *feature_mask.shape[1:])
 
 
-def _group_norm(channels: int) -> nn.GroupNorm:
-    """The official GroupNorm(8, C); for widths that 8 does not divide (narrow models, e.g. d_model 128
-    with 4 heads: 132), the largest group count below 8 that divides C (C itself when C < 8)."""
-    return nn.GroupNorm(math.gcd(8, channels), channels)
-
-
 class HfDetrMaskHead(nn.Module):
     """The official `MaskHeadSmallConv`: five 3x3 conv + GroupNorm + ReLU layers, the last three after
     nearest upsampling to the backbone's layer3, layer2 and layer1 maps (1x1 `adapter`s added, FPN
@@ -113,7 +106,9 @@ class HfDetrMaskHead(nn.Module):
         inputs = (widths[0], *widths[:-1])
         for index, (n_in, n_out) in enumerate(zip(inputs, widths), start=1):
             setattr(self, f"lay{index}", nn.Conv2d(n_in, n_out, 3, padding=1))
-            setattr(self, f"gn{index}", _group_norm(n_out))
+            # the official GroupNorm(8, C); for widths 8 does not divide (narrow models, e.g. d_model 128 with 4
+            # heads: 132), the largest group count below 8 that divides C (C itself when C < 8)
+            setattr(self, f"gn{index}", nn.GroupNorm(math.gcd(8, n_out), n_out))
         self.out_lay = nn.Conv2d(widths[-1], 1, 3, padding=1)
         for index, (n_in, n_out) in enumerate(zip(fpn_channels, widths[1:4]), start=1):
             setattr(self, f"adapter{index}", nn.Conv2d(n_in, n_out, 1))
@@ -177,10 +172,7 @@ class HfDetrForSegmentation(HfDetrPreTrainedModel):
         mask head is new: the start of the paper's second training stage."""
         if not isinstance(detector, HfDetrForObjectDetection):
             raise TypeError(f"`detector` must be an HfDetrForObjectDetection, got {type(detector).__name__}.")
-        config = copy.deepcopy(detector.config)
-        config.use_masks = True
-        config.validate_detr_fields()
-        model = cls(config)
+        model = cls(copy.deepcopy(detector.config))  # with use_masks on
         model.detr.load_state_dict(detector.state_dict())
         return model.to(detector.device)
 
@@ -236,7 +228,7 @@ class HfDetrForSegmentation(HfDetrPreTrainedModel):
         pred_masks = self.predict_masks(detection)
         loss = loss_dict = None
         if labels is not None:
-            loss, loss_dict = self.compute_loss(*self.scored_predictions(detection), pred_masks, labels)
+            loss, loss_dict = self.compute_loss(*self.scored_predictions(detection), labels, pred_masks)
         shared = {field.name for field in fields(HfDetrSegmentationOutput)}
         if not output_auxiliary_outputs:  # computed only to be scored
             shared.discard("auxiliary_outputs")
@@ -262,26 +254,10 @@ class HfDetrForSegmentation(HfDetrPreTrainedModel):
         fpn_features = list(reversed(detection.backbone_features))  # layer3, layer2, layer1
         return self.mask_head(projected, attention_maps, fpn_features)
 
-    def compute_loss(
-        self,
-        logits: torch.Tensor,
-        boxes: torch.Tensor,
-        pred_masks: torch.Tensor,
-        labels: list[dict[str, torch.Tensor]],
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The detector's set-prediction loss of the scored layers' [L, B, N, K+1] logits and [L, B, N, 4]
-        boxes plus the last layer's mask losses."""
-        return SetCriterion.from_config(self.config)(logits, boxes, labels, pred_masks=pred_masks)
-
-    def loss_from_outputs(
-        self, outputs: HfDetrSegmentationOutput, labels: list[dict[str, torch.Tensor]]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The loss of outputs computed without labels (e.g. by a training loop that handles failures)."""
-        return self.compute_loss(*self.scored_predictions(outputs), outputs.pred_masks, labels)
-
-    def scored_predictions(self, outputs: HfDetrSegmentationOutput) -> tuple[torch.Tensor, torch.Tensor]:
-        """As the detector's: the [L, B, N, K+1] logits and [L, B, N, 4] boxes the loss scores."""
-        return self.detr.scored_predictions(outputs)
+    # the detector's loss methods: given outputs with `pred_masks`, the output layer's mask losses too
+    compute_loss = HfDetrForObjectDetection.compute_loss
+    loss_from_outputs = HfDetrForObjectDetection.loss_from_outputs
+    scored_predictions = HfDetrForObjectDetection.scored_predictions
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' `save_pretrained`; a code-carrying checkpoint maps AutoConfig and
@@ -292,13 +268,10 @@ class HfDetrForSegmentation(HfDetrPreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """The official mask-head initialisation (Kaiming-uniform with a=1, zero bias); the rest as the
-        detector's."""
+        """The official mask-head initialisation (Kaiming-uniform with a=1, zero bias); the rest (GroupNorms
+        included) as the detector's."""
         if isinstance(module, nn.Conv2d) and getattr(module, "init_scheme", None) == "mask_head":
             init.kaiming_uniform_(module.weight, a=1)
-            init.zeros_(module.bias)
-        elif isinstance(module, nn.GroupNorm):
-            init.ones_(module.weight)
             init.zeros_(module.bias)
         else:
             super()._init_weights(module)
