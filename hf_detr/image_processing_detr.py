@@ -387,12 +387,20 @@ class HfDetrImageProcessor(BaseImageProcessor):
         settings["size"] = normalize_size(settings["size"])
         if settings["pad_size"] is not None:
             settings["pad_size"] = normalize_size(settings["pad_size"], "pad_size")
-        settings["resample"] = _resample(settings["resample"])
+        resample, filters = settings["resample"], [int(member) for member in PILImageResampling]
+        if not is_integer(resample) or int(resample) not in filters:
+            raise ValueError(
+                f"`resample` must be one of PIL's filters {filters} (PILImageResampling), got {resample!r}."
+            )
+        settings["resample"] = int(resample)
         settings["rescale_factor"] = check_float("rescale_factor", settings["rescale_factor"], positive=True)
         settings["image_mean"] = channel_values("image_mean", settings["image_mean"])
         settings["image_std"] = channel_values("image_std", settings["image_std"], positive=True)
         settings["num_threads"] = check_positive_integer("num_threads", settings["num_threads"])
-        settings["format"] = _annotation_format(settings["format"])
+        given = settings["format"]
+        settings["format"] = getattr(given, "value", given)  # transformers' AnnotationFormat enum or a string
+        if settings["format"] not in ANNOTATION_FORMATS:
+            raise ValueError(f"`format` must be one of {list(ANNOTATION_FORMATS)}, got {given!r}.")
         return settings
 
     # ------------------------------------------------------------------------------------------------
@@ -575,26 +583,6 @@ def called_by_pipeline(processor: Any, frame: FrameType | None) -> bool:
         getattr(pipeline, "image_processor", None) is processor
         and getattr(model, "accepts_image_lists", False) is True
     )
-
-
-def _resample(value: Any) -> int:
-    """`resample` as an int, one of PIL's filters (PILImageResampling)."""
-    valid = [int(member) for member in PILImageResampling]
-    if not is_integer(value) or int(value) not in valid:
-        raise ValueError(
-            f"`resample` must be one of PIL's filters {valid} (PILImageResampling), got {value!r}."
-        )
-    return int(value)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Annotation format
-# ----------------------------------------------------------------------------------------------------
-def _annotation_format(value: Any) -> str:
-    name = getattr(value, "value", value)  # transformers' AnnotationFormat enum or a string
-    if name not in ANNOTATION_FORMATS:
-        raise ValueError(f"`format` must be one of {list(ANNOTATION_FORMATS)}, got {value!r}.")
-    return name
 
 
 def _to_numpy(value: Any) -> Any:

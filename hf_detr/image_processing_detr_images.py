@@ -219,6 +219,7 @@ def _resize_into(
     """Resize one image and write `pixel * scale + shift` into `target` [C, h, w] (a view of the batch)."""
     height, width = target.shape[-2:]
     resample = PILImageResampling(settings["resample"])
+    floating_input = source.tensor is not None and source.tensor.is_floating_point()
     if source.pil is not None:  # decoded (with a file's EXIF orientation) to RGB or its native 8-bit mode
         image = _eight_bit(_oriented(source.pil, source.orientation), settings["do_convert_rgb"])
         if target.device.type == "cpu" and (image.height, image.width) != (height, width):
@@ -232,10 +233,15 @@ def _resize_into(
         interpolation = _TORCH_INTERPOLATION.get(resample, TF.InterpolationMode.BILINEAR)
         floating = pixels if pixels.is_floating_point() else pixels.float()
         pixels = TF.resize(floating, [height, width], interpolation=interpolation, antialias=True)
-        if source.tensor is None or not source.tensor.is_floating_point():
+        if not floating_input:
             pixels = pixels.round_().clamp_(0, 255)  # an 8-bit image stays on the 8-bit grid
-    if settings["do_rescale"] and source.tensor is not None and source.tensor.is_floating_point():
-        _warn_if_already_rescaled(pixels)
+    rescale_cpu_floats = settings["do_rescale"] and floating_input and pixels.device.type == "cpu"
+    if rescale_cpu_floats and pixels.numel() and float(pixels.max()) <= 1.0 and float(pixels.min()) >= 0:
+        warnings.warn(
+            "It looks like you are trying to rescale already rescaled images (float values in [0, 1]). "
+            "Pass do_rescale=False if the images are already scaled.",
+            stacklevel=4,
+        )
     target.copy_(pixels)
     target.mul_(torch.as_tensor(scale, dtype=torch.float32).to(target.device)[:, None, None])
     target.add_(torch.as_tensor(shift, dtype=torch.float32).to(target.device)[:, None, None])
@@ -378,20 +384,6 @@ def _tensor_to_rgb(pixels: torch.Tensor) -> torch.Tensor:
         alpha = pixels[3:].float() / white
         return (pixels[:3].float() * alpha + white * (1 - alpha)).to(pixels.dtype)
     return pixels
-
-
-def _warn_if_already_rescaled(pixels: torch.Tensor) -> None:
-    if (
-        pixels.device.type == "cpu"
-        and pixels.numel()
-        and float(pixels.max()) <= 1.0
-        and float(pixels.min()) >= 0
-    ):
-        warnings.warn(
-            "It looks like you are trying to rescale already rescaled images (float values in [0, 1]). "
-            "Pass do_rescale=False if the images are already scaled.",
-            stacklevel=5,
-        )
 
 
 __all__ = ["SourceImage", "decode_image", "displayed_size", "exif_orientation", "load_source", "make_pixels"]

@@ -100,13 +100,11 @@ def check_threshold(name: str, value: Any) -> float:
     return float(value)
 
 
-def check_positive_integer(name: str, value: Any, optional: bool = True) -> int | None:
-    """`value` as an int if it is a positive integer (or None when `optional`), else `ValueError`."""
-    if value is None and optional:
-        return None
-    if not (is_int64(value) and value > 0):
-        raise ValueError(f"`{name}` must be a positive int{' or None' if optional else ''}, got {value!r}.")
-    return int(value)
+def check_positive_integer(name: str, value: Any) -> int | None:
+    """`value` as an int if it is a positive integer within int64, None if None; else `ValueError`."""
+    if value is not None and not (is_int64(value) and value > 0):
+        raise ValueError(f"`{name}` must be a positive int or None, got {value!r}.")
+    return None if value is None else int(value)
 
 
 def check_id_list(name: str, ids: Any, below: int | None = None) -> list[int] | None:
