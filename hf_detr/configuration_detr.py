@@ -80,9 +80,8 @@ class HfDetrConfig(PreTrainedConfig):
     Segmentation arguments (paper section 4.4, [`HfDetrForSegmentation`]): `use_masks` makes the backbone
     return its stride-4, 8 and 16 feature maps for the mask head (the segmentation model sets it);
     `mask_loss_coefficient` (sigmoid focal loss) and `dice_loss_coefficient` (DICE loss) weight the mask
-    losses of the matched queries. The mask head's GroupNorms need `d_model` a multiple of 16 whose
-    halvings are multiples of 8 (or below 8), and `d_model + encoder_attention_heads` a multiple of 8
-    (the attention maps have `encoder_attention_heads` heads, as in transformers' `DetrForSegmentation`).
+    losses of the matched queries. The mask head needs `d_model` a multiple of 16 (it narrows it to d/2,
+    d/4, d/8 and d/16 channels); its GroupNorms use fewer than 8 groups on widths 8 does not divide.
 
     `coco_category_ids` optionally maps each label id to the dataset's original COCO category id
     (a list indexed by label id), so evaluation can report in COCO ids.

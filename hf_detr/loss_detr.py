@@ -393,8 +393,7 @@ class SetCriterion:
             pred_masks[image, query], target_masks[first_mask[image] + target], num_boxes
         )
         if selected.stop == selected.start:  # keep the mask head in the graph (DDP expects every gradient)
-            loss_mask = loss_mask + 0 * pred_masks.sum()
-            loss_dice = loss_dice + 0 * pred_masks.sum()
+            loss_mask, loss_dice = (loss + 0 * pred_masks.sum() for loss in (loss_mask, loss_dice))
         loss_dict["loss_mask"], loss_dict["loss_dice"] = loss_mask, loss_dice
         total = total + self.weights["loss_mask"] * loss_mask
         return total + self.weights["loss_dice"] * loss_dice
@@ -433,8 +432,7 @@ class SetCriterion:
         loss_bbox = per_set.index_add(0, matches.layer, l1) / num_boxes
         loss_giou = per_set.index_add(0, matches.layer, giou) / num_boxes
         if matches.layer.numel() == 0:  # keep the box head in the graph (DDP expects every gradient)
-            loss_bbox = loss_bbox + 0 * boxes.sum()
-            loss_giou = loss_giou + 0 * boxes.sum()
+            loss_bbox, loss_giou = (loss + 0 * boxes.sum() for loss in (loss_bbox, loss_giou))
         return {"loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
     @torch.no_grad()

@@ -167,14 +167,12 @@ def fold_frozen_batch_norm(module: nn.Module) -> int:
     """Fold every FrozenBatchNorm2d that directly follows a convolution into it; returns the count.
 
     Pairs are siblings named `convN`/`bnN` (timm and torchvision ResNet blocks and stem) and adjacent
-    (Conv2d, FrozenBatchNorm2d) entries of a Sequential (the `downsample` shortcut). Modules keep
-    their parameters and buffers (the classes are swapped in place), so checkpoints are unchanged.
+    (Conv2d, FrozenBatchNorm2d) entries of a Sequential (the `downsample` shortcut).
     """
     pairs: list[tuple[nn.Module, nn.Module]] = []
     children = dict(module.named_children())
     if isinstance(module, nn.Sequential):
-        ordered = list(children.values())
-        pairs += list(itertools.pairwise(ordered))
+        pairs += itertools.pairwise(children.values())
     for name, child in children.items():
         match = re.fullmatch(r"conv(\d*)", name)
         if match and f"bn{match.group(1)}" in children:
@@ -182,8 +180,9 @@ def fold_frozen_batch_norm(module: nn.Module) -> int:
     folded = 0
     for conv, norm in pairs:
         if type(conv) is nn.Conv2d and type(norm) is FrozenBatchNorm2d:
-            # the classes are swapped in place (the subclasses add methods, no state): timm's blocks
-            # call `self.conv1`/`self.bn1` by name, so replacing the modules would need every block type
+            # the classes are swapped in place (the subclasses add methods, no state: the parameters,
+            # buffers and checkpoint keys stay): timm's blocks call `self.conv1`/`self.bn1` by name, so
+            # replacing the modules would need every block type
             norm.__class__ = HfDetrFoldedFrozenBatchNorm2d
             conv.__class__ = HfDetrConvFrozenBatchNorm2d
             conv.__dict__["folded_norm"] = norm  # a plain reference, not a registered submodule
