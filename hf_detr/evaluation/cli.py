@@ -91,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.streaming and args.task == "panoptic":
+    from .tasks import task_for
+
+    task = task_for(args.task)
+    if args.streaming and not task.streams:
         parser.error("--streaming evaluates detection models only (--task detection)")
     from accelerate import Accelerator
 
@@ -104,10 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         processor = HfDetrImageProcessor.from_pretrained(args.model)
     except OSError:
         processor = HfDetrImageProcessor()
-    if args.task == "panoptic":
-        stats, record, summary = _evaluate_panoptic(args, accelerator, processor)
-    else:
-        stats, record, summary = _evaluate_detection(args, accelerator, processor)
+    stats, record, summary = _evaluate(task, args, accelerator, processor)
     if accelerator.is_main_process:
         print(
             f"{args.model} on {args.dataset or 'the built-in dataset'} ({args.split}, {record['num_images']} images):"
@@ -124,6 +124,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _evaluate(task, args, accelerator, processor):
+    """The task's model, split, evaluator, loader and loop (hf_detr/evaluation/tasks.py); the stats,
+    the record of the settings and the table to print."""
+    model = task.load_model(args.model).to(accelerator.device)  # no DDP needed
+    with accelerator.local_main_process_first():  # one process per machine converts a folder into the cache
+        split = task.load_dataset(
+            args.dataset, args.split, bbox_format=args.bbox_format, streaming=args.streaming,
+            stuff_categories=args.stuff_categories,
+        )[args.split]  # fmt: skip
+    evaluator = task.evaluator_factory(model.config, split, backend=args.backend)()
+    collator = task.collator(processor, train=False, num_threads=1 if args.num_workers else None)
+    if args.streaming:  # every image once: each process reads its part of the stream
+        from ..data.streaming import streaming_eval_loader
+
+        loader = streaming_eval_loader(split, args.batch_size, args.num_workers, accelerator, collator)
+    else:
+        loader = _loader(task.dataset(split), args, accelerator, collator)
+    settings = {"top_k": args.top_k, "threshold": args.threshold, "mask_ap": True}
+    stats = task.evaluate(model, loader, evaluator, accelerator, processor, **settings)
+    record = {"num_images": evaluator.num_images, **{name: getattr(args, name) for name in task.settings}}
+    if not accelerator.is_main_process:
+        return stats, record, ""
+    if task.per_class_report:
+        record.update(_per_class_report(evaluator, args))
+    return stats, record, task.summary(evaluator, stats)
+
+
 def _loader(dataset, args, accelerator, collator):
     from torch.utils.data import DataLoader
 
@@ -133,35 +160,10 @@ def _loader(dataset, args, accelerator, collator):
     return accelerator.prepare(loader)  # shards the images between processes
 
 
-def _evaluate_detection(args, accelerator, processor):
-    from ..data import DetectionCollator, DetectionDataset, load_detection_dataset
-    from ..modeling_detr import HfDetrForObjectDetection
-    from .coco_evaluator import CocoEvaluator, label_to_category_mapping, split_to_coco
-    from .loop import evaluate_model
-
-    model = HfDetrForObjectDetection.from_pretrained(args.model).to(accelerator.device)  # no DDP needed
-    with accelerator.local_main_process_first():  # one process per machine converts a folder into the cache
-        split = load_detection_dataset(
-            args.dataset, split=args.split, bbox_format=args.bbox_format, streaming=args.streaming
-        )[args.split]
-    ground_truth = split_to_coco(split)
-    mapping = label_to_category_mapping(
-        model.config.id2label, ground_truth["categories"], getattr(model.config, "coco_category_ids", None),
-        annotated_category_ids={a["category_id"] for a in ground_truth["annotations"]},
-    )  # fmt: skip
-    evaluator = CocoEvaluator(ground_truth, mapping, backend=args.backend)
-    collator = DetectionCollator(processor, num_threads=1 if args.num_workers else None)
-    if args.streaming:  # every image once: each process reads its part of the stream
-        from ..data.streaming import streaming_eval_loader
-
-        loader = streaming_eval_loader(split, args.batch_size, args.num_workers, accelerator, collator)
-    else:
-        loader = _loader(DetectionDataset(split), args, accelerator, collator)
-    stats = evaluate_model(model, loader, evaluator, accelerator, processor, args.top_k)
-    record = {"num_images": evaluator.num_images, "top_k": args.top_k, "backend": args.backend}
-    if not accelerator.is_main_process:
-        return stats, record, ""
-    record["per_class"] = evaluator.per_class
+def _per_class_report(evaluator, args) -> dict:
+    """The per-class table, and the confusion matrix and PR curves in `--plots-dir` (else beside
+    `--output`; none without either)."""
+    record = {"per_class": evaluator.per_class}
     plots_dir = args.plots_dir or (args.output.parent if args.output is not None else None)
     if plots_dir is not None:
         from .report import write_metric_plots
@@ -173,48 +175,7 @@ def _evaluate_detection(args, accelerator, processor):
         matrix = plots["confusion_matrix"]
         record["confusion_matrix"] = {key: matrix[key] for key in ("score_threshold", "iou_threshold")}
         record["plots"] = plots["files"]
-    return stats, record, evaluator.summary(per_class=True)
-
-
-def _evaluate_panoptic(args, accelerator, processor):
-    from ..data import DetectionCollator, PanopticDataset, category_ids, load_panoptic_dataset
-    from ..data.schema import panoptic_categories, stuff_label_ids
-    from ..modeling_detr_segmentation import HfDetrForSegmentation
-    from .coco_evaluator import format_stats, label_to_category_mapping
-    from .loop import InstanceMasks, evaluate_panoptic_model
-    from .panoptic import PanopticEvaluator
-
-    model = HfDetrForSegmentation.from_pretrained(args.model).to(accelerator.device)
-    with accelerator.local_main_process_first():  # one process per machine converts a folder into the cache
-        split = load_panoptic_dataset(args.dataset, split=args.split, stuff_categories=args.stuff_categories)[
-            args.split
-        ]
-    coco_ids = category_ids(split)
-    categories = panoptic_categories(split, coco_ids)
-    mapping = label_to_category_mapping(
-        model.config.id2label, categories, getattr(model.config, "coco_category_ids", None)
-    )
-    evaluator = PanopticEvaluator(categories, label_to_category_id=mapping)
-    collator = DetectionCollator(
-        processor, keep_annotations=True, format="coco_panoptic", return_segmentation_masks=False,
-        num_threads=1 if args.num_workers else None,
-    )  # fmt: skip
-    loader = _loader(PanopticDataset(split), args, accelerator, collator)
-    stuff = {coco_ids[i] for i in stuff_label_ids(split)}  # the dataset's stuff, as the model's labels
-    fuse = [label for label, category in mapping.items() if category in stuff]
-    mask_ap = InstanceMasks(categories, mapping) if any(c["isthing"] for c in categories) else None
-    stats = evaluate_panoptic_model(
-        model, loader, evaluator, accelerator, processor, args.threshold, fuse, coco_ids, mask_ap=mask_ap
-    )
-    record = {"num_images": evaluator.num_images, "threshold": args.threshold}
-    summary = ""
-    if accelerator.is_main_process:
-        summary = evaluator.summary()
-        if stats.get("mask_AP") is not None:
-            summary += "\nMask AP (instance view of the things, COCO segm):\n" + format_stats(
-                stats["mask_AP"]
-            )
-    return stats, record, summary
+    return record
 
 
 if __name__ == "__main__":
