@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from test_training import arguments, events
 from torch import nn
 
+from hf_detr.evaluation import tasks as detection_loop
 from hf_detr.training import train
 from hf_detr.training import trainer as trainer_module
 from hf_detr.training.ema import EMA_FILE, ModelEma
@@ -66,14 +67,14 @@ def test_model_ema_is_the_ramped_moving_average_of_parameters_and_buffers(tmp_pa
 
 
 def test_an_ema_run_evaluates_and_saves_the_average_updated_after_each_step(tmp_path, shapes, monkeypatch):
-    real_evaluate = trainer_module.evaluate_model
+    real_evaluate = detection_loop.evaluate_model  # the detection task's evaluation loop
     evaluated = []
 
     def spy(model, *rest):
         evaluated.append({key: value.clone() for key, value in model.state_dict().items()})
         return real_evaluate(model, *rest)
 
-    monkeypatch.setattr(trainer_module, "evaluate_model", spy)
+    monkeypatch.setattr(detection_loop, "evaluate_model", spy)
     out = tmp_path / "ema"
     result = train(arguments(out, shapes, max_steps=3, save_steps=1, ema=True, ema_decay=0.9, ema_tau=1.0))
     assert result.global_step == 3 and result.stop_reason == "completed"

@@ -6,7 +6,7 @@ require_extra("hf_detr.training (hf-detr-train)")
 
 from .arguments import PRESETS, TrainingArguments, parse_args, resolve_arguments
 from .checkpoints import TrainingState, latest_checkpoint
-from .setup import build_model
+from .models import build_model
 from .trainer import TrainingResult, TrainingStopped, train
 
 __all__ = [

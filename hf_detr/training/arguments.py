@@ -22,7 +22,7 @@ from typing import Any
 
 from ..commands import add_traceback_argument
 from ..configuration_detr import HfDetrConfig
-from ..evaluation.coco_evaluator import STAT_NAMES
+from ..evaluation.tasks import TASKS as EVALUATION_TASKS
 
 
 @dataclass
@@ -482,7 +482,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "builtin-panoptic": BUILTIN_PANOPTIC_PRESET,
     "builtin-finetune": BUILTIN_FINETUNE_PRESET,
 }
-TASKS = ("detection", "panoptic")
+TASKS = tuple(EVALUATION_TASKS)  # detection, panoptic (hf_detr/evaluation/tasks.py)
 
 
 def _field_type(annotation: Any) -> tuple[type, bool, bool]:
@@ -661,12 +661,13 @@ def parse_args(argv: list[str] | None = None) -> TrainingArguments:
 
 
 # The metrics an evaluation during training reports, by task (the first is the default best-model metric).
-COCO_METRICS = STAT_NAMES
-PANOPTIC_METRICS = tuple(name + part for part in ("", "_th", "_st") for name in ("PQ", "SQ", "RQ"))
+COCO_METRICS = EVALUATION_TASKS["detection"].metric_names
+PANOPTIC_METRICS = EVALUATION_TASKS["panoptic"].metric_names
 
 
 def best_metric_names(task: str) -> tuple[str, ...]:
-    return PANOPTIC_METRICS if task == "panoptic" else COCO_METRICS
+    """The metrics an evaluation of `task` reports (none for an unknown task: `validate` names it)."""
+    return EVALUATION_TASKS[task].metric_names if task in EVALUATION_TASKS else ()
 
 
 def best_metric(arguments: TrainingArguments) -> str:

@@ -15,14 +15,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..configuration_detr import HfDetrConfig
-from ..data.schema import panoptic_categories
-from ..evaluation import PanopticEvaluator
 from ..modeling_detr import HfDetrForObjectDetection
 from ..modeling_detr_segmentation import HfDetrForSegmentation
 from .arguments import TrainingArguments, fine_tuning_overrides
@@ -143,14 +140,8 @@ def widen_class_head(detector: HfDetrForObjectDetection, names: list[str]) -> bo
     return True
 
 
-def panoptic_evaluator_factory(split: Any, coco_ids: list[int]):
-    categories = panoptic_categories(split, coco_ids)
-    return lambda: PanopticEvaluator(categories, label_to_category_id=list(coco_ids))
-
-
 __all__ = [
     "build_segmentation_model",
-    "panoptic_evaluator_factory",
     "set_labels",
     "widen_class_head",
 ]

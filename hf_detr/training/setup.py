@@ -19,33 +19,20 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..configuration_detr import HfDetrConfig
-from ..data import (
-    DetectionCollator,
-    DetectionDataset,
-    PanopticDataset,
-    category_ids,
-    class_names,
-    detr_train_transforms,
-    detr_val_size,
-    load_detection_dataset,
-    load_panoptic_dataset,
-    stuff_label_ids,
-)
-from ..evaluation import CocoEvaluator, label_to_category_mapping, split_to_coco
+from ..data import DetectionDataset, detr_train_transforms, detr_val_size
 from ..image_processing_detr import HfDetrImageProcessor, normalize_size
 from ..modeling_detr import HfDetrForObjectDetection
 from ..processes import warn_fewer_processes
-from .arguments import BUILTIN_PRESET, TrainingArguments, fine_tuning_overrides, format_config_overrides
+from .arguments import BUILTIN_PRESET, TrainingArguments
 from .batch_norm import BatchNormStatistics
 from .checkpoint_files import check_checkpoint_files
 from .checkpoints import TrainingState, read_training_state, recover_checkpoints, resolve_resume
 from .ema import EMA_FILE, ModelEma
 from .logs import JsonlLog, LogWindow
 from .loss import training_loss
-from .panoptic import build_segmentation_model, panoptic_evaluator_factory
-from .query_groups import set_query_groups
+from .models import build_model
 from .streaming import StreamingLoader, streaming_loaders
+from .tasks import DetectionTraining, PanopticTraining, task_for
 
 logger = logging.getLogger("hf_detr.training")
 TRAIN_SPLIT_NAMES = ("train", "train2017")
@@ -55,80 +42,6 @@ EVAL_SPLIT_NAMES = ("val", "validation", "valid", "val2017", "test")
 # ---------------------------------------------------------------------------------------------------
 # Model, optimizer, schedule
 # ---------------------------------------------------------------------------------------------------
-def build_model(args: TrainingArguments, names: list[str], coco_ids: list[int]) -> HfDetrForObjectDetection:
-    """A model for the dataset's classes: from scratch (`config_overrides` on HfDetrConfig's defaults), or
-    fine-tuned from `init_from`: its architecture and weights, with the run's training settings
-    (`fine_tuning_overrides`, the query groups) and the class head re-initialised when the class names
-    differ."""
-    id2label = dict(enumerate(names))
-    labels = {"id2label": id2label, "label2id": {name: index for index, name in id2label.items()}}
-    if args.init_from:
-        return fine_tuning_model(args, labels, coco_ids)
-    config = HfDetrConfig(**args.model_config_kwargs(), **labels, coco_category_ids=list(coco_ids))
-    try:
-        return HfDetrForObjectDetection(config)
-    except Exception as error:  # network errors come in many types (OSError, httpx, hub errors)
-        if not config.use_pretrained_backbone:
-            raise
-        raise RuntimeError(
-            f"Could not get the pretrained {config.backbone} backbone weights from the Hugging Face Hub ({error}). "
-            "Make the Hub reachable (and HF_HUB_OFFLINE unset), or train from scratch without "
-            "--config-overrides use_pretrained_backbone=true."
-        ) from error
-
-
-def fine_tuning_model(
-    args: TrainingArguments, labels: dict[str, dict], coco_ids: list[int]
-) -> HfDetrForObjectDetection:
-    """`init_from`'s model with the run's training settings; for other classes, a class head whose rows
-    of the classes both share (by name) keep the checkpoint's weights."""
-    names = list(labels["id2label"].values())
-    settings, for_new_models = fine_tuning_overrides(args)
-    model = HfDetrForObjectDetection.from_pretrained(args.init_from, **settings)
-    warn_checkpoint_keeps(args.init_from, model.config, for_new_models)
-    old_names = list(model.config.id2label.values())
-    if old_names != names:
-        model.class_labels_classifier = class_head_for(model.class_labels_classifier, old_names, names)
-        model.config.id2label, model.config.label2id = labels["id2label"], labels["label2id"]
-        model.config.stuff_label_ids = None  # they named the checkpoint's classes
-        kept = [name for name in names if name in old_names]
-        logger.info(
-            "Fine-tuning %s: a class head for %d classes (%s) in place of %s; %s.",
-            args.init_from, len(names), ", ".join(names), ", ".join(old_names),
-            f"the rows of {', '.join(kept)} and of no-object kept" if kept else "all new",
-        )  # fmt: skip
-    model.config.coco_category_ids = list(coco_ids)
-    set_query_groups(model, args.num_query_groups)
-    model.config.validate_detr_fields()
-    return model
-
-
-def warn_checkpoint_keeps(checkpoint: str, config: HfDetrConfig, for_new_models: dict[str, Any]) -> None:
-    """One line when the run's overrides of the architecture (a preset's, a flag's) differ from the
-    checkpoint's, which a fine-tuned model keeps."""
-    differing = {key: value for key, value in for_new_models.items() if getattr(config, key, None) != value}
-    if differing:
-        theirs = {key: getattr(config, key, None) for key in differing}
-        logger.warning(
-            "Fine-tuning keeps %s's %s; the run's %s apply to new models only.",
-            checkpoint, format_config_overrides(theirs), format_config_overrides(differing),
-        )  # fmt: skip
-
-
-def class_head_for(old: torch.nn.Linear, old_names: list[str], names: list[str]) -> torch.nn.Linear:
-    """A class head over `names` + no-object, initialised as the official code does (PyTorch's
-    default); when some names are the checkpoint's, their rows and the no-object row are copied."""
-    head = torch.nn.Linear(old.in_features, len(names) + 1).to(old.weight.device, old.weight.dtype)
-    shared = [(new, old_names.index(name)) for new, name in enumerate(names) if name in old_names]
-    if shared:
-        rows = [*shared, (len(names), len(old_names))]  # the no-object row is the last of each
-        new_rows, old_rows = (torch.tensor(index) for index in zip(*rows))
-        with torch.no_grad():
-            head.weight[new_rows] = old.weight[old_rows]
-            head.bias[new_rows] = old.bias[old_rows]
-    return head
-
-
 def training_processor(args: TrainingArguments) -> tuple[float, HfDetrImageProcessor]:
     """The run's image scale and evaluation processor. A fine-tuning run takes the `init_from`
     checkpoint's processor (its size, normalization, padding), at its scale unless `image_scale` is
@@ -237,6 +150,7 @@ class TrainingRun:
     """A run's prepared objects and its progress; `model` is Accelerate's wrapper, `unwrapped` ours."""
 
     args: TrainingArguments
+    task: DetectionTraining | PanopticTraining  # what is task-specific: data, model, collators, evaluation
     accelerator: Any
     model: torch.nn.Module
     unwrapped: HfDetrForObjectDetection
@@ -303,14 +217,14 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
         args.save(output_dir / "training_args.json")
     warn_fewer_processes(accelerator.num_processes)
 
+    task = task_for(args.task)
     splits = SplitChoice(args.train_split, args.eval_split)  # checked before any split is converted
-    data = _load_data(args, splits, accelerator)
-    train_split = data[splits.train]
-    model = _synchronized_batch_norm(_build_model(args, train_split), accelerator)
+    data = _load_data(task, args, splits, accelerator)
+    model = _synchronized_batch_norm(task.build_model(args, data[splits.train]), accelerator)
     train_dataset, train_loader, eval_loader, streamed_steps = _data_loaders(
-        args, data, splits, processor, accelerator
+        task, args, data, splits, processor, accelerator
     )
-    make_evaluator = _evaluator_factory(args, model, data, splits.eval, category_ids(train_split))
+    make_evaluator = task.evaluator_factory(model.config, data[splits.eval]) if splits.eval else None
 
     optimizer = torch.optim.AdamW(
         parameter_groups(model, args), lr=args.learning_rate, weight_decay=args.weight_decay
@@ -334,6 +248,7 @@ def setup_run(args: TrainingArguments) -> TrainingRun:
         accelerator.init_trackers("hf_detr", config=tracker_config(args))
     return TrainingRun(
         args=args,
+        task=task,
         accelerator=accelerator,
         model=model,
         unwrapped=accelerator.unwrap_model(model),
@@ -371,20 +286,20 @@ def tracker_config(args: TrainingArguments) -> dict[str, Any]:
 
 
 def _data_loaders(
-    args: TrainingArguments, data: Any, splits: SplitChoice, processor: HfDetrImageProcessor, accelerator: Any
-) -> tuple[Any, Any, Any, int | None]:
+    task: DetectionTraining | PanopticTraining, args: TrainingArguments, data: Any, splits: SplitChoice,
+    processor: HfDetrImageProcessor, accelerator: Any,
+) -> tuple[Any, Any, Any, int | None]:  # fmt: skip
     """The training dataset, its loader, the evaluation loader (or None) and, for a stream, its step
     count (each process reads its part of a stream: training/streaming.py)."""
     if args.streaming:
         return streaming_loaders(args, data, splits.train, splits.eval, processor, accelerator)
-    dataset_class = PanopticDataset if args.task == "panoptic" else DetectionDataset
-    train_dataset = dataset_class(
+    train_dataset = task.dataset(
         data[splits.train],
         transforms=detr_train_transforms(args.image_scale, args.augmentation),
         seed=args.seed,
         on_error="replace",
     )
-    train_loader, eval_loader = _loaders(args, train_dataset, data, splits.eval, processor)
+    train_loader, eval_loader = _loaders(task, args, train_dataset, data, splits.eval, processor)
     return train_dataset, train_loader, eval_loader, None
 
 
@@ -399,43 +314,16 @@ def _prepare(
     return prepared[0], prepared[1], prepared[2], prepared[3] if eval_loader else None
 
 
-def _load_data(args: TrainingArguments, splits: SplitChoice, accelerator: Any) -> Any:
+def _load_data(
+    task: DetectionTraining | PanopticTraining, args: TrainingArguments, splits: SplitChoice, accelerator: Any
+) -> Any:
     """The dataset of the run's task; one process per machine converts a folder into the cache, the
     others then read its cache."""
     with accelerator.local_main_process_first():
-        if args.task == "panoptic":
-            return load_panoptic_dataset(
-                args.dataset, split=splits, stuff_categories=args.stuff_categories or None
-            )
-        return load_detection_dataset(
-            args.dataset, split=splits, bbox_format=args.bbox_format, streaming=args.streaming
-        )
-
-
-def _build_model(args: TrainingArguments, train_split: Any) -> torch.nn.Module:
-    """The detector or segmentation model for the training split's classes."""
-    coco_ids = category_ids(train_split)
-    if args.task != "panoptic":
-        return build_model(args, class_names(train_split), coco_ids)
-    model = build_segmentation_model(args, class_names(train_split), coco_ids)
-    model.config.stuff_label_ids = stuff_label_ids(train_split)  # fused into one segment per class
-    return model
-
-
-def _evaluator_factory(
-    args: TrainingArguments, model: torch.nn.Module, data: Any, eval_name: str | None, coco_ids: list[int]
-) -> Callable[[], Any] | None:
-    """A new evaluator per evaluation: PQ for panoptic runs, COCO AP otherwise; None without eval split."""
-    if eval_name is None:
-        return None
-    if args.task == "panoptic":
-        return panoptic_evaluator_factory(data[eval_name], coco_ids)
-    ground_truth = split_to_coco(data[eval_name])
-    mapping = label_to_category_mapping(
-        model.config.id2label, ground_truth["categories"], coco_ids,
-        annotated_category_ids={a["category_id"] for a in ground_truth["annotations"]},
-    )  # fmt: skip
-    return lambda: CocoEvaluator(ground_truth, mapping)
+        return task.load_dataset(
+            args.dataset, splits, bbox_format=args.bbox_format, streaming=args.streaming,
+            stuff_categories=args.stuff_categories,
+        )  # fmt: skip
 
 
 def _resume(
@@ -507,6 +395,7 @@ def _synchronized_batch_norm(model: HfDetrForObjectDetection, accelerator: Any) 
 
 
 def _loaders(
+    task: DetectionTraining | PanopticTraining,
     args: TrainingArguments,
     train_dataset: DetectionDataset,
     data: Any,
@@ -514,24 +403,21 @@ def _loaders(
     processor: HfDetrImageProcessor,
 ) -> tuple[DataLoader, DataLoader | None]:
     threads = 1 if args.num_workers else None
-    panoptic = {"format": "coco_panoptic"} if args.task == "panoptic" else {}
     train_loader = DataLoader(
         train_dataset,
         batch_size=args.batch_size,
         shuffle=True,
         num_workers=args.num_workers,
-        collate_fn=DetectionCollator(processor, do_resize=False, num_threads=threads, **panoptic),
+        collate_fn=task.collator(processor, train=True, num_threads=threads),
         generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG untouched (exact resume)
     )
     if eval_name is None:
         return train_loader, None
-    # PQ reads the annotations' PNG ids at the original size: the labels need no resized masks
-    scored_on_annotations = {"keep_annotations": True, "return_segmentation_masks": False} if panoptic else {}
     eval_loader = DataLoader(
-        (PanopticDataset if panoptic else DetectionDataset)(data[eval_name]),
+        task.dataset(data[eval_name]),
         batch_size=args.batch_size,
         num_workers=args.num_workers,
-        collate_fn=DetectionCollator(processor, num_threads=threads, **panoptic, **scored_on_annotations),
+        collate_fn=task.collator(processor, train=False, num_threads=threads),
     )
     return train_loader, eval_loader
 

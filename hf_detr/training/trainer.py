@@ -29,7 +29,6 @@ from typing import Any
 import torch
 from safetensors.torch import load_model
 
-from ..evaluation.loop import evaluate_model, evaluate_panoptic_model
 from ..evaluation.per_class import format_per_class
 from ..evaluation.report import write_evaluation_report
 from ..loss_detr import NonFiniteMatchingCostError
@@ -373,26 +372,18 @@ def write_report(run: TrainingRun) -> None:
 
 
 def run_evaluation(run: TrainingRun) -> dict[str, Any] | None:
-    """COCO stats (or PQ for panoptic) of the evaluated weights (`run.eval_model`: the EMA's with --ema)
-    on the evaluation split (main process; None elsewhere or without one), logged."""
+    """The task's stats (COCO's, or PQ for panoptic) of the evaluated weights (`run.eval_model`: the EMA's
+    with --ema) on the evaluation split (main process; None elsewhere or without one), logged."""
     if run.eval_loader is None:
         return None
-    if run.args.task == "panoptic":
-        stats = evaluate_panoptic_model(
-            run.eval_model, run.eval_loader, run.make_evaluator(), run.accelerator, run.processor,
-            run.args.panoptic_threshold, run.unwrapped.config.stuff_label_ids,
-            run.unwrapped.config.coco_category_ids,
-        )  # fmt: skip
-        stats = panoptic_summary(stats) if stats is not None else None
-        headline = ("PQ", "SQ")
-    else:
-        evaluator = run.make_evaluator()
-        stats = evaluate_model(
-            run.eval_model, run.eval_loader, evaluator, run.accelerator, run.processor, run.args.eval_top_k
-        )
-        headline = ("AP", "AP50")
+    evaluator = run.make_evaluator()
+    results = run.task.evaluate(
+        run.eval_model, run.eval_loader, evaluator, run.accelerator, run.processor,
+        top_k=run.args.eval_top_k, threshold=run.args.panoptic_threshold,
+    )  # fmt: skip
+    stats = run.task.flat_stats(results) if results is not None else None
     state = run.state
-    if run.is_main and stats is not None and run.args.task != "panoptic":
+    if run.is_main and stats is not None and run.task.per_class_report:
         run.last_evaluator = evaluator  # its report: `write_report`
     if run.is_main and stats is not None:
         minutes = (time.monotonic() - run.start_time) / 60
@@ -400,17 +391,9 @@ def run_evaluation(run: TrainingRun) -> dict[str, Any] | None:
             {"event": "eval", "step": state.global_step, "epoch": state.epoch, "minutes": minutes, **stats}
         )
         run.accelerator.log({f"eval/{k}": v for k, v in stats.items()}, step=state.global_step)
+        headline = run.task.metric_names[:2]  # AP, AP50 / PQ, SQ
         logger.info("Step %d: %s %.4f %s %.4f", state.global_step, headline[0], stats[headline[0]],
                     headline[1], stats[headline[1]])  # fmt: skip
-    return stats
-
-
-def panoptic_summary(results: dict[str, Any]) -> dict[str, float]:
-    """PanopticEvaluator results as flat stats: PQ, SQ, RQ (all) and PQ_th, SQ_th, RQ_th, PQ_st, ..."""
-    stats = {}
-    for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
-        for name in ("pq", "sq", "rq"):
-            stats[name.upper() + suffix] = float(results[group][name])
     return stats
 
 
