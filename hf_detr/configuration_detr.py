@@ -256,12 +256,6 @@ def resolve_checkpoint(
     return (name_or_path, kwargs) if resolver is None else resolver(name_or_path, kwargs)
 
 
-def mask_head_channels(d_model: int, num_heads: int) -> tuple[int, ...]:
-    """Widths of the mask head's five convolutions (official `MaskHeadSmallConv`): d + heads, d/2, d/4,
-    d/8, d/16."""
-    return (d_model + num_heads, d_model // 2, d_model // 4, d_model // 8, d_model // 16)
-
-
 def _int_keys(mapping: dict) -> dict[int, Any]:
     """A json-read id2label (string keys) comparable with a live one (integer keys)."""
     try:

@@ -316,8 +316,11 @@ def _resize_target(
         "orig_size": torch.tensor([height, width]),
         "size": torch.tensor([out_height, out_width]),
     }
-    if "masks" in target:
-        resized["masks"] = _resize_masks(target["masks"], output_size)
+    if "masks" in target:  # [n, H, W] -> [n, h, w], nearest as transformers' PIL backend (rows, then columns)
+        masks = target["masks"]
+        if tuple(masks.shape[-2:]) != tuple(output_size):
+            masks = masks[:, _nearest_indices(height, out_height)][:, :, _nearest_indices(width, out_width)]
+        resized["masks"] = masks
     return resized
 
 
@@ -326,12 +329,3 @@ def _nearest_indices(size_in: int, size_out: int) -> torch.Tensor:
     'nearest-exact' misses by one pixel now and then): read off a resized 1-pixel-high index image."""
     line = PIL.Image.fromarray(np.arange(size_in, dtype=np.int32)[None, :])  # mode "I"
     return torch.from_numpy(np.asarray(line.resize((size_out, 1), PIL.Image.NEAREST))[0].astype(np.int64))
-
-
-def _resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[n, H, W] bool -> [n, h, w] bool, nearest as transformers' PIL backend (separable: rows, then columns)."""
-    if tuple(masks.shape[-2:]) == tuple(size):
-        return masks
-    rows = _nearest_indices(masks.shape[-2], size[0])
-    columns = _nearest_indices(masks.shape[-1], size[1])
-    return masks[:, rows][:, :, columns]

@@ -34,7 +34,18 @@ except ImportError:  # pragma: no cover - older 5.x releases
 def object_detections(outputs: Any, threshold: Any, target_sizes: Any, top_k: Any) -> list[dict[str, Any]]:
     """The work of `HfDetrImageProcessor.post_process_object_detection` (see there)."""
     outputs, from_numpy = _tensor_outputs(outputs, ("logits", "pred_boxes"))
-    logits, boxes = _detection_outputs(outputs)  # [B, N, K+1], [B, N, 4]
+    logits, boxes = outputs.logits, outputs.pred_boxes  # [B, N, K+1], [B, N, 4]
+    if not isinstance(logits, torch.Tensor) or not isinstance(boxes, torch.Tensor):
+        raise TypeError(
+            "`outputs` must have tensors (or numpy arrays) `logits` [B, N, K+1] and `pred_boxes` [B, N, 4], got "
+            f"logits={type(logits).__name__}, pred_boxes={type(boxes).__name__}."
+        )
+    if logits.ndim != 3 or logits.shape[-1] < 2 or tuple(boxes.shape) != (*logits.shape[:2], 4):
+        raise ValueError(
+            f"`outputs.logits` must be [B, N, K+1] (K >= 1) and `outputs.pred_boxes` [B, N, 4] with the same B "
+            f"and N, got {list(logits.shape)} and {list(boxes.shape)}."
+        )
+    check_finite_outputs({"logits": logits, "pred_boxes": boxes})
     threshold, top_k = check_threshold("threshold", threshold), check_positive_integer("top_k", top_k)
     batch_size = logits.shape[0]
     probabilities = logits.float().softmax(-1)[..., :-1]  # [B, N, K]
@@ -98,23 +109,6 @@ def _tensor_outputs(outputs: Any, names: tuple[str, ...]) -> tuple[Any, bool]:
     if all(isinstance(value, np.ndarray) for value in values.values()):
         return SimpleNamespace(**{k: torch.from_numpy(np.asarray(v)) for k, v in values.items()}), True
     return SimpleNamespace(**values), False
-
-
-def _detection_outputs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """`outputs.logits` [B, N, K+1] and `outputs.pred_boxes` [B, N, 4], checked (finite included)."""
-    logits, boxes = outputs.logits, outputs.pred_boxes
-    if not isinstance(logits, torch.Tensor) or not isinstance(boxes, torch.Tensor):
-        raise TypeError(
-            "`outputs` must have tensors (or numpy arrays) `logits` [B, N, K+1] and `pred_boxes` [B, N, 4], got "
-            f"logits={type(logits).__name__}, pred_boxes={type(boxes).__name__}."
-        )
-    if logits.ndim != 3 or logits.shape[-1] < 2 or tuple(boxes.shape) != (*logits.shape[:2], 4):
-        raise ValueError(
-            f"`outputs.logits` must be [B, N, K+1] (K >= 1) and `outputs.pred_boxes` [B, N, 4] with the same B "
-            f"and N, got {list(logits.shape)} and {list(boxes.shape)}."
-        )
-    check_finite_outputs({"logits": logits, "pred_boxes": boxes})
-    return logits, boxes
 
 
 # ----------------------------------------------------------------------------------------------------

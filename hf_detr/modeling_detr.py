@@ -4,8 +4,7 @@ pixels -> ResNet backbone (timm, frozen BatchNorm) -> 1x1 projection -> post-nor
 (2D sine positions added to queries and keys) -> decoder over learned object queries -> class and box
 heads at every decoder layer.
 
-Part of the self-contained "model files": only relative imports of the other model files, because
-`save_pretrained` copies these files into Hub repositories for `trust_remote_code` loading.
+Part of the self-contained "model files" (see configuration_detr.py).
 
 Module names follow `transformers`' DETR (`input_projection`, `self_attn.q_proj`, `mlp.fc1`,
 `final_layer_norm`, `class_labels_classifier`, ...), so a converted checkpoint reads familiarly; the

@@ -7,8 +7,7 @@ to one mask logit map per query at stride 4. Module and weight names follow the 
 (`bbox_attention.q_linear`, `mask_head.lay1` ... `out_lay`, `adapter1..3`), which transformers'
 `DetrForSegmentation` checkpoints also use on disk.
 
-Part of the self-contained "model files": only relative imports of the other model files, because
-`save_pretrained` copies these files into Hub repositories for `trust_remote_code` loading.
+Part of the self-contained "model files" (see configuration_detr.py).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_detr import HfDetrConfig, mask_head_channels
+from .configuration_detr import HfDetrConfig
 from .modeling_detr import (
     HfDetrBackbone,
     HfDetrForObjectDetection,
@@ -101,7 +100,7 @@ class HfDetrMaskHead(nn.Module):
 
     def __init__(self, d_model: int, num_heads: int, fpn_channels: tuple[int, int, int]) -> None:
         super().__init__()
-        widths = mask_head_channels(d_model, num_heads)  # d + heads, d/2, d/4, d/8, d/16
+        widths = (d_model + num_heads, d_model // 2, d_model // 4, d_model // 8, d_model // 16)  # official
         self.d_model = d_model
         inputs = (widths[0], *widths[:-1])
         for index, (n_in, n_out) in enumerate(zip(inputs, widths), start=1):
