@@ -22,8 +22,9 @@ ONLY_DEFAULT = re.compile(r"^\(?\s*default\b", re.IGNORECASE)
 
 
 def test_every_console_script_is_checked_here():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert set(pyproject["project"]["scripts"]) == set(COMMANDS)

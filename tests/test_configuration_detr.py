@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from hf_detr import COCO_DETECTION_LABELS, HfDetrConfig, HfDetrForObjectDetection
-from hf_detr.validation_detr import transformer_parameters
 from hf_detr.hub import OFFICIAL_CHECKPOINTS, official_config
 from hf_detr.training import parse_args, resolve_arguments
 from hf_detr.training.arguments import PRESETS
+from hf_detr.validation_detr import transformer_parameters
 
 
 def test_defaults_are_detr_r50_for_coco_as_in_the_paper():
