@@ -166,10 +166,8 @@ class HungarianMatcher:
             if count and not np.isfinite(cost_np[:, image, :, :count]).all():
                 raise NonFiniteMatchingCostError(_non_finite_cost_message(image, logits, boxes))
 
-        layers, images, queries, target_indices = [], [], [], []
-        layer_starts = [0]
+        matched, layer_starts = [], [0]  # [4, M_i] (layer, image, query, target) blocks; their offsets
         for layer in range(num_layers):  # layer-major, so each layer's matches are one slice
-            layer_start = layer_starts[-1]
             for image, count in enumerate(targets.counts):
                 if count == 0:
                     continue
@@ -177,15 +175,12 @@ class HungarianMatcher:
                 if repeats is not None and repeats[layer] > 1:
                     costs = np.tile(costs, (1, repeats[layer]))  # [N, k*T_b]: target t is column t mod T_b
                 rows, cols = linear_sum_assignment(costs)
-                layers.append(np.full(len(rows), layer))
-                images.append(np.full(len(rows), image))
-                queries.append(rows)
-                target_indices.append(cols % count)
-                layer_start += len(rows)
-            layer_starts.append(layer_start)
-        flat = torch.as_tensor(
-            np.stack([np.concatenate(x) for x in (layers, images, queries, target_indices)]).astype(np.int64)
-        ).to(device, non_blocking=True)  # host-to-device, queued without waiting
+                matched.append(
+                    np.stack([np.full(len(rows), layer), np.full(len(rows), image), rows, cols % count])
+                )
+            layer_starts.append(sum(block.shape[1] for block in matched))
+        flat = torch.as_tensor(np.concatenate(matched, axis=1).astype(np.int64))
+        flat = flat.to(device, non_blocking=True)  # host-to-device, queued without waiting
         return Matches(flat[0], flat[1], flat[2], flat[3], num_layers, tuple(layer_starts))
 
 
