@@ -56,7 +56,7 @@ class HfDetrConfig(PreTrainedConfig):
         trainable_backbone_layers: how many stages, counted from the top, train (0-5, as torchvision's
             detection models): 3 trains layer2-4 as the paper; 5 trains everything.
         freeze_backbone_batch_norm: use `torchvision.ops.FrozenBatchNorm2d` in the trainable stages as
-            the paper. `False` keeps ordinary BatchNorm there, which a backbone trained from scratch
+            the paper (section A.3). `False` keeps ordinary BatchNorm there, which a backbone trained from scratch
             needs (frozen BN with initial statistics normalises nothing). Stages that do not train
             always get frozen BatchNorm.
         num_channels: input channels (3 for RGB, 1 for grayscale input).

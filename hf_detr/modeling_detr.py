@@ -192,10 +192,8 @@ def fold_frozen_batch_norm(module: nn.Module) -> int:
 class HfDetrBackbone(nn.Module):
     """A timm ResNet giving the last stage's feature map (stride 32, or 16 with `dilation`), the pixel
     mask resized to it, and with `config.use_masks` the maps of layer1, layer2 and layer3 (strides 4, 8,
-    16) for the segmentation model's mask head (paper section 4.4).
-
-    Stages outside `trainable_backbone_layers` are frozen with frozen BatchNorm; the trainable
-    stages use frozen BatchNorm too unless `freeze_backbone_batch_norm=False` (paper section A.3).
+    16) for the segmentation model's mask head (paper section 4.4). Which stages train, and with which
+    BatchNorm, is the config's `trainable_backbone_layers` and `freeze_backbone_batch_norm`.
     """
 
     def __init__(self, config: HfDetrConfig) -> None:
