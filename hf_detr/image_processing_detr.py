@@ -309,6 +309,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
         return_tensors: str | None = "pt",
         device: str | torch.device | None = None,
         input_data_format: str | None = None,
+        input_channel_order: str = "rgb",
         return_segmentation_masks: bool | None = None,
         masks_path: str | os.PathLike | None = None,
         **overrides,
@@ -320,8 +321,9 @@ class HfDetrImageProcessor(BaseImageProcessor):
         and, with annotations, `labels`: one dict per image with `class_labels`, `boxes`, `area`,
         `iscrowd`, `orig_size`, `size`, `image_id`, and with masks (panoptic by default, detection with
         `return_segmentation_masks=True`) `masks` [n, H, W] bool, resized and padded with the image.
-        `masks_path` is the folder of the panoptic PNGs. Any constructor argument can be overridden for
-        this call. Without padding, images of different sizes come back as a list (which the models take
+        `masks_path` is the folder of the panoptic PNGs. `input_channel_order="bgr"` reads numpy arrays
+        and tensors as BGR(A), as OpenCV gives them (PIL images and files have their own modes). Any
+        constructor argument can be overridden for this call. Without padding, images of different sizes come back as a list (which the models take
         too, batching images by size). Called as `processor(...)` by transformers' object-detection or
         image-segmentation pipeline, it returns each image unpadded in a list (`_pipeline_features`), so
         that the pipeline batches images of any size and each gets what it gets alone.
@@ -330,7 +332,8 @@ class HfDetrImageProcessor(BaseImageProcessor):
         if return_tensors not in ("pt", "np", None):
             raise ValueError(f"`return_tensors` must be 'pt' or 'np', got {return_tensors!r}.")
         sources = [
-            load_source(image, index, input_data_format) for index, image in enumerate(_as_list(images))
+            load_source(image, index, input_data_format, input_channel_order)
+            for index, image in enumerate(_as_list(images))
         ]
         if not sources:
             raise ValueError("`images` is empty: pass at least one image.")

@@ -106,8 +106,16 @@ def make_pixels(
     return pixel_values, pixel_mask
 
 
-def load_source(image: Any, index: int, input_data_format: str | None) -> SourceImage:
-    """Open or wrap one input without decoding pixels where that can wait (file paths)."""
+CHANNEL_ORDERS = ("rgb", "bgr")
+
+
+def load_source(
+    image: Any, index: int, input_data_format: str | None, input_channel_order: str = "rgb"
+) -> SourceImage:
+    """Open or wrap one input without decoding pixels where that can wait (file paths); arrays and
+    tensors in `input_channel_order` ("bgr": OpenCV's) are brought to RGB."""
+    if input_channel_order not in CHANNEL_ORDERS:
+        raise ValueError(f"`input_channel_order` must be 'rgb' or 'bgr' (OpenCV's), got {input_channel_order!r}.")
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         if os.path.isfile(path):
@@ -135,10 +143,10 @@ def load_source(image: Any, index: int, input_data_format: str | None) -> Source
             f"images[{index}] is a {type(image).__name__}; expected a PIL image, numpy array, torch tensor, "
             "file path or URL."
         )
-    return _wrap_tensor(image, index, input_data_format)
+    return _wrap_tensor(image, index, input_data_format, input_channel_order == "bgr")
 
 
-def _wrap_tensor(image: torch.Tensor, index: int, input_data_format: str | None) -> SourceImage:
+def _wrap_tensor(image: torch.Tensor, index: int, input_data_format: str | None, bgr: bool = False) -> SourceImage:
     grayscale = image.ndim == 2  # [H, W]: no channel dimension, whatever input_data_format says
     if grayscale:
         image = image[None]
@@ -151,6 +159,8 @@ def _wrap_tensor(image: torch.Tensor, index: int, input_data_format: str | None)
         image = image.permute(2, 0, 1)
     channels, height, width = image.shape
     _check_size(index, height, width)
+    if bgr and channels in (3, 4):  # BGR(A) -> RGB(A)
+        image = torch.cat([image[:3].flip(0), image[3:]])
     if image.dtype == torch.uint16:  # 16-bit content (0..65535) to 8-bit range, so 1/255 still holds
         image = (image.to(torch.float32) / 257.0).round_().clamp_(0, 255).to(torch.uint8)
     if image.dtype == torch.uint8 and not image.is_cuda and channels in (1, 3, 4):

@@ -465,3 +465,22 @@ def test_the_processor_works_inside_inference_mode_with_worker_threads():
         inside = processor(images)
     assert torch.equal(inside["pixel_values"], expected["pixel_values"])
     assert torch.equal(inside["pixel_mask"], expected["pixel_mask"])
+
+
+def test_numpy_frames_are_pictures_and_opencv_bgr_frames_say_so():
+    """An [H, W, 3] uint8 RGB frame gives what its PIL image gives; a BGR one (OpenCV's), read with
+    input_channel_order="bgr", the same; BGRA keeps its alpha."""
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (45, 61, 3), dtype=np.uint8)
+    processor = HfDetrImageProcessor(size={"shortest_edge": 40, "longest_edge": 80})
+    expected = processor(PIL.Image.fromarray(frame))["pixel_values"]
+    assert torch.equal(processor(frame)["pixel_values"], expected)
+    bgr = np.ascontiguousarray(frame[..., ::-1])
+    assert torch.equal(processor(bgr, input_channel_order="bgr")["pixel_values"], expected)
+    assert not torch.equal(processor(bgr)["pixel_values"], expected)
+    alpha = np.full((45, 61, 1), 128, dtype=np.uint8)
+    rgba = processor(PIL.Image.fromarray(np.concatenate([frame, alpha], -1)))["pixel_values"]
+    bgra = np.concatenate([bgr, alpha], -1)
+    assert torch.equal(processor(bgra, input_channel_order="bgr")["pixel_values"], rgba)
+    with pytest.raises(ValueError, match="`input_channel_order` must be 'rgb' or 'bgr'"):
+        processor(frame, input_channel_order="BGR!")
