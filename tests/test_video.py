@@ -118,6 +118,16 @@ class _LoopingStream(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _DroppingStream(_LoopingStream):
+    """Serves the clip twice, then hangs up: a stream that drops."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "video/mp2t")
+        self.end_headers()
+        self.wfile.write(self.clip * 2)
+
+
 @pytest.fixture()
 def live_stream(tmp_path):
     clip = tmp_path / "loop.ts"
@@ -240,3 +250,21 @@ def test_frame_detections_go_straight_into_supervision(checkpoint, clip):
     assert list(detections.data["class_name"]) == [model.config.id2label[int(i)] for i in result.detections["labels"]]
     annotated = sv.BoxAnnotator().annotate(result.frame.image.copy(), detections)
     assert annotated.shape == result.frame.image.shape and not np.array_equal(annotated, result.frame.image)
+
+
+def test_a_stream_that_drops_is_one_error_line_and_keeps_the_frames_before(tmp_path, checkpoint, capsys):
+    clip = tmp_path / "loop.ts"
+    write_video(clip, shapes_clip_frames(8), rate=10)
+    handler = type("Handler", (_DroppingStream,), {"clip": clip.read_bytes()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/live.ts"
+    try:
+        assert main(["--model", str(checkpoint), url, "--threshold", "0", "--output-dir", str(tmp_path / "out")]) == 1
+    finally:
+        server.shutdown()
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == [errors[0]] and errors[0].startswith(f"error: {url}: the video broke off")
+    kept = list(read_frames(str(tmp_path / "out" / "live.mkv")))
+    lines = _records(tmp_path / "out" / "detections.jsonl")
+    assert len(kept) >= 8 and {record["frame"] for record in lines} == {frame.index for frame in kept}
