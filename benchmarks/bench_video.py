@@ -1,7 +1,7 @@
 """Video throughput: frames/s of hf_detr's video path against transformers' DETR through its
 `pipeline("object-detection")`, on the same decoded frames and the same weights.
 
-There is no video offline: the clip is generated. The main job's model (test_resnet, d 128, 2+2 layers,
+There is no video offline: the clip is generated. The main job's model (test_resnet DC5, d 128, 2+2 layers,
 10 queries, 128 px frames: the built-in shapes panned, `shapes_clip_frames`) and DETR-R50 (the paper's,
 frames of a pan over the COCO photo in tests/data, 640x480, resized by both processors to 800 px). Both
 sides get the frames decoded (PyAV) as arrays; ours runs `hf_detr.video.detect_frames` (preprocess,
@@ -54,7 +54,8 @@ def photo_pan_frames(count: int, size: tuple[int, int] = (640, 480)) -> list[np.
 def main_job_models() -> tuple[torch.nn.Module, torch.nn.Module]:
     """A random transformers DETR of the main job's shape and the same weights in hf_detr."""
     torch.manual_seed(0)
-    reference = DetrForObjectDetection(DetrConfig(backbone="test_resnet", **TRANSFORMERS["builtin"])).eval()
+    config = DetrConfig(backbone="test_resnet", dilation=True, **TRANSFORMERS["builtin"])  # the preset's DC5
+    reference = DetrForObjectDetection(config).eval()
     with tempfile.TemporaryDirectory() as tmp:
         reference.save_pretrained(f"{tmp}/t")
         ours = convert_checkpoint("transformers", f"{tmp}/t", f"{tmp}/o")

@@ -200,7 +200,8 @@ class HfDetrImageProcessor(BaseImageProcessor):
         do_normalize / image_mean / image_std: ImageNet statistics.
         do_pad / pad_size: pad bottom-right to the batch maximum, or to a fixed `{"height", "width"}`.
         do_convert_annotations: return boxes as (cx, cy, w, h) normalized by the unpadded resized size.
-        num_threads: worker threads for decoding and resizing (default: the CPU count, at most 8).
+        num_threads: worker threads for decoding and resizing (default: one per 300,000 output pixels,
+            at most the CPU count and 8).
         format: the annotation format, "coco_detection" or "coco_panoptic".
 
     Call it with `images` (PIL images, numpy arrays HWC/CHW, torch tensors, file paths, URLs, or lists

@@ -88,7 +88,7 @@ def make_pixels(
                 _fill_padding(pixel_mask[index], height, width, False)
                 pixel_mask[index, :height, :width] = True
 
-    workers = min(len(sources), settings["num_threads"] or min(os.cpu_count() or 1, 8))
+    workers = min(len(sources), settings["num_threads"] or _default_workers(output_sizes))
     if workers <= 1:
         for index in range(len(sources)):
             work(index)
@@ -107,6 +107,17 @@ def make_pixels(
 
 
 CHANNEL_ORDERS = ("rgb", "bgr")
+
+
+# Output pixels a worker thread must have to pay for itself: below it, starting threads costs more than
+# they save (4 frames of 128 px: 7.2 ms with 2 threads, 1.2 ms in one; measured on 2 cores).
+PIXELS_PER_WORKER = 300_000
+
+
+def _default_workers(output_sizes: list[tuple[int, int]]) -> int:
+    """One thread per PIXELS_PER_WORKER output pixels, at most the CPU count (and 8)."""
+    pixels = sum(height * width for height, width in output_sizes)
+    return max(1, min(os.cpu_count() or 1, 8, pixels // PIXELS_PER_WORKER))
 
 
 def load_source(
