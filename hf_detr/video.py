@@ -112,7 +112,7 @@ def read_frames(
 
     opened = container or open_video(source)
     stream = opened.streams.video[0]
-    stream.thread_type = "AUTO"
+    stream.thread_type = "SLICE"  # threads within a frame: FRAME threading competed with the model here
     rate = frame_rate(opened)
     count, kept, skipped = 0, 0, 0
     try:
