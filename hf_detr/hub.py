@@ -11,6 +11,7 @@ code files and the card in one commit.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -397,6 +398,60 @@ def push_to_hub(
     return commit.commit_url
 
 
+# The package a demo Space installs (its requirements.txt); a git URL or a wheel's works too
+DEMO_REQUIREMENT = "hf-detr[demo,video]"
+SPACE_APP = """\
+\"\"\"hf_detr's demo (hf-detr-demo) of {model}: detect a picture or a video, click for attention maps.\"\"\"
+
+from hf_detr.demo import build_demo
+
+build_demo({model!r}).launch()
+"""
+SPACE_CARD = """\
+---
+title: {title}
+sdk: gradio
+app_file: app.py
+models:
+- {model}
+tags:
+- hf_detr
+- object-detection
+---
+
+DETR ({model}): upload a picture and click a detection for its decoder attention, or any other pixel
+for the encoder's; upload a video to get it back annotated. Made with `hf_detr.hub.push_demo_space`.
+"""
+
+
+def push_demo_space(
+    model_repo_id: str,
+    space_id: str,
+    *,
+    requirement: str = DEMO_REQUIREMENT,
+    private: bool | None = None,
+    token: str | None = None,
+) -> str:
+    """Create (or update) a Gradio Space running `hf-detr-demo` on the Hub model `model_repo_id`: its
+    `app.py`, `requirements.txt` (`requirement`, hf_detr with its [demo] and [video] extras) and card.
+    Returns the commit URL."""
+    api = HfApi(token=token)
+    api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        files = {
+            "app.py": SPACE_APP.format(model=model_repo_id),
+            "requirements.txt": requirement + "\n",
+            # JSON strings are YAML strings: a title with ": " stays one value
+            "README.md": SPACE_CARD.format(title=json.dumps(f"DETR demo: {model_repo_id}"[:60]), model=model_repo_id),
+        }
+        for name, text in files.items():
+            (Path(folder) / name).write_text(text)
+        commit = api.upload_folder(
+            repo_id=space_id, repo_type="space", folder_path=folder, commit_message="hf_detr demo"
+        )
+    return commit.commit_url
+
+
 def write_official_model_cards(directory: str | Path) -> list[Path]:
     """Write the cards of the official checkpoints (four COCO detectors, three panoptic models) as
     `{name}.md` (the files in model_cards/)."""
@@ -434,6 +489,7 @@ __all__ = [
     "official_checkpoint_for",
     "official_config",
     "official_model_card",
+    "push_demo_space",
     "push_to_hub",
     "write_official_model_cards",
 ]

@@ -5,7 +5,7 @@ creation, card metadata validation (YAML parsing only), pre-upload (every file a
 no LFS/Xet), NDJSON commits with base64 content, model info, file listing and `resolve` downloads with
 the commit and ETag headers.
 Not covered: authentication (any token passes), LFS/Xet storage, pull requests, branches other than
-main, datasets and spaces, rate limits, gated repos.
+main, datasets, running spaces (a space's files are stored as a model's), rate limits, gated repos.
 """
 
 from __future__ import annotations
@@ -100,12 +100,12 @@ class HubHandler(BaseHTTPRequestHandler):
             return self._json(200, {"url": f"{self.server_url}/{repo_id}", "name": repo_id, "id": repo_id})
         if path == "/api/validate-yaml":
             return self._validate_yaml(body)
-        match = re.fullmatch(r"/api/models/(.+?)/preupload/([^/]+)", path)
+        match = re.fullmatch(r"/api/(?:models|spaces)/(.+?)/preupload/([^/]+)", path)
         if match:
             files = json.loads(body)["files"]
             answer = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
             return self._json(200, {"files": answer})
-        match = re.fullmatch(r"/api/models/(.+?)/commit/([^/]+)", path)
+        match = re.fullmatch(r"/api/(?:models|spaces)/(.+?)/commit/([^/]+)", path)
         if match:
             return self._commit(match.group(1), body)
         return self._not_found("EndpointNotFound")

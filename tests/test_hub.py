@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 from conftest import REPO_ROOT
@@ -244,3 +245,26 @@ def test_push_and_pull_through_a_local_hub_then_offline_from_the_cache(tmp_path,
     }
     offline = _run(_OFFLINE, [image], offline_env, cwd=tmp_path)
     assert offline["class"] == "HfDetrForObjectDetection" and offline["detections"] == online["local"]
+
+
+def test_a_demo_space_runs_the_demo_of_a_hub_model(monkeypatch):
+    """push_demo_space writes a Gradio Space (app, requirements, card) whose app builds hf-detr-demo's
+    page on the model it names."""
+    from hub_server import LocalHub
+
+    import hf_detr.demo
+    from hf_detr.hub import push_demo_space
+
+    with LocalHub() as hub:
+        monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", hub.url)
+        monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # the tests' default is offline
+        push_demo_space("org/tiny-detr", "org/tiny-detr-demo", requirement="hf-detr[demo,video] @ git+https://example/x")
+        files = hub.state.repos["org/tiny-detr-demo"][-1]["files"]
+    assert set(files) == {"app.py", "requirements.txt", "README.md"}
+    assert files["requirements.txt"].decode() == "hf-detr[demo,video] @ git+https://example/x\n"
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.sdk == "gradio" and card.data.app_file == "app.py" and card.data.models == ["org/tiny-detr"]
+    built = []
+    monkeypatch.setattr(hf_detr.demo, "build_demo", lambda model: built.append(model) or SimpleNamespace(launch=lambda: None))
+    exec(compile(files["app.py"].decode(), "app.py", "exec"), {})
+    assert built == ["org/tiny-detr"]
