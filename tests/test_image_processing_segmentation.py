@@ -378,6 +378,7 @@ def test_semantic_post_processing_equals_transformers(target_sizes):
     outputs = _random_outputs(5)
     ours = HfDetrImageProcessor().post_process_semantic_segmentation(outputs, target_sizes=target_sizes)
     reference = DetrImageProcessor().post_process_semantic_segmentation(outputs, target_sizes=target_sizes)
+    assert len(ours) == len(reference) == outputs.logits.shape[0] > 1  # every image (zip would stop early)
     assert all(torch.equal(a, b) for a, b in zip(ours, reference))
     with_scores = HfDetrImageProcessor().post_process_semantic_segmentation(
         outputs, target_sizes=target_sizes, return_segmentation_scores=True
@@ -385,6 +386,7 @@ def test_semantic_post_processing_equals_transformers(target_sizes):
     reference = DetrImageProcessor().post_process_semantic_segmentation(
         outputs, target_sizes=target_sizes, return_segmentation_scores=True
     )
+    assert len(with_scores) == len(reference) == outputs.logits.shape[0]
     for mine, theirs in zip(with_scores, reference):
         assert mine.segmentation_scores.shape[0] == 6
         assert torch.allclose(mine.segmentation_scores, theirs.segmentation_scores, atol=1e-6)
