@@ -14,17 +14,11 @@ import re
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
 from tqdm.auto import tqdm
 
-from .video import (
-    FrameDetections,
-    VideoError,
-    VideoWriter,
-    detect_frames,
-    frame_rate,
-    open_video,
-    read_frames,
-)
+from .predict import detection_records
+from .video import FrameDetections, VideoError, VideoWriter, detect_video, frame_rate, is_stream, open_video
 
 INTERRUPTED = 130  # a shell's exit code after Ctrl-C
 
@@ -38,25 +32,15 @@ def video_stem(source: str) -> str:
 
 
 def frame_records(source: str, result: FrameDetections, names: dict[int, str]) -> list[dict[str, Any]]:
-    """One record per detection of a frame: the video, the frame's index and time, then as pictures'."""
-    detections = result.detections
-    track_ids = detections.get("track_ids")
-    records = []
-    for k, (score, label, box) in enumerate(
-        zip(detections["scores"].tolist(), detections["labels"].tolist(), detections["boxes"].tolist())
-    ):
-        record = {
-            "video": source,
-            "frame": result.frame.index,
-            "time": round(result.frame.time, 6),
-            "label": names.get(int(label), str(int(label))),
-            "label_id": int(label),
-            "score": float(score),
-            "box": dict(zip(("xmin", "ymin", "xmax", "ymax"), (float(v) for v in box))),
-        }
-        if track_ids is not None:
-            record["track_id"] = int(track_ids[k])
-        records.append(record)
+    """One record per detection of a frame: the video, the frame's index and time, then as pictures'
+    (`detection_records`), and `track_id` with a tracker."""
+    frame = {"video": source, "frame": result.frame.index, "time": round(result.frame.time, 6)}
+    records = [
+        {**frame, **{key: value for key, value in record.items() if key != "image"}}
+        for record in detection_records(source, result.detections, names)
+    ]
+    for record, track_id in zip(records, result.detections.get("track_ids", torch.empty(0)).tolist()):
+        record["track_id"] = int(track_id)
     return records
 
 
@@ -101,14 +85,14 @@ def predict_video(
     out: TextIO,
 ) -> tuple[int, bool]:
     """One source: detections written to `out` and drawn into the video at `path`; (frames, interrupted)."""
-    from .video import ByteTracker
     from .visualization import draw_detections
 
     container = open_video(source)
     rate = frame_rate(container) / args.every
-    tracker = ByteTracker(float(rate)) if args.track else None
-    frames = read_frames(source, args.every, args.max_frames, container=container)
-    results = detect_frames(model, processor, frames, args.threshold, args.top_k, args.batch_size, tracker)
+    results = detect_video(
+        model, processor, source, args.threshold, args.top_k, args.batch_size, args.every, args.max_frames,
+        track=args.track, container=container,
+    )  # fmt: skip
     writer, count = None, 0
     progress = tqdm(desc=f"{source}", unit="frame", total=_total(source, container, args))
     try:
@@ -131,13 +115,14 @@ def predict_video(
         out.flush()
         if writer is not None:
             writer.close()
+        results.close()  # ends detect_video (a started one closes the container itself)
         container.close()
     return count, False
 
 
 def _total(source: str, container: Any, args: argparse.Namespace) -> int | None:
     """Frames the progress bar expects: from a file's frame count, else `--max-frames` (streams)."""
-    frames = container.streams.video[0].frames if not source.isdigit() and "://" not in source else 0
+    frames = 0 if is_stream(source) else container.streams.video[0].frames
     total = -(-frames // args.every) if frames else None
     if args.max_frames is not None:
         return args.max_frames if total is None else min(total, args.max_frames)

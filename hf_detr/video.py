@@ -202,10 +202,12 @@ def detect_video(
     every: int = 1,
     max_frames: int | None = None,
     track: bool = False,
+    container: Any = None,
 ) -> Iterator[FrameDetections]:
     """The detections of every `every`-th frame of a video file, webcam or stream (`is_video_source`),
-    in constant memory; with `track`, ByteTrack ids (`track_ids`) that follow objects across frames."""
-    container = open_video(source)
+    in constant memory; with `track`, ByteTrack ids (`track_ids`) that follow objects across frames.
+    `container`: the source already opened (`open_video`), closed at the end all the same."""
+    container = container or open_video(source)
     try:
         tracker = ByteTracker(float(frame_rate(container)) / every) if track else None
         frames = read_frames(source, every, max_frames, container=container)
