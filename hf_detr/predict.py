@@ -259,10 +259,11 @@ def main(argv: list[str] | None = None) -> int:
                 writer.panoptic(batch, stems, outputs, inputs.get("pixel_mask"))
             else:
                 writer.detections(batch, stems, outputs)
+        # the pictures written: those read (a pattern matching nothing names no file)
+        pictures = len(files) - sum(1 for f in failures if not f.endswith("matching image"))
         frames, interrupted = predict_videos(videos, model, processor, args, names, out, failures) if videos else (0, False)
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
-    pictures = len(files) - sum(1 for f in failures if not f.endswith("matching image"))
     print(f"{pictures} image(s){f' and {frames} video frame(s)' if videos else ''} written to {args.output_dir}")
     if interrupted:
         print("Interrupted (Ctrl-C): what was written so far is kept.", file=sys.stderr)

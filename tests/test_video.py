@@ -195,7 +195,9 @@ def test_unreadable_videos_are_one_error_line_and_the_other_sources_still_run(
     make(bad, clip)
     code = main(["--model", str(checkpoint), str(bad), str(clip), "--threshold", "0", "--output-dir", str(tmp_path / "out")])
     assert code == 1
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    captured = capsys.readouterr()
+    assert "0 image(s) and 12 video frame(s) written" in captured.out  # the bad video is no picture
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(bad) in errors[0] and message in errors[0]
     assert {r["video"] for r in _records(tmp_path / "out" / "detections.jsonl")} == {str(clip)}
 
