@@ -114,23 +114,6 @@ class HfDetrObjectDetectionOutput(ModelOutput):
 # --------------------------------------------------------------------------------------------------
 # Backbone
 # --------------------------------------------------------------------------------------------------
-def freeze_batch_norm(module: nn.Module) -> nn.Module:
-    """Replace every `nn.BatchNorm2d` under `module` by `FrozenBatchNorm2d` with the same statistics."""
-    if isinstance(module, nn.BatchNorm2d):
-        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
-        with torch.no_grad():
-            if module.affine:
-                frozen.weight.copy_(module.weight)
-                frozen.bias.copy_(module.bias)
-            if module.track_running_stats:
-                frozen.running_mean.copy_(module.running_mean)
-                frozen.running_var.copy_(module.running_var)
-        return frozen
-    for name, child in module.named_children():
-        setattr(module, name, freeze_batch_norm(child))
-    return module
-
-
 class HfDetrFoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
     """A `FrozenBatchNorm2d` whose affine map is applied by the convolution before it
     ([`HfDetrConvFrozenBatchNorm2d`]); its own forward is the identity. Same buffers, same checkpoint keys.
@@ -199,6 +182,7 @@ class HfDetrBackbone(nn.Module):
     def __init__(self, config: HfDetrConfig) -> None:
         super().__init__()
         import timm
+        from timm.layers import freeze_batch_norm_2d
 
         name = config.backbone
         # no download while transformers builds a model skeleton on the meta device (in `from_pretrained`)
@@ -225,7 +209,8 @@ class HfDetrBackbone(nn.Module):
         self.trainable_stages = (*BACKBONE_STAGES_TOP_DOWN[:layers], *(("bn1",) if layers == 5 else ()))
         for stage_name, stage in self.body.named_children():
             if stage_name not in self.trainable_stages or config.freeze_backbone_batch_norm:
-                setattr(self.body, stage_name, freeze_batch_norm(stage))
+                # torchvision's FrozenBatchNorm2d with the same statistics in place of every BatchNorm2d
+                setattr(self.body, stage_name, freeze_batch_norm_2d(stage))
         self.freeze_stages()
         fold_frozen_batch_norm(self.body)
         # channels-last activations and weights are what oneDNN and cuDNN convolutions run fastest on

@@ -254,36 +254,21 @@ def check_transformer_size(config: Any) -> None:
 
 
 def check_backbone_name(backbone: Any) -> None:
-    """`backbone` must name a timm ResNet, optionally with a pretrained tag timm knows
-    (`resnet50.a1_in1k`), and not be a path: the backbone is always built from timm's registry."""
+    """`backbone` must name a ResNet of timm's registry, optionally with a pretrained tag timm knows
+    (`resnet50.a1_in1k`). The backbone is always built from that registry, so no value is ever read as
+    a path, a Hub id or a file (an existing file or folder named like a timm model changes nothing)."""
     import timm
     from timm.models import get_pretrained_cfg, model_entrypoint
 
-    if not isinstance(backbone, str) or not backbone:
-        raise ValueError(f"`backbone` must name a timm ResNet such as 'resnet50', got {described(backbone)}.")
-    architecture, _, tag = backbone.partition(".")
-    # separators, '..', '~', a scheme ('hf-hub:'), an absolute path; an existing file or folder counts as
-    # a path unless timm knows the name (a folder named resnet50 in the working directory must not break
-    # loading)
-    looks_like_a_path = any(part in backbone for part in ("/", "\\", "..", ":")) or backbone.startswith("~")
-    if (
-        looks_like_a_path
-        or os.path.isabs(backbone)
-        or (not timm.is_model(architecture) and os.path.exists(backbone))
-    ):
+    architecture, _, tag = backbone.partition(".") if isinstance(backbone, str) else ("", "", "")
+    is_resnet = (
+        timm.is_model(architecture) and model_entrypoint(architecture).__module__ == "timm.models.resnet"
+    )
+    if not (architecture and is_resnet):
         raise ValueError(
-            f"`backbone` must be a timm model name such as 'resnet50' or 'resnet50.a1_in1k', not a path: "
-            f"got {backbone!r}. The backbone is built from timm's registry; its weights travel in the "
-            f"checkpoint (model.safetensors)."
-        )
-    if not architecture or not timm.is_model(architecture):
-        raise ValueError(
-            f"`backbone` must name a timm ResNet such as 'resnet18', 'resnet34', 'resnet50' or "
-            f"'resnet101', got {backbone!r}."
-        )
-    if model_entrypoint(architecture).__module__ != "timm.models.resnet":
-        raise ValueError(
-            f"`backbone` must be a ResNet from timm.models.resnet (e.g. 'resnet50'), got {backbone!r}."
+            f"`backbone` must be the name of a timm ResNet such as 'resnet50' or 'resnet101', optionally with "
+            f"a pretrained tag ('resnet50.a1_in1k'), not a path, got {described(backbone)}. The backbone is "
+            "built from timm's registry; its weights travel in the checkpoint (model.safetensors)."
         )
     if tag:
         try:

@@ -201,7 +201,7 @@ def test_an_existing_file_named_as_backbone_is_a_path_but_a_folder_named_like_ti
 ):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "my_weights").write_bytes(b"")
-    with pytest.raises(ValueError, match="`backbone` must be a timm model name .* not a path"):
+    with pytest.raises(ValueError, match="`backbone` must be the name of a timm ResNet .* not a path"):
         HfDetrConfig(backbone="my_weights")
     (tmp_path / "resnet50").mkdir()  # e.g. an output directory named after the backbone
     assert HfDetrConfig(backbone="resnet50").backbone == "resnet50"
