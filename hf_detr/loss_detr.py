@@ -14,7 +14,7 @@ Part of the self-contained "model files": only relative imports of the other mod
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -101,18 +101,20 @@ def pad_targets(labels: Labels, batch_size: int, num_queries: int, device: torch
     return PaddedTargets(padded_ids, padded_boxes, counts, raw)
 
 
+@dataclass
 class HungarianMatcher:
     """Optimal one-to-one assignment of queries to targets (paper eq. 1, appendix A.1).
 
     cost = class_cost * (-p(target class)) + bbox_cost * L1(cxcywh) + giou_cost * (-GIoU).
     """
 
-    def __init__(self, class_cost: float = 1.0, bbox_cost: float = 5.0, giou_cost: float = 2.0) -> None:
-        if class_cost == bbox_cost == giou_cost == 0:
+    class_cost: float = 1.0
+    bbox_cost: float = 5.0
+    giou_cost: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.class_cost == self.bbox_cost == self.giou_cost == 0:
             raise ValueError("At least one of class_cost, bbox_cost and giou_cost must be non-zero.")
-        self.class_cost = class_cost
-        self.bbox_cost = bbox_cost
-        self.giou_cost = giou_cost
 
     @torch.no_grad()
     def cost(self, logits: torch.Tensor, boxes: torch.Tensor, targets: PaddedTargets) -> torch.Tensor:
@@ -250,6 +252,7 @@ class ScoredSets:
     num_boxes: torch.Tensor
 
 
+@dataclass
 class SetCriterion:
     """The DETR loss over all decoder layers (official `SetCriterion` with `aux_loss=True`).
 
@@ -265,41 +268,32 @@ class SetCriterion:
     get no mask losses, as in the official code. The matching does not change.
     """
 
-    def __init__(
-        self,
-        num_labels: int,
-        matcher: HungarianMatcher,
-        eos_coefficient: float = 0.1,
-        class_loss_coefficient: float = 1.0,
-        bbox_loss_coefficient: float = 5.0,
-        giou_loss_coefficient: float = 2.0,
-        mask_loss_coefficient: float = 1.0,
-        dice_loss_coefficient: float = 1.0,
-    ) -> None:
-        self.num_labels = num_labels
-        self.matcher = matcher
-        self.eos_coefficient = eos_coefficient
-        self.weights = {
-            "loss_ce": class_loss_coefficient,
-            "loss_bbox": bbox_loss_coefficient,
-            "loss_giou": giou_loss_coefficient,
-            "loss_mask": mask_loss_coefficient,
-            "loss_dice": dice_loss_coefficient,
-        }
+    num_labels: int
+    matcher: HungarianMatcher
+    eos_coefficient: float = 0.1
+    class_loss_coefficient: float = 1.0
+    bbox_loss_coefficient: float = 5.0
+    giou_loss_coefficient: float = 2.0
+    mask_loss_coefficient: float = 1.0
+    dice_loss_coefficient: float = 1.0
 
     @classmethod
     def from_config(cls, config: HfDetrConfig) -> SetCriterion:
+        """The criterion of `config`'s matcher costs and loss coefficients (its fields of the same names)."""
         matcher = HungarianMatcher(config.class_cost, config.bbox_cost, config.giou_cost)
-        return cls(
-            config.num_labels,
-            matcher,
-            config.eos_coefficient,
-            config.class_loss_coefficient,
-            config.bbox_loss_coefficient,
-            config.giou_loss_coefficient,
-            config.mask_loss_coefficient,
-            config.dice_loss_coefficient,
-        )
+        coefficients = {field.name: getattr(config, field.name) for field in fields(cls)[2:]}
+        return cls(config.num_labels, matcher, **coefficients)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """The weight of each loss term in the total."""
+        return {
+            "loss_ce": self.class_loss_coefficient,
+            "loss_bbox": self.bbox_loss_coefficient,
+            "loss_giou": self.giou_loss_coefficient,
+            "loss_mask": self.mask_loss_coefficient,
+            "loss_dice": self.dice_loss_coefficient,
+        }
 
     def __call__(
         self,
@@ -354,9 +348,8 @@ class SetCriterion:
         self, losses: dict[str, torch.Tensor], class_error: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The weighted sum of the [L] loss terms of every layer, and every value named per layer."""
-        total = sum(
-            self.weights[name] * value.sum() for name, value in losses.items() if name in self.weights
-        )
+        weights = self.weights
+        total = sum(weights[name] * value.sum() for name, value in losses.items() if name in weights)
         num_layers = len(losses["loss_ce"])
         loss_dict = {  # layer by layer: the output (last) layer's by name, auxiliary layer i's as name_{i}
             name if layer == num_layers - 1 else f"{name}_{layer}": values[layer]
