@@ -80,8 +80,7 @@ class HfDetrConfig(PreTrainedConfig):
     Segmentation arguments (paper section 4.4, [`HfDetrForSegmentation`]): `use_masks` makes the backbone
     return its stride-4, 8 and 16 feature maps for the mask head (the segmentation model sets it);
     `mask_loss_coefficient` (sigmoid focal loss) and `dice_loss_coefficient` (DICE loss) weight the mask
-    losses of the matched queries. The mask head needs `d_model` a multiple of 16 (it narrows it to d/2,
-    d/4, d/8 and d/16 channels); its GroupNorms use fewer than 8 groups on widths 8 does not divide.
+    losses of the matched queries. The mask head needs `d_model` a multiple of 16.
 
     `coco_category_ids` optionally maps each label id to the dataset's original COCO category id
     (a list indexed by label id), so evaluation can report in COCO ids.
@@ -93,10 +92,7 @@ class HfDetrConfig(PreTrainedConfig):
     record the 53 COCO panoptic stuff categories.
 
     Every field is checked when the config is built, from code or from a config.json, before any model
-    memory is allocated: integers within `validation_detr.SIZE_LIMITS` (not floats, bools or strings), true/false flags,
-    dropouts in [0, 1), matcher costs and loss weights finite and >= 0, a transformer of at most
-    `MAX_TRANSFORMER_PARAMETERS` weights, a backbone that is a timm name and not a path. A bad value is a
-    `ValueError` naming the field and showing the value.
+    memory is allocated (`validation_detr.check_config`): a bad value is a `ValueError` naming the field.
     """
 
     model_type = "hf_detr"
