@@ -34,18 +34,7 @@ except ImportError:  # pragma: no cover - older 5.x releases
 def object_detections(outputs: Any, threshold: Any, target_sizes: Any, top_k: Any) -> list[dict[str, Any]]:
     """The work of `HfDetrImageProcessor.post_process_object_detection` (see there)."""
     outputs, from_numpy = _tensor_outputs(outputs, ("logits", "pred_boxes"))
-    logits, boxes = outputs.logits, outputs.pred_boxes  # [B, N, K+1], [B, N, 4]
-    if not isinstance(logits, torch.Tensor) or not isinstance(boxes, torch.Tensor):
-        raise TypeError(
-            "`outputs` must have tensors (or numpy arrays) `logits` [B, N, K+1] and `pred_boxes` [B, N, 4], got "
-            f"logits={type(logits).__name__}, pred_boxes={type(boxes).__name__}."
-        )
-    if logits.ndim != 3 or logits.shape[-1] < 2 or tuple(boxes.shape) != (*logits.shape[:2], 4):
-        raise ValueError(
-            f"`outputs.logits` must be [B, N, K+1] (K >= 1) and `outputs.pred_boxes` [B, N, 4] with the same B "
-            f"and N, got {list(logits.shape)} and {list(boxes.shape)}."
-        )
-    check_finite_outputs({"logits": logits, "pred_boxes": boxes})
+    logits, boxes = checked_outputs(outputs, "pred_boxes")  # [B, N, K+1], [B, N, 4]
     threshold, top_k = check_threshold("threshold", threshold), check_positive_integer("top_k", top_k)
     batch_size = logits.shape[0]
     probabilities = logits.float().softmax(-1)[..., :-1]  # [B, N, K]
@@ -115,35 +104,38 @@ def _tensor_outputs(outputs: Any, names: tuple[str, ...]) -> tuple[Any, bool]:
 # Segmentation post-processing helpers
 # ----------------------------------------------------------------------------------------------------
 def segmentation_outputs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """`outputs.logits` [B, N, K+1] and `outputs.pred_masks` [B, N, h, w], checked."""
-    logits, masks = getattr(outputs, "logits", None), getattr(outputs, "pred_masks", None)
-    if not isinstance(logits, torch.Tensor) or not isinstance(masks, torch.Tensor):
+    """`outputs.logits` [B, N, K+1] and `outputs.pred_masks` [B, N, h, w], checked (`checked_outputs`)."""
+    return checked_outputs(outputs, "pred_masks")
+
+
+def checked_outputs(outputs: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`outputs.logits` [B, N, K+1] (K >= 1) and `outputs.<name>` (`pred_boxes` [B, N, 4] or `pred_masks`
+    [B, N, h, w]) with the same B and N, floating, real and finite: NaN or inf (a diverged model,
+    usually) is an error naming the output and the image instead of silently empty results."""
+    logits, other = getattr(outputs, "logits", None), getattr(outputs, name, None)
+    shape = "[B, N, 4]" if name == "pred_boxes" else "[B, N, h, w]"
+    if not isinstance(logits, torch.Tensor) or not isinstance(other, torch.Tensor):
+        kind = "tensors (or numpy arrays)" if name == "pred_boxes" else "tensors"
         raise TypeError(
-            "`outputs` must have tensors `logits` [B, N, K+1] and `pred_masks` [B, N, h, w] (the outputs "
-            f"of a DETR segmentation model), got logits={type(logits).__name__}, "
-            f"pred_masks={type(masks).__name__}."
+            f"`outputs` must have {kind} `logits` [B, N, K+1] and `{name}` {shape} (the outputs of a DETR "
+            f"model), got logits={type(logits).__name__}, {name}={type(other).__name__}."
         )
-    if logits.ndim != 3 or masks.ndim != 4 or masks.shape[:2] != logits.shape[:2] or logits.shape[-1] < 2:
+    other_ok = other.ndim == 3 and other.shape[-1] == 4 if name == "pred_boxes" else other.ndim == 4
+    if logits.ndim != 3 or logits.shape[-1] < 2 or other.shape[:2] != logits.shape[:2] or not other_ok:
         raise ValueError(
-            f"`outputs.logits` must be [B, N, K+1] and `outputs.pred_masks` [B, N, h, w] with the same B and "
-            f"N, got {list(logits.shape)} and {list(masks.shape)}."
+            f"`outputs.logits` must be [B, N, K+1] (K >= 1) and `outputs.{name}` {shape} with the same B and "
+            f"N, got {list(logits.shape)} and {list(other.shape)}."
         )
-    check_finite_outputs({"logits": logits, "pred_masks": masks})
-    return logits, masks
-
-
-def check_finite_outputs(outputs: Mapping[str, torch.Tensor]) -> None:
-    """Model outputs must be real and finite: NaN or inf (a diverged model, usually) is an error naming
-    the output and the image instead of silently empty results."""
-    for name, tensor in outputs.items():
-        if not (tensor.is_floating_point() and tensor.ndim >= 1):
-            raise TypeError(f"`outputs.{name}` must be a floating tensor, got {tensor.dtype}.")
-        finite = torch.isfinite(tensor).flatten(1).all(1).tolist() if tensor.numel() else []
+    for field, tensor in (("logits", logits), (name, other)):
+        if not tensor.is_floating_point():
+            raise TypeError(f"`outputs.{field}` must be a floating tensor, got {tensor.dtype}.")
+        finite = torch.isfinite(tensor).flatten(1).all(1).tolist()
         if not all(finite):
             raise ValueError(
-                f"`outputs.{name}` of image {finite.index(False)} contains NaN or inf: the model's outputs "
+                f"`outputs.{field}` of image {finite.index(False)} contains NaN or inf: the model's outputs "
                 "are not finite (a diverged model, or inputs the model could not take)."
             )
+    return logits, other
 
 
 def checked_target_sizes(target_sizes: Any, batch_size: int, integer: bool) -> list[tuple[float, float]]:
@@ -301,9 +293,7 @@ def _detr_image_segments(
     stuff_label_ids: set[int],
 ) -> dict[str, Any]:
     """One image's kept queries (mask logits [M, h, w] at the processed size, scores [M], labels [M])
-    -> segments: each pixel to the query of the highest mask logit, the queries of one stuff class
-    merged into the first, then queries of 4 pixels or less dropped and the map made again (without
-    merging), until none is that small."""
+    -> segments by the official rule (`HfDetrImageProcessor.post_process_panoptic_segmentation`)."""
     first_of_label: dict[int, int] = {}
     merged = [first_of_label.setdefault(label, query) if label in stuff_label_ids else query
               for query, label in enumerate(labels.tolist())]  # fmt: skip
@@ -341,12 +331,8 @@ def _query_map(
 
 def run_length_encoding(segmentation: torch.Tensor) -> list[list[int]]:
     """Per segment id (increasing), `[start, length, ...]` runs of its row-major pixels, starts from 1."""
-    flat = segmentation.flatten().cpu()
-    change = torch.ones_like(flat, dtype=torch.bool)
-    change[1:] = flat[1:] != flat[:-1]
-    starts = change.nonzero().flatten()  # [R] 0-based run starts
-    lengths = torch.diff(starts, append=torch.tensor([len(flat)]))
-    values = flat[starts]
+    values, lengths = torch.unique_consecutive(segmentation.flatten().cpu(), return_counts=True)  # [R] runs
+    starts = lengths.cumsum(0) - lengths  # [R] 0-based run starts
     order = torch.sort(values, stable=True).indices  # runs grouped by id, in pixel order within an id
     pairs = torch.stack([starts[order] + 1, lengths[order]], 1)  # [R, 2]
     counts = torch.unique_consecutive(values[order], return_counts=True)[1].tolist()
