@@ -74,8 +74,8 @@ class HfDetrConfig(PreTrainedConfig):
     `num_query_groups` (default 1: the paper) is a training option, Group DETR's one-to-many
     supervision (Chen et al., ICCV 2023): in training the decoder runs that many groups of
     `num_queries` queries with shared weights, self-attention only within a group (their loss is the
-    training loop's, hf_detr.training.query_groups). In evaluation only group 0 runs, and
-    `save_pretrained` writes a plain DETR (group 0, `num_query_groups=1`).
+    training loop's, hf_detr.training.query_groups). In evaluation only group 0 runs; hf-detr-train
+    saves its final model as a plain DETR (group 0, `num_query_groups=1`).
 
     Segmentation arguments (paper section 4.4, [`HfDetrForSegmentation`]): `use_masks` makes the backbone
     return its stride-4, 8 and 16 feature maps for the mask head (the segmentation model sets it);

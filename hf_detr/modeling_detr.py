@@ -604,29 +604,14 @@ class HfDetrPreTrainedModel(PreTrainedModel):
         return (model, loading_info) if output_loading_info else model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """transformers' `save_pretrained`, always of a plain DETR: a model trained with query groups is
-        written with group 0's queries only (`num_query_groups=1`), the model evaluation runs.
-        Code-carrying checkpoints also map `AutoModel` to the base model."""
+        """transformers' `save_pretrained`; code-carrying checkpoints also map `AutoModel` to the base
+        model."""
         if self._auto_class is not None:
             self.config.auto_map = {
                 **(getattr(self.config, "auto_map", None) or {}),
                 "AutoModel": "modeling_detr.HfDetrModel",
             }
-        num_groups = self.config.num_query_groups
-        if num_groups == 1:
-            return super().save_pretrained(save_directory, *args, **kwargs)
-        state_dict = kwargs.pop("state_dict", None) or self.state_dict()
-        state_dict = {
-            key: value[: self.config.num_queries]
-            if key.endswith("query_position_embeddings.weight")
-            else value
-            for key, value in state_dict.items()
-        }
-        self.config.num_query_groups = 1
-        try:
-            return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
-        finally:
-            self.config.num_query_groups = num_groups
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

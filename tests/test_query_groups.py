@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from detr_testing import max_abs_diff, padded_batch, tiny_hf_detr_config
@@ -11,7 +13,7 @@ from transformers import AutoModelForObjectDetection, pipeline
 from hf_detr import HfDetrForObjectDetection, HfDetrImageProcessor
 from hf_detr.loss_detr import HungarianMatcher, SetCriterion
 from hf_detr.training.loss import training_loss
-from hf_detr.training.query_groups import GroupedCriterion
+from hf_detr.training.query_groups import GroupedCriterion, set_query_groups
 
 GROUPS = 3
 NO_DROPOUT = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
@@ -108,7 +110,7 @@ def test_all_groups_are_matched_with_one_host_transfer():
 
 
 @pytest.mark.parametrize("one_to_many_repeats", [1, 3], ids=["group-detr", "hybrid-matching"])
-def test_a_model_trained_with_groups_saves_as_plain_detr_with_group_0s_outputs(
+def test_a_model_trained_with_groups_becomes_a_plain_detr_with_group_0s_outputs(
     tmp_path, coco_image_dir, one_to_many_repeats
 ):
     model = grouped_model()
@@ -124,7 +126,7 @@ def test_a_model_trained_with_groups_saves_as_plain_detr_with_group_0s_outputs(
         training_group_0 = model(pixel_values, pixel_mask).logits[:, : model.config.num_queries]
         evaluated = model.eval()(pixel_values, pixel_mask)
     assert torch.equal(training_group_0, evaluated.logits)  # frozen BatchNorm, no dropout
-    model.save_pretrained(tmp_path)
+    set_query_groups(copy.deepcopy(model), 1).save_pretrained(tmp_path)  # as hf-detr-train's final model
     HfDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(tmp_path)
     assert model.config.num_query_groups == GROUPS  # the live model keeps its groups
 

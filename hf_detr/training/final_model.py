@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from .arguments import TrainingArguments, best_metric
+from .query_groups import set_query_groups
 
 if TYPE_CHECKING:
     from .setup import TrainingRun
@@ -25,6 +27,8 @@ def save_final_model(
     if not run.is_main:
         return
     model = plain_batch_norm(run.eval_model)
+    if model.config.num_query_groups > 1:  # the model evaluation runs, a plain DETR: group 0's queries
+        model = set_query_groups(copy.deepcopy(model), 1)
     model.save_pretrained(output_dir)
     run.processor.save_pretrained(output_dir)
     panoptic = args.task == "panoptic"
