@@ -129,6 +129,9 @@ def test_a_model_trained_with_groups_becomes_a_plain_detr_with_group_0s_outputs(
     set_query_groups(copy.deepcopy(model), 1).save_pretrained(tmp_path)  # as hf-detr-train's final model
     HfDetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96}).save_pretrained(tmp_path)
     assert model.config.num_query_groups == GROUPS  # the live model keeps its groups
+    model.save_pretrained(tmp_path / "grouped")  # saved by hand: every group, resumable
+    grouped = HfDetrForObjectDetection.from_pretrained(tmp_path / "grouped")
+    assert grouped.model.query_position_embeddings.num_embeddings == GROUPS * model.config.num_queries
 
     loaded = AutoModelForObjectDetection.from_pretrained(tmp_path)
     assert loaded.config.num_query_groups == 1
