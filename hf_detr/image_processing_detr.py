@@ -1,11 +1,6 @@
 """HfDetrImageProcessor: images (and COCO annotations) in, padded batches out; predictions back to boxes
 and segmentation maps, with transformers' `DetrImageProcessor` signatures and output formats.
 
-Preprocessing follows the official DETR evaluation transform: resize so the shorter side is 800 and the
-longer at most 1333 (PIL bilinear on 8-bit images, exactly as transformers' PIL backend), rescale to
-[0, 1], normalize with the ImageNet mean and std, pad bottom-right to the batch maximum with a
-`pixel_mask` (1 = real pixel).
-
 Images are loaded and resized in `image_processing_detr_images.py`, annotations converted in
 `image_processing_detr_annotations.py`, outputs post-processed in `image_processing_detr_postprocessing.py`:
 with this file, part of the self-contained "model files" (relative imports in one direction only).
@@ -71,14 +66,6 @@ SIZE_FORMS = (
     {"shortest_edge"},
     {"height", "width"},
     {"max_height", "max_width"},
-)
-FLAG_SETTINGS = (
-    "do_convert_rgb",
-    "do_resize",
-    "do_rescale",
-    "do_normalize",
-    "do_pad",
-    "do_convert_annotations",
 )
 ANNOTATION_FORMATS = ("coco_detection", "coco_panoptic")
 
@@ -265,12 +252,8 @@ class HfDetrImageProcessor(BaseImageProcessor):
         self.do_rescale = do_rescale
         self.rescale_factor = rescale_factor
         self.do_normalize = do_normalize
-        self.image_mean = list(
-            IMAGENET_DEFAULT_MEAN if image_mean is None else np.atleast_1d(image_mean).tolist()
-        )
-        self.image_std = list(
-            IMAGENET_DEFAULT_STD if image_std is None else np.atleast_1d(image_std).tolist()
-        )
+        self.image_mean = np.atleast_1d(IMAGENET_DEFAULT_MEAN if image_mean is None else image_mean).tolist()
+        self.image_std = np.atleast_1d(IMAGENET_DEFAULT_STD if image_std is None else image_std).tolist()
         self.do_pad = do_pad
         self.pad_size = pad_size
         self.do_convert_annotations = do_convert_annotations
@@ -324,10 +307,9 @@ class HfDetrImageProcessor(BaseImageProcessor):
         `return_segmentation_masks=True`) `masks` [n, H, W] bool, resized and padded with the image.
         `masks_path` is the folder of the panoptic PNGs. `input_channel_order="bgr"` reads numpy arrays
         and tensors as BGR(A), as OpenCV gives them (PIL images and files have their own modes). Any
-        constructor argument can be overridden for this call. Without padding, images of different sizes come back as a list (which the models take
-        too, batching images by size). Called as `processor(...)` by transformers' object-detection or
-        image-segmentation pipeline, it returns each image unpadded in a list (`_pipeline_features`), so
-        that the pipeline batches images of any size and each gets what it gets alone.
+        constructor argument can be overridden for this call. Without padding, images of different sizes
+        come back as a list (which the models take too, batching images by size); transformers' pipelines
+        always get that list (`_pipeline_features`).
         """
         settings = self._settings(overrides)
         if return_tensors not in ("pt", "np", None):
@@ -386,8 +368,9 @@ class HfDetrImageProcessor(BaseImageProcessor):
         settings = {
             name: getattr(self, name) if overrides.get(name) is None else overrides[name] for name in names
         }
-        for name in FLAG_SETTINGS:
-            settings[name] = check_bool(name, settings[name], error=TypeError)
+        for name in names:
+            if name.startswith("do_"):  # the on/off switches
+                settings[name] = check_bool(name, settings[name], error=TypeError)
         settings["size"] = normalize_size(settings["size"])
         if settings["pad_size"] is not None:
             settings["pad_size"] = normalize_size(settings["pad_size"], "pad_size")
