@@ -262,8 +262,6 @@ class HfDetrImageProcessor(BaseImageProcessor):
         settings = self._settings({})  # every argument checked now, by name, rather than at the first call
         for name in ("size", "pad_size", "resample", "format"):  # kept in their normalised forms
             setattr(self, name, settings[name])
-        if self.pad_size is not None and set(self.pad_size) != {"height", "width"}:
-            raise ValueError(f"`pad_size` must be a dict with 'height' and 'width', got {pad_size!r}.")
 
     # ------------------------------------------------------------------------------------------------
     # Preprocessing
@@ -372,8 +370,11 @@ class HfDetrImageProcessor(BaseImageProcessor):
             if name.startswith("do_"):  # the on/off switches
                 settings[name] = check_bool(name, settings[name], error=TypeError)
         settings["size"] = normalize_size(settings["size"])
-        if settings["pad_size"] is not None:
-            settings["pad_size"] = normalize_size(settings["pad_size"], "pad_size")
+        pad_size = settings["pad_size"]
+        if pad_size is not None:
+            settings["pad_size"] = normalize_size(pad_size, "pad_size")
+            if set(settings["pad_size"]) != {"height", "width"}:
+                raise ValueError(f"`pad_size` must be a dict with 'height' and 'width', got {pad_size!r}.")
         resample, filters = settings["resample"], [int(member) for member in PILImageResampling]
         if not is_integer(resample) or int(resample) not in filters:
             raise ValueError(
