@@ -184,6 +184,8 @@ def test_bad_arguments_are_named():
         HfDetrImageProcessor()(image, return_tensors="tf")
     with pytest.raises(ValueError, match="pad_size"):
         HfDetrImageProcessor(pad_size={"height": 10, "width": 10})(image)
+    with pytest.raises(ValueError, match="`pad_size` must be a dict with 'height' and 'width'"):
+        HfDetrImageProcessor()(image, pad_size={"shortest_edge": 20})  # a call's override checked too
 
 
 # ---------------------------------------------------------------------------------------------------
