@@ -65,16 +65,17 @@ def make_pixels(
     padded, pixel_mask [B, H, W]: each image decoded, resized and normalized into its place."""
     channels = _output_channels(sources, settings)
     scale, shift = _affine(settings, channels)
+    batch_height, batch_width = _padded_size(output_sizes, settings)
+    pixel_mask = None
     if settings["do_pad"]:
-        batch_height, batch_width = _padded_size(output_sizes, settings)
-        # uninitialised: each worker writes its image and zeroes its own padding (in parallel)
-        pixel_values = torch.empty(len(sources), channels, batch_height, batch_width, device=device)
         # boolean (1 byte): an int64 mask of a large batch costs as much to write as the pixels
         pixel_mask = torch.empty(len(sources), batch_height, batch_width, dtype=torch.bool, device=device)
+    if settings["do_pad"] or len(set(output_sizes)) == 1:  # one [B, C, H, W] tensor
+        # uninitialised: each worker writes its image and zeroes its own padding (in parallel)
+        pixel_values = torch.empty(len(sources), channels, batch_height, batch_width, device=device)
         targets = [pixel_values[i, :, :h, :w] for i, (h, w) in enumerate(output_sizes)]
-    else:
-        pixel_mask = None
-        targets = [torch.empty(channels, h, w, device=device) for h, w in output_sizes]
+    else:  # unpadded images of different sizes: a list of [C, H, W]
+        pixel_values = targets = [torch.empty(channels, h, w, device=device) for h, w in output_sizes]
 
     inference = torch.is_inference_mode_enabled()  # thread-local: the workers enter it as the caller is
 
@@ -96,17 +97,7 @@ def make_pixels(
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(work, range(len(sources))))
     _check_finite_pixels(sources, targets)
-
-    if not settings["do_pad"]:
-        same_size = len(set(output_sizes)) == 1
-        if len(targets) == 1:
-            pixel_values = targets[0][None]  # [1, C, H, W] without a copy
-        else:
-            pixel_values = torch.stack(targets) if same_size else targets
     return pixel_values, pixel_mask
-
-
-CHANNEL_ORDERS = ("rgb", "bgr")
 
 
 # Output pixels a worker thread must have to pay for itself: below it, starting threads costs more than
@@ -125,8 +116,10 @@ def load_source(
 ) -> SourceImage:
     """Open or wrap one input without decoding pixels where that can wait (file paths); arrays and
     tensors in `input_channel_order` ("bgr": OpenCV's) are brought to RGB."""
-    if input_channel_order not in CHANNEL_ORDERS:
-        raise ValueError(f"`input_channel_order` must be 'rgb' or 'bgr' (OpenCV's), got {input_channel_order!r}.")
+    if input_channel_order not in ("rgb", "bgr"):
+        raise ValueError(
+            f"`input_channel_order` must be 'rgb' or 'bgr' (OpenCV's), got {input_channel_order!r}."
+        )
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         if os.path.isfile(path):
@@ -157,7 +150,7 @@ def load_source(
     return _wrap_tensor(image, index, input_data_format, input_channel_order == "bgr")
 
 
-def _wrap_tensor(image: torch.Tensor, index: int, input_data_format: str | None, bgr: bool = False) -> SourceImage:
+def _wrap_tensor(image: torch.Tensor, index: int, input_data_format: str | None, bgr: bool) -> SourceImage:
     grayscale = image.ndim == 2  # [H, W]: no channel dimension, whatever input_data_format says
     if grayscale:
         image = image[None]
@@ -220,7 +213,7 @@ def _affine(settings: Mapping[str, Any], channels: int) -> tuple[np.ndarray, np.
 def _padded_size(sizes: list[tuple[int, int]], settings: Mapping[str, Any]) -> tuple[int, int]:
     height = max(h for h, _ in sizes)
     width = max(w for _, w in sizes)
-    if settings["pad_size"] is None:
+    if settings["pad_size"] is None or not settings["do_pad"]:
         return height, width
     pad_height, pad_width = settings["pad_size"]["height"], settings["pad_size"]["width"]
     if height > pad_height or width > pad_width:
