@@ -145,10 +145,7 @@ def _detection_target(
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    area = np.asarray(
-        [obj["area"] if "area" in obj else obj["bbox"][2] * obj["bbox"][3] for obj in objects],
-        dtype=np.float32,
-    )
+    area = np.asarray([obj.get("area", obj["bbox"][2] * obj["bbox"][3]) for obj in objects], dtype=np.float32)
     target = {
         "image_id": image_id_of(annotation, index, index),
         "class_labels": np.asarray([obj["category_id"] for obj in objects], dtype=np.int64)[keep],
