@@ -506,8 +506,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
         return detr_panoptic_segments(logits, mask_logits, threshold, fuse, processed, targets)
 
     def _processed_size(self, target: tuple[int, int] | None, mask_size: Sequence[int]) -> tuple[int, int]:
-        """An image's size as the model saw it: this processor's resize of its original size
-        `target`, else 4x the size of its masks (stride 4)."""
+        """One image's default `processed_sizes` (see `post_process_panoptic_segmentation`; stride 4)."""
         if target is None:
             return 4 * int(mask_size[0]), 4 * int(mask_size[1])
         return resized_size(*target, self.size) if self.do_resize else tuple(target)
