@@ -20,7 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
-from torchvision.ops import box_convert, sigmoid_focal_loss
+from torchvision.ops import box_convert
+from transformers.loss.loss_for_object_detection import dice_loss, sigmoid_focal_loss
 
 from .configuration_detr import HfDetrConfig
 from .validation_detr import (
@@ -155,12 +156,10 @@ class HungarianMatcher:
 
         cost = self.cost(logits, boxes, targets)  # [L, B, N, T]
         # the single device-to-host transfer of a training step: the costs and the labels to validate
-        packed = torch.cat([cost.flatten(), targets.raw_class_labels.flatten(), targets.boxes.flatten()])
-        host = packed.cpu().numpy()
-        sizes = [cost.numel(), targets.raw_class_labels.numel()]
-        cost_np = host[: sizes[0]].reshape(cost.shape)
-        raw_ids = host[sizes[0] : sum(sizes)].reshape(targets.raw_class_labels.shape)
-        boxes_np = host[sum(sizes) :].reshape(targets.boxes.shape)
+        parts = (cost, targets.raw_class_labels, targets.boxes)
+        host = torch.cat([part.flatten() for part in parts]).cpu().numpy()
+        blocks = np.split(host, np.cumsum([part.numel() for part in parts[:-1]]))
+        cost_np, raw_ids, boxes_np = (block.reshape(part.shape) for block, part in zip(blocks, parts))
         check_labels_on_host(raw_ids, boxes_np, targets.counts, num_labels)
 
         for image, count in enumerate(targets.counts):
@@ -232,11 +231,8 @@ def mask_losses(
     )
     logits = upsampled.flatten(1)  # [M, H*W]
     targets = target_masks.flatten(1)  # [M, H*W]
-    focal = sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0, reduction="none").mean(1)  # [M]
-    probabilities = logits.sigmoid()
-    overlap = 2 * (probabilities * targets).sum(1)
-    dice = 1 - (overlap + 1) / (probabilities.sum(1) + targets.sum(1) + 1)  # [M]
-    return focal.sum() / num_boxes, dice.sum() / num_boxes
+    focal = sigmoid_focal_loss(logits, targets, num_boxes, alpha=0.25, gamma=2.0)
+    return focal, dice_loss(logits, targets, num_boxes)
 
 
 @dataclass
