@@ -258,25 +258,17 @@ def check_backbone_name(backbone: Any) -> None:
     (`resnet50.a1_in1k`). The backbone is always built from that registry, so no value is ever read as
     a path, a Hub id or a file (an existing file or folder named like a timm model changes nothing)."""
     import timm
-    from timm.models import get_pretrained_cfg, model_entrypoint
 
     architecture, _, tag = backbone.partition(".") if isinstance(backbone, str) else ("", "", "")
-    is_resnet = (
-        timm.is_model(architecture) and model_entrypoint(architecture).__module__ == "timm.models.resnet"
-    )
-    if not (architecture and is_resnet):
+    if architecture not in timm.list_models(module="resnet"):
         raise ValueError(
             f"`backbone` must be the name of a timm ResNet such as 'resnet50' or 'resnet101', optionally with "
             f"a pretrained tag ('resnet50.a1_in1k'), not a path, got {described(backbone)}. The backbone is "
             "built from timm's registry; its weights travel in the checkpoint (model.safetensors)."
         )
     if tag:
-        try:
-            known = get_pretrained_cfg(backbone) is not None
-        except RuntimeError:  # timm: "Invalid pretrained tag (...) for ..."
-            known = False
-        if not known:
-            names = timm.list_pretrained(architecture + ".*")
+        names = timm.list_models(architecture + ".*", include_tags=True)  # each tag timm has a config for
+        if backbone not in names:
             shown = ", ".join(names[:6]) or "none"
             more = f" and {len(names) - 6} more" if len(names) > 6 else ""
             raise ValueError(
