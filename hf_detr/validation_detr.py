@@ -21,12 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
 # ----------------------------------------------------------------------------------------------------
 # Values
 # ----------------------------------------------------------------------------------------------------
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
-
 def short_repr(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -52,7 +50,7 @@ def is_finite_real(value: Any) -> bool:
 
 def is_int64(value: Any) -> bool:
     """An integer (not a bool) that fits in int64."""
-    return is_integer(value) and INT64_MIN <= int(value) <= INT64_MAX
+    return is_integer(value) and np.iinfo(np.int64).min <= int(value) <= np.iinfo(np.int64).max
 
 
 def limit_from_environment(variable: str, default: int, unit: str = "") -> int:
