@@ -400,10 +400,8 @@ def _check_input_values(
         # the feature mask as the backbone makes it: nearest-neighbour downsampling
         feature_mask = F.interpolate(mask[:, None].float(), size=feature_size)[:, 0]
         columns += [mask.flatten(1).any(1).float(), feature_mask.flatten(1).amax(1)]
-    values = torch.stack(columns, 1)
-    if values.device.type != "cpu":
-        values = values.cpu()  # the one device-to-host copy of the check
-    for index, row in enumerate(values.tolist()):
+    values = torch.stack(columns, 1).tolist()  # the one device-to-host copy of the check (none on the CPU)
+    for index, row in enumerate(values):
         if not math.isfinite(row[0]):
             raise ValueError(f"`pixel_values` of image {index} contains NaN or inf.")
         if row[0] > PIXEL_VALUE_LIMIT:
