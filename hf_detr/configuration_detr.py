@@ -191,6 +191,7 @@ class HfDetrConfig(PreTrainedConfig):
         # transformers sets the keyword overrides (`from_pretrained(path, encoder_layers=...)`) after
         # __post_init__: check them too
         config = loaded[0] if isinstance(loaded, tuple) else loaded
+        check_label_arguments(config.id2label, config.label2id, None)
         config.drop_fields_of_replaced_labels(config_dict.get("id2label"), kwargs)
         config.validate_detr_fields()
         return loaded
@@ -254,10 +255,7 @@ def resolve_checkpoint(
 
 def _int_keys(mapping: dict) -> dict[int, Any]:
     """A json-read id2label (string keys) comparable with a live one (integer keys)."""
-    try:
-        return {int(key): value for key, value in mapping.items()}
-    except (TypeError, ValueError):
-        return dict(mapping)
+    return {int(key): value for key, value in mapping.items()}
 
 
 def _json_kind(value: Any) -> str:

@@ -59,7 +59,7 @@ def limit_from_environment(variable: str, default: int, unit: str = "") -> int:
     text = os.environ.get(variable, "").strip()
     if not text:
         return default
-    if not text.isdigit() or int(text) < 1:
+    if not text.isdecimal() or int(text) < 1:
         raise ValueError(f"{variable} must be a whole number{unit}, 1 or more, got {text!r}.")
     return int(text)
 
@@ -212,7 +212,7 @@ def check_label_arguments(id2label: Any, label2id: Any, num_labels: Any) -> None
     if id2label is not None:
 
         def is_label_id(key: Any) -> bool:
-            return key.isdigit() if isinstance(key, str) else is_integer(key) and key >= 0
+            return key.isdecimal() if isinstance(key, str) else is_integer(key) and key >= 0
 
         if not (
             isinstance(id2label, dict)

@@ -233,6 +233,15 @@ def test_keyword_overrides_of_from_pretrained_are_checked_too(tmp_path):
         HfDetrConfig.from_pretrained(tmp_path, encoder_layers=1_000_000)
 
 
+@pytest.mark.parametrize("id2label", [["cat", "dog"], {"a": "cat"}, {0: 3}, {"²": "cat"}])
+def test_label_overrides_of_from_pretrained_are_checked_too(tmp_path, id2label):
+    _write_edited_config(tmp_path)
+    with pytest.raises(ValueError, match="`id2label` must map label ids"):
+        HfDetrConfig.from_pretrained(tmp_path, id2label=id2label)
+    with pytest.raises(ValueError, match="`id2label` must map label ids"):
+        HfDetrConfig(id2label=id2label)
+
+
 def test_the_guides_new_classes_call_drops_the_old_per_label_fields_and_says_so(tmp_path, caplog):
     """transformers' object-detection guide: from_pretrained(trained, id2label=new, ...,
     ignore_mismatched_sizes=True) on a model trained with hf-detr-train (it has coco_category_ids)."""
