@@ -24,7 +24,6 @@ from transformers.utils import ModelOutput
 
 from .configuration_detr import HfDetrConfig
 from .modeling_detr import (
-    HfDetrBackbone,
     HfDetrForObjectDetection,
     HfDetrObjectDetectionOutput,
     HfDetrPreTrainedModel,
@@ -37,17 +36,14 @@ DETECTION_AUTO_CLASSES = ("AutoModel", "AutoModelForObjectDetection")
 
 @dataclass
 class HfDetrSegmentationOutput(ModelOutput):
-    """Output of [`HfDetrForSegmentation`].
+    """Output of [`HfDetrForSegmentation`]: the fields of transformers' `DetrSegmentationOutput` in its
+    order, then `feature_mask`; all but `pred_masks` as [`HfDetrObjectDetectionOutput`]'s.
 
-    loss / loss_dict: as the detector's, plus `loss_mask` (sigmoid focal) and `loss_dice` of the last
-        decoder layer's matched queries (when `labels` with `masks` are given).
-    logits: [B, N, K+1]; pred_boxes: [B, N, 4] normalized (cx, cy, w, h), as the detector's.
+    loss_dict: also `loss_mask` (sigmoid focal) and `loss_dice` of the last decoder layer's matched
+        queries (when `labels` with `masks` are given).
     pred_masks: [B, N, H/4, W/4] mask logits of every query (stride 4 of the padded input); for
         `pixel_values` given as a list of images of different sizes, a list of [N, H_i/4, W_i/4].
-    auxiliary_outputs: the other decoder layers' `{"logits", "pred_boxes"}` (no masks), when requested
-        or training with `config.auxiliary_loss`.
-    The fields and their order are transformers' `DetrSegmentationOutput`'s, then `feature_mask` (only
-    with `output_feature_mask=True`, as the detector's).
+    auxiliary_outputs: the other decoder layers' predictions, without masks.
     """
 
     loss: torch.FloatTensor | None = None
@@ -89,8 +85,7 @@ class HfDetrAttentionMap(nn.Module):
         scores = torch.einsum("bqnc,bpnc->bqnp", q * self.head_dim**-0.5, k)  # [B, N, heads, hw]
         padding = ~feature_mask.flatten(1)[:, None, None, :]  # [B, 1, 1, hw]
         scores = scores.masked_fill(padding, float("-inf"))
-        weights = scores.flatten(2).softmax(-1).view_as(scores)
-        return weights.view(*scores.shape[:3], *feature_mask.shape[1:])
+        return scores.flatten(2).softmax(-1).view(*scores.shape[:3], *feature_mask.shape[1:])
 
 
 class HfDetrMaskHead(nn.Module):
@@ -183,9 +178,7 @@ class HfDetrForSegmentation(HfDetrPreTrainedModel):
         self.detector_frozen = freeze
         self.train(self.training)  # a frozen detector's BatchNorm statistics stop updating too
         if not freeze:
-            for module in self.detr.modules():
-                if isinstance(module, HfDetrBackbone):
-                    module.freeze_stages()
+            self.detr.model.backbone.freeze_stages()
 
     def train(self, mode: bool = True) -> HfDetrForSegmentation:
         """`nn.Module.train`; with the detector frozen its BatchNorm layers stay in evaluation mode,
