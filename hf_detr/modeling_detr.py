@@ -62,8 +62,7 @@ class HfDetrModelOutput(ModelOutput):
     backbone_features / projected_features: with `config.use_masks` only (the segmentation model's mask
         head): the backbone's layer1, layer2, layer3 maps (strides 4, 8, 16), and [B, H*W, d] the input
         projection of its last map (the encoder input).
-    With `pixel_values` a list of images of different sizes (`per_image_inputs`), the fields whose shape
-    depends on the image size are lists of per-image tensors without the batch dimension.
+    With `pixel_values` a list of images, fields of per-image size are lists (see `per_image_inputs`).
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -89,8 +88,7 @@ class HfDetrObjectDetectionOutput(ModelOutput):
     logits: [B, N, K+1] class logits of the last decoder layer; index K is "no object" (G*N queries in
         training with `num_query_groups` G > 1, group 0 first).
     pred_boxes: [B, N, 4] normalized (cx, cy, w, h) boxes of the last decoder layer.
-    auxiliary_outputs: one `{"logits", "pred_boxes"}` dict per decoder layer but the last (by default
-        when `config.auxiliary_loss` is on and the model trains or gets `labels`; see `forward`).
+    auxiliary_outputs: one `{"logits", "pred_boxes"}` dict per decoder layer but the last (see `forward`).
     The other fields are [`HfDetrModelOutput`]'s.
     """
 
@@ -502,11 +500,10 @@ class HfDetrDecoder(nn.Module):
     ) -> tuple[torch.Tensor, tuple | None, tuple | None, tuple | None]:
         hidden_states = torch.zeros_like(query_position_embeddings)  # [B, G*N, d], paper: decoder input 0
         memory_with_positions = memory + memory_positions  # [B, HW, d], the same keys for every layer
-        outputs = []
-        all_hidden = (hidden_states,) if output_hidden_states else None
+        states = [hidden_states]  # the input and every layer's output
         self_attentions = () if output_attentions else None
         cross_attentions = () if output_attentions else None
-        for index, layer in enumerate(self.layers):
+        for layer in self.layers:
             hidden_states, self_weights, cross_weights = layer(
                 hidden_states,
                 query_position_embeddings,
@@ -516,15 +513,13 @@ class HfDetrDecoder(nn.Module):
                 output_attentions,
                 num_groups,
             )
-            if return_intermediate or index == len(self.layers) - 1:
-                outputs.append(hidden_states)
-            if output_hidden_states:
-                all_hidden += (hidden_states,)
+            states.append(hidden_states)
             if output_attentions:
                 self_attentions += (self_weights,)
                 cross_attentions += (cross_weights,)
-        normalized = self.layernorm(torch.stack(outputs))  # [L or 1, B, N, d]
-        return normalized, all_hidden, self_attentions, cross_attentions
+        # [L or 1, B, N, d]: every layer's output, or the last one's
+        normalized = self.layernorm(torch.stack(states[1:] if return_intermediate else states[-1:]))
+        return normalized, tuple(states) if output_hidden_states else None, self_attentions, cross_attentions
 
 
 class HfDetrMLPPredictionHead(nn.Module):
@@ -884,16 +879,15 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         output_feature_mask: bool | None = None,
         **kwargs,
     ) -> HfDetrObjectDetectionOutput | tuple:
-        """pixel_values: [B, C, H, W], or a list of [C, H, W] tensors batched by size (`per_image_inputs`,
-        without `pixel_mask` and `labels`); pixel_mask: [B, H, W] (1 = real pixel); labels: one dict per image
-        with `class_labels` [n] and `boxes` [n, 4] in (cx, cy, w, h) normalized by the unpadded image
-        size. With labels, `loss` and `loss_dict` hold the set-prediction loss of every decoder layer
-        (only the last one when `config.auxiliary_loss` is off).
+        """pixel_values, pixel_mask, output_feature_mask: as [`HfDetrModel.forward`]'s (a list of images
+        goes without `pixel_mask` and `labels`); labels: one dict per image with `class_labels` [n] and
+        `boxes` [n, 4] in (cx, cy, w, h) normalized by the unpadded image size. With labels, `loss` and
+        `loss_dict` hold the set-prediction loss of every decoder layer (only the last one when
+        `config.auxiliary_loss` is off).
 
         `output_auxiliary_outputs` (default: `config.auxiliary_loss` while training or given labels)
         also returns every other decoder layer's predictions. Inference leaves them out by default, as
-        transformers' DETR does: a per-layer list is no per-image output a pipeline could split.
-        `output_feature_mask` also returns the feature map's mask of real pixels (for attention maps)."""
+        transformers' DETR does: a per-layer list is no per-image output a pipeline could split."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if output_auxiliary_outputs is None:
             output_auxiliary_outputs = self.config.auxiliary_loss and (self.training or labels is not None)
