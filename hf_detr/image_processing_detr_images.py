@@ -50,7 +50,7 @@ class SourceImage:
     tensor: torch.Tensor | None
     height: int
     width: int
-    channels: int
+    channels: int  # as stored (a PIL image: its bands), before any conversion to RGB
     orientation: int = 1  # a file's EXIF orientation, applied when it is decoded (`exif_orientation`)
     path: str | None = None  # the file it is decoded from (in a worker thread), for error messages
 
@@ -120,26 +120,24 @@ def load_source(
         raise ValueError(
             f"`input_channel_order` must be 'rgb' or 'bgr' (OpenCV's), got {input_channel_order!r}."
         )
-    if isinstance(image, (str, os.PathLike)):
+    path, orientation = None, 1
+    if isinstance(image, (str, os.PathLike)) and os.path.isfile(image):
         path = os.fspath(image)
-        if os.path.isfile(path):
-            try:
-                opened = PIL.Image.open(path)  # lazy: only the header is read here
-                orientation = exif_orientation(opened)
-            except (OSError, SyntaxError, ValueError) as error:
-                raise ValueError(f"images[{index}]: cannot read {path!r} as an image ({error}).") from error
-            _check_size(index, opened.height, opened.width)
-            width, height = displayed_size(opened.width, opened.height, orientation)
-            channels = len(opened.getbands())
-            return SourceImage(opened, None, height, width, channels, orientation, path=path)
         try:
-            image = load_image(path)  # URLs and base64, EXIF rotation applied
+            image = PIL.Image.open(path)  # lazy: only the header is read here
+            orientation = exif_orientation(image)
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ValueError(f"images[{index}]: cannot read {path!r} as an image ({error}).") from error
+    elif isinstance(image, (str, os.PathLike)):
+        name = os.fspath(image)
+        try:
+            image = load_image(name)  # URLs and base64, EXIF rotation applied
         except Exception as error:
-            raise ValueError(f"images[{index}]: cannot load {path!r} as an image ({error}).") from error
+            raise ValueError(f"images[{index}]: cannot load {name!r} as an image ({error}).") from error
     if isinstance(image, PIL.Image.Image):
-        width, height = image.size
-        _check_size(index, height, width)
-        return SourceImage(image, None, height, width, len(image.getbands()))
+        _check_size(index, image.height, image.width)
+        width, height = displayed_size(image.width, image.height, orientation)
+        return SourceImage(image, None, height, width, len(image.getbands()), orientation, path)
     if isinstance(image, np.ndarray):
         image = torch.from_numpy(np.ascontiguousarray(image))
     if not isinstance(image, torch.Tensor):
@@ -151,15 +149,14 @@ def load_source(
 
 
 def _wrap_tensor(image: torch.Tensor, index: int, input_data_format: str | None, bgr: bool) -> SourceImage:
-    grayscale = image.ndim == 2  # [H, W]: no channel dimension, whatever input_data_format says
-    if grayscale:
+    if image.ndim == 2:  # [H, W]: no channel dimension, whatever input_data_format says
         image = image[None]
-    if image.ndim != 3:
+    elif image.ndim != 3:
         raise ValueError(
             f"images[{index}] has shape {list(image.shape)}; expected [H, W], [C, H, W] or [H, W, C] "
             "(a 4-D input is a batch: pass it as a list or a 4-D array)."
         )
-    if not grayscale and _channels_last(image.shape, input_data_format, index):
+    elif _channels_last(image.shape, input_data_format, index):
         image = image.permute(2, 0, 1)
     channels, height, width = image.shape
     _check_size(index, height, width)
@@ -169,8 +166,7 @@ def _wrap_tensor(image: torch.Tensor, index: int, input_data_format: str | None,
         image = (image.to(torch.float32) / 257.0).round_().clamp_(0, 255).to(torch.uint8)
     if image.dtype == torch.uint8 and not image.is_cuda and channels in (1, 3, 4):
         # 8-bit content takes the PIL path: the same resize as transformers' PIL backend
-        array = image.permute(1, 2, 0).numpy()
-        pil = PIL.Image.fromarray(array[..., 0] if channels == 1 else array)
+        pil = PIL.Image.fromarray(image.permute(1, 2, 0).squeeze(-1).numpy())  # [H, W] or [H, W, C]
         return SourceImage(pil, None, height, width, channels)
     if not (image.is_floating_point() or image.dtype == torch.uint8):
         raise ValueError(f"images[{index}] has dtype {image.dtype}; expected uint8, uint16 or float.")
@@ -178,7 +174,7 @@ def _wrap_tensor(image: torch.Tensor, index: int, input_data_format: str | None,
 
 
 def _output_channels(sources: list[SourceImage], settings: Mapping[str, Any]) -> int:
-    counts = {3 if settings["do_convert_rgb"] else _native_channels(s) for s in sources}
+    counts = {3 if settings["do_convert_rgb"] else s.channels for s in sources}
     if len(counts) > 1:
         raise ValueError(
             f"The images have different channel counts {sorted(counts)}; use do_convert_rgb=True or "
@@ -197,10 +193,8 @@ def _affine(settings: Mapping[str, Any], channels: int) -> tuple[np.ndarray, np.
     """Per-channel (scale, shift) so that out = pixel * scale + shift does rescale and normalize."""
     scale = np.full(channels, settings["rescale_factor"] if settings["do_rescale"] else 1.0)
     shift = np.zeros(channels)
-    if settings["do_normalize"]:
-        mean = np.broadcast_to(settings["image_mean"], (channels,))
-        std = np.broadcast_to(settings["image_std"], (channels,))
-        scale, shift = scale / std, -mean / std
+    if settings["do_normalize"]:  # image_mean and image_std: one value, or one per channel (broadcast)
+        scale, shift = scale / settings["image_std"], -settings["image_mean"] / settings["image_std"]
     largest = 255.0 * np.abs(scale) + np.abs(shift)  # of an 8-bit image; float images are checked after
     if not (np.isfinite(largest).all() and largest.max() < np.finfo(np.float32).max):
         raise ValueError(
@@ -211,8 +205,7 @@ def _affine(settings: Mapping[str, Any], channels: int) -> tuple[np.ndarray, np.
 
 
 def _padded_size(sizes: list[tuple[int, int]], settings: Mapping[str, Any]) -> tuple[int, int]:
-    height = max(h for h, _ in sizes)
-    width = max(w for _, w in sizes)
+    height, width = map(max, zip(*sizes))  # the largest of each side
     if settings["pad_size"] is None or not settings["do_pad"]:
         return height, width
     pad_height, pad_width = settings["pad_size"]["height"], settings["pad_size"]["width"]
@@ -360,12 +353,6 @@ def _channels_last(shape: torch.Size, input_data_format: str | None, index: int)
             f"images[{index}] has shape {list(shape)}: cannot find a channel dimension of size 1, 3 or 4."
         )
     return last
-
-
-def _native_channels(source: SourceImage) -> int:
-    if source.pil is not None:
-        return 1 if source.pil.mode in ("L", *SIXTEEN_BIT_PIL_MODES) else len(source.pil.getbands())
-    return source.channels
 
 
 def _oriented(image: PIL.Image.Image, orientation: int) -> PIL.Image.Image:
