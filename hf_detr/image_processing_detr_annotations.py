@@ -142,8 +142,7 @@ def _detection_target(
     objects = [obj for obj in _checked_items(annotation, index, "annotations") if not obj.get("iscrowd", 0)]
     boxes = np.asarray([obj["bbox"] for obj in objects], dtype=np.float32).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]  # xywh -> xyxy
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    boxes = boxes.clip(0, np.asarray([width, height, width, height], dtype=np.float32))
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     area = np.asarray([obj.get("area", obj["bbox"][2] * obj["bbox"][3]) for obj in objects], dtype=np.float32)
     target = {
@@ -187,15 +186,9 @@ def _object_masks(objects: Sequence[Mapping[str, Any]], index: int, height: int,
                     f"{where}: RLE 'size' {list(segmentation['size'])} differs from the image "
                     f"({height}x{width})."
                 )
-            counts = segmentation["counts"]
-            rle = (
-                api.frPyObjects(dict(segmentation), height, width)
-                if isinstance(counts, list)
-                else {
-                    "size": [height, width],
-                    "counts": counts.encode() if isinstance(counts, str) else counts,
-                }
-            )
+            rle = {"size": [height, width], "counts": segmentation["counts"]}  # compressed: str or bytes
+            if isinstance(rle["counts"], list):  # uncompressed RLE
+                rle = api.frPyObjects(rle, height, width)
             decoded = api.decode(rle)  # [H, W] uint8
         elif isinstance(segmentation, (list, tuple)) and all(
             isinstance(p, (list, tuple, np.ndarray)) and len(p) >= 6 and len(p) % 2 == 0 for p in segmentation
