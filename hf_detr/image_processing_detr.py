@@ -279,9 +279,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
         if kwargs.get("do_pad", self.do_pad) and kwargs.get("pad_size", self.pad_size) is not None:
             return self.preprocess(images, **kwargs)
         features = self.preprocess(images, **{**kwargs, "do_pad": False})
-        pixel_values = features["pixel_values"]  # [B, C, H, W] or a list of [C, H, W]
-        if isinstance(pixel_values, torch.Tensor):
-            features["pixel_values"] = list(pixel_values)  # views, one [C, H, W] per image
+        features["pixel_values"] = list(features["pixel_values"])  # one [C, H, W] per image (views)
         return features
 
     def preprocess(
@@ -539,15 +537,14 @@ def _as_list(images: Any) -> list[Any]:
     return [images]
 
 
-# transformers pipelines (module, class) whose `preprocess` calls the processor on one image and whose
-# batching (DataLoader collate) concatenates `pixel_values` tensors but keeps other values per image
+# transformers pipelines (module, class) whose `preprocess` calls the processor on one image
 PIPELINES = (
     ("transformers.pipelines.object_detection", "ObjectDetectionPipeline"),
     ("transformers.pipelines.image_segmentation", "ImageSegmentationPipeline"),
 )
 
 
-def called_by_pipeline(processor: Any, frame: FrameType | None) -> bool:
+def called_by_pipeline(processor: Any, frame: FrameType) -> bool:
     """Whether `frame` (the caller of `processor`) is the `preprocess` of one of transformers' PIPELINES
     that holds `processor` and a model whose `forward` takes per-image lists (`accepts_image_lists`).
 
@@ -555,21 +552,17 @@ def called_by_pipeline(processor: Any, frame: FrameType | None) -> bool:
     `pixel_values` tensor (no padding: images of different sizes fail) and keeps values of other types,
     such as lists, per image. A pipeline class not imported yet cannot be the caller (`sys.modules` is
     read, nothing is imported)."""
-    if frame is None:
-        return False
-    codes = []
     for module_name, class_name in PIPELINES:
         pipeline_class = getattr(sys.modules.get(module_name), class_name, None)
         preprocess = getattr(pipeline_class, "preprocess", None)
-        codes.append(getattr(preprocess, "__code__", None))
-    if frame.f_code not in codes:
-        return False
-    pipeline = frame.f_locals.get("self")
-    model = getattr(pipeline, "model", None)
-    return (
-        getattr(pipeline, "image_processor", None) is processor
-        and getattr(model, "accepts_image_lists", False) is True
-    )
+        if frame.f_code == getattr(preprocess, "__code__", None):
+            pipeline = frame.f_locals.get("self")
+            model = getattr(pipeline, "model", None)
+            return (
+                getattr(pipeline, "image_processor", None) is processor
+                and getattr(model, "accepts_image_lists", False) is True
+            )
+    return False
 
 
 def _to_numpy(value: Any) -> Any:
