@@ -104,7 +104,7 @@ def resized_size(height: int, width: int, size: Mapping[str, int]) -> tuple[int,
 def normalize_size(size: Any, param_name: str = "size") -> dict[str, int]:
     """Accept the transformers size forms (and an int shorter side); reject anything else by name."""
     if is_integer(size) and size > 0:
-        return _within_limit({"shortest_edge": int(size)}, param_name)
+        size = {"shortest_edge": int(size)}
     if isinstance(size, Mapping):
         size = {k: v for k, v in size.items() if v is not None}
         if "max_size" in size:  # the legacy spelling of longest_edge
@@ -515,10 +515,8 @@ class HfDetrImageProcessor(BaseImageProcessor):
 # ----------------------------------------------------------------------------------------------------
 def _label_ids(label_ids_to_fuse: Any) -> set[int]:
     """`label_ids_to_fuse`: None or a collection of integer class ids."""
-    if label_ids_to_fuse is None:
-        return set()
-    labels = list(label_ids_to_fuse) if isinstance(label_ids_to_fuse, (set, frozenset, list, tuple)) else None
-    if labels is None or not all(is_integer(label) for label in labels):
+    labels = set() if label_ids_to_fuse is None else label_ids_to_fuse
+    if not isinstance(labels, (set, frozenset, list, tuple)) or not all(map(is_integer, labels)):
         raise ValueError(
             f"`label_ids_to_fuse` must be a set or list of int class ids, got {label_ids_to_fuse!r}."
         )
