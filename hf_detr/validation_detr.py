@@ -38,14 +38,12 @@ def described(value: Any) -> str:
 
 def is_integer(value: Any) -> bool:
     """An int or numpy integer, not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def is_finite_real(value: Any) -> bool:
-    """A finite int, float or numpy number, not a bool."""
-    return (
-        isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
-    )
+    """A finite int, float or numpy number, not a bool (numpy's bool is no `numbers.Real`)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def is_int64(value: Any) -> bool:
