@@ -423,17 +423,19 @@ def _check_input_values(
 BOX_TOLERANCE = 1e-3  # rounding of normalized coordinates: 1.0000001 is still inside the image
 
 
-def _label_tensor(value: object, index: int, field: str) -> torch.Tensor:
-    """A label field as a tensor, or a ValueError naming it (strings, ragged lists, None)."""
-    if isinstance(value, torch.Tensor):
-        return value
-    try:
-        return torch.as_tensor(np.asarray(value) if isinstance(value, (list, tuple)) else value)
-    except (TypeError, ValueError, RuntimeError, OverflowError) as error:
-        raise ValueError(
-            f"labels[{index}]['{field}'] must be a tensor or a list of numbers, got {type(value).__name__} "
-            f"({error})."
-        ) from error
+def _label_tensor(value: object, index: int, field: str, holding: str) -> torch.Tensor:
+    """A label field as a tensor of real numbers (not complex or bool), or a ValueError naming it."""
+    if not isinstance(value, torch.Tensor):
+        try:
+            value = torch.as_tensor(np.asarray(value) if isinstance(value, (list, tuple)) else value)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as error:
+            raise ValueError(
+                f"labels[{index}]['{field}'] must be a tensor or a list of numbers, got "
+                f"{type(value).__name__} ({error})."
+            ) from error
+    if value.is_complex() or value.dtype == torch.bool:
+        raise ValueError(f"labels[{index}]['{field}'] must hold {holding}, got {value.dtype}.")
+    return value
 
 
 def checked_label_tensors(
@@ -448,10 +450,8 @@ def checked_label_tensors(
     for index, target in enumerate(labels):
         if not isinstance(target, Mapping) or "class_labels" not in target or "boxes" not in target:
             raise ValueError(f"labels[{index}] must be a dict with 'class_labels' and 'boxes'.")
-        ids = _label_tensor(target["class_labels"], index, "class_labels")
-        boxes = _label_tensor(target["boxes"], index, "boxes")
-        if boxes.is_complex() or boxes.dtype == torch.bool:
-            raise ValueError(f"labels[{index}]['boxes'] must hold real numbers, got {boxes.dtype}.")
+        ids = _label_tensor(target["class_labels"], index, "class_labels", "integer class ids")
+        boxes = _label_tensor(target["boxes"], index, "boxes", "real numbers")
         if ids.ndim != 1:
             raise ValueError(f"labels[{index}]['class_labels'] must be 1-D, got shape {list(ids.shape)}.")
         if boxes.ndim == 1 and boxes.numel() == 0:
@@ -461,8 +461,6 @@ def checked_label_tensors(
                 f"labels[{index}]['boxes'] must have shape [{ids.shape[0]}, 4] (one normalized cx, cy, w, h "
                 f"box per class label), got {list(boxes.shape)}."
             )
-        if ids.is_complex() or ids.dtype == torch.bool:
-            raise ValueError(f"labels[{index}]['class_labels'] must hold integer class ids, got {ids.dtype}.")
         if ids.shape[0] > num_queries:
             raise ValueError(
                 f"labels[{index}] has {ids.shape[0]} objects but the model has only {num_queries} queries "
