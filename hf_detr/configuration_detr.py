@@ -17,9 +17,6 @@ from .validation_detr import check_config, check_label_arguments, short_repr
 
 logger = logging.get_logger(__name__)
 
-# (from_pretrained's name or path, its keyword arguments) -> the name or path and keyword arguments to load
-CheckpointResolver = Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]]
-
 # COCO detection names indexed by COCO category id (0..90); ids COCO does not use are "N/A".
 # The official DETR checkpoints predict these 91 classes (+ no-object).
 COCO_DETECTION_LABELS: tuple[str, ...] = (
@@ -105,7 +102,7 @@ class HfDetrConfig(PreTrainedConfig):
     # which go through their config class) consults: (name or path, keyword arguments) -> the name or
     # path and keyword arguments to load instead. None here; the hf_detr package, when installed, sets
     # one that converts transformers' DETR checkpoints and the official .pth files on load.
-    checkpoint_resolver: ClassVar[CheckpointResolver | None] = None
+    checkpoint_resolver: ClassVar[Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]] | None] = None
 
     # backbone
     backbone: str = "resnet50"
