@@ -173,6 +173,7 @@ def check_config(config: Any) -> None:
     for name, choices in CHOICE_FIELDS.items():
         if getattr(config, name) not in choices:
             raise ValueError(f"`{name}` must be one of {choices}, got {getattr(config, name)!r}.")
+    check_integer("num_labels", config.num_labels, 1, MAX_NUM_LABELS)
     check_transformer_size(config)
     for name in ("encoder_attention_heads", "decoder_attention_heads"):
         if config.d_model % getattr(config, name):
@@ -181,7 +182,6 @@ def check_config(config: Any) -> None:
             )
     if config.d_model % 2:
         raise ValueError(f"`d_model` must be even (half of it encodes y, half x), got {config.d_model}.")
-    check_integer("num_labels", config.num_labels, 1, MAX_NUM_LABELS)
     if config.use_masks and config.num_query_groups != 1:
         raise ValueError(
             f"`use_masks` (the segmentation model) supports `num_query_groups` = 1 only, got "
