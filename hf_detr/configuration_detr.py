@@ -18,7 +18,6 @@ from .validation_detr import check_config, check_label_arguments, short_repr
 logger = logging.get_logger(__name__)
 
 # COCO detection names indexed by COCO category id (0..90); ids COCO does not use are "N/A".
-# The official DETR checkpoints predict these 91 classes (+ no-object).
 COCO_DETECTION_LABELS: tuple[str, ...] = (
     "N/A", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
     "traffic light", "fire hydrant", "N/A", "stop sign", "parking meter", "bench", "bird", "cat",
@@ -238,7 +237,6 @@ class HfDetrConfig(PreTrainedConfig):
         return diff
 
     def validate_detr_fields(self) -> None:
-        """Raise `ValueError` naming the first field whose value cannot build a DETR (`check_config`)."""
         check_config(self)
 
 

@@ -236,7 +236,6 @@ def transformer_parameters(config: Any) -> int:
 
 
 def check_transformer_size(config: Any) -> None:
-    """`ValueError` when the size fields, each within its bound, add up to an absurd model."""
     count = transformer_parameters(config)
     if count > MAX_TRANSFORMER_PARAMETERS:
         sizes = ", ".join(
@@ -388,7 +387,6 @@ def _check_batch_norm_batch(
 def _check_input_values(
     pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None, feature_size: tuple[int, int], stride: int
 ) -> None:
-    """Per image: finite pixels within +-PIXEL_VALUE_LIMIT, a real pixel, a real feature-map cell."""
     pixels = pixel_values.detach()
     # [B], NaN where any pixel is; two reductions cost less than abs() copying every pixel first
     magnitude = torch.maximum(pixels.amax(dim=(1, 2, 3)), -pixels.amin(dim=(1, 2, 3))).float()
@@ -398,7 +396,7 @@ def _check_input_values(
         # the feature mask as the backbone makes it: nearest-neighbour downsampling
         feature_mask = F.interpolate(mask[:, None].float(), size=feature_size)[:, 0]
         columns += [mask.flatten(1).any(1).float(), feature_mask.flatten(1).amax(1)]
-    values = torch.stack(columns, 1).tolist()  # the one device-to-host copy of the check (none on the CPU)
+    values = torch.stack(columns, 1).tolist()  # the one device-to-host copy of the check
     for index, row in enumerate(values):
         if not math.isfinite(row[0]):
             raise ValueError(f"`pixel_values` of image {index} contains NaN or inf.")
