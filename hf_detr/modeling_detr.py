@@ -28,6 +28,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.models.detr.modeling_detr import DetrMLPPredictionHead
 from transformers.utils import ModelOutput
 
 from .configuration_detr import HfDetrConfig, resolve_checkpoint
@@ -200,7 +201,6 @@ class HfDetrBackbone(nn.Module):
         )
         # channels of the returned maps, the last stage's last: (C4,) or (C1, C2, C3, C4)
         self.stage_channels: tuple[int, ...] = tuple(self.body.feature_info.channels())
-        self.num_channels: int = self.stage_channels[-1]
 
         # the stages that train, as torchvision's detection models choose them (5: the stem's bn1 too)
         layers = config.trainable_backbone_layers
@@ -522,22 +522,6 @@ class HfDetrDecoder(nn.Module):
         return normalized, tuple(states) if output_hidden_states else None, self_attentions, cross_attentions
 
 
-class HfDetrMLPPredictionHead(nn.Module):
-    """The box head: a 3-layer perceptron with ReLU (the paper's FFN for boxes)."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
-        super().__init__()
-        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(
-            nn.Linear(n_in, n_out) for n_in, n_out in zip(dims, [*dims[1:], output_dim])
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers[:-1]:
-            x = F.relu(layer(x))
-        return self.layers[-1](x)
-
-
 # --------------------------------------------------------------------------------------------------
 # Pretrained-model plumbing
 # --------------------------------------------------------------------------------------------------
@@ -763,7 +747,7 @@ class HfDetrModel(HfDetrPreTrainedModel):
     def __init__(self, config: HfDetrConfig) -> None:
         super().__init__(config)
         self.backbone = HfDetrBackbone(config)
-        self.input_projection = nn.Conv2d(self.backbone.num_channels, config.d_model, kernel_size=1)
+        self.input_projection = nn.Conv2d(self.backbone.stage_channels[-1], config.d_model, kernel_size=1)
         self.position_embedding = POSITION_EMBEDDINGS[config.position_embedding_type](config.d_model)
         # Group DETR training: num_query_groups groups of num_queries rows; group 0 comes first
         self.query_position_embeddings = nn.Embedding(
@@ -863,7 +847,8 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         super().__init__(config)
         self.model = HfDetrModel(config)
         self.class_labels_classifier = nn.Linear(config.d_model, config.num_labels + 1)
-        self.bbox_predictor = HfDetrMLPPredictionHead(config.d_model, config.d_model, 4, num_layers=3)
+        # the paper's FFN for boxes: Linear layers with ReLU between them (`layers.0` ... `layers.2`)
+        self.bbox_predictor = DetrMLPPredictionHead(config.d_model, config.d_model, 4, num_layers=3)
         self.post_init()
 
     @per_image_inputs
