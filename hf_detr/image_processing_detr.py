@@ -252,8 +252,8 @@ class HfDetrImageProcessor(BaseImageProcessor):
         self.do_rescale = do_rescale
         self.rescale_factor = rescale_factor
         self.do_normalize = do_normalize
-        self.image_mean = np.atleast_1d(IMAGENET_DEFAULT_MEAN if image_mean is None else image_mean).tolist()
-        self.image_std = np.atleast_1d(IMAGENET_DEFAULT_STD if image_std is None else image_std).tolist()
+        self.image_mean = IMAGENET_DEFAULT_MEAN if image_mean is None else image_mean
+        self.image_std = IMAGENET_DEFAULT_STD if image_std is None else image_std
         self.do_pad = do_pad
         self.pad_size = pad_size
         self.do_convert_annotations = do_convert_annotations
@@ -262,6 +262,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
         settings = self._settings({})  # every argument checked now, by name, rather than at the first call
         for name in ("size", "pad_size", "resample", "format"):  # kept in their normalised forms
             setattr(self, name, settings[name])
+        self.image_mean, self.image_std = settings["image_mean"].tolist(), settings["image_std"].tolist()
 
     # ------------------------------------------------------------------------------------------------
     # Preprocessing

@@ -421,6 +421,20 @@ def test_extreme_aspect_ratios_keep_every_side_between_1_and_the_longest_edge():
 def test_bad_arguments_are_errors_naming_them(kwargs, message):
     with pytest.raises(ValueError, match=message):
         HfDetrImageProcessor()(_small_image(), **kwargs)
+    with pytest.raises(ValueError, match=message):  # the constructor's, checked as a call's
+        HfDetrImageProcessor(**kwargs)
+
+
+@pytest.mark.parametrize("mean", [[0.5, True, 0.5], [[0.5, 0.5], [0.5]]], ids=["bool", "ragged"])
+def test_the_constructor_refuses_normalization_values_that_are_not_numbers(mean):
+    with pytest.raises(ValueError, match="`image_mean` must be a number or a list"):
+        HfDetrImageProcessor(image_mean=mean)
+
+
+def test_normalization_values_are_stored_as_lists_of_floats():
+    processor = HfDetrImageProcessor(image_mean=torch.tensor([0.5, 0.4, 0.3]), image_std=np.float32(0.25))
+    assert processor.image_std == [0.25] and type(processor.image_std[0]) is float
+    assert processor.image_mean == pytest.approx([0.5, 0.4, 0.3]) and len(processor.image_mean) == 3
 
 
 def test_non_finite_float_images_and_fractional_image_ids_are_errors_naming_them():
