@@ -421,8 +421,9 @@ def _check_input_values(
 BOX_TOLERANCE = 1e-3  # rounding of normalized coordinates: 1.0000001 is still inside the image
 
 
-def _label_tensor(value: object, index: int, field: str, holding: str) -> torch.Tensor:
-    """A label field as a tensor of real numbers (not complex or bool), or a ValueError naming it."""
+def _label_tensor(value: object, index: int, field: str, holding: str, bool_ok: bool = False) -> torch.Tensor:
+    """A label field as a tensor of real numbers (not complex; not bool unless `bool_ok`), or a ValueError
+    naming it."""
     if not isinstance(value, torch.Tensor):
         try:
             value = torch.as_tensor(np.asarray(value) if isinstance(value, (list, tuple)) else value)
@@ -431,7 +432,7 @@ def _label_tensor(value: object, index: int, field: str, holding: str) -> torch.
                 f"labels[{index}]['{field}'] must be a tensor or a list of numbers, got "
                 f"{type(value).__name__} ({error})."
             ) from error
-    if value.is_complex() or value.dtype == torch.bool:
+    if value.is_complex() or (value.dtype == torch.bool and not bool_ok):
         raise ValueError(f"labels[{index}]['{field}'] must hold {holding}, got {value.dtype}.")
     return value
 
@@ -516,13 +517,13 @@ def checked_mask_labels(labels: Any, counts: list[int]) -> list[torch.Tensor]:
             raise ValueError(
                 f"labels[{index}] has no 'masks': a segmentation model needs one [n, H, W] mask per object."
             )
-        mask = torch.as_tensor(target["masks"])
-        if mask.is_complex() or mask.ndim != 3 or mask.shape[0] != count:
+        mask = _label_tensor(target["masks"], index, "masks", "real or bool values", bool_ok=True)
+        if mask.ndim != 3 or mask.shape[0] != count:
             if count == 0 and mask.numel() == 0:
                 continue
             raise ValueError(
-                f"labels[{index}]['masks'] must be a real tensor of shape [{count}, height, width] (one mask "
-                f"per class label), got {mask.dtype} of shape {list(mask.shape)}."
+                f"labels[{index}]['masks'] must be a tensor of shape [{count}, height, width] (one mask per "
+                f"class label), got shape {list(mask.shape)}."
             )
         masks.append(mask)
     return masks

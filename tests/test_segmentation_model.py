@@ -220,8 +220,13 @@ def test_a_batch_without_objects_keeps_the_mask_head_in_the_graph():
             r"labels\[1\]\['masks'\].*\[1, height, width\]",
         ),
         (lambda label: label.update(masks=torch.zeros(16, 20)), r"shape \[16, 20\]"),
+        (lambda label: label.update(masks="mask.png"), r"labels\[1\]\['masks'\] must be a tensor or a list"),
+        (
+            lambda label: label.update(masks=torch.zeros(1, 16, 20, dtype=torch.cfloat)),
+            r"\['masks'\] must hold",
+        ),
     ],
-    ids=["missing", "one-mask-too-many", "two-dimensional"],
+    ids=["missing", "one-mask-too-many", "two-dimensional", "a-string", "complex"],
 )
 def test_malformed_masks_are_named(change, message):
     labels = mask_labels([(2, 16, 20), (1, 16, 20)])
