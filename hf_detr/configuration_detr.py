@@ -188,6 +188,10 @@ class HfDetrConfig(PreTrainedConfig):
         # __post_init__: check them too
         config = loaded[0] if isinstance(loaded, tuple) else loaded
         check_label_arguments(config.id2label, config.label2id, None)
+        if kwargs.get("id2label") is not None:  # as the constructor's: int keys, label2id from it by default
+            config.id2label = _int_keys(config.id2label)
+            if kwargs.get("label2id") is None:
+                config.label2id = {name: index for index, name in config.id2label.items()}
         config.drop_fields_of_replaced_labels(config_dict.get("id2label"), kwargs)
         config.validate_detr_fields()
         return loaded

@@ -242,6 +242,13 @@ def test_label_overrides_of_from_pretrained_are_checked_too(tmp_path, id2label):
         HfDetrConfig(id2label=id2label)
 
 
+def test_label_overrides_of_from_pretrained_are_read_as_the_constructor_reads_them(tmp_path):
+    _write_edited_config(tmp_path)
+    config = HfDetrConfig.from_pretrained(tmp_path, id2label={"0": "cat", "1": "dog"})  # JSON-style keys
+    assert config.id2label == {0: "cat", 1: "dog"} and config.label2id == {"cat": 0, "dog": 1}
+    assert config.num_labels == 2
+
+
 def test_the_guides_new_classes_call_drops_the_old_per_label_fields_and_says_so(tmp_path, caplog):
     """transformers' object-detection guide: from_pretrained(trained, id2label=new, ...,
     ignore_mismatched_sizes=True) on a model trained with hf-detr-train (it has coco_category_ids)."""
@@ -336,7 +343,9 @@ def test_an_encoder_decoder_as_transformers_detr_config_says():
 
 def test_config_overrides_set_any_model_field_and_name_the_setting_when_wrong():
     """transformers' --config_overrides: the box and GIoU weights have no flag of their own."""
-    args = resolve_arguments({"dataset": "x", "config_overrides": "bbox_loss_coefficient=3, giou_loss_coefficient=1.5"})
+    args = resolve_arguments(
+        {"dataset": "x", "config_overrides": "bbox_loss_coefficient=3, giou_loss_coefficient=1.5"}
+    )
     kwargs = args.model_config_kwargs()
     assert (kwargs["bbox_loss_coefficient"], kwargs["giou_loss_coefficient"]) == (3, 1.5)
     assert HfDetrConfig(**kwargs).bbox_loss_coefficient == 3
