@@ -20,8 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
-from torchvision.ops import box_convert
-from transformers.loss.loss_for_object_detection import dice_loss, sigmoid_focal_loss
+from torchvision.ops import box_convert, sigmoid_focal_loss
 
 from .configuration_detr import HfDetrConfig
 from .validation_detr import (
@@ -231,8 +230,11 @@ def mask_losses(
     )
     logits = upsampled.flatten(1)  # [M, H*W]
     targets = target_masks.flatten(1)  # [M, H*W]
-    focal = sigmoid_focal_loss(logits, targets, num_boxes, alpha=0.25, gamma=2.0)
-    return focal, dice_loss(logits, targets, num_boxes)
+    focal = sigmoid_focal_loss(logits, targets, alpha=0.25, gamma=2.0, reduction="none").mean(1)  # [M]
+    probabilities = logits.sigmoid()
+    overlap = 2 * (probabilities * targets).sum(1)
+    dice = 1 - (overlap + 1) / (probabilities.sum(1) + targets.sum(1) + 1)  # [M]
+    return focal.sum() / num_boxes, dice.sum() / num_boxes
 
 
 @dataclass

@@ -28,7 +28,6 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.models.detr.modeling_detr import DetrMLPPredictionHead
 from transformers.utils import ModelOutput
 
 from .configuration_detr import HfDetrConfig, resolve_checkpoint
@@ -522,6 +521,22 @@ class HfDetrDecoder(nn.Module):
         return normalized, tuple(states) if output_hidden_states else None, self_attentions, cross_attentions
 
 
+class HfDetrMLPPredictionHead(nn.Module):
+    """The box head: a 3-layer perceptron with ReLU (the paper's FFN for boxes)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(
+            nn.Linear(n_in, n_out) for n_in, n_out in zip(dims, [*dims[1:], output_dim])
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))
+        return self.layers[-1](x)
+
+
 # --------------------------------------------------------------------------------------------------
 # Pretrained-model plumbing
 # --------------------------------------------------------------------------------------------------
@@ -847,8 +862,7 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         super().__init__(config)
         self.model = HfDetrModel(config)
         self.class_labels_classifier = nn.Linear(config.d_model, config.num_labels + 1)
-        # the paper's FFN for boxes: Linear layers with ReLU between them (`layers.0` ... `layers.2`)
-        self.bbox_predictor = DetrMLPPredictionHead(config.d_model, config.d_model, 4, num_layers=3)
+        self.bbox_predictor = HfDetrMLPPredictionHead(config.d_model, config.d_model, 4, num_layers=3)
         self.post_init()
 
     @per_image_inputs

@@ -96,7 +96,9 @@ def test_imports_flow_one_way_from_the_commands_down_to_the_model_files():
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.level and node.module:
-                base = path.relative_to(package).parent.parts[: len(path.relative_to(package).parent.parts) - node.level + 1]
+                base = path.relative_to(package).parent.parts[
+                    : len(path.relative_to(package).parent.parts) - node.level + 1
+                ]
                 target = ".".join([*base, node.module])
                 layer = _layer_of(target)
                 if layer is not None and layer > own:
@@ -109,6 +111,31 @@ def test_no_function_of_the_package_is_longer_than_80_lines():
         f"{path.relative_to(REPO_ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
         for path in (REPO_ROOT / "hf_detr").rglob("*.py")
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > 80
     ]
     assert not long, long
+
+
+def test_the_model_files_take_no_other_models_code_from_transformers():
+    """The model files travel to the Hub and run against whichever transformers the user has: they use
+    its base classes and utilities, never another model's module or its loss helpers
+    (`transformers.models.*`, `transformers.loss.*`), whose contents change between releases."""
+    package = REPO_ROOT / "hf_detr"
+    names = (
+        "configuration_detr.py",
+        "loss_detr.py",
+        "validation_detr.py",
+        "modeling_detr*.py",
+        "image_processing_detr*.py",
+    )
+    internal = [
+        f"{path.name} imports {node.module}"
+        for pattern in names
+        for path in package.glob(pattern)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom)
+        and node.module
+        and re.match(r"transformers\.(models|loss)(\.|$)", node.module)
+    ]
+    assert not internal, internal
