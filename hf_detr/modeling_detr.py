@@ -88,6 +88,7 @@ class HfDetrObjectDetectionOutput(ModelOutput):
     logits: [B, N, K+1] class logits of the last decoder layer; index K is "no object" (G*N queries in
         training with `num_query_groups` G > 1, group 0 first).
     pred_boxes: [B, N, 4] normalized (cx, cy, w, h) boxes of the last decoder layer.
+    pred_masks: the segmentation model's only (where transformers' `DetrSegmentationOutput` has it).
     auxiliary_outputs: one `{"logits", "pred_boxes"}` dict per decoder layer but the last (see `forward`).
     The other fields are [`HfDetrModelOutput`]'s.
     """
@@ -96,6 +97,7 @@ class HfDetrObjectDetectionOutput(ModelOutput):
     loss_dict: dict[str, torch.Tensor] | None = None
     logits: torch.FloatTensor | None = None
     pred_boxes: torch.FloatTensor | None = None
+    pred_masks: torch.FloatTensor | None = None
     auxiliary_outputs: list[dict[str, torch.Tensor]] | None = None
     last_hidden_state: torch.FloatTensor | None = None
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.utils import ModelOutput
 
 from .configuration_detr import HfDetrConfig
 from .modeling_detr import (
@@ -35,9 +34,10 @@ DETECTION_AUTO_CLASSES = ("AutoModel", "AutoModelForObjectDetection")
 
 
 @dataclass
-class HfDetrSegmentationOutput(ModelOutput):
-    """Output of [`HfDetrForSegmentation`]: the fields of transformers' `DetrSegmentationOutput` in its
-    order, then `feature_mask`; all but `pred_masks` as [`HfDetrObjectDetectionOutput`]'s.
+class HfDetrSegmentationOutput(HfDetrObjectDetectionOutput):
+    """Output of [`HfDetrForSegmentation`]: [`HfDetrObjectDetectionOutput`]'s fields, which are those of
+    transformers' `DetrSegmentationOutput` in its order, then `feature_mask` (the backbone's maps stay
+    inside the model).
 
     loss_dict: also `loss_mask` (sigmoid focal) and `loss_dice` of the last decoder layer's matched
         queries (when `labels` with `masks` are given).
@@ -45,21 +45,6 @@ class HfDetrSegmentationOutput(ModelOutput):
         `pixel_values` given as a list of images of different sizes, a list of [N, H_i/4, W_i/4].
     auxiliary_outputs: the other decoder layers' predictions, without masks.
     """
-
-    loss: torch.FloatTensor | None = None
-    loss_dict: dict[str, torch.Tensor] | None = None
-    logits: torch.FloatTensor | None = None
-    pred_boxes: torch.FloatTensor | None = None
-    pred_masks: torch.FloatTensor | None = None
-    auxiliary_outputs: list[dict[str, torch.Tensor]] | None = None
-    last_hidden_state: torch.FloatTensor | None = None
-    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
-    cross_attentions: tuple[torch.FloatTensor, ...] | None = None
-    encoder_last_hidden_state: torch.FloatTensor | None = None
-    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
-    feature_mask: torch.BoolTensor | None = None
 
 
 class HfDetrAttentionMap(nn.Module):
@@ -221,13 +206,13 @@ class HfDetrForSegmentation(HfDetrPreTrainedModel):
         loss = loss_dict = None
         if labels is not None:
             loss, loss_dict = self.compute_loss(*self.scored_predictions(detection), labels, pred_masks)
-        shared = {field.name for field in fields(HfDetrSegmentationOutput)}
+        internal = {"backbone_features", "projected_features"}  # the mask head's inputs
         if not output_auxiliary_outputs:  # computed only to be scored
-            shared.discard("auxiliary_outputs")
+            internal.add("auxiliary_outputs")
         if not output_feature_mask:  # computed for the mask head
-            shared.discard("feature_mask")
+            internal.add("feature_mask")
         output = HfDetrSegmentationOutput(
-            **{key: value for key, value in detection.items() if key in shared},  # the detector's fields
+            **{key: value for key, value in detection.items() if key not in internal},  # the detector's
             loss=loss,
             loss_dict=loss_dict,
             pred_masks=pred_masks,
