@@ -141,6 +141,13 @@ def test_absurd_values_raise_value_error_naming_the_field_and_the_value(field, v
     assert repr(value)[:40] in message, message
 
 
+def test_a_config_whose_labels_were_removed_names_num_labels():
+    config = HfDetrConfig(**TINY_CONFIG)
+    config.id2label = None  # e.g. a script clearing the labels before setting new ones
+    with pytest.raises(ValueError, match="`num_labels` must be an integer in 1..100000, got None"):
+        config.validate_detr_fields()
+
+
 def test_sizes_within_bounds_that_multiply_to_an_absurd_model_are_refused():
     huge = {"d_model": 32768, "encoder_ffn_dim": 65536, "decoder_ffn_dim": 65536}
     with pytest.raises(ValueError, match=r"`d_model`=32768.*more than the 4B"):
