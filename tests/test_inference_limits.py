@@ -130,9 +130,10 @@ def test_the_side_limit_is_raised_by_the_environment_or_the_module_constant(monk
     monkeypatch.delenv(SIDE_ENV)
     monkeypatch.setattr(image_processing_detr, "MAX_IMAGE_SIDE", 6000)
     assert HfDetrImageProcessor(**unresized)(tall)["pixel_values"].shape == (1, 3, 5000, 8)
-    monkeypatch.setenv(SIDE_ENV, "big")
-    with pytest.raises(ValueError, match=f"{SIDE_ENV} must be a whole number of pixels"):
-        HfDetrImageProcessor()
+    for text in ("big", "²"):  # "²" is a digit to str.isdigit, not a number to int()
+        monkeypatch.setenv(SIDE_ENV, text)
+        with pytest.raises(ValueError, match=f"{SIDE_ENV} must be a whole number of pixels"):
+            HfDetrImageProcessor()
 
 
 # ------------------------------------------------------------------------------------------------
