@@ -248,23 +248,21 @@ class HfDetrSinePositionEmbedding(nn.Module):
     half of the channels encode y, half x, interleaving sin and cos; output is cat(pos_y, pos_x).
     """
 
-    def __init__(self, embedding_dim: int, temperature: float = 10000.0) -> None:
+    def __init__(self, embedding_dim: int) -> None:
         super().__init__()
         self.num_position_features = embedding_dim // 2
-        self.temperature = temperature
-        self.scale = 2 * math.pi
 
     def forward(self, feature_mask: torch.Tensor) -> torch.Tensor:
         eps = 1e-6
         real = feature_mask.float()  # [B, h, w]
         y_embed = real.cumsum(1)
         x_embed = real.cumsum(2)
-        y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
-        x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
+        y_embed = y_embed / (y_embed[:, -1:, :] + eps) * (2 * math.pi)
+        x_embed = x_embed / (x_embed[:, :, -1:] + eps) * (2 * math.pi)
 
         n = self.num_position_features
         dim_t = torch.arange(n, dtype=torch.float32, device=feature_mask.device)
-        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / n)  # [n]
+        dim_t = 10000.0 ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / n)  # [n]
         pos_x = x_embed[..., None] / dim_t  # [B, h, w, n]
         pos_y = y_embed[..., None] / dim_t
         pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
@@ -502,10 +500,9 @@ class HfDetrDecoder(nn.Module):
         hidden_states = torch.zeros_like(query_position_embeddings)  # [B, G*N, d], paper: decoder input 0
         memory_with_positions = memory + memory_positions  # [B, HW, d], the same keys for every layer
         states = [hidden_states]  # the input and every layer's output
-        self_attentions = () if output_attentions else None
-        cross_attentions = () if output_attentions else None
+        attentions = []  # every layer's (self-attention, cross-attention) weights: None unless asked for
         for layer in self.layers:
-            hidden_states, self_weights, cross_weights = layer(
+            hidden_states, *weights = layer(
                 hidden_states,
                 query_position_embeddings,
                 memory,
@@ -515,11 +512,10 @@ class HfDetrDecoder(nn.Module):
                 num_groups,
             )
             states.append(hidden_states)
-            if output_attentions:
-                self_attentions += (self_weights,)
-                cross_attentions += (cross_weights,)
+            attentions.append(weights)
         # [L or 1, B, N, d]: every layer's output, or the last one's
         normalized = self.layernorm(torch.stack(states[1:] if return_intermediate else states[-1:]))
+        self_attentions, cross_attentions = tuple(zip(*attentions)) if output_attentions else (None, None)
         return normalized, tuple(states) if output_hidden_states else None, self_attentions, cross_attentions
 
 
@@ -902,9 +898,7 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
             return_intermediate=layers_to_score,
             output_feature_mask=output_feature_mask,
         )
-        decoded = outputs.intermediate_hidden_states
-        if decoded is None:
-            decoded = outputs.last_hidden_state[None]
+        decoded = outputs.intermediate_hidden_states if layers_to_score else outputs.last_hidden_state[None]
         # heads on all decoder layers at once: [L, B, N, K+1] and [L, B, N, 4]
         all_logits = self.class_labels_classifier(decoded)
         all_boxes = self.bbox_predictor(decoded).sigmoid()
@@ -970,23 +964,17 @@ class HfDetrForObjectDetection(HfDetrPreTrainedModel):
         # a CPU step). Outputs rebuilt elsewhere (merged per-image outputs, fp32 conversion) are stacked.
         logits_layers = [*(a["logits"] for a in auxiliary), logits]
         boxes_layers = [*(a["pred_boxes"] for a in auxiliary), boxes]
-        stacked = (_one_tensor_of(logits_layers), _one_tensor_of(boxes_layers))
-        if stacked[0] is None or stacked[1] is None:
-            return torch.stack(logits_layers), torch.stack(boxes_layers)
-        return stacked
+        return _stacked(logits_layers), _stacked(boxes_layers)
 
 
-def _one_tensor_of(layers: list[torch.Tensor]) -> torch.Tensor | None:
-    """[L, ...]: a view of the one tensor whose consecutive parts `layers` are (in order), else None."""
+def _stacked(layers: list[torch.Tensor]) -> torch.Tensor:
+    """[L, ...]: a view of the one tensor whose consecutive parts `layers` are (in order), else a stack."""
     root, size = layers[-1]._base, layers[-1].numel()
-    if root is None or not root.is_contiguous() or root.numel() != len(layers) * size:
-        return None
-    for index, layer in enumerate(layers):
-        if layer._base is not root or not layer.is_contiguous() or layer.shape != layers[-1].shape:
-            return None
-        if layer.storage_offset() != root.storage_offset() + index * size:
-            return None
-    return root.view(len(layers), *layers[-1].shape)
+    if root is not None and root.is_contiguous() and root.numel() == len(layers) * size:
+        stacked = root.view(len(layers), *layers[-1].shape)
+        if all(layer.is_set_to(part) for layer, part in zip(layers, stacked)):
+            return stacked
+    return torch.stack(layers)
 
 
 __all__ = [
