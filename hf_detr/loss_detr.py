@@ -95,10 +95,9 @@ def pad_targets(labels: Labels, batch_size: int, num_queries: int, device: torch
     boxes = [box.to(device, torch.float32, non_blocking=True) for _, box in checked]
     counts = [len(ids) for ids in class_labels]
     raw = torch.nn.utils.rnn.pad_sequence([ids.float() for ids in class_labels], batch_first=True)
-    padded_ids = torch.nn.utils.rnn.pad_sequence([ids.long() for ids in class_labels], batch_first=True)
     # padding boxes are valid unit boxes, so the cost block holds no spurious NaN
     padded_boxes = torch.nn.utils.rnn.pad_sequence(boxes, batch_first=True, padding_value=0.5)
-    return PaddedTargets(padded_ids, padded_boxes, counts, raw)
+    return PaddedTargets(raw.long(), padded_boxes, counts, raw)
 
 
 @dataclass
@@ -370,13 +369,12 @@ class SetCriterion:
         waiting on the device."""
         matches, counts, device = scored.matches, scored.targets.counts, pred_masks.device
         output_layer = matches.num_layers - 1
-        num_boxes = scored.num_boxes[output_layer] if scored.num_boxes.ndim else scored.num_boxes
         selected = matches.layer_slice(output_layer)
         image, query, target = matches.image[selected], matches.query[selected], matches.target[selected]
         target_masks = stack_target_masks(labels, counts, device)  # [sum n_b, H, W]
         first_mask = torch.as_tensor(np.cumsum([0, *counts[:-1]])).to(device, non_blocking=True)  # [B]
         loss_mask, loss_dice = mask_losses(
-            pred_masks[image, query], target_masks[first_mask[image] + target], num_boxes
+            pred_masks[image, query], target_masks[first_mask[image] + target], scored.num_boxes
         )
         if selected.stop == selected.start:  # keep the mask head in the graph (DDP expects every gradient)
             loss_mask, loss_dice = (loss + 0 * pred_masks.sum() for loss in (loss_mask, loss_dice))
