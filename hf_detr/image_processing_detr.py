@@ -33,11 +33,11 @@ from .image_processing_detr_images import (
 )
 from .image_processing_detr_postprocessing import (
     SemanticSegmentationPostProcessorOutput,
+    checked_outputs,
     checked_target_sizes,
     detr_panoptic_segments,
     object_detections,
     run_length_encoding,
-    segmentation_outputs,
     segments_per_image,
     semantic_maps,
     target_size_list,
@@ -80,7 +80,7 @@ def get_size_with_aspect_ratio(height: int, width: int, size: int, max_size: int
         min_original, max_original = float(min(height, width)), float(max(height, width))
         if max_original / min_original * size > max_size:
             size = max(1, round(max_size * min_original / max_original))
-    if (width <= height and width == size) or (height <= width and height == size):
+    if min(height, width) == size:
         new_height, new_width = height, width
     elif width < height:
         new_height, new_width = int(size * height / width), size
@@ -495,7 +495,7 @@ class HfDetrImageProcessor(BaseImageProcessor):
             raise ValueError(f"`rule` must be 'detr' (the official DETR's) or 'transformers', got {rule!r}.")
         check_threshold("mask_threshold", mask_threshold)  # unused by this rule, but never silently wrong
         check_threshold("overlap_mask_area_threshold", overlap_mask_area_threshold)
-        logits, mask_logits = segmentation_outputs(outputs)
+        logits, mask_logits = checked_outputs(outputs, "pred_masks")
         targets = target_size_list(target_sizes, len(logits))
         if processed_sizes is not None:
             processed = checked_target_sizes(processed_sizes, len(logits), integer=True)

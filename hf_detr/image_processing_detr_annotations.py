@@ -225,7 +225,7 @@ def _panoptic_target(
     return {
         "image_id": image_id_of(annotation, index, annotation.get("id", index)),
         "class_labels": np.asarray([s["category_id"] for s in segments], dtype=np.int64),
-        "boxes": masks_to_boxes(masks).numpy().astype(np.float32).reshape(-1, 4),
+        "boxes": masks_to_boxes(masks).numpy(),
         "area": np.asarray(area, dtype=np.float32),
         "iscrowd": np.asarray([int(s.get("iscrowd", 0)) for s in segments], dtype=np.int64),
         "masks": masks,
@@ -292,7 +292,7 @@ def _resize_target(
     (height, width), (out_height, out_width) = original_size, output_size
     ratio_height, ratio_width = out_height / height, out_width / width
     boxes = target["boxes"] * np.asarray([ratio_width, ratio_height, ratio_width, ratio_height], np.float32)
-    boxes = torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32))
+    boxes = torch.from_numpy(boxes)
     if convert:
         boxes = box_convert(boxes, "xyxy", "cxcywh") / torch.tensor(
             [out_width, out_height, out_width, out_height], dtype=torch.float32
@@ -301,7 +301,7 @@ def _resize_target(
         "image_id": torch.tensor([target["image_id"]]),
         "class_labels": torch.from_numpy(target["class_labels"]),
         "boxes": boxes,
-        "area": torch.from_numpy(np.asarray(target["area"] * (ratio_width * ratio_height), dtype=np.float32)),
+        "area": torch.from_numpy(target["area"] * (ratio_width * ratio_height)),
         "iscrowd": torch.from_numpy(target["iscrowd"]),
         "orig_size": torch.tensor([height, width]),
         "size": torch.tensor([out_height, out_width]),

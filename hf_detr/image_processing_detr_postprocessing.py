@@ -67,15 +67,13 @@ def object_detections(outputs: Any, threshold: Any, target_sizes: Any, top_k: An
 
 def semantic_maps(outputs: Any, target_sizes: Any) -> list[SemanticSegmentationPostProcessorOutput]:
     """The work of `HfDetrImageProcessor.post_process_semantic_segmentation` (see there)."""
-    logits, mask_logits = segmentation_outputs(outputs)
+    logits, mask_logits = checked_outputs(outputs, "pred_masks")
     classes = logits.float().softmax(-1)[..., :-1]  # [B, N, K]
     scores = torch.einsum("bqc,bqhw->bchw", classes, mask_logits.float().sigmoid())  # [B, K, h, w]
     results = []
     for image_scores, size in zip(scores, target_size_list(target_sizes, len(scores))):
         if size is not None:
-            image_scores = F.interpolate(image_scores[None], size=size, mode="bilinear", align_corners=False)[
-                0
-            ]
+            image_scores = F.interpolate(image_scores[None], size, mode="bilinear", align_corners=False)[0]
         results.append(
             SemanticSegmentationPostProcessorOutput(
                 data={"segmentation": image_scores.argmax(0), "segmentation_scores": image_scores}
@@ -96,18 +94,13 @@ def _tensor_outputs(outputs: Any, names: tuple[str, ...]) -> tuple[Any, bool]:
     else:
         values = {name: getattr(outputs, name, None) for name in names}
     if all(isinstance(value, np.ndarray) for value in values.values()):
-        return SimpleNamespace(**{k: torch.from_numpy(np.asarray(v)) for k, v in values.items()}), True
+        return SimpleNamespace(**{k: torch.from_numpy(v) for k, v in values.items()}), True
     return SimpleNamespace(**values), False
 
 
 # ----------------------------------------------------------------------------------------------------
 # Segmentation post-processing helpers
 # ----------------------------------------------------------------------------------------------------
-def segmentation_outputs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """`outputs.logits` [B, N, K+1] and `outputs.pred_masks` [B, N, h, w], checked (`checked_outputs`)."""
-    return checked_outputs(outputs, "pred_masks")
-
-
 def checked_outputs(outputs: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """`outputs.logits` [B, N, K+1] (K >= 1) and `outputs.<name>` (`pred_boxes` [B, N, 4] or `pred_masks`
     [B, N, h, w]) with the same B and N, floating, real and finite: NaN or inf (a diverged model,
@@ -195,7 +188,7 @@ def segments_per_image(
 ) -> list[dict[str, Any]]:
     """Per image `{"segmentation", "segments_info"}` from the queries whose best class is an object
     scoring above `threshold` (see `HfDetrImageProcessor.post_process_panoptic_segmentation`)."""
-    logits, mask_logits = segmentation_outputs(outputs)
+    logits, mask_logits = checked_outputs(outputs, "pred_masks")
     threshold = check_threshold("threshold", threshold)
     mask_threshold = check_threshold("mask_threshold", mask_threshold)
     overlap_mask_area_threshold = check_threshold("overlap_mask_area_threshold", overlap_mask_area_threshold)
@@ -248,13 +241,9 @@ def _number_segments(
         if not is_segment:
             continue
         should_fuse = label in label_ids_to_fuse
-        if should_fuse and label in fused:
-            segment_id = fused[label]
-        else:
+        if not (should_fuse and label in fused):
             last_id += 1
-            segment_id = last_id
-            if should_fuse:
-                fused[label] = segment_id
+        segment_id = fused.setdefault(label, last_id) if should_fuse else last_id
         segment_of_query[query] = segment_id
         segments.append(
             {"id": segment_id, "label_id": label, "was_fused": should_fuse, "score": round(score, 6)}
@@ -272,7 +261,7 @@ def detr_panoptic_segments(
 ) -> list[dict[str, Any]]:
     """Per image `{"segmentation", "segments_info"}` by the rule of the official DETR's
     `PostProcessPanoptic` (see `HfDetrImageProcessor.post_process_panoptic_segmentation`) from
-    checked outputs (`segmentation_outputs`): logits [B, N, K+1], mask logits [B, N, h, w]."""
+    checked outputs (`checked_outputs`): logits [B, N, K+1], mask logits [B, N, h, w]."""
     threshold = check_threshold("threshold", threshold)
     scores, labels = logits.float().softmax(-1).max(-1)  # [B, N]
     keep = labels.ne(logits.shape[-1] - 1) & (scores > threshold)  # [B, N]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..image_processing_detr_postprocessing import segmentation_outputs, target_size_list
+from ..image_processing_detr_postprocessing import checked_outputs, target_size_list
 from .coco_evaluator import (
     STAT_NAMES,
     _as_array,
@@ -57,7 +57,7 @@ def instance_predictions(
     `orig_sizes[i]`. Without `top_k`, M = every query; with it, the best `top_k` (query, class) pairs,
     as `post_process_object_detection(top_k=...)` takes them.
     """
-    logits, mask_logits = segmentation_outputs(outputs)  # [B, N, K+1], [B, N, h, w]
+    logits, mask_logits = checked_outputs(outputs, "pred_masks")  # [B, N, K+1], [B, N, h, w]
     batch_size = len(logits)
     input_sizes = target_size_list(sizes, batch_size)
     output_sizes = target_size_list(orig_sizes, batch_size)
