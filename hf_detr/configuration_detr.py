@@ -234,11 +234,8 @@ class HfDetrConfig(PreTrainedConfig):
         """As transformers, but the labels are always written: transformers leaves out two generic
         labels as "the default", which for this config (default: the 91 COCO classes) would load back as
         91 classes."""
-        diff = super().to_diff_dict()
         full = self.to_dict()
-        for key in ("id2label", "label2id"):
-            diff[key] = full[key]
-        return diff
+        return {**super().to_diff_dict(), "id2label": full["id2label"], "label2id": full["label2id"]}
 
     def validate_detr_fields(self) -> None:
         check_config(self)
