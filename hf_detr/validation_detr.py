@@ -47,8 +47,8 @@ def is_finite_real(value: Any) -> bool:
 
 
 def is_int64(value: Any) -> bool:
-    """An integer (not a bool) that fits in int64."""
-    return is_integer(value) and np.iinfo(np.int64).min <= int(value) <= np.iinfo(np.int64).max
+    """An integer (not a bool) that fits in int64 (the bounds are folded to constants when compiled)."""
+    return is_integer(value) and -(2**63) <= int(value) < 2**63
 
 
 def limit_from_environment(variable: str, default: int, unit: str = "") -> int:
