@@ -278,8 +278,8 @@ class SetCriterion:
     def from_config(cls, config: HfDetrConfig) -> SetCriterion:
         """The criterion of `config`'s matcher costs and loss coefficients (its fields of the same names)."""
         matcher = HungarianMatcher(config.class_cost, config.bbox_cost, config.giou_cost)
-        coefficients = {field.name: getattr(config, field.name) for field in fields(cls)[2:]}
-        return cls(config.num_labels, matcher, **coefficients)
+        names = [field.name for field in fields(cls) if field.name.endswith("_coefficient")]
+        return cls(config.num_labels, matcher, **{name: getattr(config, name) for name in names})
 
     @property
     def weights(self) -> dict[str, float]:

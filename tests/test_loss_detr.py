@@ -79,6 +79,20 @@ def test_total_loss_is_the_weighted_sum_of_all_layers():
     assert torch.allclose(loss, expected)
 
 
+def test_the_criterion_of_a_config_takes_its_costs_and_every_loss_coefficient():
+    settings = {
+        "class_cost": 2.0, "bbox_cost": 3.0, "giou_cost": 4.0, "eos_coefficient": 0.2,
+        "class_loss_coefficient": 1.5, "bbox_loss_coefficient": 6.0, "giou_loss_coefficient": 7.0,
+        "mask_loss_coefficient": 8.0, "dice_loss_coefficient": 9.0,
+    }  # fmt: skip
+    built = SetCriterion.from_config(tiny_hf_detr_config(num_labels=NUM_LABELS, **settings))
+    assert built.num_labels == NUM_LABELS
+    assert built.matcher == HungarianMatcher(class_cost=2.0, bbox_cost=3.0, giou_cost=4.0)
+    assert {name: getattr(built, name) for name in settings if name.endswith("coefficient")} == {
+        name: value for name, value in settings.items() if name.endswith("coefficient")
+    }
+
+
 def test_assignment_equals_the_official_algorithm():
     logits, boxes = random_predictions(seed=3)
     labels = random_labels([5, 0, 8], seed=4)
